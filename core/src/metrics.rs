@@ -1,0 +1,206 @@
+//! The metrics MoE training logs: load balance, routing entropy, SEU, PES, orthogonality.
+
+use crate::config::WeightLayout;
+use crate::error::{Result, SimbalError};
+use crate::ops::score::softmax_row;
+use crate::ops::simbal::strides;
+use crate::scalar::Scalar;
+use crate::shape::check_len;
+use alloc::vec::Vec;
+
+/// Load-balance metrics of per-expert counts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LoadMetrics {
+    /// Load fractions `f_e = c_e / sum(c)` (all 0 when nothing was routed).
+    pub fractions: Vec<f64>,
+    /// `max_e c_e / mean(c) - 1` (0 when nothing was routed).
+    pub max_vio: f64,
+    /// Coefficient of variation `std(c) / mean(c)` (population std).
+    pub cv: f64,
+    /// Normalised load entropy `H(f) / ln E` in `[0, 1]` (1 for `E = 1`).
+    pub load_entropy: f64,
+    /// Experts that received no assignment.
+    pub dead_experts: usize,
+}
+
+impl LoadMetrics {
+    /// Computes the metrics of per-expert counts.
+    ///
+    /// ```
+    /// use simbal_core::LoadMetrics;
+    /// let m = LoadMetrics::from_counts(&[4, 4, 4, 4]);
+    /// assert_eq!(m.max_vio, 0.0);
+    /// assert!((m.load_entropy - 1.0).abs() < 1e-12);
+    /// let skew = LoadMetrics::from_counts(&[8, 0, 0, 0]);
+    /// assert_eq!(skew.max_vio, 3.0);
+    /// assert_eq!(skew.dead_experts, 3);
+    /// ```
+    pub fn from_counts(counts: &[u64]) -> Self {
+        let e = counts.len();
+        let total: f64 = counts.iter().map(|&c| c as f64).sum();
+        let dead_experts = counts.iter().filter(|&&c| c == 0).count();
+        if e == 0 || total == 0.0 {
+            return Self {
+                fractions: counts.iter().map(|_| 0.0).collect(),
+                max_vio: 0.0,
+                cv: 0.0,
+                load_entropy: 0.0,
+                dead_experts,
+            };
+        }
+        let mean = total / e as f64;
+        let max = counts.iter().copied().max().unwrap_or(0) as f64;
+        let var = counts
+            .iter()
+            .map(|&c| (c as f64 - mean) * (c as f64 - mean))
+            .sum::<f64>()
+            / e as f64;
+        let fractions: Vec<f64> = counts.iter().map(|&c| c as f64 / total).collect();
+        let h: f64 = fractions
+            .iter()
+            .filter(|&&f| f > 0.0)
+            .map(|&f| -f * libm_ln(f))
+            .sum();
+        let load_entropy = if e > 1 { h / libm_ln(e as f64) } else { 1.0 };
+        Self {
+            fractions,
+            max_vio: max / mean - 1.0,
+            cv: num_traits::Float::sqrt(var) / mean,
+            load_entropy,
+            dead_experts,
+        }
+    }
+}
+
+#[inline]
+fn libm_ln(x: f64) -> f64 {
+    num_traits::Float::ln(x)
+}
+
+/// Mean per-token routing entropy of the scores `p` (`n x e`, rows of a distribution), in nats.
+/// Sigmoid scores are normalised per row first.
+pub fn routing_entropy<T: Scalar>(n: usize, e: usize, p: &[T]) -> Result<T> {
+    crate::shape::check_dims(n, 1, e)?;
+    check_len("scores", n * e, p.len())?;
+    let mut total = T::zero();
+    for row in p.chunks_exact(e) {
+        let s: T = row.iter().fold(T::zero(), |a, &b| a + b);
+        if s <= T::zero() {
+            continue;
+        }
+        for &v in row {
+            let q = v / s;
+            if q > T::zero() {
+                total = total - q * q.ln();
+            }
+        }
+    }
+    Ok(total / T::of_usize(n))
+}
+
+/// SEU: per sequence of `seq_len` tokens, the fraction of the `e` experts that receive at least one
+/// kept assignment; averaged over sequences. `idx` and `dropped` are `n x k`.
+pub fn seu(
+    n: usize,
+    k: usize,
+    e: usize,
+    seq_len: usize,
+    idx: &[u32],
+    dropped: Option<&[u32]>,
+) -> Result<f64> {
+    crate::shape::check_dims(n, 1, e)?;
+    check_len("indices", n * k, idx.len())?;
+    if let Some(d) = dropped {
+        check_len("dropped flags", n * k, d.len())?;
+    }
+    crate::config::check_seq_len(seq_len, n)?;
+    let mut seen = alloc::vec![false; e];
+    let mut total = 0.0;
+    let b = n / seq_len;
+    for s in 0..b {
+        seen.iter_mut().for_each(|x| *x = false);
+        for a in s * seq_len * k..(s + 1) * seq_len * k {
+            let kept = dropped.is_none_or(|d| d[a] == 0);
+            let i = idx[a] as usize;
+            if kept && i < e {
+                seen[i] = true;
+            }
+        }
+        total += seen.iter().filter(|&&x| x).count() as f64 / e as f64;
+    }
+    Ok(total / b as f64)
+}
+
+/// PES (paper eq. 5-6): every expert run on every token; `outputs` is `e x n x d_out`
+/// (expert-major). Returns the mean over tokens of `2/(E(E-1)) sum_{i<j} cos(y_i, y_j)`, with a
+/// zero vector's cosine 0. `E = 1` gives 0.
+pub fn pes<T: Scalar>(e: usize, n: usize, d_out: usize, outputs: &[T]) -> Result<T> {
+    crate::shape::check_dims(n, d_out, e)?;
+    check_len("expert outputs", e * n * d_out, outputs.len())?;
+    if e < 2 {
+        return Ok(T::zero());
+    }
+    let at = |x: usize, t: usize| &outputs[(x * n + t) * d_out..(x * n + t + 1) * d_out];
+    let mut total = T::zero();
+    let mut norms = alloc::vec![T::zero(); e];
+    for t in 0..n {
+        for (x, nrm) in norms.iter_mut().enumerate() {
+            *nrm = at(x, t).iter().fold(T::zero(), |a, &v| a + v * v).sqrt();
+        }
+        let mut s = T::zero();
+        for i in 0..e {
+            for j in i + 1..e {
+                if norms[i] > T::zero() && norms[j] > T::zero() {
+                    let dot = at(i, t)
+                        .iter()
+                        .zip(at(j, t))
+                        .fold(T::zero(), |a, (&u, &v)| a + u * v);
+                    s = s + dot / (norms[i] * norms[j]);
+                }
+            }
+        }
+        total = total + s * T::of(2.0) / (T::of_usize(e) * T::of_usize(e - 1));
+    }
+    Ok(total / T::of_usize(n))
+}
+
+/// Orthogonality error of the router weight: `(mean_ab G_ab^2, max_ab |G_ab|)` with
+/// `G = R^T R - I`.
+pub fn orthogonality_error<T: Scalar>(
+    layout: WeightLayout,
+    d: usize,
+    e: usize,
+    r: &[T],
+) -> Result<(T, T)> {
+    crate::shape::check_dims(1, d, e)?;
+    check_len("router weight", d * e, r.len())?;
+    let (rs, cs) = strides(layout, d, e);
+    let mut sum = T::zero();
+    let mut max = T::zero();
+    for a in 0..e {
+        for b in 0..e {
+            let mut s = T::zero();
+            for i in 0..d {
+                s = s + r[i * rs + a * cs] * r[i * rs + b * cs];
+            }
+            let g = if a == b { s - T::one() } else { s };
+            sum = sum + g * g;
+            if g.abs() > max {
+                max = g.abs();
+            }
+        }
+    }
+    Ok((sum / T::of_usize(e * e), max))
+}
+
+/// Softmax of logits rows (helper for metrics of raw logits).
+pub fn softmax_rows<T: Scalar>(e: usize, z: &[T], p: &mut [T]) -> Result<()> {
+    check_len("softmax output", z.len(), p.len())?;
+    if e == 0 {
+        return Err(SimbalError::ZeroDim { what: "E" });
+    }
+    for (zr, pr) in z.chunks_exact(e).zip(p.chunks_exact_mut(e)) {
+        softmax_row(zr, pr);
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The router: forward (scores, selection, gates, capacity, dispatch plan) and backward
+//! (gate gradient to `dZ`), on host slices. Every backend's result is checked against these.
+
+use super::score::{logsumexp_row, score_backward_row, score_row, softmax_row};
+use super::select::{gates_row, renorm_eps, select_row};
+use crate::config::{DropPolicy, RouterConfig, ScoreFn};
+use crate::scalar::Scalar;
+
+/// Forward row kernel over a block of rows: from logits `z` (`rows x E`) writes scores `p`,
+/// indices `idx` and gates `gates` (`rows x k`). Rows are independent, so a backend may split the
+/// block anywhere.
+pub fn route_rows<T: Scalar>(
+    cfg: &RouterConfig,
+    z: &[T],
+    bias: Option<&[T]>,
+    p: &mut [T],
+    idx: &mut [u32],
+    gates: &mut [T],
+) {
+    let (e, k) = (cfg.experts, cfg.k);
+    for (((zr, pr), ir), wr) in z
+        .chunks_exact(e)
+        .zip(p.chunks_exact_mut(e))
+        .zip(idx.chunks_exact_mut(k))
+        .zip(gates.chunks_exact_mut(k))
+    {
+        score_row(cfg.score, zr, pr);
+        select_row(cfg, pr, bias, ir);
+        gates_row(cfg, pr, ir, wr);
+    }
+}
+
+/// Total order for capacity dropping under [`DropPolicy::Probs`]: larger gate first, then lower
+/// assignment id (= lower token index). NaN gates rank last.
+#[inline]
+fn gate_order<T: Scalar>(gates: &[T], a: u32, b: u32) -> core::cmp::Ordering {
+    let ka = gates[a as usize];
+    let kb = gates[b as usize];
+    let ka = if ka.is_nan() { T::neg_infinity() } else { ka };
+    let kb = if kb.is_nan() { T::neg_infinity() } else { kb };
+    kb.partial_cmp(&ka)
+        .unwrap_or(core::cmp::Ordering::Equal)
+        .then(a.cmp(&b))
+}
+
+/// Counting sort of the assignments `t * k + j` with `keep` by expert, stable in token order.
+/// Writes `offsets` (`E + 1`) and `order`; uses `counts` (`E`) as cursors and leaves it holding
+/// the kept count of each expert.
+fn sort_by_expert(
+    e: usize,
+    idx: &[u32],
+    keep: impl Fn(usize) -> bool,
+    counts: &mut [u32],
+    order: &mut [u32],
+    offsets: &mut [u32],
+) {
+    counts.iter_mut().for_each(|c| *c = 0);
+    for (a, &i) in idx.iter().enumerate() {
+        if keep(a) {
+            counts[i as usize] += 1;
+        }
+    }
+    offsets[0] = 0;
+    for x in 0..e {
+        offsets[x + 1] = offsets[x] + counts[x];
+    }
+    counts.copy_from_slice(&offsets[..e]);
+    for (a, &i) in idx.iter().enumerate() {
+        if keep(a) {
+            let c = &mut counts[i as usize];
+            order[*c as usize] = a as u32;
+            *c += 1;
+        }
+    }
+    for x in 0..e {
+        counts[x] = offsets[x + 1] - offsets[x];
+    }
+}
+
+/// Applies the capacity limit (if configured) and builds the dispatch plan.
+///
+/// Inputs: `idx` and `gates` (`N x k`) from [`route_rows`]. Outputs: `dropped` flags (`N x k`, 1
+/// for a dropped assignment, whose gate is set to 0), `counts` (`E`, kept assignments),
+/// `offsets` (`E + 1`) and `order` (`N x k`; the first `offsets[E]` entries are the kept
+/// assignment ids `t * k + j`, grouped by expert, in token order within each expert).
+pub fn dispatch<T: Scalar>(
+    cfg: &RouterConfig,
+    n: usize,
+    idx: &[u32],
+    gates: &mut [T],
+    dropped: &mut [u32],
+    counts: &mut [u32],
+    order: &mut [u32],
+    offsets: &mut [u32],
+) {
+    let (e, k) = (cfg.experts, cfg.k);
+    dropped.iter_mut().for_each(|d| *d = 0);
+    sort_by_expert(e, idx, |_| true, counts, order, offsets);
+    let Some(cap) = cfg.capacity else {
+        return;
+    };
+    let c = cap.per_expert(n, e, k);
+    let mut any = false;
+    for x in 0..e {
+        let seg = &mut order[offsets[x] as usize..offsets[x + 1] as usize];
+        if seg.len() <= c {
+            continue;
+        }
+        any = true;
+        if cap.policy == DropPolicy::Probs {
+            seg.sort_unstable_by(|&a, &b| gate_order(gates, a, b));
+        }
+        for &a in &seg[c..] {
+            dropped[a as usize] = 1;
+            gates[a as usize] = T::zero();
+        }
+    }
+    if any {
+        sort_by_expert(e, idx, |a| dropped[a] == 0, counts, order, offsets);
+    }
+}
+
+/// Backward row kernel over a block of rows: writes `dz` (`rows x E`) from the gate gradient `dw`
+/// (`rows x k`) and the dense loss terms.
+///
+/// - Gate part: dropped slots' `dw` count as 0; with renormalisation
+///   `dp_{i_j} += (s dw_j - sum_l dw_l w_l) / (sum_l p_{i_l} + eps)`, otherwise `dp_{i_j} += s dw_j`.
+/// - `lbl_coef` (`E` per row's sequence, see [`crate::ops::lbl`]) is added to every `dp_e`.
+/// - Score backward, then the z-loss term `z_coef * lse(z_t) * softmax(z_t)` with
+///   `z_coef = beta * 2 / N`.
+///
+/// `lbl_coef(r)` gives the coefficient row for block row `r`.
+pub fn router_backward_rows<'c, T: Scalar>(
+    cfg: &RouterConfig,
+    z: &[T],
+    p: &[T],
+    idx: &[u32],
+    gates: &[T],
+    dropped: &[u32],
+    dw: &[T],
+    lbl_coef: impl Fn(usize) -> Option<&'c [T]>,
+    z_coef: T,
+    dz: &mut [T],
+) {
+    let (e, k) = (cfg.experts, cfg.k);
+    let s = T::of(cfg.scale);
+    for (r, dzr) in dz.chunks_exact_mut(e).enumerate() {
+        let zr = &z[r * e..(r + 1) * e];
+        let pr = &p[r * e..(r + 1) * e];
+        let ir = &idx[r * k..(r + 1) * k];
+        let wr = &gates[r * k..(r + 1) * k];
+        let dr = &dropped[r * k..(r + 1) * k];
+        let gr = &dw[r * k..(r + 1) * k];
+        match lbl_coef(r) {
+            Some(c) => dzr.copy_from_slice(c),
+            None => dzr.iter_mut().for_each(|v| *v = T::zero()),
+        }
+        let kept_dw = |j: usize| if dr[j] == 0 { gr[j] } else { T::zero() };
+        if cfg.renormalize {
+            let mut sum = T::zero();
+            let mut dot = T::zero();
+            for j in 0..k {
+                sum = sum + pr[ir[j] as usize];
+                dot = dot + kept_dw(j) * wr[j];
+            }
+            let inv = T::one() / (sum + renorm_eps());
+            for j in 0..k {
+                let i = ir[j] as usize;
+                dzr[i] = dzr[i] + (s * kept_dw(j) - dot) * inv;
+            }
+        } else {
+            for j in 0..k {
+                let i = ir[j] as usize;
+                dzr[i] = dzr[i] + s * kept_dw(j);
+            }
+        }
+        score_backward_row(cfg.score, pr, dzr);
+        if z_coef != T::zero() {
+            add_z_loss_row(cfg.score, zr, pr, z_coef, dzr);
+        }
+    }
+}
+
+/// Adds `z_coef * lse(z) * softmax(z)` to `dz` (reusing `p` when it already is the softmax).
+#[inline]
+fn add_z_loss_row<T: Scalar>(score: ScoreFn, z: &[T], p: &[T], z_coef: T, dz: &mut [T]) {
+    let lse = logsumexp_row(z);
+    let c = z_coef * lse;
+    match score {
+        ScoreFn::Softmax => {
+            for (d, &pi) in dz.iter_mut().zip(p) {
+                *d = *d + c * pi;
+            }
+        }
+        ScoreFn::Sigmoid => {
+            let m = super::score::row_max(z);
+            let mut sum = T::zero();
+            for &zi in z {
+                sum = sum + (zi - m).exp();
+            }
+            for (d, &zi) in dz.iter_mut().zip(z) {
+                *d = *d + c * ((zi - m).exp() / sum);
+            }
+        }
+    }
+}
+
+/// Softmax of a row into `p`, returning `lse`; re-exported for backends' fused kernels.
+pub fn softmax_lse_row<T: Scalar>(z: &[T], p: &mut [T]) -> T {
+    softmax_row(z, p)
+}
+
+/// Combine helper's backward: for `y_t = sum_j w_j expert_{i_j}(x_t)`, writes
+/// `dw_{tj} = <dy_t, expert_{i_j}(x_t)>`. `expert_out` holds the `N x k` expert outputs, each of
+/// width `d_out`, in assignment order `t * k + j`.
+pub fn combine_backward<T: Scalar>(d_out: usize, dy: &[T], expert_out: &[T], dw: &mut [T]) {
+    let k = if dy.is_empty() || d_out == 0 {
+        0
+    } else {
+        dw.len() / (dy.len() / d_out)
+    };
+    for (a, g) in dw.iter_mut().enumerate() {
+        let t = a / k.max(1);
+        let y = &dy[t * d_out..(t + 1) * d_out];
+        let o = &expert_out[a * d_out..(a + 1) * d_out];
+        let mut s = T::zero();
+        for (&yi, &oi) in y.iter().zip(o) {
+            s = s + yi * oi;
+        }
+        *g = s;
+    }
+}
+
+/// Combine helper's forward: `y_t = sum_j w_j expert_out_{tj}` (`y` is `N x d_out`).
+pub fn combine_forward<T: Scalar>(d_out: usize, gates: &[T], expert_out: &[T], y: &mut [T]) {
+    let k = if y.is_empty() || d_out == 0 {
+        0
+    } else {
+        gates.len() / (y.len() / d_out)
+    };
+    for (t, yr) in y.chunks_exact_mut(d_out.max(1)).enumerate() {
+        yr.iter_mut().for_each(|v| *v = T::zero());
+        for j in 0..k {
+            let a = t * k + j;
+            let w = gates[a];
+            for (yv, &o) in yr.iter_mut().zip(&expert_out[a * d_out..(a + 1) * d_out]) {
+                *yv = *yv + w * o;
+            }
+        }
+    }
+}

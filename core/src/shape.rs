@@ -1,0 +1,55 @@
+//! Shape checks at the boundary: every public entry point validates before it touches data.
+
+use crate::error::{Result, SimbalError};
+use crate::scalar::Scalar;
+
+/// `N`, `D` and `E` must each be at least 1.
+pub fn check_dims(n: usize, d: usize, e: usize) -> Result<()> {
+    if n == 0 {
+        return Err(SimbalError::ZeroDim { what: "N" });
+    }
+    if d == 0 {
+        return Err(SimbalError::ZeroDim { what: "D" });
+    }
+    if e == 0 {
+        return Err(SimbalError::ZeroDim { what: "E" });
+    }
+    Ok(())
+}
+
+/// A buffer must have exactly the length its shape implies.
+pub fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(SimbalError::LengthMismatch {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// `rows x cols` without overflow.
+pub fn product(what: &'static str, rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols).ok_or(SimbalError::LengthMismatch {
+        what,
+        expected: usize::MAX,
+        got: 0,
+    })
+}
+
+/// Reports the first non-finite value of a `rows x cols` row-major matrix with its position.
+pub fn check_finite<T: Scalar>(what: &'static str, cols: usize, data: &[T]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(at) => {
+            let cols = cols.max(1);
+            Err(SimbalError::NonFinite {
+                what,
+                row: at / cols,
+                col: at % cols,
+            })
+        }
+    }
+}
