@@ -361,6 +361,13 @@ pub trait Backend {
         crate::metrics::routing_entropy(n, e, &p)
     }
 
+    /// Largest absolute value of the buffer; NaN when it holds a NaN (0 for an empty buffer).
+    /// The validation fast path: one small reduction instead of a scan of every large buffer.
+    fn max_abs(&self, buf: &Self::Buf) -> Result<Self::Elem> {
+        let x = stage_in::<_, Elems>(self, buf)?;
+        Ok(ops::reduce::max_abs(&x))
+    }
+
     /// Reports the first non-finite value of a `? x cols` buffer with its position.
     fn check_finite(&self, what: &'static str, cols: usize, buf: &Self::Buf) -> Result<()> {
         let x = stage_in::<_, Elems>(self, buf)?;

@@ -126,10 +126,6 @@ impl<B: Backend> Router<B> {
             crate::shape::product("router weight", d, e)?,
             b.len(r),
         )?;
-        if self.cfg.check_finite {
-            b.check_finite("tokens X", d, x)?;
-            b.check_finite("router weight", weight_cols(self.cfg.layout, d, e), r)?;
-        }
         self.prepare(Shape { n, d, e, k })?;
         let b = &self.backend;
         let ws = self.ws.as_mut().ok_or(SimbalError::NoForward)?;
@@ -138,6 +134,14 @@ impl<B: Backend> Router<B> {
             WeightLayout::ExD => Gemm::new(n, e, d).tb(),
         };
         b.gemm(&g, x, r, &mut ws.z)?;
+        if self.cfg.check_finite && !num_traits::Float::is_finite(b.max_abs(&ws.z)?) {
+            // Any non-finite X or R reaches Z; only now pay for the scans that locate it.
+            b.check_finite("tokens X", d, x)?;
+            b.check_finite("router weight", weight_cols(self.cfg.layout, d, e), r)?;
+            return Err(SimbalError::Overflow {
+                what: "logits Z = X R",
+            });
+        }
         self.route_current(bias)
     }
 
@@ -232,8 +236,19 @@ impl<B: Backend> Router<B> {
         }
         finite_loss(&values)?;
         if self.cfg.check_finite {
-            b.check_finite("input gradient dX", d, &ws.dx)?;
-            b.check_finite("router gradient dR", weight_cols(layout, d, e), &ws.dr)?;
+            // |dX| <= E max|dZ| max|R|: when that bound is finite with margin, dX is finite
+            // and its N x D scan is skipped.
+            let bound = B::Elem::of_usize(2 * e) * b.max_abs(&ws.dz)? * b.max_abs(r)?;
+            if !num_traits::Float::is_finite(bound) {
+                b.check_finite("input gradient dX", d, &ws.dx)
+                    .map_err(|_| SimbalError::Overflow {
+                        what: "input gradient dX",
+                    })?;
+            }
+            b.check_finite("router gradient dR", weight_cols(layout, d, e), &ws.dr)
+                .map_err(|_| SimbalError::Overflow {
+                    what: "router gradient dR",
+                })?;
         }
         Ok(values)
     }

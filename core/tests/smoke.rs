@@ -14,7 +14,9 @@ fn objective(
     d: usize,
 ) -> (f64, Vec<u32>, Vec<u32>) {
     let mut router = Router::new(Reference::<f64>::new(), *cfg).unwrap();
-    router.forward(&x.to_vec(), &r.to_vec(), None, n, d).unwrap();
+    router
+        .forward(&x.to_vec(), &r.to_vec(), None, n, d)
+        .unwrap();
     let v = router
         .backward(&x.to_vec(), &r.to_vec(), &dw.to_vec(), losses, None)
         .unwrap();
@@ -59,7 +61,10 @@ fn check(cfg: RouterConfig, losses: LossConfig, n: usize, d: usize, seed: u64) {
             }
             let (fp, ip, dp) = objective(&cfg, &losses, &xp, &rp, &dw, n, d);
             let (fm, im, dm) = objective(&cfg, &losses, &xm, &rm, &dw, n, d);
-            assert!(ip == idx0 && im == idx0 && dp == drop0 && dm == drop0, "kink hit");
+            assert!(
+                ip == idx0 && im == idx0 && dp == drop0 && dm == drop0,
+                "kink hit"
+            );
             let fd = (fp - fm) / (2.0 * h);
             let err = (fd - grad[i]).abs() / (1.0 + grad[i].abs());
             worst = worst.max(err);
@@ -79,13 +84,21 @@ fn router_gradients_match_finite_differences() {
         .with_z_loss(ZLossConfig::default());
     check(RouterConfig::new(4, 2), all, 5, 3, 1);
     check(
-        RouterConfig::new(4, 2).with_score(ScoreFn::Sigmoid).with_scale(2.5),
+        RouterConfig::new(4, 2)
+            .with_score(ScoreFn::Sigmoid)
+            .with_scale(2.5),
         all,
         5,
         3,
         2,
     );
-    check(RouterConfig::new(4, 2).with_renormalize(false), all, 5, 3, 3);
+    check(
+        RouterConfig::new(4, 2).with_renormalize(false),
+        all,
+        5,
+        3,
+        3,
+    );
     check(
         RouterConfig::new(6, 2).with_layout(WeightLayout::ExD),
         all.with_lbl(LblConfig {

@@ -32,3 +32,18 @@ pub fn group_counts(
         }
     }
 }
+
+/// Largest `|x|`, NaN if any element is NaN, 0 for an empty slice.
+pub fn max_abs<T: Scalar>(x: &[T]) -> T {
+    let mut m = T::zero();
+    for &v in x {
+        if v.is_nan() {
+            return v;
+        }
+        let a = v.abs();
+        if a > m {
+            m = a;
+        }
+    }
+    m
+}
