@@ -1,0 +1,331 @@
+//! Tiled f32 GEMM: `C = alpha op(A) op(B) + beta C`, row-major, with transpose flags.
+//!
+//! cubecl 0.10.0 ships no matrix multiply of its own (`cubecl-matmul` stops at 0.9, `cubek-matmul`
+//! 0.2 is a large separate engine), so this is a classic shared-memory tiled kernel: 64 x 64 output
+//! tiles, 16-deep K slices, 256 threads each owning a 4 x 4 strided micro-tile. Each output is
+//! accumulated in K order, like the reference triple loop. Large-K, small-output products
+//! (`dR = X^T dZ`) split K over cubes into a workspace that a second pass sums in a fixed order,
+//! so results stay deterministic.
+
+#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
+
+use cubecl::prelude::*;
+
+use super::util::fits_u32;
+use super::{check_len, DevBuf, KernelError, MAX_GRID_DIM};
+
+const BM: usize = 64;
+const BN: usize = 64;
+const BK: usize = 16;
+const TS: usize = 16; // threads per side
+const MT: usize = 4; // micro-tile side
+
+/// GEMM description (mirrors `simbal_core::ops::gemm::Gemm`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmDims {
+    /// Rows of `op(A)` and `C`.
+    pub m: usize,
+    /// Columns of `op(B)` and `C`.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// `A` stored `k x m`.
+    pub trans_a: bool,
+    /// `B` stored `n x k`.
+    pub trans_b: bool,
+    /// Product scale.
+    pub alpha: f32,
+    /// Scale of the old `C` (0 overwrites, ignoring NaN in `C`).
+    pub beta: f32,
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_kernel(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    c: &mut Array<f32>,
+    m: u32,
+    n: u32,
+    k: u32,
+    k_chunk: u32,
+    alpha: f32,
+    beta: f32,
+    #[comptime] trans_a: bool,
+    #[comptime] trans_b: bool,
+    #[comptime] beta_zero: bool,
+    #[comptime] split: bool,
+) {
+    let m = m as usize;
+    let n = n as usize;
+    let k = k as usize;
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let tid = ty * TS + tx;
+    let row0 = CUBE_POS_Y as usize * BM;
+    let col0 = CUBE_POS_X as usize * BN;
+    // Split-K: cube z handles K range [k_begin, k_end) and writes slice z of the workspace.
+    let k_begin = CUBE_POS_Z as usize * k_chunk as usize;
+    let mut k_end = k_begin + k_chunk as usize;
+    if k_end > k {
+        k_end = k;
+    }
+
+    let mut sa = SharedMemory::<f32>::new(BK * BM);
+    let mut sb = SharedMemory::<f32>::new(BK * BN);
+    let mut acc = Array::<f32>::new(MT * MT);
+    #[unroll]
+    for i in 0..MT * MT {
+        acc[i] = 0.0;
+    }
+    let mut ra = Array::<f32>::new(MT);
+    let mut rb = Array::<f32>::new(MT);
+
+    let mut l0 = k_begin;
+    while l0 < k_end {
+        // Stage op(A)[row0.., l0..] into sa[l * BM + i].
+        #[unroll]
+        for r in 0..(BM * BK) / (TS * TS) {
+            let e = tid + r * TS * TS;
+            let ii = if trans_a { e % BM } else { e / BK };
+            let li = if trans_a { e / BM } else { e % BK };
+            let gi = row0 + ii;
+            let gl = l0 + li;
+            let mut v = 0.0f32;
+            if gi < m && gl < k_end {
+                if trans_a {
+                    v = a[gl * m + gi];
+                } else {
+                    v = a[gi * k + gl];
+                }
+            }
+            sa[li * BM + ii] = v;
+        }
+        // Stage op(B)[l0.., col0..] into sb[l * BN + j].
+        #[unroll]
+        for r in 0..(BN * BK) / (TS * TS) {
+            let e = tid + r * TS * TS;
+            let jj = if trans_b { e / BK } else { e % BN };
+            let li = if trans_b { e % BK } else { e / BN };
+            let gj = col0 + jj;
+            let gl = l0 + li;
+            let mut v = 0.0f32;
+            if gj < n && gl < k_end {
+                if trans_b {
+                    v = b[gj * k + gl];
+                } else {
+                    v = b[gl * n + gj];
+                }
+            }
+            sb[li * BN + jj] = v;
+        }
+        sync_cube();
+        #[unroll]
+        for l in 0..BK {
+            #[unroll]
+            for r in 0..MT {
+                ra[r] = sa[l * BM + ty + r * TS];
+            }
+            #[unroll]
+            for q in 0..MT {
+                rb[q] = sb[l * BN + tx + q * TS];
+            }
+            #[unroll]
+            for r in 0..MT {
+                #[unroll]
+                for q in 0..MT {
+                    acc[r * MT + q] += ra[r] * rb[q];
+                }
+            }
+        }
+        sync_cube();
+        l0 += BK;
+    }
+
+    let slice = CUBE_POS_Z as usize * m * n;
+    #[unroll]
+    for r in 0..MT {
+        #[unroll]
+        for q in 0..MT {
+            let i = row0 + ty + r * TS;
+            let j = col0 + tx + q * TS;
+            if i < m && j < n {
+                if split {
+                    c[slice + i * n + j] = acc[r * MT + q];
+                } else if beta_zero {
+                    c[i * n + j] = alpha * acc[r * MT + q];
+                } else {
+                    c[i * n + j] = alpha * acc[r * MT + q] + beta * c[i * n + j];
+                }
+            }
+        }
+    }
+}
+
+/// Sums the split-K slices in slice order and applies alpha/beta.
+#[cube(launch_unchecked)]
+fn split_reduce_kernel(
+    work: &Array<f32>,
+    c: &mut Array<f32>,
+    len: u32,
+    splits: u32,
+    alpha: f32,
+    beta: f32,
+    #[comptime] beta_zero: bool,
+) {
+    let i = crate::kernels::linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let len = len as usize;
+    if i < len {
+        let mut s = 0.0f32;
+        for z in 0..splits as usize {
+            s += work[z * len + i];
+        }
+        if beta_zero {
+            c[i] = alpha * s;
+        } else {
+            c[i] = alpha * s + beta * c[i];
+        }
+    }
+}
+
+/// How many K splits to use: only when the output grid is small and K is long.
+fn choose_splits(tiles: usize, k: usize) -> usize {
+    const TARGET_CUBES: usize = 128;
+    const MIN_K_PER_SPLIT: usize = 256;
+    if tiles >= TARGET_CUBES / 2 || k < 2 * MIN_K_PER_SPLIT {
+        return 1;
+    }
+    let by_tiles = TARGET_CUBES.div_ceil(tiles);
+    let by_k = k / MIN_K_PER_SPLIT;
+    by_tiles.min(by_k).clamp(1, 64)
+}
+
+/// Enqueues `C = alpha op(A) op(B) + beta C`.
+pub fn gemm<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+    c: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    check_len("GEMM operand A", g.m * g.k, a.len)?;
+    check_len("GEMM operand B", g.k * g.n, b.len)?;
+    check_len("GEMM operand C", g.m * g.n, c.len)?;
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    if g.k == 0 {
+        // op(A) op(B) is zero: C = beta C (beta = 0 overwrites).
+        return if g.beta == 0.0 {
+            super::util::fill_f32(client, c, 0.0)
+        } else {
+            scale(client, c, g.beta)
+        };
+    }
+    let (m, n, k) = (
+        fits_u32("GEMM m", g.m)?,
+        fits_u32("GEMM n", g.n)?,
+        fits_u32("GEMM k", g.k)?,
+    );
+    fits_u32("GEMM operand A", a.len)?;
+    fits_u32("GEMM operand B", b.len)?;
+    let gx = g.n.div_ceil(BN);
+    let gy = g.m.div_ceil(BM);
+    if gx > MAX_GRID_DIM || gy > MAX_GRID_DIM {
+        return Err(KernelError::Unsupported(format!(
+            "GEMM of {} x {} exceeds the grid limit",
+            g.m, g.n
+        )));
+    }
+    let splits = choose_splits(gx * gy, g.k);
+    let beta_zero = g.beta == 0.0;
+    let dim = CubeDim::new_2d(TS as u32, TS as u32);
+    if splits == 1 {
+        unsafe {
+            gemm_kernel::launch_unchecked::<R>(
+                client,
+                CubeCount::Static(gx as u32, gy as u32, 1),
+                dim,
+                a.arg(),
+                b.arg(),
+                c.arg(),
+                m,
+                n,
+                k,
+                k,
+                g.alpha,
+                g.beta,
+                g.trans_a,
+                g.trans_b,
+                beta_zero,
+                false,
+            );
+        }
+        return Ok(());
+    }
+    let chunk = g.k.div_ceil(splits).div_ceil(BK) * BK;
+    let splits = g.k.div_ceil(chunk);
+    let work = DevBuf::<f32>::empty(client, splits * g.m * g.n);
+    fits_u32("GEMM split workspace", work.len)?;
+    unsafe {
+        gemm_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(gx as u32, gy as u32, splits as u32),
+            dim,
+            a.arg(),
+            b.arg(),
+            work.arg(),
+            m,
+            n,
+            k,
+            chunk as u32,
+            g.alpha,
+            g.beta,
+            g.trans_a,
+            g.trans_b,
+            beta_zero,
+            true,
+        );
+        let len = g.m * g.n;
+        split_reduce_kernel::launch_unchecked::<R>(
+            client,
+            super::grid(len.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            work.arg(),
+            c.arg(),
+            len as u32,
+            splits as u32,
+            g.alpha,
+            g.beta,
+            beta_zero,
+        );
+    }
+    Ok(())
+}
+
+#[cube(launch_unchecked)]
+fn scale_kernel(c: &mut Array<f32>, len: u32, f: f32) {
+    let i = crate::kernels::linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    if i < len as usize {
+        c[i] = f * c[i];
+    }
+}
+
+/// `c *= f` element-wise.
+pub fn scale<R: Runtime>(client: &ComputeClient<R>, c: &DevBuf<f32>, f: f32) -> Result<(), KernelError> {
+    if c.len == 0 {
+        return Ok(());
+    }
+    let len = fits_u32("scaled buffer", c.len)?;
+    unsafe {
+        scale_kernel::launch_unchecked::<R>(
+            client,
+            super::grid(c.len.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            c.arg(),
+            len,
+            f,
+        );
+    }
+    Ok(())
+}
