@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Compare simbal's router step against PyTorch (eager) and JAX (jit) on the CPU.
 #
-#   benches/compare.sh [--quick] [--threads T] [--shapes a,b] [--skip-setup] [--no-simbal] [--no-anchors]
+#   benches/compare.sh [--quick] [--threads T] [--iters I] [--warmup W] [--shapes a,b]
+#                      [--skip-setup] [--no-simbal] [--no-anchors]
 #
 # 1. benches/anchors/setup.sh        (venv with torch + jax[cpu]; idempotent; failures non-fatal)
 # 2. simbal's Rust timer, if the bin exists:
 #      cargo run --release -p simbal-benches --bin compare -- --threads T --out target/compare/simbal.json
 #    (extra arguments for it can be given in SIMBAL_COMPARE_ARGS)
 # 3. each installed anchor -> target/compare/torch.json, target/compare/jax.json
-# 4. benches/anchors/table.py        -> table on stdout and target/compare/table.md
+# 4. benches/anchors/table.py        -> tables on stdout, target/compare/table.md (medians)
+#                                       and target/compare/table-min.md (best of iters)
 #
 # --quick: 1 warm-up + 5 timed calls per op instead of 3 + 20.
 # Timings are wall-clock medians; run on an otherwise idle machine (a concurrent
-# cargo build on a 2-core box starves the second thread and inflates times many-fold).
+# cargo build, or a busy neighbour on the VM host, on a 2-core box starves the second
+# thread and inflates times many-fold; compare --stat min tables or --threads 1 then).
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +34,10 @@ RUN_ANCHORS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) WARMUP=1; ITERS=5 ;;
+    --iters) ITERS="$2"; shift ;;
+    --iters=*) ITERS="${1#*=}" ;;
+    --warmup) WARMUP="$2"; shift ;;
+    --warmup=*) WARMUP="${1#*=}" ;;
     --threads) THREADS="$2"; shift ;;
     --threads=*) THREADS="${1#*=}" ;;
     --shapes) SHAPES="$2"; shift ;;
@@ -38,7 +45,7 @@ while [ $# -gt 0 ]; do
     --skip-setup) SETUP=0 ;;
     --no-simbal) RUN_SIMBAL=0 ;;
     --no-anchors) RUN_ANCHORS=0 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -110,3 +117,5 @@ say "comparison (target/compare/table.md)"
 TPY=python3
 [ -x "$PY" ] && TPY="$PY"
 "$TPY" "$ANCH/table.py" --dir "$OUT" --md "$OUT/table.md"
+say "same, best-of-iters (min) times (target/compare/table-min.md; less sensitive to noisy neighbours)"
+"$TPY" "$ANCH/table.py" --dir "$OUT" --md "$OUT/table-min.md" --stat min

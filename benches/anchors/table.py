@@ -50,7 +50,7 @@ def fmt_ratio(r):
     return "—" if r is None else f"{r:.2f}x"
 
 
-def build(dirpath):
+def build(dirpath, stat="median_s"):
     docs = {}
     for key, fname in FILES:
         doc = load(os.path.join(dirpath, fname))
@@ -62,7 +62,7 @@ def build(dirpath):
         for r in doc["results"]:
             try:
                 sk = (r["shape"], r["op"])
-                times.setdefault(sk, {})[key] = float(r["median_s"])
+                times.setdefault(sk, {})[key] = float(r[stat])
                 dims[sk] = (r.get("n"), r.get("d"), r.get("e"), r.get("k"))
             except (KeyError, TypeError, ValueError):
                 continue
@@ -138,14 +138,14 @@ def render_text(header, rows):
     return "\n".join(out)
 
 
-def render_md(header, rows, note_lines):
+def render_md(header, rows, note_lines, stat):
     out = ["| " + " | ".join(header) + " |",
            "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
     for r in rows:
         cells = [f"**{x}**" if r[0] == "geomean" and x not in ("—", "") else str(x) for x in r]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
-    out.append("Median wall time per call (ms). `anchor / simbal` = how many times faster simbal is.")
+    out.append(f"{stat.capitalize()} wall time per call (ms). `anchor / simbal` = how many times faster simbal is.")
     out.append("")
     for line in note_lines:
         out.append(f"- {line}")
@@ -156,21 +156,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default="target/compare", help="directory with simbal/torch/jax.json")
     p.add_argument("--md", default=None, help="write markdown table here (default <dir>/table.md)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="which per-call statistic to tabulate (default median; min is more robust "
+                        "on a machine with noisy neighbours)")
     a = p.parse_args()
     md_path = a.md or os.path.join(a.dir, "table.md")
-    docs, header, rows = build(a.dir)
+    docs, header, rows = build(a.dir, f"{a.stat}_s")
     note_lines = notes(docs)
     if not docs:
         print(f"no result files in {a.dir} (expected simbal.json, torch.json, jax.json)")
         return 0
     print(render_text(header, rows))
     print()
-    print("median wall time per call (ms); 'anchor / simbal' = how many times faster simbal is")
+    print(f"{a.stat} wall time per call (ms); 'anchor / simbal' = how many times faster simbal is")
     for line in note_lines:
         print("  " + line)
     os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
     with open(md_path, "w") as f:
-        f.write(render_md(header, rows, note_lines))
+        f.write(render_md(header, rows, note_lines, a.stat))
     print(f"\nwrote {md_path}")
     return 0
 
