@@ -1,1 +1,395 @@
-//! placeholder
+//! # simbal-faer
+//!
+//! The fast CPU backend of simbal: GEMMs on [faer](https://docs.rs/faer), row kernels split
+//! across [rayon](https://docs.rs/rayon) in blocks of tokens, buffers in plain `Vec`s.
+//!
+//! [`Faer<T>`] (`T` = `f32` or `f64`) implements [`simbal_core::Backend`] with `Buf = Vec<T>` and
+//! `IdxBuf = Vec<u32>`. Every kernel gives the results of the scalar
+//! [`simbal_core::Reference`] backend to the SPEC's tolerances (indices exactly), and a training
+//! step of a shape seen before allocates nothing.
+//!
+//! Parallelism is the caller's choice, as a faer [`Par`]: [`Faer::new`] uses every thread of the
+//! current rayon pool, [`Faer::with_par`]`(Par::Seq)` runs on the calling thread only. Work runs
+//! on the rayon pool the call is made from (run it inside `ThreadPool::install` to pick a pool).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod gemm;
+mod select;
+
+use core::marker::PhantomData;
+use rayon::prelude::*;
+use simbal_core::config::RouterConfig;
+use simbal_core::ops;
+use simbal_core::shape::{check_len, product};
+use simbal_core::{check_gemm, Backend, Gemm, LblCoef, Result, Scalar, SimbalError};
+
+pub use faer::Par;
+
+/// Element types the faer backend computes in: `f32` and `f64` (sealed).
+pub trait FaerElem:
+    Scalar + faer::traits::RealField + faer::traits::Conjugate<Canonical = Self> + sealed::Sealed
+{
+}
+impl FaerElem for f32 {}
+impl FaerElem for f64 {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The faer + rayon CPU backend in `T` (`f32` or `f64`).
+///
+/// Route a small batch, then take the backward pass with SimBal on the router weight:
+///
+/// ```
+/// use simbal_core::{orthogonal_init, LossConfig, Router, RouterConfig, WeightLayout};
+/// use simbal_faer::Faer;
+///
+/// let (n, d, e, k) = (64, 32, 8, 2);
+/// let x: Vec<f32> = (0..n * d).map(|i| ((i * 37 % 23) as f32 - 11.0) / 11.0).collect();
+/// let r: Vec<f32> = orthogonal_init(WeightLayout::DxE, d, e, 7)?;
+/// let mut router = Router::new(Faer::<f32>::new(), RouterConfig::new(e, k))?;
+///
+/// router.forward(&x, &r, None, n, d)?;
+/// let idx = router.indices()?;
+/// assert_eq!(idx.len(), n * k);
+/// assert!(idx.iter().all(|&i| (i as usize) < e));
+/// // Gates are renormalised over the chosen experts: each token's gates sum to 1.
+/// let gates = router.gates()?;
+/// assert!(gates.chunks(k).all(|w| (w.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+///
+/// let dw = vec![1.0f32; n * k];
+/// let losses = router.backward(&x, &r, &dw, &LossConfig::simbal(), None)?;
+/// // Orthogonal init: SimBal = 0.1 * ||R^T R - I||_1 starts at (almost) 0.
+/// assert!(losses.simbal < 1e-4);
+/// assert_eq!(router.dr()?.len(), d * e);
+/// # Ok::<(), simbal_core::SimbalError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faer<T> {
+    par: Par,
+    _elem: PhantomData<fn() -> T>,
+}
+
+impl<T> Faer<T> {
+    /// The backend on every thread of the current rayon pool (`Par::rayon(0)`).
+    pub fn new() -> Self {
+        Self::with_par(Par::rayon(0))
+    }
+
+    /// The backend with the given parallelism: `Par::Seq` stays on the calling thread,
+    /// `Par::rayon(n)` splits work into at most `n` concurrent blocks (0: all rayon threads).
+    pub fn with_par(par: Par) -> Self {
+        Self {
+            par,
+            _elem: PhantomData,
+        }
+    }
+
+    /// The parallelism this backend uses.
+    pub fn par(&self) -> Par {
+        self.par
+    }
+
+    /// How many blocks work is split into at most.
+    fn threads(&self) -> usize {
+        self.par.degree().max(1)
+    }
+
+    /// Rows per block for a row kernel over `n` rows of `width` elements, or `None` to run
+    /// sequentially (one thread, or too little work to be worth a split).
+    fn row_block(&self, n: usize, width: usize) -> Option<usize> {
+        let threads = self.threads();
+        if threads <= 1 {
+            return None;
+        }
+        let min_rows = MIN_BLOCK_ELEMS.div_ceil(width.max(1)).max(1);
+        let blocks = threads.min(n / min_rows);
+        if blocks <= 1 {
+            return None;
+        }
+        Some(n.div_ceil(blocks))
+    }
+}
+
+impl<T> Default for Faer<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Least elements a rayon task of a row kernel should get.
+const MIN_BLOCK_ELEMS: usize = 1 << 13;
+/// Fixed number of partial sums in reductions, so results do not depend on the thread count.
+const REDUCE_PARTS: usize = 64;
+
+/// `n` must be a whole number of groups of `group_len` (core's check, same error).
+fn check_group_len(group_len: usize, n: usize) -> Result<()> {
+    if group_len == 0 || n % group_len != 0 {
+        Err(SimbalError::SequenceLength {
+            seq_len: group_len,
+            tokens: n,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// An expert index `>= e` is refused (core's check, same error).
+fn check_indices(e: usize, idx: &[u32]) -> Result<()> {
+    if idx.iter().any(|&i| i as usize >= e) {
+        Err(SimbalError::Backend {
+            message: String::from("an expert index is out of range"),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+impl<T: FaerElem> Backend for Faer<T> {
+    type Elem = T;
+    type Buf = Vec<T>;
+    type IdxBuf = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("faer-{}", T::NAME)
+    }
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+    fn upload(&self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+    fn download(&self, buf: &Vec<T>, host: &mut [T]) -> Result<()> {
+        check_len("download target", buf.len(), host.len())?;
+        host.copy_from_slice(buf);
+        Ok(())
+    }
+    fn write(&self, buf: &mut Vec<T>, host: &[T]) -> Result<()> {
+        check_len("write source", buf.len(), host.len())?;
+        buf.copy_from_slice(host);
+        Ok(())
+    }
+    fn len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+    fn idx_zeros(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+    fn idx_upload(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
+    }
+    fn idx_download(&self, buf: &Vec<u32>, host: &mut [u32]) -> Result<()> {
+        check_len("download target", buf.len(), host.len())?;
+        host.copy_from_slice(buf);
+        Ok(())
+    }
+    fn idx_write(&self, buf: &mut Vec<u32>, host: &[u32]) -> Result<()> {
+        check_len("write source", buf.len(), host.len())?;
+        buf.copy_from_slice(host);
+        Ok(())
+    }
+    fn idx_len(&self, buf: &Vec<u32>) -> usize {
+        buf.len()
+    }
+    fn is_host(&self) -> bool {
+        true
+    }
+    fn host<'a>(&self, buf: &'a Vec<T>) -> Option<&'a [T]> {
+        Some(buf)
+    }
+    fn host_mut<'a>(&self, buf: &'a mut Vec<T>) -> Option<&'a mut [T]> {
+        Some(buf)
+    }
+    fn idx_host<'a>(&self, buf: &'a Vec<u32>) -> Option<&'a [u32]> {
+        Some(buf)
+    }
+    fn idx_host_mut<'a>(&self, buf: &'a mut Vec<u32>) -> Option<&'a mut [u32]> {
+        Some(buf)
+    }
+
+    fn gemm(&self, g: &Gemm, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>) -> Result<()> {
+        // Overflow-safe sizes first: `Gemm::lens` multiplies without checks.
+        product("GEMM operand A", g.m, g.k)?;
+        product("GEMM operand B", g.k, g.n)?;
+        product("GEMM operand C", g.m, g.n)?;
+        check_gemm(g, a.len(), b.len(), c.len())?;
+        gemm::gemm(g, self.threads(), a, b, c);
+        Ok(())
+    }
+
+    fn route_rows(
+        &self,
+        cfg: &RouterConfig,
+        n: usize,
+        z: &Vec<T>,
+        bias: Option<&Vec<T>>,
+        p: &mut Vec<T>,
+        idx: &mut Vec<u32>,
+        gates: &mut Vec<T>,
+    ) -> Result<()> {
+        cfg.validate()?;
+        let (e, k) = (cfg.experts, cfg.k);
+        let ne = product("logits", n, e)?;
+        let nk = product("indices", n, k)?;
+        check_len("logits", ne, z.len())?;
+        check_len("scores", ne, p.len())?;
+        check_len("indices", nk, idx.len())?;
+        check_len("gates", nk, gates.len())?;
+        if let Some(b) = bias {
+            check_len("selection bias", e, b.len())?;
+        }
+        let bias = bias.map(|b| b.as_slice());
+        match self.row_block(n, e) {
+            None => select::route_rows(cfg, z, bias, p, idx, gates),
+            Some(rows) => (
+                z.par_chunks(rows * e),
+                p.par_chunks_mut(rows * e),
+                idx.par_chunks_mut(rows * k),
+                gates.par_chunks_mut(rows * k),
+            )
+                .into_par_iter()
+                .for_each(|(z, p, idx, gates)| select::route_rows(cfg, z, bias, p, idx, gates)),
+        }
+        Ok(())
+    }
+
+    fn router_backward_rows(
+        &self,
+        cfg: &RouterConfig,
+        n: usize,
+        z: &Vec<T>,
+        p: &Vec<T>,
+        idx: &Vec<u32>,
+        gates: &Vec<T>,
+        dropped: &Vec<u32>,
+        dw: &Vec<T>,
+        lbl: Option<LblCoef<'_, Vec<T>>>,
+        z_coef: T,
+        dz: &mut Vec<T>,
+    ) -> Result<()> {
+        cfg.validate()?;
+        let (e, k) = (cfg.experts, cfg.k);
+        let ne = product("logits", n, e)?;
+        let nk = product("indices", n, k)?;
+        check_len("logits", ne, z.len())?;
+        check_len("scores", ne, p.len())?;
+        check_len("indices", nk, idx.len())?;
+        check_len("gates", nk, gates.len())?;
+        check_len("dropped flags", nk, dropped.len())?;
+        check_len("gate gradient", nk, dw.len())?;
+        check_len("logit gradient", ne, dz.len())?;
+        let lbl = match lbl {
+            Some(l) => {
+                check_group_len(l.group_len, n)?;
+                check_len("LBL coefficients", (n / l.group_len) * e, l.coef.len())?;
+                Some((l.coef.as_slice(), l.group_len))
+            }
+            None => None,
+        };
+        check_indices(e, idx)?;
+        // Block kernel on rows starting at `r0`; LBL coefficient rows follow the global row.
+        let block =
+            |r0: usize, z: &[T], p: &[T], i: &[u32], w: &[T], d: &[u32], g: &[T], dz: &mut [T]| {
+                let coef_row = |r: usize| {
+                    lbl.map(|(c, len)| {
+                        let grp = (r0 + r) / len;
+                        &c[grp * e..(grp + 1) * e]
+                    })
+                };
+                ops::router::router_backward_rows(cfg, z, p, i, w, d, g, coef_row, z_coef, dz);
+            };
+        match self.row_block(n, e) {
+            None => block(0, z, p, idx, gates, dropped, dw, dz),
+            Some(rows) => (
+                z.par_chunks(rows * e),
+                p.par_chunks(rows * e),
+                idx.par_chunks(rows * k),
+                gates.par_chunks(rows * k),
+                dropped.par_chunks(rows * k),
+                dw.par_chunks(rows * k),
+                dz.par_chunks_mut(rows * e),
+            )
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(b, (z, p, i, w, d, g, dz))| block(b * rows, z, p, i, w, d, g, dz)),
+        }
+        Ok(())
+    }
+
+    fn group_column_sums(
+        &self,
+        n: usize,
+        cols: usize,
+        group_len: usize,
+        a: &Vec<T>,
+        out: &mut Vec<T>,
+    ) -> Result<()> {
+        check_group_len(group_len, n)?;
+        check_len("matrix", product("matrix", n, cols)?, a.len())?;
+        check_len("group sums", (n / group_len) * cols, out.len())?;
+        let groups = n / group_len;
+        if groups >= 2 && cols > 0 && self.row_block(n, cols).is_some() {
+            // One task per group (a sequence); each sums its own rows.
+            a.par_chunks(group_len * cols)
+                .zip(out.par_chunks_mut(cols))
+                .for_each(|(rows, o)| ops::reduce::group_column_sums(cols, group_len, rows, o));
+        } else {
+            ops::reduce::group_column_sums(cols, group_len, a, out);
+        }
+        Ok(())
+    }
+
+    fn lse_sq_sum(&self, n: usize, e: usize, z: &Vec<T>) -> Result<T> {
+        check_len("logits", product("logits", n, e)?, z.len())?;
+        if n == 0 || e == 0 {
+            return Ok(T::zero());
+        }
+        // A fixed split into REDUCE_PARTS partial sums, added in order: the same value on any
+        // number of threads.
+        let rows = n.div_ceil(REDUCE_PARTS);
+        let mut parts = [T::zero(); REDUCE_PARTS];
+        let chunk = rows * e;
+        if self.row_block(n, e).is_some() {
+            z.par_chunks(chunk)
+                .zip(parts.par_iter_mut())
+                .for_each(|(zb, s)| *s = ops::zloss::lse_sq_sum(e, zb));
+        } else {
+            for (zb, s) in z.chunks(chunk).zip(parts.iter_mut()) {
+                *s = ops::zloss::lse_sq_sum(e, zb);
+            }
+        }
+        Ok(parts.iter().fold(T::zero(), |acc, &s| acc + s))
+    }
+
+    fn check_finite(&self, what: &'static str, cols: usize, buf: &Vec<T>) -> Result<()> {
+        let threads = self.threads();
+        if threads <= 1 || buf.len() < 4 * MIN_BLOCK_ELEMS {
+            return simbal_core::shape::check_finite(what, cols, buf);
+        }
+        let chunk = buf.len().div_ceil(4 * threads);
+        let bad = buf
+            .par_chunks(chunk)
+            .position_first(|c| !c.iter().all(|v| v.is_finite()));
+        match bad {
+            None => Ok(()),
+            Some(ci) => {
+                let start = ci * chunk;
+                let at = start
+                    + buf[start..]
+                        .iter()
+                        .position(|v| !v.is_finite())
+                        .unwrap_or(0);
+                let cols = cols.max(1);
+                Err(SimbalError::NonFinite {
+                    what,
+                    row: at / cols,
+                    col: at % cols,
+                })
+            }
+        }
+    }
+}
