@@ -77,6 +77,10 @@ impl<T: CubeElement> DevBuf<T> {
         if self.len == 0 {
             return Ok(Vec::new());
         }
+        // A failed launch (e.g. a shader that does not compile) is only reported here.
+        client
+            .flush()
+            .map_err(|e| KernelError::Device(format!("{e:?}")))?;
         let bytes = client
             .read_one(self.handle.clone())
             .map_err(|e| KernelError::Device(format!("{e:?}")))?;

@@ -1,1 +1,393 @@
-//! todo
+//! Router forward row kernel: scores, top-k selection (selection bias, group limit, ties to the
+//! lower index) and gates, one token row per group of `lanes` threads, several rows per cube.
+//!
+//! Per row: logits are staged in shared memory; softmax (max-subtracted) or sigmoid gives `P`;
+//! selection keys are `P + b` (NaN keys rank as `-inf`); with a group limit each group's score is
+//! the sum of its top `m` keys (summed in pick order, as the reference), and `top_groups` rounds of
+//! arg-max admit groups; then `k` rounds of arg-max pick experts, each the best candidate strictly
+//! after the previous pick in the total order "higher key, then lower index". This is the
+//! reference's scratch-free selection, so indices agree exactly for equal keys.
+
+#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
+
+use cubecl::prelude::*;
+
+use super::util::{before, fits_u32, tree_argmax, tree_max, tree_sum};
+use super::{check_len, grid, linear_cube, DevBuf, KernelError, NONE};
+
+/// Compile-time shape and options of the forward row kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteShape {
+    /// Experts `E`.
+    pub e: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+    /// Threads per row (a power of two).
+    pub lanes: usize,
+    /// Rows per cube.
+    pub rows: usize,
+    /// Softmax scores (else sigmoid).
+    pub softmax: bool,
+    /// A selection bias is given.
+    pub has_bias: bool,
+    /// Renormalise the gates.
+    pub renorm: bool,
+    /// Groups of the group limit, 0 without one.
+    pub groups: usize,
+    /// Groups admitted to the top-k.
+    pub top_groups: usize,
+    /// Top scores summed per group: `clamp(k / top_groups, 1, E / groups)`.
+    pub group_pick: usize,
+}
+
+/// Host-side options of a forward launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteOptions {
+    /// Experts `E`.
+    pub e: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+    /// Softmax scores (else sigmoid).
+    pub softmax: bool,
+    /// Renormalise the gates.
+    pub renorm: bool,
+    /// Gate scale `s`.
+    pub scale: f32,
+    /// `(groups, top_groups)` of the group limit.
+    pub groups: Option<(usize, usize)>,
+}
+
+/// Logistic sigmoid without overflow for either sign (as the reference).
+#[cube]
+pub fn sigmoid(v: f32) -> f32 {
+    let en = f32::exp(-v);
+    let ep = f32::exp(v);
+    select(v >= 0.0, 1.0 / (1.0 + en), ep / (1.0 + ep))
+}
+
+/// `ninf` is `-inf`, passed at run time (WGSL has no infinite literal).
+/// Writes the scores of one row into `ps[pb..pb + E]` (which holds the logits on entry), every
+/// lane its strided share. All threads of the cube must call it.
+#[cube]
+pub fn score_row_shared(
+    ps: &mut SharedMemory<f32>,
+    rs: &mut SharedMemory<f32>,
+    pb: usize,
+    rb: usize,
+    lane: usize,
+    ninf: f32,
+    #[comptime] e: usize,
+    #[comptime] lanes: usize,
+    #[comptime] softmax: bool,
+) {
+    if softmax {
+        let mut mx = ninf;
+        let mut c = lane;
+        while c < e {
+            let v = ps[pb + c];
+            if v > mx {
+                mx = v;
+            }
+            c += lanes;
+        }
+        mx = tree_max(rs, rb, lane, mx, lanes);
+        let mut sum = 0.0f32;
+        c = lane;
+        while c < e {
+            let v = f32::exp(ps[pb + c] - mx);
+            ps[pb + c] = v;
+            sum += v;
+            c += lanes;
+        }
+        sum = tree_sum(rs, rb, lane, sum, lanes);
+        let inv = 1.0 / sum;
+        c = lane;
+        while c < e {
+            ps[pb + c] = ps[pb + c] * inv;
+            c += lanes;
+        }
+    } else {
+        let mut c = lane;
+        while c < e {
+            ps[pb + c] = sigmoid(ps[pb + c]);
+            c += lanes;
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+fn route_rows_kernel(
+    z: &Array<f32>,
+    bias: &Array<f32>,
+    p_out: &mut Array<f32>,
+    idx_out: &mut Array<u32>,
+    gates_out: &mut Array<f32>,
+    n: u32,
+    scale: f32,
+    ninf: f32,
+    #[comptime] cfg: RouteShape,
+) {
+    let e = comptime!(cfg.e);
+    let k = comptime!(cfg.k);
+    let lanes = comptime!(cfg.lanes);
+    let ng = comptime!(cfg.groups);
+    let lane = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let row = linear_cube() * comptime!(cfg.rows) + ty;
+    let valid = row < n as usize;
+
+    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
+    let mut ks = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
+    let mut rs = SharedMemory::<f32>::new(comptime!(cfg.lanes * cfg.rows));
+    let mut ri = SharedMemory::<u32>::new(comptime!(cfg.lanes * cfg.rows));
+    let mut chosen = SharedMemory::<u32>::new(comptime!(cfg.k * cfg.rows));
+    let pb = ty * e;
+    let rb = ty * lanes;
+
+    // Stage the logits.
+    let mut c = lane;
+    while c < e {
+        let mut v = 0.0f32;
+        if valid {
+            v = z[row * e + c];
+        }
+        ps[pb + c] = v;
+        c += lanes;
+    }
+    score_row_shared(&mut ps, &mut rs, pb, rb, lane, ninf, e, lanes, cfg.softmax);
+
+    // Scores out, selection keys in.
+    c = lane;
+    while c < e {
+        let p = ps[pb + c];
+        if valid {
+            p_out[row * e + c] = p;
+        }
+        let mut s = p;
+        if cfg.has_bias {
+            s = p + bias[c];
+        }
+        if s.is_nan() {
+            s = ninf;
+        }
+        ks[pb + c] = s;
+        c += lanes;
+    }
+    sync_cube();
+
+    // Group limit: admitted groups.
+    let mut adm = SharedMemory::<u32>::new(comptime!(if cfg.groups > 0 { cfg.groups * cfg.rows } else { 1 }));
+    if comptime!(ng > 0) {
+        let glen = comptime!(cfg.e / cfg.groups.max(1));
+        let mut gs = SharedMemory::<f32>::new(comptime!(cfg.groups * cfg.rows));
+        let gb = ty * ng;
+        let mut g = lane;
+        while g < ng {
+            let start = g * glen;
+            let mut total = 0.0f32;
+            let mut prev_s = 0.0f32;
+            let mut prev_i = NONE.runtime();
+            for _ in 0..comptime!(cfg.group_pick) {
+                let mut bs = ninf;
+                let mut bi = NONE.runtime();
+                for cc in start..start + glen {
+                    let s = ks[pb + cc];
+                    let ci = cc as u32;
+                    let ok = prev_i == NONE || before(prev_s, prev_i, s, ci);
+                    if ok && before(s, ci, bs, bi) {
+                        bs = s;
+                        bi = ci;
+                    }
+                }
+                if bi != NONE {
+                    total += bs;
+                    prev_s = bs;
+                    prev_i = bi;
+                }
+            }
+            gs[gb + g] = total;
+            adm[gb + g] = 0;
+            g += lanes;
+        }
+        sync_cube();
+        let mut prev_s = 0.0f32;
+        let mut prev_i = NONE.runtime();
+        for _ in 0..comptime!(cfg.top_groups) {
+            let mut bs = ninf;
+            let mut bi = NONE.runtime();
+            let mut g = lane;
+            while g < ng {
+                let s = gs[gb + g];
+                let gi = g as u32;
+                let ok = prev_i == NONE || before(prev_s, prev_i, s, gi);
+                if ok && before(s, gi, bs, bi) {
+                    bs = s;
+                    bi = gi;
+                }
+                g += lanes;
+            }
+            let (ws, wi) = tree_argmax(&mut rs, &mut ri, rb, lane, bs, bi, lanes);
+            if wi != NONE {
+                if lane == 0 {
+                    adm[gb + wi as usize] = 1;
+                }
+                prev_s = ws;
+                prev_i = wi;
+            }
+        }
+        sync_cube();
+    }
+
+    // Top-k.
+    let mut prev_s = 0.0f32;
+    let mut prev_i = NONE.runtime();
+    for j in 0..k {
+        let mut bs = ninf;
+        let mut bi = NONE.runtime();
+        c = lane;
+        while c < e {
+            let s = ks[pb + c];
+            let ci = c as u32;
+            let mut ok = prev_i == NONE || before(prev_s, prev_i, s, ci);
+            if comptime!(ng > 0) {
+                let glen = comptime!(cfg.e / cfg.groups.max(1));
+                if adm[ty * ng + c / glen] == 0 {
+                    ok = false;
+                }
+            }
+            if ok && before(s, ci, bs, bi) {
+                bs = s;
+                bi = ci;
+            }
+            c += lanes;
+        }
+        let (ws, wi) = tree_argmax(&mut rs, &mut ri, rb, lane, bs, bi, lanes);
+        let mut fs = ws;
+        let mut fi = wi;
+        if wi == NONE {
+            fs = 0.0;
+            fi = 0;
+        }
+        if lane == 0 {
+            chosen[ty * k + j] = fi;
+        }
+        prev_s = fs;
+        prev_i = fi;
+    }
+    sync_cube();
+
+    // Gates, lane j writes slot j.
+    if valid {
+        let mut sum = 0.0f32;
+        if cfg.renorm {
+            for j in 0..k {
+                sum += ps[pb + chosen[ty * k + j] as usize];
+            }
+        }
+        let f = scale / (sum + f32::MIN_POSITIVE);
+        let mut j = lane;
+        while j < k {
+            let i = chosen[ty * k + j];
+            let p = ps[pb + i as usize];
+            idx_out[row * k + j] = i;
+            if cfg.renorm {
+                gates_out[row * k + j] = p * f;
+            } else {
+                gates_out[row * k + j] = scale * p;
+            }
+            j += lanes;
+        }
+    }
+}
+
+/// Threads per row and rows per cube for `E` experts.
+pub fn row_layout(e: usize) -> (usize, usize) {
+    let lanes = e.next_power_of_two().clamp(8, 128);
+    (lanes, (256 / lanes).max(1))
+}
+
+/// Shared memory (bytes) of the forward kernel.
+fn shared_bytes(s: &RouteShape) -> usize {
+    4 * s.rows * (2 * s.e + 2 * s.lanes + s.k + 2 * s.groups.max(1))
+}
+
+/// Enqueues the forward rows: `p` (`n x E`), `idx` and `gates` (`n x k`) from logits `z`.
+pub fn route_rows<R: Runtime>(
+    client: &ComputeClient<R>,
+    o: &RouteOptions,
+    n: usize,
+    z: &DevBuf<f32>,
+    bias: Option<&DevBuf<f32>>,
+    p: &DevBuf<f32>,
+    idx: &DevBuf<u32>,
+    gates: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    let (e, k) = (o.e, o.k);
+    if e == 0 || k == 0 || k > e {
+        return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
+    }
+    check_len("logits", n * e, z.len)?;
+    check_len("scores", n * e, p.len)?;
+    check_len("indices", n * k, idx.len)?;
+    check_len("gates", n * k, gates.len)?;
+    if let Some(b) = bias {
+        check_len("selection bias", e, b.len)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let n32 = fits_u32("logits", n * e).map(|_| n as u32)?;
+    let (groups, top_groups, group_pick) = match o.groups {
+        Some((g, top)) if top < g => {
+            if g == 0 || e % g != 0 || top == 0 {
+                return Err(KernelError::Unsupported(format!("{g} groups, {top} admitted, E = {e}")));
+            }
+            (g, top, (k / top).clamp(1, e / g))
+        }
+        _ => (0, 0, 0),
+    };
+    let (lanes, rows) = row_layout(e);
+    let shape = RouteShape {
+        e,
+        k,
+        lanes,
+        rows,
+        softmax: o.softmax,
+        has_bias: bias.is_some(),
+        renorm: o.renorm,
+        groups,
+        top_groups,
+        group_pick,
+    };
+    let max_shared = client.properties().hardware.max_shared_memory_size;
+    if shared_bytes(&shape) > max_shared {
+        return Err(KernelError::Unsupported(format!(
+            "E = {e} needs more shared memory than the device's {max_shared} bytes"
+        )));
+    }
+    let dummy;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            dummy = DevBuf::<f32>::empty(client, 1);
+            &dummy
+        }
+    };
+    unsafe {
+        route_rows_kernel::launch_unchecked::<R>(
+            client,
+            grid(n.div_ceil(rows))?,
+            CubeDim::new_2d(lanes as u32, rows as u32),
+            z.arg(),
+            bias.arg(),
+            p.arg(),
+            idx.arg(),
+            gates.arg(),
+            n32,
+            o.scale,
+            f32::NEG_INFINITY,
+            shape,
+        );
+    }
+    Ok(())
+}

@@ -101,7 +101,7 @@ pub fn sum_all<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>, out: &Dev
 pub fn tree_sum(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32, #[comptime] width: usize) -> f32 {
     s[base + lane] = value;
     sync_cube();
-    let mut stride = comptime!(width / 2);
+    let mut stride = comptime!(width / 2).runtime();
     while stride > 0 {
         if lane < stride {
             let v = s[base + lane] + s[base + lane + stride];
@@ -121,7 +121,7 @@ pub fn tree_sum(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32,
 pub fn tree_max(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32, #[comptime] width: usize) -> f32 {
     s[base + lane] = value;
     sync_cube();
-    let mut stride = comptime!(width / 2);
+    let mut stride = comptime!(width / 2).runtime();
     while stride > 0 {
         if lane < stride {
             let other = s[base + lane + stride];
@@ -158,7 +158,7 @@ pub fn tree_argmax(
     s[base + lane] = score;
     si[base + lane] = index;
     sync_cube();
-    let mut stride = comptime!(width / 2);
+    let mut stride = comptime!(width / 2).runtime();
     while stride > 0 {
         if lane < stride {
             let os = s[base + lane + stride];

@@ -80,3 +80,81 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
         assert!(ok, "{what}[{i}]: got {g}, want {w} (scale {scale})");
     }
 }
+
+/// Naive CPU router forward (independent of the kernels): returns `(p, idx, gates)`.
+pub fn route_reference(
+    n: usize,
+    e: usize,
+    k: usize,
+    softmax: bool,
+    renorm: bool,
+    scale: f32,
+    groups: Option<(usize, usize)>,
+    z: &[f32],
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let mut p = vec![0.0f32; n * e];
+    let mut idx = vec![0u32; n * k];
+    let mut gates = vec![0.0f32; n * k];
+    for t in 0..n {
+        let zr = &z[t * e..(t + 1) * e];
+        let pr = &mut p[t * e..(t + 1) * e];
+        if softmax {
+            let m = zr.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let mut s = 0.0;
+            for (pi, &zi) in pr.iter_mut().zip(zr) {
+                *pi = (zi - m).exp();
+                s += *pi;
+            }
+            for pi in pr.iter_mut() {
+                *pi *= 1.0 / s;
+            }
+        } else {
+            for (pi, &zi) in pr.iter_mut().zip(zr) {
+                *pi = if zi >= 0.0 { 1.0 / (1.0 + (-zi).exp()) } else { zi.exp() / (1.0 + zi.exp()) };
+            }
+        }
+        let key: Vec<f32> = (0..e)
+            .map(|c| {
+                let v = pr[c] + bias.map_or(0.0, |b| b[c]);
+                if v.is_nan() { f32::NEG_INFINITY } else { v }
+            })
+            .collect();
+        let order = |cands: &mut Vec<usize>, sc: &dyn Fn(usize) -> f32| {
+            cands.sort_by(|&a, &b| sc(b).partial_cmp(&sc(a)).unwrap().then(a.cmp(&b)));
+        };
+        let mut allowed = vec![true; e];
+        if let Some((g, top)) = groups {
+            if top < g {
+                let len = e / g;
+                let m = (k / top).clamp(1, len);
+                let gscore: Vec<f32> = (0..g)
+                    .map(|gi| {
+                        let mut c: Vec<usize> = (gi * len..(gi + 1) * len).collect();
+                        order(&mut c, &|x| key[x]);
+                        c[..m].iter().fold(0.0, |s, &x| s + key[x])
+                    })
+                    .collect();
+                let mut gs: Vec<usize> = (0..g).collect();
+                order(&mut gs, &|x| gscore[x]);
+                for c in 0..e {
+                    allowed[c] = gs[..top].contains(&(c / len));
+                }
+            }
+        }
+        let mut cands: Vec<usize> = (0..e).filter(|&c| allowed[c]).collect();
+        order(&mut cands, &|x| key[x]);
+        let sum: f32 = cands[..k].iter().map(|&c| pr[c]).sum();
+        for j in 0..k {
+            let c = cands[j];
+            idx[t * k + j] = c as u32;
+            gates[t * k + j] = if renorm { pr[c] * (scale / (sum + f32::MIN_POSITIVE)) } else { scale * pr[c] };
+        }
+    }
+    (p, idx, gates)
+}
+
+/// Logits on a coarse grid (many exact ties, no near-ties between distinct values).
+pub fn grid_logits(rng: &mut Rng, len: usize, levels: usize, step: f32) -> Vec<f32> {
+    (0..len).map(|_| (rng.below(levels) as f32 - (levels / 2) as f32) * step).collect()
+}
