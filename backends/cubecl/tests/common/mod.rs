@@ -158,3 +158,63 @@ pub fn route_reference(
 pub fn grid_logits(rng: &mut Rng, len: usize, levels: usize, step: f32) -> Vec<f32> {
     (0..len).map(|_| (rng.below(levels) as f32 - (levels / 2) as f32) * step).collect()
 }
+
+/// Naive CPU router backward: `dz` (`n x E`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_reference(
+    n: usize,
+    e: usize,
+    k: usize,
+    softmax: bool,
+    renorm: bool,
+    scale: f32,
+    z: &[f32],
+    p: &[f32],
+    idx: &[u32],
+    gates: &[f32],
+    dropped: &[u32],
+    dw: &[f32],
+    lbl: Option<(&[f32], usize)>,
+    z_coef: f32,
+) -> Vec<f32> {
+    let mut dz = vec![0.0f32; n * e];
+    for t in 0..n {
+        let d = &mut dz[t * e..(t + 1) * e];
+        let pr = &p[t * e..(t + 1) * e];
+        if let Some((c, len)) = lbl {
+            d.copy_from_slice(&c[(t / len) * e..(t / len + 1) * e]);
+        }
+        let kdw = |j: usize| if dropped[t * k + j] == 0 { dw[t * k + j] } else { 0.0 };
+        if renorm {
+            let sum: f32 = (0..k).map(|j| pr[idx[t * k + j] as usize]).sum();
+            let dot: f32 = (0..k).map(|j| kdw(j) * gates[t * k + j]).sum();
+            for j in 0..k {
+                d[idx[t * k + j] as usize] += (scale * kdw(j) - dot) / (sum + f32::MIN_POSITIVE);
+            }
+        } else {
+            for j in 0..k {
+                d[idx[t * k + j] as usize] += scale * kdw(j);
+            }
+        }
+        if softmax {
+            let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
+            for (di, &pi) in d.iter_mut().zip(pr) {
+                *di = pi * (*di - dot);
+            }
+        } else {
+            for (di, &pi) in d.iter_mut().zip(pr) {
+                *di = *di * pi * (1.0 - pi);
+            }
+        }
+        if z_coef != 0.0 {
+            let zr = &z[t * e..(t + 1) * e];
+            let m = zr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let s: f32 = zr.iter().map(|v| (v - m).exp()).sum();
+            let lse = m + s.ln();
+            for (di, &zi) in d.iter_mut().zip(zr) {
+                *di += z_coef * lse * ((zi - m).exp() / s);
+            }
+        }
+    }
+    dz
+}
