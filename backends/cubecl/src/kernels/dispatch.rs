@@ -1,1 +1,351 @@
-//! todo
+//! Capacity dropping and the dispatch plan, deterministic and equal to the reference.
+//!
+//! 1. counts: an integer histogram with atomics (order-free, so exact);
+//! 2. plan: one cube per expert scans all assignments in order with a block prefix sum and writes
+//!    its kept assignment ids at `offsets[e] + rank` (stable in token order); the cube computes
+//!    its own offset from the counts and writes `offsets[e]` (the last cube also `offsets[E]`);
+//! 3. capacity `C`: one cube per expert over its segment of the plan. `Position` drops segment
+//!    entries from `C` on; `Probs` ranks each entry among the segment (larger gate first, then lower
+//!    assignment id, NaN gates last) and drops ranks `>= C`. Dropped gates are zeroed, then counts
+//!    and plan are rebuilt over the kept assignments (the tail of `order` past `offsets[E]` keeps
+//!    the first plan, as in the reference).
+//!
+//! `Probs` ranking costs `O(c_e^2)` per expert (`c_e` its assignments), spread over 256 threads.
+
+#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
+
+use cubecl::prelude::*;
+
+use super::util::{before, block_scan_u32, fill_u32, fits_u32};
+use super::{check_len, grid, linear_cube, DevBuf, KernelError, NONE};
+
+/// Assignments each plan thread handles per tile.
+const CHUNK: usize = 8;
+
+/// `counts[(a / per) * e + idx[a]] += 1` for every (kept) assignment `a`.
+#[cube(launch_unchecked)]
+fn histogram_kernel(
+    idx: &Array<u32>,
+    dropped: &Array<u32>,
+    counts: &mut Array<Atomic<u32>>,
+    nk: u32,
+    e: u32,
+    per: u32,
+    #[comptime] use_dropped: bool,
+) {
+    let a = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    if a < nk as usize {
+        let i = idx[a];
+        let mut keep = i < e;
+        if use_dropped {
+            if dropped[a] != 0 {
+                keep = false;
+            }
+        }
+        if keep {
+            let slot = (a / per as usize) * e as usize + i as usize;
+            counts[slot].fetch_add(1u32);
+        }
+    }
+}
+
+/// One cube per expert: offsets and the stable, expert-sorted assignment ids.
+#[cube(launch_unchecked)]
+fn plan_kernel(
+    idx: &Array<u32>,
+    dropped: &Array<u32>,
+    counts: &Array<u32>,
+    offsets: &mut Array<u32>,
+    order: &mut Array<u32>,
+    nk: u32,
+    e: u32,
+    #[comptime] use_dropped: bool,
+) {
+    let x = linear_cube();
+    let lane = UNIT_POS as usize;
+    let mut s = SharedMemory::<u32>::new(512usize);
+    if x < e as usize {
+        let mut part = 0u32;
+        let mut i = lane;
+        while i < x {
+            part += counts[i];
+            i += 256usize;
+        }
+        let (_, off) = block_scan_u32(&mut s, lane, part);
+        if lane == 0 {
+            offsets[x] = off;
+            if x + 1 == e as usize {
+                offsets[x + 1] = off + counts[x];
+            }
+        }
+        let xu = x as u32;
+        let mut run = off;
+        let mut t0 = 0usize;
+        while t0 < nk as usize {
+            let base = t0 + lane * CHUNK;
+            let mut cnt = 0u32;
+            for q in 0..CHUNK {
+                let a = base + q;
+                if a < nk as usize {
+                    let mut hit = idx[a] == xu;
+                    if use_dropped {
+                        if dropped[a] != 0 {
+                            hit = false;
+                        }
+                    }
+                    if hit {
+                        cnt += 1;
+                    }
+                }
+            }
+            let (ex, total) = block_scan_u32(&mut s, lane, cnt);
+            let mut pos = (run + ex) as usize;
+            for q in 0..CHUNK {
+                let a = base + q;
+                if a < nk as usize {
+                    let mut hit = idx[a] == xu;
+                    if use_dropped {
+                        if dropped[a] != 0 {
+                            hit = false;
+                        }
+                    }
+                    if hit {
+                        order[pos] = a as u32;
+                        pos += 1;
+                    }
+                }
+            }
+            run += total;
+            t0 += 256 * CHUNK;
+        }
+    }
+}
+
+/// One cube per expert: flags the assignments past capacity `cap` in its plan segment.
+#[cube(launch_unchecked)]
+fn drop_kernel(
+    gates: &Array<f32>,
+    offsets: &Array<u32>,
+    order: &Array<u32>,
+    dropped: &mut Array<u32>,
+    e: u32,
+    cap: u32,
+    ninf: f32,
+    #[comptime] by_probs: bool,
+) {
+    let x = linear_cube();
+    let lane = UNIT_POS as usize;
+    let mut tg = SharedMemory::<f32>::new(256usize);
+    let mut ta = SharedMemory::<u32>::new(256usize);
+    if x < e as usize {
+        let start = offsets[x] as usize;
+        let cnt = offsets[x + 1] as usize - start;
+        let cap = cap as usize;
+        if cnt > cap {
+            if by_probs {
+                let mut s0 = 0usize;
+                while s0 < cnt {
+                    let sidx = s0 + lane;
+                    let mine = sidx < cnt;
+                    let mut a = NONE.runtime();
+                    let mut g = ninf;
+                    if mine {
+                        a = order[start + sidx];
+                        g = gates[a as usize];
+                        if g.is_nan() {
+                            g = ninf;
+                        }
+                    }
+                    let mut rank = 0usize;
+                    let mut t0 = 0usize;
+                    while t0 < cnt {
+                        let tidx = t0 + lane;
+                        let mut oa = NONE.runtime();
+                        let mut og = ninf;
+                        if tidx < cnt {
+                            oa = order[start + tidx];
+                            og = gates[oa as usize];
+                            if og.is_nan() {
+                                og = ninf;
+                            }
+                        }
+                        ta[lane] = oa;
+                        tg[lane] = og;
+                        sync_cube();
+                        for q in 0..256usize {
+                            if before(tg[q], ta[q], g, a) {
+                                rank += 1;
+                            }
+                        }
+                        sync_cube();
+                        t0 += 256usize;
+                    }
+                    if mine && rank >= cap {
+                        dropped[a as usize] = 1;
+                    }
+                    s0 += 256usize;
+                }
+            } else {
+                let mut sidx = cap + lane;
+                while sidx < cnt {
+                    let a = order[start + sidx] as usize;
+                    dropped[a] = 1;
+                    sidx += 256usize;
+                }
+            }
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+fn apply_drops_kernel(gates: &mut Array<f32>, dropped: &Array<u32>, nk: u32) {
+    let a = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    if a < nk as usize && dropped[a] != 0 {
+        gates[a] = 0.0;
+    }
+}
+
+/// Enqueues `out[b, e] = #{kept assignments of group b routed to e}` (`out` zeroed here);
+/// `per` assignments form a group. Indices `>= e` are skipped.
+pub fn histogram<R: Runtime>(
+    client: &ComputeClient<R>,
+    e: usize,
+    per: usize,
+    idx: &DevBuf<u32>,
+    dropped: Option<&DevBuf<u32>>,
+    out: &DevBuf<u32>,
+) -> Result<(), KernelError> {
+    let nk = idx.len;
+    if per == 0 || nk % per != 0 {
+        return Err(KernelError::Unsupported(format!("group of {per} assignments does not divide {nk}")));
+    }
+    check_len("counts", (nk / per) * e, out.len)?;
+    if let Some(d) = dropped {
+        check_len("dropped flags", nk, d.len)?;
+    }
+    fill_u32(client, out, 0)?;
+    if nk == 0 {
+        return Ok(());
+    }
+    let nk32 = fits_u32("indices", nk)?;
+    fits_u32("counts", out.len)?;
+    let d = dropped.unwrap_or(idx);
+    unsafe {
+        histogram_kernel::launch_unchecked::<R>(
+            client,
+            grid(nk.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            idx.arg(),
+            d.arg(),
+            out.arg(),
+            nk32,
+            e as u32,
+            per as u32,
+            dropped.is_some(),
+        );
+    }
+    Ok(())
+}
+
+fn plan<R: Runtime>(
+    client: &ComputeClient<R>,
+    e: usize,
+    idx: &DevBuf<u32>,
+    dropped: Option<&DevBuf<u32>>,
+    counts: &DevBuf<u32>,
+    order: &DevBuf<u32>,
+    offsets: &DevBuf<u32>,
+) -> Result<(), KernelError> {
+    let d = dropped.unwrap_or(idx);
+    unsafe {
+        plan_kernel::launch_unchecked::<R>(
+            client,
+            grid(e)?,
+            CubeDim::new_1d(256),
+            idx.arg(),
+            d.arg(),
+            counts.arg(),
+            offsets.arg(),
+            order.arg(),
+            idx.len as u32,
+            e as u32,
+            dropped.is_some(),
+        );
+    }
+    Ok(())
+}
+
+/// Capacity of the dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityLimit {
+    /// Kept assignments per expert, `ceil(cf N k / E)`.
+    pub per_expert: usize,
+    /// Keep the largest gates (else the first in token order).
+    pub by_probs: bool,
+}
+
+/// Enqueues capacity dropping and the dispatch plan for `n x k` assignments over `e` experts:
+/// writes `dropped` (`n x k`), zeroes dropped `gates`, and writes `counts` (`E`, kept),
+/// `order` (`n x k`, kept ids `t * k + j` grouped by expert in token order first) and
+/// `offsets` (`E + 1`).
+#[allow(clippy::too_many_arguments)]
+pub fn dispatch<R: Runtime>(
+    client: &ComputeClient<R>,
+    e: usize,
+    k: usize,
+    n: usize,
+    capacity: Option<CapacityLimit>,
+    idx: &DevBuf<u32>,
+    gates: &DevBuf<f32>,
+    dropped: &DevBuf<u32>,
+    counts: &DevBuf<u32>,
+    order: &DevBuf<u32>,
+    offsets: &DevBuf<u32>,
+) -> Result<(), KernelError> {
+    if e == 0 || k == 0 || k > e {
+        return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
+    }
+    let nk = n * k;
+    check_len("indices", nk, idx.len)?;
+    check_len("gates", nk, gates.len)?;
+    check_len("dropped flags", nk, dropped.len)?;
+    check_len("counts", e, counts.len)?;
+    check_len("dispatch order", nk, order.len)?;
+    check_len("dispatch offsets", e + 1, offsets.len)?;
+    fits_u32("indices", nk)?;
+    fits_u32("offsets", e + 1)?;
+    fill_u32(client, dropped, 0)?;
+    histogram(client, e, nk.max(1), idx, None, counts)?;
+    plan(client, e, idx, None, counts, order, offsets)?;
+    let Some(cap) = capacity else {
+        return Ok(());
+    };
+    if cap.per_expert >= nk {
+        return Ok(());
+    }
+    unsafe {
+        drop_kernel::launch_unchecked::<R>(
+            client,
+            grid(e)?,
+            CubeDim::new_1d(256),
+            gates.arg(),
+            offsets.arg(),
+            order.arg(),
+            dropped.arg(),
+            e as u32,
+            cap.per_expert as u32,
+            f32::NEG_INFINITY,
+            cap.by_probs,
+        );
+        apply_drops_kernel::launch_unchecked::<R>(
+            client,
+            grid(nk.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            gates.arg(),
+            dropped.arg(),
+            nk as u32,
+        );
+    }
+    histogram(client, e, nk, idx, Some(dropped), counts)?;
+    plan(client, e, idx, Some(dropped), counts, order, offsets)
+}

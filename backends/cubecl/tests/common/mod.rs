@@ -218,3 +218,61 @@ pub fn backward_reference(
     }
     dz
 }
+
+/// Naive CPU dispatch: returns `(gates, dropped, counts, order, offsets)` after capacity.
+pub fn dispatch_reference(
+    e: usize,
+    k: usize,
+    n: usize,
+    cap: Option<(usize, bool)>,
+    idx: &[u32],
+    gates: &[f32],
+) -> (Vec<f32>, Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) {
+    let nk = n * k;
+    let mut gates = gates.to_vec();
+    let mut dropped = vec![0u32; nk];
+    let sort = |keep: &dyn Fn(usize) -> bool, order: &mut Vec<u32>| -> (Vec<u32>, Vec<u32>) {
+        let mut counts = vec![0u32; e];
+        let mut offsets = vec![0u32; e + 1];
+        let mut list: Vec<u32> = (0..nk as u32).filter(|&a| keep(a as usize)).collect();
+        list.sort_by_key(|&a| idx[a as usize]); // stable
+        for &a in &list {
+            counts[idx[a as usize] as usize] += 1;
+        }
+        for x in 0..e {
+            offsets[x + 1] = offsets[x] + counts[x];
+        }
+        order[..list.len()].copy_from_slice(&list);
+        (counts, offsets)
+    };
+    let mut order = vec![0u32; nk];
+    let (mut counts, mut offsets) = sort(&|_| true, &mut order);
+    if let Some((c, by_probs)) = cap {
+        for x in 0..e {
+            let mut seg: Vec<u32> = order[offsets[x] as usize..offsets[x + 1] as usize].to_vec();
+            if seg.len() <= c {
+                continue;
+            }
+            if by_probs {
+                let key = |a: u32| {
+                    let g = gates[a as usize];
+                    if g.is_nan() { f32::NEG_INFINITY } else { g }
+                };
+                seg.sort_by(|&a, &b| key(b).partial_cmp(&key(a)).unwrap().then(a.cmp(&b)));
+            }
+            for &a in &seg[c..] {
+                dropped[a as usize] = 1;
+            }
+        }
+        for a in 0..nk {
+            if dropped[a] != 0 {
+                gates[a] = 0.0;
+            }
+        }
+        let d = dropped.clone();
+        let (c2, o2) = sort(&|a| d[a] == 0, &mut order);
+        counts = c2;
+        offsets = o2;
+    }
+    (gates, dropped, counts, order, offsets)
+}
