@@ -1,1 +1,51 @@
-//! placeholder
+//! # simbal-dfdx
+//!
+//! A [`simbal_core::Backend`] over [dfdx](https://docs.rs/dfdx/0.13) 0.13 tensors, and the glue to
+//! train a dfdx model with simbal's router losses.
+//!
+//! - [`Dfdx`] is the backend: element buffers are 1-D dfdx tensors ([`Vector`]), reshaped as each
+//!   kernel needs; GEMM is dfdx's `matmul` on reshaped tensors with permuted views for the
+//!   transposes; scores, the dense part of the router backward, the reductions, SimBal's
+//!   element-wise pass, the column normalisation of ScaleFree SimBal and the routing entropy are
+//!   dfdx ops. Only index work stays on the host: top-k selection and gates, capacity dropping and
+//!   the dispatch plan, per-group counts and the scatter of the gate gradient (index buffers are
+//!   host `Vec<u32>`). It is generic over the dfdx device (`D: Device<E>`), `f32` and `f64`.
+//! - [`interop`] takes and returns dfdx tensors directly: the router weight as a dfdx tensor in
+//!   either [`simbal_core::WeightLayout`], gates and indices as tensors for the expert combine,
+//!   and gradients added into a dfdx [`dfdx::tensor::Gradients`] so a dfdx optimiser applies them.
+//! - [`demo`] is a small MoE layer trained with dfdx's Adam, the router's gradient coming from
+//!   simbal (SimBal plus the task loss's gate gradient).
+//!
+//! ```
+//! use simbal_core::{Backend, LossConfig, Router, RouterConfig};
+//! use simbal_dfdx::Dfdx;
+//! let be = Dfdx::<f64>::cpu();
+//! let (n, d, e, k) = (4, 3, 3, 2);
+//! let x = be.upload(&[0.1, -0.2, 0.3, 0.4, 0.5, -0.6, 0.7, 0.8, 0.9, -1.0, 1.1, 1.2])?;
+//! let r = be.upload(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])?;
+//! let mut router = Router::new(be.clone(), RouterConfig::new(e, k))?;
+//! router.forward(&x, &r, None, n, d)?;
+//! let dw = be.upload(&[1.0; 8])?;
+//! let losses = router.backward(&x, &r, &dw, &LossConfig::simbal(), None)?;
+//! assert!(losses.simbal.abs() < 1e-12); // the identity is orthogonal
+//! # Ok::<(), simbal_core::SimbalError>(())
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backend;
+pub mod demo;
+pub mod interop;
+
+pub use backend::{Dfdx, Matrix, Vector};
+pub use demo::{train_demo, DemoConfig, DemoStep, Summary};
+pub use interop::{
+    add_to_gradients, add_to_gradients_cpu, simbal_loss_tensor, weight_shape, RouterTensors,
+};
+
+/// A dfdx error as a simbal error.
+pub(crate) fn dev_err<Er: core::fmt::Display>(e: Er) -> simbal_core::SimbalError {
+    simbal_core::SimbalError::Backend {
+        message: format!("dfdx: {e}"),
+    }
+}
