@@ -7,14 +7,23 @@ use simbal_cubecl::kernels::DevBuf;
 fn backward_matches_reference() {
     let Some(c) = client() else { return };
     let mut rng = Rng::new(11);
-    for &(n, e, k) in &[(1, 1, 1), (37, 8, 2), (64, 32, 4), (20, 100, 7), (16, 256, 8)] {
+    for &(n, e, k) in &[
+        (1, 1, 1),
+        (37, 8, 2),
+        (64, 32, 4),
+        (20, 100, 7),
+        (16, 256, 8),
+    ] {
         for softmax in [true, false] {
             for renorm in [true, false] {
-                for (with_lbl, z_coef) in [(false, 0.0f32), (true, 0.0), (true, 0.01), (false, 0.5)] {
+                for (with_lbl, z_coef) in [(false, 0.0f32), (true, 0.0), (true, 0.01), (false, 0.5)]
+                {
                     let scale = 1.3;
                     let z = rng.vec(n * e);
-                    let (p, idx, mut gates) = route_reference(n, e, k, softmax, renorm, scale, None, &z, None);
-                    let dropped: Vec<u32> = (0..n * k).map(|_| (rng.below(4) == 0) as u32).collect();
+                    let (p, idx, mut gates) =
+                        route_reference(n, e, k, softmax, renorm, scale, None, &z, None);
+                    let dropped: Vec<u32> =
+                        (0..n * k).map(|_| (rng.below(4) == 0) as u32).collect();
                     for (g, &d) in gates.iter_mut().zip(&dropped) {
                         if d != 0 {
                             *g = 0.0;
@@ -24,10 +33,20 @@ fn backward_matches_reference() {
                     let seq = if n % 4 == 0 { n / 4 } else { n };
                     let coef = rng.vec((n / seq) * e);
                     let lbl = with_lbl.then_some((&coef[..], seq));
-                    let want = backward_reference(n, e, k, softmax, renorm, scale, &z, &p, &idx, &gates, &dropped, &dw, lbl, z_coef);
+                    let want = backward_reference(
+                        n, e, k, softmax, renorm, scale, &z, &p, &idx, &gates, &dropped, &dw, lbl,
+                        z_coef,
+                    );
                     let dcoef = up(&c, &coef);
                     let dz = DevBuf::<f32>::empty(&c, n * e);
-                    let o = BackOptions { e, k, softmax, renorm, scale, z_coef };
+                    let o = BackOptions {
+                        e,
+                        k,
+                        softmax,
+                        renorm,
+                        scale,
+                        z_coef,
+                    };
                     router_backward_rows(
                         &c,
                         &o,
@@ -53,12 +72,43 @@ fn backward_matches_reference() {
 #[test]
 fn backward_rejects_bad_lengths() {
     let Some(c) = client() else { return };
-    let o = BackOptions { e: 4, k: 2, softmax: true, renorm: true, scale: 1.0, z_coef: 0.0 };
+    let o = BackOptions {
+        e: 4,
+        k: 2,
+        softmax: true,
+        renorm: true,
+        scale: 1.0,
+        z_coef: 0.0,
+    };
     let f = |len: usize| DevBuf::<f32>::empty(&c, len);
     let u = |len: usize| DevBuf::<u32>::empty(&c, len);
     // n = 3 with a sequence length of 2 does not divide.
-    let r = router_backward_rows(&c, &o, 3, &f(12), &f(12), &u(6), &f(6), &u(6), &f(6), Some((&f(4), 2)), &f(12));
+    let r = router_backward_rows(
+        &c,
+        &o,
+        3,
+        &f(12),
+        &f(12),
+        &u(6),
+        &f(6),
+        &u(6),
+        &f(6),
+        Some((&f(4), 2)),
+        &f(12),
+    );
     assert!(r.is_err());
-    let r = router_backward_rows(&c, &o, 3, &f(12), &f(11), &u(6), &f(6), &u(6), &f(6), None, &f(12));
+    let r = router_backward_rows(
+        &c,
+        &o,
+        3,
+        &f(12),
+        &f(11),
+        &u(6),
+        &f(6),
+        &u(6),
+        &f(6),
+        None,
+        &f(12),
+    );
     assert!(r.is_err());
 }

@@ -16,7 +16,14 @@ fn run(
     bias: Option<&[f32]>,
 ) {
     let scale = 1.5;
-    let o = RouteOptions { e, k, softmax, renorm, scale, groups };
+    let o = RouteOptions {
+        e,
+        k,
+        softmax,
+        renorm,
+        scale,
+        groups,
+    };
     let dz = up(c, z);
     let db = bias.map(|b| up(c, b));
     let p = DevBuf::<f32>::empty(c, n * e);
@@ -24,7 +31,10 @@ fn run(
     let g = DevBuf::<f32>::empty(c, n * k);
     route_rows(c, &o, n, &dz, db.as_ref(), &p, &idx, &g).unwrap();
     let (wp, wi, wg) = route_reference(n, e, k, softmax, renorm, scale, groups, z, bias);
-    let what = format!("n={n} e={e} k={k} softmax={softmax} renorm={renorm} groups={groups:?} bias={}", bias.is_some());
+    let what = format!(
+        "n={n} e={e} k={k} softmax={softmax} renorm={renorm} groups={groups:?} bias={}",
+        bias.is_some()
+    );
     assert_eq!(down_u32(c, &idx), wi, "indices: {what}");
     assert_close(&format!("scores {what}"), &down(c, &p), &wp, 1e-5);
     assert_close(&format!("gates {what}"), &down(c, &g), &wg, 1e-5);
@@ -52,7 +62,14 @@ fn forward_matches_reference_with_ties() {
 fn forward_group_limited() {
     let Some(c) = client() else { return };
     let mut rng = Rng::new(8);
-    for &(e, k, g, top) in &[(256, 8, 8, 4), (64, 6, 8, 3), (32, 5, 4, 2), (16, 2, 4, 4), (12, 1, 3, 1), (24, 8, 4, 2)] {
+    for &(e, k, g, top) in &[
+        (256, 8, 8, 4),
+        (64, 6, 8, 3),
+        (32, 5, 4, 2),
+        (16, 2, 4, 4),
+        (12, 1, 3, 1),
+        (24, 8, 4, 2),
+    ] {
         for softmax in [true, false] {
             let n = 50;
             let z = grid_logits(&mut rng, n * e, 7, 0.5);
@@ -71,10 +88,24 @@ fn forward_random_and_huge_logits() {
     let z = rng.vec(n * e);
     run(&c, n, e, k, true, true, None, &z, None);
     // Magnitude 1e30: scores and gates stay finite.
-    let z: Vec<f32> = (0..n * e).map(|i| if i % 3 == 0 { 1e30 } else { -1e30 * rng.unif() }).collect();
+    let z: Vec<f32> = (0..n * e)
+        .map(|i| if i % 3 == 0 { 1e30 } else { -1e30 * rng.unif() })
+        .collect();
     for softmax in [true, false] {
-        let o = RouteOptions { e, k, softmax, renorm: true, scale: 1.0, groups: None };
-        let (dz, p, idx, g) = (up(&c, &z), DevBuf::<f32>::empty(&c, n * e), DevBuf::<u32>::empty(&c, n * k), DevBuf::<f32>::empty(&c, n * k));
+        let o = RouteOptions {
+            e,
+            k,
+            softmax,
+            renorm: true,
+            scale: 1.0,
+            groups: None,
+        };
+        let (dz, p, idx, g) = (
+            up(&c, &z),
+            DevBuf::<f32>::empty(&c, n * e),
+            DevBuf::<u32>::empty(&c, n * k),
+            DevBuf::<f32>::empty(&c, n * k),
+        );
         route_rows(&c, &o, n, &dz, None, &p, &idx, &g).unwrap();
         assert!(down(&c, &p).iter().all(|v| v.is_finite()));
         assert!(down(&c, &g).iter().all(|v| v.is_finite()));
@@ -89,10 +120,31 @@ fn forward_rejects_bad_config() {
     let p = DevBuf::<f32>::empty(&c, 8);
     let idx = DevBuf::<u32>::empty(&c, 2);
     let g = DevBuf::<f32>::empty(&c, 2);
-    let o = RouteOptions { e: 4, k: 5, softmax: true, renorm: true, scale: 1.0, groups: None };
+    let o = RouteOptions {
+        e: 4,
+        k: 5,
+        softmax: true,
+        renorm: true,
+        scale: 1.0,
+        groups: None,
+    };
     assert!(route_rows(&c, &o, 2, &z, None, &p, &idx, &g).is_err());
-    let o = RouteOptions { e: 4, k: 1, softmax: true, renorm: true, scale: 1.0, groups: Some((3, 1)) };
+    let o = RouteOptions {
+        e: 4,
+        k: 1,
+        softmax: true,
+        renorm: true,
+        scale: 1.0,
+        groups: Some((3, 1)),
+    };
     assert!(route_rows(&c, &o, 2, &z, None, &p, &idx, &g).is_err());
-    let o = RouteOptions { e: 4, k: 1, softmax: true, renorm: true, scale: 1.0, groups: None };
+    let o = RouteOptions {
+        e: 4,
+        k: 1,
+        softmax: true,
+        renorm: true,
+        scale: 1.0,
+        groups: None,
+    };
     assert!(route_rows(&c, &o, 3, &z, None, &p, &idx, &g).is_err());
 }

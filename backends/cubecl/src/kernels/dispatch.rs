@@ -16,7 +16,7 @@
 
 use cubecl::prelude::*;
 
-use super::util::{before, block_scan_u32, fill_u32, fits_u32};
+use super::util::{before, block_scan_u32, fill_u32, fits_u32, is_nan_bits};
 use super::{check_len, grid, linear_cube, DevBuf, KernelError, NONE};
 
 /// Assignments each plan thread handles per tile.
@@ -152,7 +152,7 @@ fn drop_kernel(
                     if mine {
                         a = order[start + sidx];
                         g = gates[a as usize];
-                        if g.is_nan() {
+                        if is_nan_bits(g) {
                             g = ninf;
                         }
                     }
@@ -165,7 +165,7 @@ fn drop_kernel(
                         if tidx < cnt {
                             oa = order[start + tidx];
                             og = gates[oa as usize];
-                            if og.is_nan() {
+                            if is_nan_bits(og) {
                                 og = ninf;
                             }
                         }
@@ -217,7 +217,9 @@ pub fn histogram<R: Runtime>(
 ) -> Result<(), KernelError> {
     let nk = idx.len;
     if per == 0 || nk % per != 0 {
-        return Err(KernelError::Unsupported(format!("group of {per} assignments does not divide {nk}")));
+        return Err(KernelError::Unsupported(format!(
+            "group of {per} assignments does not divide {nk}"
+        )));
     }
     check_len("counts", (nk / per) * e, out.len)?;
     if let Some(d) = dropped {

@@ -312,7 +312,11 @@ fn scale_kernel(c: &mut Array<f32>, len: u32, f: f32) {
 }
 
 /// `c *= f` element-wise.
-pub fn scale<R: Runtime>(client: &ComputeClient<R>, c: &DevBuf<f32>, f: f32) -> Result<(), KernelError> {
+pub fn scale<R: Runtime>(
+    client: &ComputeClient<R>,
+    c: &DevBuf<f32>,
+    f: f32,
+) -> Result<(), KernelError> {
     if c.len == 0 {
         return Ok(());
     }

@@ -153,7 +153,9 @@ pub fn grid(cubes: usize) -> Result<CubeCount, KernelError> {
     }
     let y = cubes.div_ceil(MAX_GRID_DIM);
     if y > MAX_GRID_DIM {
-        return Err(KernelError::Unsupported(format!("{cubes} cubes exceed the grid limit")));
+        return Err(KernelError::Unsupported(format!(
+            "{cubes} cubes exceed the grid limit"
+        )));
     }
     Ok(CubeCount::Static(MAX_GRID_DIM as u32, y as u32, 1))
 }

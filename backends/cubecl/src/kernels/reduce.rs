@@ -1,1 +1,264 @@
-//! todo
+//! Reductions: per-group column sums (column sums of `P`, per-sequence score sums), per-group
+//! expert counts ([`super::dispatch::histogram`]), `sum_t lse(Z_t)^2`, the mean routing entropy
+//! and the first non-finite value of a buffer. Float sums run in a fixed order (deterministic).
+
+#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
+
+use cubecl::prelude::*;
+
+use super::router_forward::row_layout;
+use super::util::{fits_u32, is_non_finite_bits, sum_all, tree_max, tree_sum};
+use super::{check_len, grid, linear_cube, DevBuf, KernelError};
+
+/// Columns per cube and row lanes of [`group_column_sums`].
+const COLS: usize = 32;
+const ROW_LANES: usize = 8;
+
+/// One cube per (group, block of 32 columns): 8 row lanes each sum a strided share of the
+/// group's rows, then a fixed-order tree over the lanes.
+#[cube(launch_unchecked)]
+fn group_column_sums_kernel(
+    a: &Array<f32>,
+    out: &mut Array<f32>,
+    cols: u32,
+    group_len: u32,
+    blocks: u32,
+) {
+    let cube = linear_cube();
+    let col = (cube % blocks as usize) * COLS + UNIT_POS_X as usize;
+    let b = cube / blocks as usize;
+    let rl = UNIT_POS_Y as usize;
+    let cols = cols as usize;
+    let glen = group_len as usize;
+    let mut s = SharedMemory::<f32>::new(COLS * ROW_LANES);
+    let mut acc = 0.0f32;
+    if col < cols {
+        let mut r = rl;
+        while r < glen {
+            acc += a[(b * glen + r) * cols + col];
+            r += ROW_LANES;
+        }
+    }
+    let slot = rl * COLS + UNIT_POS_X as usize;
+    s[slot] = acc;
+    sync_cube();
+    let mut stride = comptime!(ROW_LANES / 2).runtime();
+    while stride > 0 {
+        if rl < stride {
+            s[slot] = s[slot] + s[slot + stride * COLS];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if rl == 0 && col < cols {
+        out[b * cols + col] = s[slot];
+    }
+}
+
+/// Enqueues `out[b, c] = sum over the rows t of group b of a[t, c]` for the `n x cols` matrix
+/// `a` in groups of `group_len` consecutive rows.
+pub fn group_column_sums<R: Runtime>(
+    client: &ComputeClient<R>,
+    n: usize,
+    cols: usize,
+    group_len: usize,
+    a: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    if group_len == 0 || n % group_len != 0 {
+        return Err(KernelError::Unsupported(format!(
+            "group length {group_len} does not divide {n}"
+        )));
+    }
+    check_len("matrix", n * cols, a.len)?;
+    check_len("group sums", (n / group_len) * cols, out.len)?;
+    fits_u32("matrix", n * cols)?;
+    if cols == 0 || n == 0 {
+        return Ok(());
+    }
+    let blocks = cols.div_ceil(COLS);
+    unsafe {
+        group_column_sums_kernel::launch_unchecked::<R>(
+            client,
+            grid(blocks * (n / group_len))?,
+            CubeDim::new_2d(COLS as u32, ROW_LANES as u32),
+            a.arg(),
+            out.arg(),
+            cols as u32,
+            group_len as u32,
+            blocks as u32,
+        );
+    }
+    Ok(())
+}
+
+/// Per-row statistic, one row per group of `lanes` threads: `lse(x_t)^2` (`entropy = false`) or
+/// the entropy of the row normalised to sum 1 (0 for a row whose sum is not positive).
+#[cube(launch_unchecked)]
+fn row_stat_kernel(
+    x: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    ninf: f32,
+    #[comptime] e: usize,
+    #[comptime] lanes: usize,
+    #[comptime] rows: usize,
+    #[comptime] entropy: bool,
+) {
+    let lane = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let row = linear_cube() * rows + ty;
+    let valid = row < n as usize;
+    let mut rs = SharedMemory::<f32>::new(comptime!(lanes * rows));
+    let rb = ty * lanes;
+    if entropy {
+        let mut sum = 0.0f32;
+        let mut c = lane;
+        while c < e {
+            if valid {
+                sum += x[row * e + c];
+            }
+            c += lanes;
+        }
+        sum = tree_sum(&mut rs, rb, lane, sum, lanes);
+        let mut h = 0.0f32;
+        if sum > 0.0 {
+            c = lane;
+            while c < e {
+                if valid {
+                    let q = x[row * e + c] / sum;
+                    if q > 0.0 {
+                        h -= q * f32::ln(q);
+                    }
+                }
+                c += lanes;
+            }
+        }
+        h = tree_sum(&mut rs, rb, lane, h, lanes);
+        if valid && lane == 0 {
+            out[row] = h;
+        }
+    } else {
+        let mut mx = ninf;
+        let mut c = lane;
+        while c < e {
+            if valid {
+                let v = x[row * e + c];
+                if v > mx {
+                    mx = v;
+                }
+            }
+            c += lanes;
+        }
+        mx = tree_max(&mut rs, rb, lane, mx, lanes);
+        let mut sum = 0.0f32;
+        c = lane;
+        while c < e {
+            if valid {
+                sum += f32::exp(x[row * e + c] - mx);
+            }
+            c += lanes;
+        }
+        sum = tree_sum(&mut rs, rb, lane, sum, lanes);
+        let l = mx + f32::ln(sum);
+        if valid && lane == 0 {
+            out[row] = l * l;
+        }
+    }
+}
+
+fn row_stat<R: Runtime>(
+    client: &ComputeClient<R>,
+    n: usize,
+    e: usize,
+    x: &DevBuf<f32>,
+    entropy: bool,
+    out: &DevBuf<f32>,
+    at: usize,
+    factor: f32,
+) -> Result<(), KernelError> {
+    check_len(if entropy { "scores" } else { "logits" }, n * e, x.len)?;
+    fits_u32("rows", n * e)?;
+    if n == 0 || e == 0 {
+        return super::util::fill_f32(client, out, 0.0);
+    }
+    let (lanes, rows) = row_layout(e);
+    let per_row = DevBuf::<f32>::empty(client, n);
+    unsafe {
+        row_stat_kernel::launch_unchecked::<R>(
+            client,
+            grid(n.div_ceil(rows))?,
+            CubeDim::new_2d(lanes as u32, rows as u32),
+            x.arg(),
+            per_row.arg(),
+            n as u32,
+            f32::NEG_INFINITY,
+            e,
+            lanes,
+            rows,
+            entropy,
+        );
+    }
+    sum_all(client, &per_row, out, at, factor)
+}
+
+/// Enqueues `out[at] = sum_t lse(z_t)^2` over the `n x e` logits.
+pub fn lse_sq_sum<R: Runtime>(
+    client: &ComputeClient<R>,
+    n: usize,
+    e: usize,
+    z: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+) -> Result<(), KernelError> {
+    row_stat(client, n, e, z, false, out, at, 1.0)
+}
+
+/// Enqueues `out[at] =` the mean per-token entropy (nats) of the `n x e` scores, each row
+/// normalised to sum 1.
+pub fn routing_entropy<R: Runtime>(
+    client: &ComputeClient<R>,
+    n: usize,
+    e: usize,
+    p: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+) -> Result<(), KernelError> {
+    if n == 0 {
+        return Err(KernelError::Unsupported("entropy of zero rows".into()));
+    }
+    row_stat(client, n, e, p, true, out, at, 1.0 / n as f32)
+}
+
+#[cube(launch_unchecked)]
+fn first_non_finite_kernel(x: &Array<f32>, first: &mut Array<Atomic<u32>>, len: u32) {
+    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    if i < len as usize && is_non_finite_bits(x[i]) {
+        first[0].fetch_min(i as u32);
+    }
+}
+
+/// Enqueues `first[0] =` the index of the first non-finite element of `x` (`u32::MAX` if none).
+pub fn first_non_finite<R: Runtime>(
+    client: &ComputeClient<R>,
+    x: &DevBuf<f32>,
+    first: &DevBuf<u32>,
+) -> Result<(), KernelError> {
+    check_len("first non-finite index", 1, first.len)?;
+    super::util::fill_u32(client, first, u32::MAX)?;
+    let len = fits_u32("checked buffer", x.len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    unsafe {
+        first_non_finite_kernel::launch_unchecked::<R>(
+            client,
+            grid(x.len.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            x.arg(),
+            first.arg(),
+            len,
+        );
+    }
+    Ok(())
+}

@@ -245,7 +245,9 @@ pub fn router_backward_rows<R: Runtime>(
     let mut group_len = n.max(1);
     if let Some((coef, len)) = lbl {
         if len == 0 || n % len != 0 {
-            return Err(KernelError::Unsupported(format!("sequence length {len} does not divide {n}")));
+            return Err(KernelError::Unsupported(format!(
+                "sequence length {len} does not divide {n}"
+            )));
         }
         check_len("LBL coefficients", (n / len) * e, coef.len)?;
         group_len = len;

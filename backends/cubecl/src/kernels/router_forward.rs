@@ -12,7 +12,7 @@
 
 use cubecl::prelude::*;
 
-use super::util::{before, fits_u32, tree_argmax, tree_max, tree_sum};
+use super::util::{before, fits_u32, is_nan_bits, tree_argmax, tree_max, tree_sum};
 use super::{check_len, grid, linear_cube, DevBuf, KernelError, NONE};
 
 /// Compile-time shape and options of the forward row kernel.
@@ -167,7 +167,7 @@ fn route_rows_kernel(
         if cfg.has_bias {
             s = p + bias[c];
         }
-        if s.is_nan() {
+        if is_nan_bits(s) {
             s = ninf;
         }
         ks[pb + c] = s;
@@ -176,7 +176,11 @@ fn route_rows_kernel(
     sync_cube();
 
     // Group limit: admitted groups.
-    let mut adm = SharedMemory::<u32>::new(comptime!(if cfg.groups > 0 { cfg.groups * cfg.rows } else { 1 }));
+    let mut adm = SharedMemory::<u32>::new(comptime!(if cfg.groups > 0 {
+        cfg.groups * cfg.rows
+    } else {
+        1
+    }));
     if comptime!(ng > 0) {
         let glen = comptime!(cfg.e / cfg.groups.max(1));
         let mut gs = SharedMemory::<f32>::new(comptime!(cfg.groups * cfg.rows));
@@ -340,7 +344,9 @@ pub fn route_rows<R: Runtime>(
     let (groups, top_groups, group_pick) = match o.groups {
         Some((g, top)) if top < g => {
             if g == 0 || e % g != 0 || top == 0 {
-                return Err(KernelError::Unsupported(format!("{g} groups, {top} admitted, E = {e}")));
+                return Err(KernelError::Unsupported(format!(
+                    "{g} groups, {top} admitted, E = {e}"
+                )));
             }
             (g, top, (k / top).clamp(1, e / g))
         }

@@ -1,1 +1,365 @@
-//! todo
+//! SimBal's element-wise pass on the Gram matrix, column normalisation for ScaleFree, its
+//! backward projection, and the orthogonality error. The two GEMMs around them (`G = R^T R`,
+//! `dR = R M`) are [`super::gemm`].
+//!
+//! Sums are per-cube partials reduced in a fixed order (deterministic).
+
+#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
+
+use cubecl::prelude::*;
+
+use super::util::{fits_u32, sum_all, tree_max, tree_sum};
+use super::{check_len, grid, linear_cube, DevBuf, KernelError};
+
+/// Elements of the Gram matrix per cube of the element-wise passes.
+const BLOCK: usize = 4096;
+
+/// SimBal norm, as a kernel constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Norm {
+    /// `lambda sum |G|`, `M = 2 lambda sign(G)`.
+    L1,
+    /// `lambda sum G^2`, `M = 4 lambda G`.
+    FrobeniusSq,
+    /// `lambda mean G^2` on normalised columns, `M = 4 lambda G / E^2`.
+    ScaleFree,
+}
+
+#[cube]
+fn sign0(g: f32) -> f32 {
+    let mut s = 0.0f32;
+    if g > 0.0 {
+        s = 1.0;
+    }
+    if g < 0.0 {
+        s = -1.0;
+    }
+    s
+}
+
+/// In place: Gram `R^T R` to the multiplier `M`; per-cube partial of `sum |G|` or `sum G^2`.
+#[cube(launch_unchecked)]
+fn residual_kernel(
+    gram: &mut Array<f32>,
+    partial: &mut Array<f32>,
+    e: u32,
+    mul: f32,
+    #[comptime] norm: Norm,
+) {
+    let cube = linear_cube();
+    let lane = UNIT_POS as usize;
+    let e = e as usize;
+    let len = e * e;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    let start = cube * BLOCK;
+    let mut acc = 0.0f32;
+    let mut i = start + lane;
+    while i < start + BLOCK && i < len {
+        let mut g = gram[i];
+        if i / e == i % e {
+            g -= 1.0;
+        }
+        match norm {
+            Norm::L1 => {
+                acc += f32::abs(g);
+                gram[i] = mul * sign0(g);
+            }
+            _ => {
+                acc += g * g;
+                gram[i] = mul * g;
+            }
+        }
+        i += 256usize;
+    }
+    let total = tree_sum(&mut s, 0usize, lane, acc, 256usize);
+    if lane == 0 {
+        partial[cube] = total;
+    }
+}
+
+/// Enqueues SimBal's element-wise pass on the `E x E` Gram matrix (in place, to the multiplier
+/// `M` with `dL/dR = R M`) and writes the loss value to `loss[at]`.
+pub fn simbal_residual<R: Runtime>(
+    client: &ComputeClient<R>,
+    norm: Norm,
+    lambda: f32,
+    e: usize,
+    gram: &DevBuf<f32>,
+    loss: &DevBuf<f32>,
+    at: usize,
+) -> Result<(), KernelError> {
+    check_len("Gram matrix", e * e, gram.len)?;
+    fits_u32("Gram matrix", e * e)?;
+    let ee = (e * e) as f32;
+    let (mul, factor) = match norm {
+        Norm::L1 => (2.0 * lambda, lambda),
+        Norm::FrobeniusSq => (4.0 * lambda, lambda),
+        Norm::ScaleFree => (4.0 * lambda / ee, lambda / ee),
+    };
+    let cubes = (e * e).div_ceil(BLOCK).max(1);
+    let partial = DevBuf::<f32>::empty(client, cubes);
+    unsafe {
+        residual_kernel::launch_unchecked::<R>(
+            client,
+            grid(cubes)?,
+            CubeDim::new_1d(256),
+            gram.arg(),
+            partial.arg(),
+            e as u32,
+            mul,
+            norm,
+        );
+    }
+    sum_all(client, &partial, loss, at, factor)
+}
+
+/// Per-cube partials of `sum G^2` and `max |G|` with `G = gram - I`.
+#[cube(launch_unchecked)]
+fn ortho_kernel(gram: &Array<f32>, psum: &mut Array<f32>, pmax: &mut Array<f32>, e: u32) {
+    let cube = linear_cube();
+    let lane = UNIT_POS as usize;
+    let e = e as usize;
+    let len = e * e;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    let start = cube * BLOCK;
+    let mut acc = 0.0f32;
+    let mut mx = 0.0f32;
+    let mut i = start + lane;
+    while i < start + BLOCK && i < len {
+        let mut g = gram[i];
+        if i / e == i % e {
+            g -= 1.0;
+        }
+        acc += g * g;
+        let a = f32::abs(g);
+        if a > mx {
+            mx = a;
+        }
+        i += 256usize;
+    }
+    let total = tree_sum(&mut s, 0usize, lane, acc, 256usize);
+    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
+    if lane == 0 {
+        psum[cube] = total;
+        pmax[cube] = top;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn max_all_kernel(x: &Array<f32>, out: &mut Array<f32>, len: u32, at: u32) {
+    let lane = UNIT_POS as usize;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    let mut mx = 0.0f32;
+    let mut i = lane;
+    while i < len as usize {
+        let v = x[i];
+        if v > mx {
+            mx = v;
+        }
+        i += 256usize;
+    }
+    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
+    if lane == 0 {
+        out[at as usize] = top;
+    }
+}
+
+/// Enqueues the orthogonality error of a Gram matrix `R^T R` (`E x E`): `out[0] = mean G^2`,
+/// `out[1] = max |G|`, `G = R^T R - I`.
+pub fn ortho_error<R: Runtime>(
+    client: &ComputeClient<R>,
+    e: usize,
+    gram: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    check_len("Gram matrix", e * e, gram.len)?;
+    check_len("orthogonality error", 2, out.len)?;
+    fits_u32("Gram matrix", e * e)?;
+    if e == 0 {
+        return super::util::fill_f32(client, out, 0.0);
+    }
+    let cubes = (e * e).div_ceil(BLOCK).max(1);
+    let psum = DevBuf::<f32>::empty(client, cubes);
+    let pmax = DevBuf::<f32>::empty(client, cubes);
+    unsafe {
+        ortho_kernel::launch_unchecked::<R>(
+            client,
+            grid(cubes)?,
+            CubeDim::new_1d(256),
+            gram.arg(),
+            psum.arg(),
+            pmax.arg(),
+            e as u32,
+        );
+        max_all_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(256),
+            pmax.arg(),
+            out.arg(),
+            cubes as u32,
+            1,
+        );
+    }
+    sum_all(client, &psum, out, 0, 1.0 / (e * e) as f32)
+}
+
+/// Column norms and unit columns, one cube per column; `(rs, cs)` are the strides of `(d, e)`.
+#[cube(launch_unchecked)]
+fn normalize_kernel(
+    r: &Array<f32>,
+    norms: &mut Array<f32>,
+    rn: &mut Array<f32>,
+    d: u32,
+    e: u32,
+    rs: u32,
+    cs: u32,
+) {
+    let c = linear_cube();
+    let lane = UNIT_POS as usize;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    if c < e as usize {
+        let mut acc = 0.0f32;
+        let mut i = lane;
+        while i < d as usize {
+            let v = r[i * rs as usize + c * cs as usize];
+            acc += v * v;
+            i += 256usize;
+        }
+        let nrm = f32::sqrt(tree_sum(&mut s, 0usize, lane, acc, 256usize));
+        if lane == 0 {
+            norms[c] = nrm;
+        }
+        let mut inv = 0.0f32;
+        if nrm > 0.0 {
+            inv = 1.0 / nrm;
+        }
+        i = lane;
+        while i < d as usize {
+            let at = i * rs as usize + c * cs as usize;
+            rn[at] = r[at] * inv;
+            i += 256usize;
+        }
+    }
+}
+
+/// `grad += (g - rn <rn, g>) / |r|` per column (0 for a zero column).
+#[cube(launch_unchecked)]
+fn project_kernel(
+    rn: &Array<f32>,
+    norms: &Array<f32>,
+    g: &Array<f32>,
+    grad: &mut Array<f32>,
+    d: u32,
+    e: u32,
+    rs: u32,
+    cs: u32,
+) {
+    let c = linear_cube();
+    let lane = UNIT_POS as usize;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    if c < e as usize {
+        let mut acc = 0.0f32;
+        let mut i = lane;
+        while i < d as usize {
+            let at = i * rs as usize + c * cs as usize;
+            acc += rn[at] * g[at];
+            i += 256usize;
+        }
+        let dot = tree_sum(&mut s, 0usize, lane, acc, 256usize);
+        let nrm = norms[c];
+        let mut inv = 0.0f32;
+        if nrm > 0.0 {
+            inv = 1.0 / nrm;
+        }
+        i = lane;
+        while i < d as usize {
+            let at = i * rs as usize + c * cs as usize;
+            grad[at] = grad[at] + (g[at] - rn[at] * dot) * inv;
+            i += 256usize;
+        }
+    }
+}
+
+/// Strides of `(d, e)` for a weight stored `D x E` (`row_major_de`) or `E x D`.
+fn strides(row_major_de: bool, d: usize, e: usize) -> (u32, u32) {
+    if row_major_de {
+        (e as u32, 1)
+    } else {
+        (1, d as u32)
+    }
+}
+
+/// Enqueues column norms (`E`) and the column-normalised weight `rn` (same layout as `r`).
+pub fn normalize_columns<R: Runtime>(
+    client: &ComputeClient<R>,
+    row_major_de: bool,
+    d: usize,
+    e: usize,
+    r: &DevBuf<f32>,
+    norms: &DevBuf<f32>,
+    rn: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    check_len("router weight", d * e, r.len)?;
+    check_len("column norms", e, norms.len)?;
+    check_len("normalised weight", d * e, rn.len)?;
+    fits_u32("router weight", d * e)?;
+    if e == 0 {
+        return Ok(());
+    }
+    let (rs, cs) = strides(row_major_de, d, e);
+    unsafe {
+        normalize_kernel::launch_unchecked::<R>(
+            client,
+            grid(e)?,
+            CubeDim::new_1d(256),
+            r.arg(),
+            norms.arg(),
+            rn.arg(),
+            d as u32,
+            e as u32,
+            rs,
+            cs,
+        );
+    }
+    Ok(())
+}
+
+/// Enqueues `grad += (g - rn <rn, g>) / |r|` per column (the gradient through normalisation).
+#[allow(clippy::too_many_arguments)]
+pub fn scale_free_project<R: Runtime>(
+    client: &ComputeClient<R>,
+    row_major_de: bool,
+    d: usize,
+    e: usize,
+    rn: &DevBuf<f32>,
+    norms: &DevBuf<f32>,
+    g: &DevBuf<f32>,
+    grad: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    check_len("normalised weight", d * e, rn.len)?;
+    check_len("column norms", e, norms.len)?;
+    check_len("normalised gradient", d * e, g.len)?;
+    check_len("router gradient", d * e, grad.len)?;
+    fits_u32("router weight", d * e)?;
+    if e == 0 {
+        return Ok(());
+    }
+    let (rs, cs) = strides(row_major_de, d, e);
+    unsafe {
+        project_kernel::launch_unchecked::<R>(
+            client,
+            grid(e)?,
+            CubeDim::new_1d(256),
+            rn.arg(),
+            norms.arg(),
+            g.arg(),
+            grad.arg(),
+            d as u32,
+            e as u32,
+            rs,
+            cs,
+        );
+    }
+    Ok(())
+}

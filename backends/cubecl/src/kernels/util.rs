@@ -28,31 +28,55 @@ fn fill_u32_kernel(out: &mut Array<u32>, value: u32, len: u32) {
 
 /// Checks that a length fits the `u32` arithmetic of the kernels.
 pub fn fits_u32(what: &'static str, len: usize) -> Result<u32, KernelError> {
-    u32::try_from(len).map_err(|_| KernelError::Unsupported(format!("{what} has {len} elements, more than u32::MAX")))
+    u32::try_from(len).map_err(|_| {
+        KernelError::Unsupported(format!("{what} has {len} elements, more than u32::MAX"))
+    })
 }
 
 /// Sets every element of `out` to `value`.
-pub fn fill_f32<R: Runtime>(client: &ComputeClient<R>, out: &DevBuf<f32>, value: f32) -> Result<(), KernelError> {
+pub fn fill_f32<R: Runtime>(
+    client: &ComputeClient<R>,
+    out: &DevBuf<f32>,
+    value: f32,
+) -> Result<(), KernelError> {
     if out.len == 0 {
         return Ok(());
     }
     let len = fits_u32("buffer", out.len)?;
     let cubes = out.len.div_ceil(THREADS as usize);
     unsafe {
-        fill_f32_kernel::launch_unchecked::<R>(client, grid(cubes)?, CubeDim::new_1d(THREADS), out.arg(), value, len);
+        fill_f32_kernel::launch_unchecked::<R>(
+            client,
+            grid(cubes)?,
+            CubeDim::new_1d(THREADS),
+            out.arg(),
+            value,
+            len,
+        );
     }
     Ok(())
 }
 
 /// Sets every element of `out` to `value`.
-pub fn fill_u32<R: Runtime>(client: &ComputeClient<R>, out: &DevBuf<u32>, value: u32) -> Result<(), KernelError> {
+pub fn fill_u32<R: Runtime>(
+    client: &ComputeClient<R>,
+    out: &DevBuf<u32>,
+    value: u32,
+) -> Result<(), KernelError> {
     if out.len == 0 {
         return Ok(());
     }
     let len = fits_u32("buffer", out.len)?;
     let cubes = out.len.div_ceil(THREADS as usize);
     unsafe {
-        fill_u32_kernel::launch_unchecked::<R>(client, grid(cubes)?, CubeDim::new_1d(THREADS), out.arg(), value, len);
+        fill_u32_kernel::launch_unchecked::<R>(
+            client,
+            grid(cubes)?,
+            CubeDim::new_1d(THREADS),
+            out.arg(),
+            value,
+            len,
+        );
     }
     Ok(())
 }
@@ -60,7 +84,7 @@ pub fn fill_u32<R: Runtime>(client: &ComputeClient<R>, out: &DevBuf<u32>, value:
 /// Sum of a whole array by one cube, in a fixed order (deterministic): thread `t` adds elements
 /// `t, t + 256, ...`, then a tree over the threads. Writes `out[at]`.
 #[cube(launch_unchecked)]
-fn sum_all_kernel(x: &Array<f32>, out: &mut Array<f32>, len: u32, at: u32) {
+fn sum_all_kernel(x: &Array<f32>, out: &mut Array<f32>, len: u32, at: u32, factor: f32) {
     let tx = UNIT_POS as usize;
     let mut s = SharedMemory::<f32>::new(256usize);
     let mut acc = 0.0f32;
@@ -71,14 +95,24 @@ fn sum_all_kernel(x: &Array<f32>, out: &mut Array<f32>, len: u32, at: u32) {
     }
     let total = tree_sum(&mut s, 0usize, tx, acc, 256usize);
     if tx == 0 {
-        out[at as usize] = total;
+        out[at as usize] = factor * total;
     }
 }
 
-/// `out[at] = sum(x)`, deterministic.
-pub fn sum_all<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>, out: &DevBuf<f32>, at: usize) -> Result<(), KernelError> {
+/// `out[at] = factor * sum(x)`, deterministic.
+pub fn sum_all<R: Runtime>(
+    client: &ComputeClient<R>,
+    x: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+    factor: f32,
+) -> Result<(), KernelError> {
     if at >= out.len {
-        return Err(KernelError::Length { what: "sum output", expected: at + 1, actual: out.len });
+        return Err(KernelError::Length {
+            what: "sum output",
+            expected: at + 1,
+            actual: out.len,
+        });
     }
     let len = fits_u32("summed buffer", x.len)?;
     unsafe {
@@ -90,6 +124,7 @@ pub fn sum_all<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>, out: &Dev
             out.arg(),
             len,
             at as u32,
+            factor,
         );
     }
     Ok(())
@@ -98,7 +133,13 @@ pub fn sum_all<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>, out: &Dev
 /// Sum over the `width` lanes `s[base .. base + width]` of a cube (`width` a power of two); every
 /// lane passes its `value` and gets the total. All threads of the cube must call it (it syncs).
 #[cube]
-pub fn tree_sum(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32, #[comptime] width: usize) -> f32 {
+pub fn tree_sum(
+    s: &mut SharedMemory<f32>,
+    base: usize,
+    lane: usize,
+    value: f32,
+    #[comptime] width: usize,
+) -> f32 {
     s[base + lane] = value;
     sync_cube();
     let mut stride = comptime!(width / 2).runtime();
@@ -118,7 +159,13 @@ pub fn tree_sum(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32,
 /// Maximum over lanes, NaN-skipping (a NaN never replaces a number, as in the reference's
 /// `if x > m`). See [`tree_sum`] for the calling convention.
 #[cube]
-pub fn tree_max(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32, #[comptime] width: usize) -> f32 {
+pub fn tree_max(
+    s: &mut SharedMemory<f32>,
+    base: usize,
+    lane: usize,
+    value: f32,
+    #[comptime] width: usize,
+) -> f32 {
     s[base + lane] = value;
     sync_cube();
     let mut stride = comptime!(width / 2).runtime();
@@ -135,6 +182,19 @@ pub fn tree_max(s: &mut SharedMemory<f32>, base: usize, lane: usize, value: f32,
     let total = s[base];
     sync_cube();
     total
+}
+
+/// Whether `v` is NaN, from its bits (immune to fast-math assumptions of shader compilers).
+#[cube]
+pub fn is_nan_bits(v: f32) -> bool {
+    let b = u32::reinterpret(v);
+    (b & 0x7F80_0000u32) == 0x7F80_0000u32 && (b & 0x007F_FFFFu32) != 0u32
+}
+
+/// Whether `v` is infinite or NaN, from its bits.
+#[cube]
+pub fn is_non_finite_bits(v: f32) -> bool {
+    (u32::reinterpret(v) & 0x7F80_0000u32) == 0x7F80_0000u32
 }
 
 /// Whether `(sa, a)` ranks strictly before `(sb, b)`: higher score, then lower index.

@@ -100,7 +100,9 @@ pub fn route_reference(
         let zr = &z[t * e..(t + 1) * e];
         let pr = &mut p[t * e..(t + 1) * e];
         if softmax {
-            let m = zr.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let m = zr
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
             let mut s = 0.0;
             for (pi, &zi) in pr.iter_mut().zip(zr) {
                 *pi = (zi - m).exp();
@@ -111,13 +113,21 @@ pub fn route_reference(
             }
         } else {
             for (pi, &zi) in pr.iter_mut().zip(zr) {
-                *pi = if zi >= 0.0 { 1.0 / (1.0 + (-zi).exp()) } else { zi.exp() / (1.0 + zi.exp()) };
+                *pi = if zi >= 0.0 {
+                    1.0 / (1.0 + (-zi).exp())
+                } else {
+                    zi.exp() / (1.0 + zi.exp())
+                };
             }
         }
         let key: Vec<f32> = (0..e)
             .map(|c| {
                 let v = pr[c] + bias.map_or(0.0, |b| b[c]);
-                if v.is_nan() { f32::NEG_INFINITY } else { v }
+                if v.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    v
+                }
             })
             .collect();
         let order = |cands: &mut Vec<usize>, sc: &dyn Fn(usize) -> f32| {
@@ -148,7 +158,11 @@ pub fn route_reference(
         for j in 0..k {
             let c = cands[j];
             idx[t * k + j] = c as u32;
-            gates[t * k + j] = if renorm { pr[c] * (scale / (sum + f32::MIN_POSITIVE)) } else { scale * pr[c] };
+            gates[t * k + j] = if renorm {
+                pr[c] * (scale / (sum + f32::MIN_POSITIVE))
+            } else {
+                scale * pr[c]
+            };
         }
     }
     (p, idx, gates)
@@ -156,7 +170,9 @@ pub fn route_reference(
 
 /// Logits on a coarse grid (many exact ties, no near-ties between distinct values).
 pub fn grid_logits(rng: &mut Rng, len: usize, levels: usize, step: f32) -> Vec<f32> {
-    (0..len).map(|_| (rng.below(levels) as f32 - (levels / 2) as f32) * step).collect()
+    (0..len)
+        .map(|_| (rng.below(levels) as f32 - (levels / 2) as f32) * step)
+        .collect()
 }
 
 /// Naive CPU router backward: `dz` (`n x E`).
@@ -184,7 +200,13 @@ pub fn backward_reference(
         if let Some((c, len)) = lbl {
             d.copy_from_slice(&c[(t / len) * e..(t / len + 1) * e]);
         }
-        let kdw = |j: usize| if dropped[t * k + j] == 0 { dw[t * k + j] } else { 0.0 };
+        let kdw = |j: usize| {
+            if dropped[t * k + j] == 0 {
+                dw[t * k + j]
+            } else {
+                0.0
+            }
+        };
         if renorm {
             let sum: f32 = (0..k).map(|j| pr[idx[t * k + j] as usize]).sum();
             let dot: f32 = (0..k).map(|j| kdw(j) * gates[t * k + j]).sum();
@@ -256,7 +278,11 @@ pub fn dispatch_reference(
             if by_probs {
                 let key = |a: u32| {
                     let g = gates[a as usize];
-                    if g.is_nan() { f32::NEG_INFINITY } else { g }
+                    if g.is_nan() {
+                        f32::NEG_INFINITY
+                    } else {
+                        g
+                    }
                 };
                 seg.sort_by(|&a, &b| key(b).partial_cmp(&key(a)).unwrap().then(a.cmp(&b)));
             }
