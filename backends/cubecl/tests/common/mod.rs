@@ -1,6 +1,6 @@
 //! Shared helpers of the kernel tests: a wgpu client (or a loud failure under CI), a small
 //! deterministic RNG and comparison helpers.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::type_complexity, clippy::too_many_arguments)]
 
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
