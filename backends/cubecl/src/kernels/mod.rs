@@ -32,6 +32,9 @@ pub struct DevBuf<T> {
     pub handle: Handle,
     /// Length in elements.
     pub len: usize,
+    /// For index buffers: an exclusive upper bound on every element, when the kernel that wrote
+    /// them guarantees one (lets consumers skip range checks). `None` when unknown.
+    pub bound: Option<u32>,
     _t: PhantomData<T>,
 }
 
@@ -40,6 +43,7 @@ impl<T> Clone for DevBuf<T> {
         Self {
             handle: self.handle.clone(),
             len: self.len,
+            bound: self.bound,
             _t: PhantomData,
         }
     }
@@ -51,6 +55,7 @@ impl<T: CubeElement> DevBuf<T> {
         Self {
             handle,
             len,
+            bound: None,
             _t: PhantomData,
         }
     }

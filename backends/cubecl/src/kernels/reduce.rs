@@ -7,7 +7,7 @@
 use cubecl::prelude::*;
 
 use super::router_forward::row_layout;
-use super::util::{fits_u32, is_non_finite_bits, sum_all, tree_max, tree_sum};
+use super::util::{fits_u32, is_nan_bits, is_non_finite_bits, sum_all, tree_max, tree_sum};
 use super::{check_len, grid, linear_cube, DevBuf, KernelError};
 
 /// Columns per cube and row lanes of [`group_column_sums`].
@@ -261,4 +261,96 @@ pub fn first_non_finite<R: Runtime>(
         );
     }
     Ok(())
+}
+
+/// Cubes of the partial passes of [`max_abs_partials`] and [`max_u32`].
+const MAX_CUBES: usize = 512;
+
+/// Per cube: `partial[2c] = max |x|` over non-NaN elements, `partial[2c + 1] = 1` if a NaN was
+/// seen (else 0). Grid-stride over the buffer.
+#[cube(launch_unchecked)]
+fn max_abs_kernel(x: &Array<f32>, partial: &mut Array<f32>, len: u32) {
+    let cube = linear_cube();
+    let lane = UNIT_POS as usize;
+    let cubes = CUBE_COUNT as usize;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    let mut mx = 0.0f32;
+    let mut nan = 0.0f32;
+    let mut i = cube * 256 + lane;
+    while i < len as usize {
+        let v = x[i];
+        if is_nan_bits(v) {
+            nan = 1.0;
+        } else {
+            let a = f32::abs(v);
+            if a > mx {
+                mx = a;
+            }
+        }
+        i += cubes * 256;
+    }
+    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
+    let any_nan = tree_max(&mut s, 0usize, lane, nan, 256usize);
+    if lane == 0 {
+        partial[2 * cube] = top;
+        partial[2 * cube + 1] = any_nan;
+    }
+}
+
+/// Largest absolute value of `x`; NaN when `x` holds a NaN; 0 when empty. Blocks for a small read.
+pub fn max_abs<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>) -> Result<f32, KernelError> {
+    let len = fits_u32("buffer", x.len)?;
+    if len == 0 {
+        return Ok(0.0);
+    }
+    let cubes = x.len.div_ceil(256).min(MAX_CUBES);
+    let partial = DevBuf::<f32>::empty(client, 2 * cubes);
+    unsafe {
+        max_abs_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_1d(256),
+            x.arg(),
+            partial.arg(),
+            len,
+        );
+    }
+    let host = partial.read(client)?;
+    let mut m = 0.0f32;
+    for pair in host.chunks_exact(2) {
+        if pair[1] != 0.0 {
+            return Ok(f32::NAN);
+        }
+        m = m.max(pair[0]);
+    }
+    Ok(m)
+}
+
+#[cube(launch_unchecked)]
+fn max_u32_kernel(x: &Array<u32>, out: &mut Array<Atomic<u32>>, len: u32) {
+    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    if i < len as usize {
+        out[0].fetch_max(x[i]);
+    }
+}
+
+/// Largest element of an index buffer (0 when empty). Blocks for a 4-byte read.
+pub fn max_u32<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<u32>) -> Result<u32, KernelError> {
+    let len = fits_u32("index buffer", x.len)?;
+    if len == 0 {
+        return Ok(0);
+    }
+    let out = DevBuf::<u32>::empty(client, 1);
+    super::util::fill_u32(client, &out, 0)?;
+    unsafe {
+        max_u32_kernel::launch_unchecked::<R>(
+            client,
+            grid(x.len.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            x.arg(),
+            out.arg(),
+            len,
+        );
+    }
+    Ok(out.read(client)?[0])
 }
