@@ -1,1 +1,212 @@
-//! placeholder
+//! The benchmark workloads of simbal, shared by the criterion benches and the `compare` timer:
+//! the router step of one MoE layer (forward, then backward of
+//! `sum(W * dW) + 0.1 SimBal + 0.01 LBL + 1e-3 z-loss`), forward-only routing, and SimBal alone.
+
+#![warn(missing_docs)]
+
+use simbal_core::{
+    Backend, LblConfig, LossConfig, Result, Rng, Router, RouterConfig, Scalar, SimBalConfig,
+    SimbalWorkspace, WeightLayout, ZLossConfig,
+};
+
+/// One router shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepShape {
+    /// Name used in tables and JSON.
+    pub name: &'static str,
+    /// Tokens.
+    pub n: usize,
+    /// Model width.
+    pub d: usize,
+    /// Experts.
+    pub e: usize,
+    /// Experts per token.
+    pub k: usize,
+}
+
+/// The four router-step shapes of the benchmark issue.
+pub const STEP_SHAPES: [StepShape; 4] = [
+    StepShape {
+        name: "paper-M",
+        n: 4096,
+        d: 768,
+        e: 32,
+        k: 4,
+    },
+    StepShape {
+        name: "paper-L",
+        n: 4096,
+        d: 1536,
+        e: 32,
+        k: 4,
+    },
+    StepShape {
+        name: "mixtral",
+        n: 4096,
+        d: 4096,
+        e: 8,
+        k: 2,
+    },
+    StepShape {
+        name: "deepseek",
+        n: 2048,
+        d: 7168,
+        e: 256,
+        k: 8,
+    },
+];
+
+/// Router weights timed for SimBal alone: `(name, D, E)`.
+pub const SIMBAL_SHAPES: [(&str, usize, usize); 3] = [
+    ("simbal-768x32", 768, 32),
+    ("simbal-1536x32", 1536, 32),
+    ("simbal-7168x256", 7168, 256),
+];
+
+/// The step's auxiliary losses: SimBal 0.1, LBL 0.01, z-loss 1e-3.
+pub fn step_losses() -> LossConfig {
+    LossConfig::simbal()
+        .with_lbl(LblConfig::default())
+        .with_z_loss(ZLossConfig::default())
+}
+
+/// FLOPs of the three GEMMs of a step (`Z = XR`, `dX = dZ R^T`, `dR = X^T dZ`) plus SimBal's two.
+pub fn step_flops(s: &StepShape) -> f64 {
+    let (n, d, e) = (s.n as f64, s.d as f64, s.e as f64);
+    6.0 * n * d * e + simbal_flops(s.d, s.e)
+}
+
+/// FLOPs of the forward GEMM.
+pub fn forward_flops(s: &StepShape) -> f64 {
+    2.0 * (s.n * s.d * s.e) as f64
+}
+
+/// FLOPs of SimBal with its gradient (`R^T R` and `R M`).
+pub fn simbal_flops(d: usize, e: usize) -> f64 {
+    4.0 * (d * e * e) as f64
+}
+
+/// Bytes a step must move at least: X read for forward, X read and `dX` written for backward.
+pub fn step_bytes<T>(s: &StepShape) -> f64 {
+    3.0 * (s.n * s.d * core::mem::size_of::<T>()) as f64
+}
+
+/// Inputs of one step on a backend: `X ~ N(0,1)`, `R ~ N(0, 1/D)`, `dW ~ N(0,1)`.
+pub struct StepInputs<B: Backend> {
+    /// Tokens, `N x D`.
+    pub x: B::Buf,
+    /// Router weight, `D x E`.
+    pub r: B::Buf,
+    /// Gate gradient, `N x k`.
+    pub dw: B::Buf,
+}
+
+impl<B: Backend> StepInputs<B> {
+    /// Seeded inputs for `shape`.
+    pub fn new(b: &B, s: &StepShape, seed: u64) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut host = |len: usize, std: f64| {
+            let mut v = vec![B::Elem::of(0.0); len];
+            rng.fill_normal(std, &mut v);
+            v
+        };
+        let x = host(s.n * s.d, 1.0);
+        let r = host(s.d * s.e, 1.0 / (s.d as f64).sqrt());
+        let dw = host(s.n * s.k, 1.0);
+        Ok(Self {
+            x: b.upload(&x)?,
+            r: b.upload(&r)?,
+            dw: b.upload(&dw)?,
+        })
+    }
+}
+
+/// A router for `shape`: softmax, renormalised top-k, no capacity, `D x E`, input checks on.
+pub fn step_router<B: Backend>(b: B, s: &StepShape) -> Result<Router<B>> {
+    Router::new(b, RouterConfig::new(s.e, s.k))
+}
+
+/// One training step: forward, then backward with [`step_losses`]; returns the total aux loss.
+pub fn run_step<B: Backend>(
+    router: &mut Router<B>,
+    inp: &StepInputs<B>,
+    s: &StepShape,
+    losses: &LossConfig,
+) -> Result<B::Elem> {
+    router.forward(&inp.x, &inp.r, None, s.n, s.d)?;
+    Ok(router
+        .backward(&inp.x, &inp.r, &inp.dw, losses, None)?
+        .total)
+}
+
+/// Forward-only routing (inference).
+pub fn run_forward<B: Backend>(
+    router: &mut Router<B>,
+    inp: &StepInputs<B>,
+    s: &StepShape,
+) -> Result<()> {
+    router.forward(&inp.x, &inp.r, None, s.n, s.d)
+}
+
+/// SimBal (L1, 0.1) with its gradient into `grad`.
+pub fn run_simbal<B: Backend>(
+    b: &B,
+    d: usize,
+    e: usize,
+    r: &B::Buf,
+    grad: &mut B::Buf,
+    ws: &mut SimbalWorkspace<B>,
+) -> Result<B::Elem> {
+    simbal_core::simbal_loss(
+        b,
+        &SimBalConfig::default(),
+        WeightLayout::DxE,
+        d,
+        e,
+        r,
+        Some(grad),
+        ws,
+    )
+}
+
+/// The floor: the step's three GEMMs alone on the same backend (`Z = XR`, `dX = Z R^T`,
+/// `dR = X^T Z`, with `Z` standing in for `dZ`).
+pub struct GemmFloor<B: Backend> {
+    z: B::Buf,
+    dx: B::Buf,
+    dr: B::Buf,
+}
+
+impl<B: Backend> GemmFloor<B> {
+    /// Buffers for `shape`.
+    pub fn new(b: &B, s: &StepShape) -> Result<Self> {
+        Ok(Self {
+            z: b.zeros(s.n * s.e)?,
+            dx: b.zeros(s.n * s.d)?,
+            dr: b.zeros(s.d * s.e)?,
+        })
+    }
+
+    /// Runs the three GEMMs once.
+    pub fn run(&mut self, b: &B, inp: &StepInputs<B>, s: &StepShape) -> Result<()> {
+        use simbal_core::Gemm;
+        b.gemm(&Gemm::new(s.n, s.e, s.d), &inp.x, &inp.r, &mut self.z)?;
+        b.gemm(
+            &Gemm::new(s.n, s.d, s.e).tb(),
+            &self.z,
+            &inp.r,
+            &mut self.dx,
+        )?;
+        b.gemm(
+            &Gemm::new(s.d, s.e, s.n).ta(),
+            &inp.x,
+            &self.z,
+            &mut self.dr,
+        )
+    }
+}
+
+/// Looks a step shape up by name.
+pub fn step_shape(name: &str) -> Option<StepShape> {
+    STEP_SHAPES.iter().copied().find(|s| s.name == name)
+}

@@ -1,0 +1,80 @@
+//! Criterion benchmarks of the router step, forward-only routing, SimBal alone and the three-GEMM
+//! floor, for every backend that runs here. Throughput is reported in FLOPs (GFLOP/s).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use simbal_benches::*;
+use simbal_core::{Backend, Reference, SimbalWorkspace};
+use simbal_faer::Faer;
+use std::time::Duration;
+
+fn bench_backend<B: Backend + Clone>(c: &mut Criterion, label: &str, b: B, shapes: &[StepShape]) {
+    let losses = step_losses();
+    for s in shapes {
+        let inp = StepInputs::new(&b, s, 0).expect("inputs");
+        let mut router = step_router(b.clone(), s).expect("router");
+        let mut g = c.benchmark_group(format!("{label}/{}", s.name));
+        g.sample_size(10).measurement_time(Duration::from_secs(3));
+        g.throughput(Throughput::Elements(step_flops(s) as u64));
+        g.bench_function("step", |bch| {
+            bch.iter(|| run_step(&mut router, &inp, s, &losses).expect("step"))
+        });
+        g.throughput(Throughput::Elements(forward_flops(s) as u64));
+        g.bench_function("forward", |bch| {
+            bch.iter(|| run_forward(&mut router, &inp, s).expect("forward"))
+        });
+        let mut floor = GemmFloor::new(&b, s).expect("floor");
+        g.throughput(Throughput::Elements((6 * s.n * s.d * s.e) as u64));
+        g.bench_function("gemm-floor", |bch| {
+            bch.iter(|| floor.run(&b, &inp, s).expect("floor"))
+        });
+        g.finish();
+    }
+}
+
+fn bench_simbal<B: Backend>(
+    c: &mut Criterion,
+    label: &str,
+    b: &B,
+    shapes: &[(&'static str, usize, usize)],
+) {
+    for &(name, d, e) in shapes {
+        let s = StepShape {
+            name,
+            n: 1,
+            d,
+            e,
+            k: 1,
+        };
+        let inp = StepInputs::new(b, &s, 1).expect("inputs");
+        let mut grad = b.zeros(d * e).expect("grad");
+        let mut ws = SimbalWorkspace::new(b, d, e).expect("ws");
+        let mut g = c.benchmark_group(format!("{label}/{name}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(2));
+        g.throughput(Throughput::Elements(simbal_flops(d, e) as u64));
+        g.bench_function("simbal", |bch| {
+            bch.iter(|| run_simbal(b, d, e, &inp.r, &mut grad, &mut ws).expect("simbal"))
+        });
+        g.finish();
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    bench_backend(c, "faer-f32", Faer::<f32>::new(), &STEP_SHAPES);
+    bench_simbal(c, "faer-f32", &Faer::<f32>::new(), &SIMBAL_SHAPES);
+    // The scalar reference is only timed on the two small shapes (it is a triple loop).
+    bench_backend(
+        c,
+        "reference-f32",
+        Reference::<f32>::new(),
+        &STEP_SHAPES[..2],
+    );
+    bench_simbal(
+        c,
+        "reference-f32",
+        &Reference::<f32>::new(),
+        &SIMBAL_SHAPES[..2],
+    );
+}
+
+criterion_group!(step, benches);
+criterion_main!(step);

@@ -1,0 +1,191 @@
+//! simbal's side of the PyTorch/JAX comparison: times the router step, forward-only routing and
+//! SimBal alone on the faer backend (f32) and writes the anchors' JSON schema.
+//!
+//! `cargo run --release -p simbal-benches --bin compare -- --threads 2 --out target/compare/simbal.json`
+
+use simbal_benches::*;
+use simbal_core::{Backend, SimbalWorkspace};
+use simbal_faer::Faer;
+use std::time::Instant;
+
+struct Args {
+    threads: usize,
+    warmup: usize,
+    iters: usize,
+    shapes: Vec<String>,
+    out: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        threads: 2,
+        warmup: 3,
+        iters: 20,
+        shapes: Vec::new(),
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--warmup" => a.warmup = val()?.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--iters" => a.iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
+            "--shapes" => a.shapes = val()?.split(',').map(str::to_owned).collect(),
+            "--out" => a.out = Some(val()?),
+            "--help" | "-h" => {
+                println!("compare [--threads T] [--warmup W] [--iters I] [--shapes a,b] [--out FILE.json]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    a.iters = a.iters.max(1);
+    Ok(a)
+}
+
+/// Median and minimum seconds of `iters` calls after `warmup` calls.
+fn time(warmup: usize, iters: usize, mut f: impl FnMut()) -> (f64, f64) {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    (t[t.len() / 2], t[0])
+}
+
+fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+    {
+        eprintln!("compare: cannot size the thread pool: {e}");
+    }
+    let want = |name: &str| args.shapes.is_empty() || args.shapes.iter().any(|s| s == name);
+    let mut rows = Vec::new();
+    let b = Faer::<f32>::new();
+    let losses = step_losses();
+    for s in STEP_SHAPES.iter().filter(|s| want(s.name)) {
+        let mut run = || -> simbal_core::Result<()> {
+            let inp = StepInputs::new(&b, s, 0)?;
+            let mut router = step_router(b, s)?;
+            let (med, min) = time(args.warmup, args.iters, || {
+                run_step(&mut router, &inp, s, &losses).expect("step");
+            });
+            rows.push(row(
+                s.name, s.n, s.d, s.e, s.k, "step", med, min, args.iters,
+            ));
+            let (med, min) = time(args.warmup, args.iters, || {
+                run_forward(&mut router, &inp, s).expect("forward");
+            });
+            rows.push(row(
+                s.name, s.n, s.d, s.e, s.k, "forward", med, min, args.iters,
+            ));
+            let mut floor = GemmFloor::new(&b, s)?;
+            let (med, min) = time(args.warmup, args.iters, || {
+                floor.run(&b, &inp, s).expect("gemm floor");
+            });
+            rows.push(row(
+                s.name,
+                s.n,
+                s.d,
+                s.e,
+                s.k,
+                "gemm-floor",
+                med,
+                min,
+                args.iters,
+            ));
+            eprintln!("compare: {} done", s.name);
+            Ok(())
+        };
+        if let Err(e) = run() {
+            eprintln!("compare: {}: {e}", s.name);
+            std::process::exit(1);
+        }
+    }
+    for (name, d, e) in SIMBAL_SHAPES.iter().filter(|s| want(s.0)) {
+        let mut run = || -> simbal_core::Result<()> {
+            let s = StepShape {
+                name,
+                n: 1,
+                d: *d,
+                e: *e,
+                k: 1,
+            };
+            let inp = StepInputs::new(&b, &s, 1)?;
+            let mut grad = b.zeros(d * e)?;
+            let mut ws = SimbalWorkspace::new(&b, *d, *e)?;
+            let (med, min) = time(args.warmup, args.iters, || {
+                run_simbal(&b, *d, *e, &inp.r, &mut grad, &mut ws).expect("simbal");
+            });
+            rows.push(row(name, 0, *d, *e, 0, "simbal", med, min, args.iters));
+            Ok(())
+        };
+        if let Err(e) = run() {
+            eprintln!("compare: {name}: {e}");
+            std::process::exit(1);
+        }
+    }
+    let json = format!(
+        "{{\"impl\": \"simbal-faer\", \"version\": \"{}\", \"threads\": {}, \"machine\": \"{}\", \"results\": [\n{}\n]}}\n",
+        env!("CARGO_PKG_VERSION"),
+        args.threads,
+        machine().replace('"', "'"),
+        rows.join(",\n")
+    );
+    match &args.out {
+        Some(path) => {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = std::fs::write(path, &json) {
+                eprintln!("compare: cannot write {path}: {e}");
+                std::process::exit(1);
+            }
+        }
+        None => print!("{json}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    shape: &str,
+    n: usize,
+    d: usize,
+    e: usize,
+    k: usize,
+    op: &str,
+    med: f64,
+    min: f64,
+    iters: usize,
+) -> String {
+    format!(
+        "  {{\"shape\": \"{shape}\", \"n\": {n}, \"d\": {d}, \"e\": {e}, \"k\": {k}, \"op\": \"{op}\", \"median_s\": {med:.9}, \"min_s\": {min:.9}, \"iters\": {iters}}}"
+    )
+}
