@@ -1,1 +1,26 @@
-//! placeholder
+//! # simbal-repro
+//!
+//! Trains small Mixture-of-Experts models under each load-balancing method and reports whether
+//! SimBal's claims (arXiv 2506.14038) hold: faster convergence than the Switch loss, balanced
+//! load, less redundant experts.
+//!
+//! Everything is written out by hand: the experts' forward and backward ([`mlp`]), the heads
+//! ([`model`]), Adam ([`adam`]); the router, its losses and their analytic gradients come from
+//! `simbal-core` on any [`simbal_core::Backend`].
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod adam;
+pub mod error;
+pub mod experiment;
+mod linalg;
+pub mod methods;
+pub mod metrics;
+pub mod mlp;
+pub mod model;
+pub mod plot;
+pub mod report;
+pub mod task;
+pub mod train;
+
+pub use error::{ReproError, Result};
