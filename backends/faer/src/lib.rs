@@ -19,7 +19,7 @@ mod select;
 
 use core::marker::PhantomData;
 use rayon::prelude::*;
-use simbal_core::config::RouterConfig;
+use simbal_core::config::{RouterConfig, SimBalConfig, WeightLayout};
 use simbal_core::ops;
 use simbal_core::shape::{check_len, product};
 use simbal_core::{check_gemm, Backend, Gemm, LblCoef, Result, Scalar, SimbalError};
@@ -257,6 +257,31 @@ impl<T: FaerElem> Backend for Faer<T> {
         Ok(())
     }
 
+    fn dispatch(
+        &self,
+        cfg: &RouterConfig,
+        n: usize,
+        idx: &Vec<u32>,
+        gates: &mut Vec<T>,
+        dropped: &mut Vec<u32>,
+        counts: &mut Vec<u32>,
+        order: &mut Vec<u32>,
+        offsets: &mut Vec<u32>,
+    ) -> Result<()> {
+        cfg.validate()?;
+        let (e, k) = (cfg.experts, cfg.k);
+        let nk = product("indices", n, k)?;
+        check_len("indices", nk, idx.len())?;
+        check_len("gates", nk, gates.len())?;
+        check_len("dropped flags", nk, dropped.len())?;
+        check_len("counts", e, counts.len())?;
+        check_len("dispatch order", nk, order.len())?;
+        check_len("dispatch offsets", e + 1, offsets.len())?;
+        check_indices(e, idx)?;
+        ops::router::dispatch(cfg, n, idx, gates, dropped, counts, order, offsets);
+        Ok(())
+    }
+
     fn router_backward_rows(
         &self,
         cfg: &RouterConfig,
@@ -343,6 +368,29 @@ impl<T: FaerElem> Backend for Faer<T> {
         Ok(())
     }
 
+    fn group_counts(
+        &self,
+        n: usize,
+        k: usize,
+        e: usize,
+        group_len: usize,
+        idx: &Vec<u32>,
+        dropped: &Vec<u32>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        check_group_len(group_len, n)?;
+        let nk = product("indices", n, k)?;
+        check_len("indices", nk, idx.len())?;
+        check_len("dropped flags", nk, dropped.len())?;
+        check_len(
+            "group counts",
+            product("group counts", n / group_len, e)?,
+            out.len(),
+        )?;
+        ops::reduce::group_counts(k, e, group_len, idx, dropped, out);
+        Ok(())
+    }
+
     fn lse_sq_sum(&self, n: usize, e: usize, z: &Vec<T>) -> Result<T> {
         check_len("logits", product("logits", n, e)?, z.len())?;
         if n == 0 || e == 0 {
@@ -363,6 +411,48 @@ impl<T: FaerElem> Backend for Faer<T> {
             }
         }
         Ok(parts.iter().fold(T::zero(), |acc, &s| acc + s))
+    }
+
+    fn simbal_residual(&self, cfg: &SimBalConfig, e: usize, gram: &mut Vec<T>) -> Result<T> {
+        check_len("Gram matrix", product("Gram matrix", e, e)?, gram.len())?;
+        Ok(ops::simbal::simbal_residual(cfg, e, gram))
+    }
+
+    fn normalize_columns(
+        &self,
+        layout: WeightLayout,
+        d: usize,
+        e: usize,
+        r: &Vec<T>,
+        norms: &mut Vec<T>,
+        rn: &mut Vec<T>,
+    ) -> Result<()> {
+        let de = product("router weight", d, e)?;
+        check_len("router weight", de, r.len())?;
+        check_len("column norms", e, norms.len())?;
+        check_len("normalised weight", de, rn.len())?;
+        ops::simbal::column_norms(layout, d, e, r, norms);
+        ops::simbal::normalize_columns(layout, d, e, r, norms, rn);
+        Ok(())
+    }
+
+    fn scale_free_project(
+        &self,
+        layout: WeightLayout,
+        d: usize,
+        e: usize,
+        rn: &Vec<T>,
+        norms: &Vec<T>,
+        g: &Vec<T>,
+        grad: &mut Vec<T>,
+    ) -> Result<()> {
+        let de = product("router weight", d, e)?;
+        check_len("normalised weight", de, rn.len())?;
+        check_len("column norms", e, norms.len())?;
+        check_len("normalised gradient", de, g.len())?;
+        check_len("router gradient", de, grad.len())?;
+        ops::simbal::scale_free_project(layout, d, e, rn, norms, g, grad, true);
+        Ok(())
     }
 
     fn check_finite(&self, what: &'static str, cols: usize, buf: &Vec<T>) -> Result<()> {

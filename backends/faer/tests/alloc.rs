@@ -1,0 +1,130 @@
+//! A training step of a shape seen before allocates nothing: a counting global allocator around
+//! the second and later `Router::step`s, for f32 and f64, with every loss, capacity and a
+//! selection bias, run sequentially and split across rayon blocks.
+//!
+//! `Router::stats_into` is measured with micro-batch and global-batch LBL only: core's workspace
+//! resizes its LBL group buffers whenever sequence-level LBL (`N / seq_len` groups) and
+//! `stats_into` (one group) alternate, which allocates in core, whatever the backend.
+//!
+//! This binary holds a single test so no other test's allocations are counted. The steps run on
+//! a worker of a dedicated rayon pool: rayon itself allocates now and then (a block of its global
+//! injector queue every 63 jobs) when work is injected from a thread outside the pool, which is
+//! rayon's cost, not this backend's.
+
+use simbal_core::{
+    orthogonal_init, Backend, DropPolicy, Gemm, LblConfig, LblLevel, LossConfig, Router,
+    RouterConfig, RoutingStats, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
+};
+use simbal_faer::{Faer, FaerElem, Par};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use std::alloc::System;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Allocations (and reallocations) made by `f`.
+fn allocations(f: impl FnOnce()) -> usize {
+    let region = Region::new(GLOBAL);
+    f();
+    let s = region.change();
+    s.allocations + s.reallocations
+}
+
+fn steps_allocate_nothing<T: FaerElem>(par: Par) {
+    let (n, d, e, k) = (2048, 64, 32, 4);
+    let x: Vec<T> = (0..n * d)
+        .map(|i| T::of(((i * 7919 % 1013) as f64 - 506.0) / 300.0))
+        .collect();
+    let bias: Vec<T> = (0..e).map(|c| T::of(c as f64 * 1e-3)).collect();
+    let dw: Vec<T> = (0..n * k)
+        .map(|i| T::of(((i % 13) as f64 - 6.0) / 6.0))
+        .collect();
+    let seq = LblConfig {
+        level: LblLevel::Sequence { seq_len: 256 },
+        ..LblConfig::default()
+    };
+    let global = LblConfig {
+        level: LblLevel::GlobalBatch,
+        ..LblConfig::default()
+    };
+    let scale_free = SimBalConfig {
+        lambda: 0.1,
+        norm: SimBalNorm::ScaleFree,
+    };
+    let cases = [
+        (
+            RouterConfig::new(e, k).with_capacity(1.25, DropPolicy::Probs),
+            LossConfig::simbal()
+                .with_lbl(seq)
+                .with_z_loss(ZLossConfig::default()),
+        ),
+        (
+            RouterConfig::new(e, k)
+                .with_layout(WeightLayout::ExD)
+                .with_groups(4, 2),
+            LossConfig::none().with_simbal(scale_free).with_lbl(global),
+        ),
+    ];
+    for (ci, (cfg, losses)) in cases.into_iter().enumerate() {
+        // Statistics alongside the step where core does not resize for them (see module docs).
+        let with_stats = ci == 1;
+        let r: Vec<T> = orthogonal_init(cfg.layout, d, e, 3).unwrap();
+        let mut router = Router::new(Faer::<T>::with_par(par), cfg).unwrap();
+        let mut stats = RoutingStats::empty(e);
+        let global = RoutingStats {
+            counts: vec![64; e],
+            score_sums: vec![64.0; e],
+            tokens: 512,
+            dropped: 0,
+        };
+        let mut step = || {
+            router
+                .step(&x, &r, Some(&bias), &dw, &losses, Some(&global), n, d)
+                .unwrap();
+            if with_stats {
+                router.stats_into(&mut stats).unwrap();
+            }
+        };
+        // First steps size the workspace and warm rayon and faer's per-thread packing buffers.
+        for _ in 0..3 {
+            step();
+        }
+        for i in 0..10 {
+            let count = allocations(&mut step);
+            assert_eq!(
+                count,
+                0,
+                "{} {par:?} {cfg:?}: step {i} after warm-up allocated {count} times",
+                T::NAME
+            );
+        }
+    }
+}
+
+/// One sequential GEMM large enough for faer's packing kernel.
+fn warm_gemm<T: FaerElem>() {
+    let be = Faer::<T>::with_par(Par::Seq);
+    let a = vec![T::one(); 128 * 128];
+    let mut c = vec![T::zero(); 128 * 128];
+    be.gemm(&Gemm::new(128, 128, 128), &a, &a, &mut c).unwrap();
+}
+
+#[test]
+fn repeated_steps_allocate_nothing() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    // Every worker packs GEMM operands into a buffer faer allocates on the thread's first GEMM:
+    // warm them all, in both types, as many steps would.
+    pool.broadcast(|_| {
+        warm_gemm::<f32>();
+        warm_gemm::<f64>();
+    });
+    pool.install(|| {
+        for par in [Par::Seq, Par::rayon(4)] {
+            steps_allocate_nothing::<f32>(par);
+            steps_allocate_nothing::<f64>(par);
+        }
+    });
+}

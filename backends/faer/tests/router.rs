@@ -1,0 +1,621 @@
+//! `Router` on the faer backend against the scalar reference, in f32 and f64: forward from logits
+//! (indices, dispatch plan and dropped flags exactly; scores and gates to tolerance), backward
+//! from logits with every dense loss, and the full forward/backward from tokens with SimBal in
+//! both weight layouts. Every configuration runs sequentially and split across rayon blocks.
+
+mod common;
+
+use common::{assert_close, assert_close_scalar, normal};
+use simbal_core::{
+    Backend, DropPolicy, LblConfig, LblLevel, LblNormalization, LossConfig, Reference, Router,
+    RouterConfig, RoutingStats, Scalar, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
+    ZLossConfig,
+};
+use simbal_faer::{Faer, FaerElem, Par};
+
+/// The parallel settings every comparison runs under (4 blocks even on a 2-core machine).
+fn backends<T: FaerElem>() -> Vec<Faer<T>> {
+    vec![
+        Faer::with_par(Par::Seq),
+        Faer::with_par(Par::rayon(4)),
+        Faer::new(),
+    ]
+}
+
+/// Router configurations over `e = 16` experts, covering every branch of the row kernels: both
+/// score functions, renormalisation and scale, group limits (effective and not), capacity with
+/// both policies, `k = 1`, `k = E`.
+fn configs() -> Vec<RouterConfig> {
+    let e = 16;
+    vec![
+        RouterConfig::new(e, 4),
+        RouterConfig::new(e, 2)
+            .with_renormalize(false)
+            .with_scale(2.5),
+        RouterConfig::new(e, 4).with_score(ScoreFn::Sigmoid),
+        RouterConfig::new(e, 3)
+            .with_score(ScoreFn::Sigmoid)
+            .with_renormalize(false),
+        RouterConfig::new(e, 4).with_groups(4, 2),
+        RouterConfig::new(e, 4).with_groups(4, 4),
+        RouterConfig::new(e, 4).with_capacity(1.0, DropPolicy::Probs),
+        RouterConfig::new(e, 2).with_capacity(0.5, DropPolicy::Position),
+        RouterConfig::new(e, 1),
+        RouterConfig::new(e, e),
+    ]
+}
+
+/// Loss configurations for the backward passes from logits (`n` divisible by 256).
+fn dense_losses() -> Vec<LossConfig> {
+    let seq = LblConfig {
+        level: LblLevel::Sequence { seq_len: 256 },
+        ..LblConfig::default()
+    };
+    let hf = LblConfig {
+        normalization: LblNormalization::HuggingFace,
+        alpha: 0.03,
+        ..LblConfig::default()
+    };
+    let global = LblConfig {
+        level: LblLevel::GlobalBatch,
+        ..LblConfig::default()
+    };
+    vec![
+        LossConfig::none(),
+        LossConfig::switch(),
+        LossConfig::none().with_lbl(seq),
+        LossConfig::none().with_lbl(hf),
+        LossConfig::none().with_lbl(global),
+        LossConfig::none().with_z_loss(ZLossConfig { beta: 0.01 }),
+        LossConfig::none()
+            .with_lbl(seq)
+            .with_z_loss(ZLossConfig::default()),
+    ]
+}
+
+/// Logits with structure: random rows, rows with exact ties, constant rows, huge magnitudes.
+fn logits<T: Scalar>(n: usize, e: usize, seed: u64) -> Vec<T> {
+    let mut z = normal::<T>(seed, n * e, 3.0);
+    for t in (0..n).step_by(7) {
+        // Exact ties between pairs of experts.
+        for c in (0..e).step_by(2) {
+            z[t * e + c + 1] = z[t * e + c];
+        }
+    }
+    for t in (3..n).step_by(97) {
+        z[t * e..(t + 1) * e].fill(T::of(0.25));
+    }
+    for t in (5..n).step_by(131) {
+        // Large, yet lse(z)^2 stays finite for the z-loss (1e30 is tested on its own).
+        let big = if T::NAME == "f32" { 1e15 } else { 1e100 };
+        for c in 0..e {
+            z[t * e + c] = T::of(big * ((c % 5) as f64 - 2.0));
+        }
+    }
+    z
+}
+
+/// Global statistics of the current batch merged with another shard's.
+fn global_stats<B: Backend>(router: &mut Router<B>, e: usize) -> RoutingStats {
+    let mut g = router.stats().unwrap();
+    let other = RoutingStats {
+        counts: (0..e as u64).map(|c| 3 * c + 1).collect(),
+        score_sums: (0..e).map(|c| 0.5 + c as f64).collect(),
+        tokens: 200,
+        dropped: 0,
+    };
+    g.merge(&other).unwrap();
+    g
+}
+
+fn compare_forward<T: FaerElem>(what: &str, fa: &Router<Faer<T>>, rf: &Router<Reference<T>>) {
+    assert_eq!(
+        fa.indices().unwrap(),
+        rf.indices().unwrap(),
+        "{what}: indices"
+    );
+    assert_eq!(
+        fa.dropped().unwrap(),
+        rf.dropped().unwrap(),
+        "{what}: dropped"
+    );
+    assert_eq!(fa.counts().unwrap(), rf.counts().unwrap(), "{what}: counts");
+    assert_eq!(
+        fa.dispatch_order().unwrap(),
+        rf.dispatch_order().unwrap(),
+        "{what}: dispatch order"
+    );
+    assert_eq!(
+        fa.dispatch_offsets().unwrap(),
+        rf.dispatch_offsets().unwrap(),
+        "{what}: offsets"
+    );
+    assert_close(
+        &format!("{what}: scores"),
+        fa.scores().unwrap(),
+        rf.scores().unwrap(),
+    );
+    assert_close(
+        &format!("{what}: gates"),
+        fa.gates().unwrap(),
+        rf.gates().unwrap(),
+    );
+}
+
+fn logits_path<T: FaerElem>() {
+    let (n, e) = (2048, 16);
+    let z = logits::<T>(n, e, 11);
+    let bias = normal::<T>(12, e, 0.05);
+    for (ci, cfg) in configs().into_iter().enumerate() {
+        let k = cfg.k;
+        let dw = normal::<T>(13 + ci as u64, n * k, 1.0);
+        for with_bias in [false, true] {
+            let bias = with_bias.then_some(&bias);
+            let mut rf = Router::new(Reference::<T>::new(), cfg).unwrap();
+            rf.forward_logits(&z, bias, n).unwrap();
+            for be in backends::<T>() {
+                let what = format!("config {ci} bias {with_bias} {:?}", be.par());
+                let mut fa = Router::new(be, cfg).unwrap();
+                fa.forward_logits(&z, bias, n).unwrap();
+                compare_forward(&what, &fa, &rf);
+                let (sf, sr) = (fa.stats().unwrap(), rf.stats().unwrap());
+                assert_eq!(sf.counts, sr.counts, "{what}: stats counts");
+                assert_eq!(sf.dropped, sr.dropped, "{what}: stats dropped");
+                assert_close(
+                    &format!("{what}: score sums"),
+                    &sf.score_sums,
+                    &sr.score_sums,
+                );
+                for (li, losses) in dense_losses().into_iter().enumerate() {
+                    let what = format!("{what} losses {li}");
+                    let global = global_stats(&mut rf, e);
+                    let vr = rf.backward_logits(&dw, &losses, Some(&global)).unwrap();
+                    let vf = fa.backward_logits(&dw, &losses, Some(&global)).unwrap();
+                    assert_close(&format!("{what}: dz"), fa.dz().unwrap(), rf.dz().unwrap());
+                    assert_close_scalar(&format!("{what}: lbl"), vf.lbl, vr.lbl, 1e-30);
+                    assert_close_scalar(&format!("{what}: z-loss"), vf.z_loss, vr.z_loss, 1e-30);
+                    assert_close_scalar(&format!("{what}: total"), vf.total, vr.total, 1e-30);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn logits_path_f64() {
+    logits_path::<f64>();
+}
+
+#[test]
+fn logits_path_f32() {
+    logits_path::<f32>();
+}
+
+/// More experts per token than the one-pass top-k keeps on the stack: core's selection.
+#[test]
+fn large_k_falls_back_to_core_selection() {
+    let (n, e, k) = (300, 100, 70);
+    let z = logits::<f64>(n, e, 5);
+    let cfg = RouterConfig::new(e, k);
+    let mut rf = Router::new(Reference::<f64>::new(), cfg).unwrap();
+    rf.forward_logits(&z, None, n).unwrap();
+    for be in backends::<f64>() {
+        let mut fa = Router::new(be, cfg).unwrap();
+        fa.forward_logits(&z, None, n).unwrap();
+        compare_forward("k = 70", &fa, &rf);
+    }
+}
+
+/// Non-finite logits straight into the row kernel (the router's finite check is bypassed):
+/// NaN ranks below every number, infinities order as numbers, indices agree exactly.
+#[test]
+fn non_finite_logits_select_like_reference() {
+    let (n, e, k) = (1024, 16, 3);
+    let mut z = logits::<f32>(n, e, 8);
+    for t in 0..n {
+        match t % 4 {
+            0 => z[t * e + t % e] = f32::NAN,
+            1 => z[t * e + (t + 3) % e] = f32::INFINITY,
+            2 => z[t * e + (t + 5) % e] = f32::NEG_INFINITY,
+            _ => z[t * e..(t + 1) * e].fill(f32::NAN),
+        }
+    }
+    for score in [ScoreFn::Sigmoid, ScoreFn::Softmax] {
+        let cfg = RouterConfig::new(e, k).with_score(score);
+        let run = |be: &dyn Backend<Elem = f32, Buf = Vec<f32>, IdxBuf = Vec<u32>>| {
+            let (mut p, mut idx, mut w) = (vec![0.0; n * e], vec![0; n * k], vec![0.0; n * k]);
+            be.route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut w)
+                .unwrap();
+            (p, idx, w)
+        };
+        let want = run(&Reference::<f32>::new());
+        for be in backends::<f32>() {
+            let got = run(&be);
+            assert_eq!(got.1, want.1, "{score:?}: indices");
+            let same = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+            };
+            assert!(same(&got.0, &want.0), "{score:?}: scores");
+            assert!(same(&got.2, &want.2), "{score:?}: gates");
+        }
+    }
+}
+
+/// Gap between the k-th and (k+1)-th selection key of each row of `p` (+ `bias`).
+fn topk_gaps(p: &[f64], e: usize, k: usize, bias: Option<&[f64]>) -> Vec<f64> {
+    p.chunks(e)
+        .map(|row| {
+            let mut keys: Vec<f64> = row
+                .iter()
+                .enumerate()
+                .map(|(c, &v)| v + bias.map_or(0.0, |b| b[c]))
+                .collect();
+            keys.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            keys[k - 1] - keys[k]
+        })
+        .collect()
+}
+
+/// Tokens `n x d` whose top-k (with and without `bias`) is at least `min_gap` from a tie under
+/// the weight `r` (`d x e`): rows too close to a tie are redrawn.
+fn clear_tokens(n: usize, d: usize, e: usize, k: usize, r: &[f64], bias: &[f64]) -> Vec<f64> {
+    let min_gap = 1e-4;
+    let mut x = normal::<f64>(21, n * d, 1.0);
+    let cfg = RouterConfig::new(e, k);
+    for round in 0..20u64 {
+        let mut router = Router::new(Reference::<f64>::new(), cfg).unwrap();
+        let mut redraw = vec![false; n];
+        for b in [None, Some(bias)] {
+            let b = b.map(|v| v.to_vec());
+            router.forward(&x, &r.to_vec(), b.as_ref(), n, d).unwrap();
+            let gaps = topk_gaps(router.scores().unwrap(), e, k, b.as_deref());
+            for (t, g) in gaps.iter().enumerate() {
+                redraw[t] |= *g < min_gap;
+            }
+        }
+        if !redraw.contains(&true) {
+            return x;
+        }
+        for (t, _) in redraw.iter().enumerate().filter(|(_, &r)| r) {
+            let fresh = normal::<f64>(1000 + 31 * round + t as u64, d, 1.0);
+            x[t * d..(t + 1) * d].copy_from_slice(&fresh);
+        }
+    }
+    panic!("fixture: could not clear the top-k ties");
+}
+
+/// Loss configurations of the full pass: SimBal in each norm, alone and with LBL and z-loss.
+fn full_losses() -> Vec<LossConfig> {
+    let l1 = SimBalConfig::default();
+    let fro = SimBalConfig {
+        lambda: 0.05,
+        norm: SimBalNorm::FrobeniusSq,
+    };
+    let sf = SimBalConfig {
+        lambda: 0.2,
+        norm: SimBalNorm::ScaleFree,
+    };
+    vec![
+        LossConfig::none(),
+        LossConfig::simbal(),
+        LossConfig::none().with_simbal(fro),
+        LossConfig::none().with_simbal(sf),
+        LossConfig::switch()
+            .with_simbal(l1)
+            .with_z_loss(ZLossConfig::default()),
+    ]
+}
+
+/// Forward from tokens and backward with SimBal, f64 reference fixtures checked to sit away from
+/// top-k boundaries and SimBal kinks, so f32 rounding cannot flip a choice.
+fn token_path<T: FaerElem>() {
+    let (n, d, e, k) = (1024, 48, 16, 4);
+    let r64 = normal::<f64>(22, d * e, 1.0 / (d as f64).sqrt());
+    let b64 = normal::<f64>(23, e, 0.01);
+    let x64 = clear_tokens(n, d, e, k, &r64, &b64);
+    let dw64 = normal::<f64>(24, n * k, 1.0);
+    let cast = |v: &[f64]| v.iter().map(|&x| T::of(x)).collect::<Vec<T>>();
+    let (x, r, bias, dw) = (cast(&x64), cast(&r64), cast(&b64), cast(&dw64));
+    for layout in [WeightLayout::DxE, WeightLayout::ExD] {
+        // The same weight in either layout (ExD stores its transpose).
+        let (r, r64) = match layout {
+            WeightLayout::DxE => (r.clone(), r64.clone()),
+            WeightLayout::ExD => {
+                let t = |m: &[f64]| {
+                    (0..e * d)
+                        .map(|i| m[(i % d) * e + i / d])
+                        .collect::<Vec<f64>>()
+                };
+                (cast(&t(&r64)), t(&r64))
+            }
+        };
+        let cfg = RouterConfig::new(e, k).with_layout(layout);
+        // Fixture check in f64: every row's top-k is clear of rounding, and |G_ab| is too.
+        let mut r64_router = Router::new(Reference::<f64>::new(), cfg).unwrap();
+        r64_router.forward(&x64, &r64, Some(&b64), n, d).unwrap();
+        let gap = topk_gaps(r64_router.scores().unwrap(), e, k, Some(&b64))
+            .into_iter()
+            .fold(f64::INFINITY, f64::min);
+        assert!(gap >= 1e-4, "fixture: top-k gap {gap} too small for f32");
+        let mut ws = simbal_core::SimbalWorkspace::new(&Reference::<f64>::new(), d, e).unwrap();
+        simbal_core::simbal_loss(
+            &Reference::<f64>::new(),
+            &SimBalConfig::default(),
+            layout,
+            d,
+            e,
+            &r64,
+            None,
+            &mut ws,
+        )
+        .unwrap();
+        let kink = ws
+            .gram()
+            .iter()
+            .map(|g| g.abs())
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            kink > 1e-4,
+            "fixture: SimBal entry {kink} too close to its kink"
+        );
+
+        for with_bias in [false, true] {
+            let bias = with_bias.then_some(&bias);
+            for (li, losses) in full_losses().into_iter().enumerate() {
+                let mut rf = Router::new(Reference::<T>::new(), cfg).unwrap();
+                let vr = rf.step(&x, &r, bias, &dw, &losses, None, n, d).unwrap();
+                for be in backends::<T>() {
+                    let what = format!("{layout:?} bias {with_bias} losses {li} {:?}", be.par());
+                    let mut fa = Router::new(be, cfg).unwrap();
+                    // Twice: the second step reuses the workspace.
+                    for _ in 0..2 {
+                        let vf = fa.step(&x, &r, bias, &dw, &losses, None, n, d).unwrap();
+                        compare_forward(&what, &fa, &rf);
+                        assert_close(
+                            &format!("{what}: logits"),
+                            fa.logits().unwrap(),
+                            rf.logits().unwrap(),
+                        );
+                        assert_close(&format!("{what}: dz"), fa.dz().unwrap(), rf.dz().unwrap());
+                        assert_close(&format!("{what}: dx"), fa.dx().unwrap(), rf.dx().unwrap());
+                        assert_close(&format!("{what}: dr"), fa.dr().unwrap(), rf.dr().unwrap());
+                        assert_close_scalar(
+                            &format!("{what}: simbal"),
+                            vf.simbal,
+                            vr.simbal,
+                            1e-30,
+                        );
+                        assert_close_scalar(&format!("{what}: lbl"), vf.lbl, vr.lbl, 1e-30);
+                        assert_close_scalar(
+                            &format!("{what}: z-loss"),
+                            vf.z_loss,
+                            vr.z_loss,
+                            1e-30,
+                        );
+                        assert_close_scalar(&format!("{what}: total"), vf.total, vr.total, 1e-30);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn token_path_f64() {
+    token_path::<f64>();
+}
+
+#[test]
+fn token_path_f32() {
+    token_path::<f32>();
+}
+
+/// The overridden kernels refuse bad input with core's typed errors, never a panic.
+#[test]
+fn kernels_refuse_bad_input() {
+    use simbal_core::SimbalError;
+    let be = Faer::<f32>::with_par(Par::rayon(4));
+    let (n, e, k) = (8, 4, 2);
+    let cfg = RouterConfig::new(e, k);
+    let z = vec![0.0f32; n * e];
+    let (mut p, mut idx, mut w) = (vec![0.0; n * e], vec![0u32; n * k], vec![0.0; n * k]);
+    assert!(be
+        .route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut w)
+        .is_ok());
+    let err = be
+        .route_rows(&cfg, n + 1, &z, None, &mut p, &mut idx, &mut w)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SimbalError::LengthMismatch { what: "logits", .. }
+    ));
+    let err = be
+        .route_rows(&cfg, n, &z, Some(&vec![0.0; 3]), &mut p, &mut idx, &mut w)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SimbalError::LengthMismatch {
+            what: "selection bias",
+            ..
+        }
+    ));
+    // An invalid configuration handed straight to the kernel (E = 0, k = 0) is an error.
+    let zero = RouterConfig::new(0, 1);
+    let err = be
+        .route_rows(
+            &zero,
+            0,
+            &vec![],
+            None,
+            &mut vec![],
+            &mut vec![],
+            &mut vec![],
+        )
+        .unwrap_err();
+    assert!(matches!(err, SimbalError::ZeroDim { what: "E" }));
+    let kz = RouterConfig::new(4, 0);
+    assert!(be
+        .route_rows(&kz, 0, &vec![], None, &mut vec![], &mut vec![], &mut vec![])
+        .is_err());
+
+    let dropped = vec![0u32; n * k];
+    let dw = vec![1.0f32; n * k];
+    let mut dz = vec![0.0f32; n * e];
+    let mut bad_idx = idx.clone();
+    bad_idx[3] = e as u32;
+    let err = be
+        .router_backward_rows(
+            &cfg, n, &z, &p, &bad_idx, &w, &dropped, &dw, None, 0.0, &mut dz,
+        )
+        .unwrap_err();
+    assert!(matches!(err, SimbalError::Backend { .. }));
+    let coef = vec![0.0f32; e];
+    let lbl = simbal_core::LblCoef {
+        coef: &coef,
+        group_len: 3,
+    };
+    let err = be
+        .router_backward_rows(
+            &cfg,
+            n,
+            &z,
+            &p,
+            &idx,
+            &w,
+            &dropped,
+            &dw,
+            Some(lbl),
+            0.0,
+            &mut dz,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SimbalError::SequenceLength {
+            seq_len: 3,
+            tokens: 8
+        }
+    ));
+    let lbl = simbal_core::LblCoef {
+        coef: &coef,
+        group_len: 4,
+    };
+    let err = be
+        .router_backward_rows(
+            &cfg,
+            n,
+            &z,
+            &p,
+            &idx,
+            &w,
+            &dropped,
+            &dw,
+            Some(lbl),
+            0.0,
+            &mut dz,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SimbalError::LengthMismatch {
+            what: "LBL coefficients",
+            ..
+        }
+    ));
+    let err = be
+        .router_backward_rows(
+            &cfg,
+            n,
+            &z,
+            &p,
+            &idx,
+            &w,
+            &dropped,
+            &dw[1..].to_vec(),
+            None,
+            0.0,
+            &mut dz,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SimbalError::LengthMismatch {
+            what: "gate gradient",
+            ..
+        }
+    ));
+
+    assert!(be.lse_sq_sum(n, e, &z[1..].to_vec()).is_err());
+    assert!(be
+        .group_column_sums(n, e, 3, &z, &mut vec![0.0; e])
+        .is_err());
+    assert!(be
+        .group_column_sums(n, e, 4, &z, &mut vec![0.0; e])
+        .is_err());
+    let mut x = vec![1.0f32; 3 * 50_000];
+    assert!(be.check_finite("X", 50_000, &x).is_ok());
+    x[2 * 50_000 + 777] = f32::NAN;
+    let err = be.check_finite("X", 50_000, &x).unwrap_err();
+    assert_eq!(
+        err,
+        SimbalError::NonFinite {
+            what: "X",
+            row: 2,
+            col: 777
+        }
+    );
+}
+
+/// Kernels called directly agree with the reference on their own, including reductions over
+/// many sequences (parallel over groups) and the fixed-split logsumexp sum.
+#[test]
+fn reductions_match_reference() {
+    let (n, e) = (4096, 8);
+    let z = logits::<f64>(n, e, 3);
+    let rf = Reference::<f64>::new();
+    for be in backends::<f64>() {
+        for group_len in [n, 512, 64, 1] {
+            let mut want = vec![0.0; (n / group_len) * e];
+            let mut got = vec![f64::NAN; (n / group_len) * e];
+            rf.group_column_sums(n, e, group_len, &z, &mut want)
+                .unwrap();
+            be.group_column_sums(n, e, group_len, &z, &mut got).unwrap();
+            assert_close(&format!("group sums {group_len}"), &got, &want);
+        }
+        for rows in [n, 1000, 65, 3, 1, 0] {
+            let want = rf.lse_sq_sum(rows, e, &z[..rows * e].to_vec()).unwrap();
+            let got = be.lse_sq_sum(rows, e, &z[..rows * e].to_vec()).unwrap();
+            assert_close_scalar(&format!("lse^2 sum {rows}"), got, want, 1e-300);
+        }
+    }
+    // The sum does not depend on the thread count.
+    let a = Faer::<f64>::with_par(Par::Seq)
+        .lse_sq_sum(n, e, &z)
+        .unwrap();
+    let b = Faer::<f64>::with_par(Par::rayon(3))
+        .lse_sq_sum(n, e, &z)
+        .unwrap();
+    assert_eq!(a.to_bits(), b.to_bits());
+}
+
+/// Logits of magnitude 1e30 in f32 route to finite scores and gates, like the reference.
+#[test]
+fn huge_logits_stay_finite() {
+    let (n, e, k) = (1024, 16, 4);
+    let mut z = normal::<f32>(9, n * e, 1.0);
+    z.iter_mut().for_each(|v| *v *= 1e30);
+    for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+        let cfg = RouterConfig::new(e, k).with_score(score);
+        let mut rf = Router::new(Reference::<f32>::new(), cfg).unwrap();
+        rf.forward_logits(&z, None, n).unwrap();
+        for be in backends::<f32>() {
+            let mut fa = Router::new(be, cfg).unwrap();
+            fa.forward_logits(&z, None, n).unwrap();
+            assert!(fa.scores().unwrap().iter().all(|v| v.is_finite()));
+            assert!(fa.gates().unwrap().iter().all(|v| v.is_finite()));
+            compare_forward(&format!("1e30 {score:?}"), &fa, &rf);
+        }
+    }
+}
