@@ -91,7 +91,7 @@ impl ExperimentConfig {
                 task_seed: None,
             },
             train: TrainConfig {
-                steps: 1500,
+                steps: 2500,
                 batch_seqs: 8,
                 seq_len: 32,
                 lr: 3e-3,
@@ -117,6 +117,21 @@ impl ExperimentConfig {
             progress: true,
             font: None,
         }
+    }
+
+    /// The default text experiment on `corpus`: the synthetic defaults with a wider expert and
+    /// fewer steps (a small file overfits; the table also reports the best validation loss).
+    pub fn default_text(corpus: PathBuf) -> Self {
+        let mut cfg = Self::default_synthetic();
+        cfg.task = TaskSpec::Text {
+            corpus,
+            context: 4,
+            val_fraction: 0.1,
+        };
+        cfg.train.hidden = 64;
+        cfg.train.steps = 800;
+        cfg.train.eval_every = 25;
+        cfg
     }
 
     /// Checks the configuration.

@@ -137,15 +137,18 @@ struct Args {
 }
 
 fn config(a: Args) -> Result<ExperimentConfig> {
-    let mut cfg = ExperimentConfig::default_synthetic();
-    let text = a.corpus.is_some();
-    if let Some(corpus) = a.corpus {
-        cfg.task = TaskSpec::Text {
-            corpus,
-            context: a.context,
-            val_fraction: a.val_fraction,
-        };
-        cfg.train.hidden = 64;
+    let mut cfg = match a.corpus {
+        Some(corpus) => ExperimentConfig::default_text(corpus),
+        None => ExperimentConfig::default_synthetic(),
+    };
+    if let TaskSpec::Text {
+        context,
+        val_fraction,
+        ..
+    } = &mut cfg.task
+    {
+        *context = a.context;
+        *val_fraction = a.val_fraction;
     } else if let TaskSpec::Synthetic { config, task_seed } = &mut cfg.task {
         if let Some(v) = a.dim {
             config.dim = v;
@@ -186,7 +189,6 @@ fn config(a: Args) -> Result<ExperimentConfig> {
         t.lr = lr;
     }
     t.capacity_factor = a.capacity_factor;
-    let _ = text;
     cfg.methods = if a.methods.trim() == "all" {
         Method::ALL.to_vec()
     } else {

@@ -292,3 +292,84 @@ pub fn plot_all(runs: &[RunLog], dir: &Path, font: Option<&Path>) -> Result<Plot
     }
     Ok(PlotOutcome { files, labelled })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: &str, seed: u64, vals: &[f64]) -> RunLog {
+        let points = vals
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| LogPoint {
+                step: i,
+                tokens: i * 100,
+                train_loss: None,
+                val_loss: v,
+                max_vio: 0.1,
+                max_vio_train: None,
+                cv: 0.0,
+                load_entropy: 1.0,
+                dead_experts: 0,
+                seu: 0.5,
+                pes: 0.2,
+                orth_mean_sq: 0.0,
+                orth_max: 0.0,
+                routing_entropy: 1.0,
+                consistency: None,
+                aux_simbal: 0.0,
+                aux_lbl: 0.0,
+            })
+            .collect();
+        RunLog {
+            method: method.into(),
+            seed,
+            init: "gaussian".into(),
+            backend: "test".into(),
+            points,
+            wall_secs: 0.0,
+        }
+    }
+
+    #[test]
+    fn series_are_per_method_means_over_seeds() {
+        let runs = [
+            run("switch", 0, &[1.0, 0.5]),
+            run("switch", 1, &[3.0, 0.7]),
+            run("simbal", 0, &[2.0, 0.1]),
+        ];
+        let s = mean_series(&runs, |p| p.val_loss);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].name, "switch");
+        assert_eq!(s[0].points, vec![(0.0, 2.0), (100.0, 0.6)]);
+        assert_eq!(s[1].points, vec![(0.0, 2.0), (100.0, 0.1)]);
+    }
+
+    #[test]
+    fn plots_without_a_font_are_still_drawn() {
+        let runs = [
+            run("switch", 0, &[1.0, 0.5, 0.4]),
+            run("simbal", 0, &[1.0, 0.45, 0.3]),
+        ];
+        let series = mean_series(&runs, |p| p.val_loss);
+        let dir = std::env::temp_dir().join(format!("simbal-repro-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (png, svg) = (dir.join("a.png"), dir.join("a.svg"));
+        {
+            let root = BitMapBackend::new(&png, (320, 200)).into_drawing_area();
+            draw(&root, &METRICS[0], &series, false).unwrap();
+        }
+        {
+            let root = SVGBackend::new(&svg, (320, 200)).into_drawing_area();
+            draw(&root, &METRICS[0], &series, false).unwrap();
+        }
+        let svg_text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            svg_text.contains("<polyline") || svg_text.contains("<path"),
+            "{svg_text}"
+        );
+        assert!(!svg_text.contains("<text"));
+        assert!(std::fs::metadata(&png).unwrap().len() > 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

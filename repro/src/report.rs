@@ -54,6 +54,9 @@ pub struct MethodSummary {
     pub runs: usize,
     /// Final validation loss.
     pub final_val_loss: Option<Stat>,
+    /// Lowest validation loss over the logged points (differs from the final one when a run
+    /// overfits, as on a small text file).
+    pub best_val_loss: Option<Stat>,
     /// Training tokens until the validation loss first reaches the same seed's Switch run's final
     /// validation loss (linear interpolation between logged points), over the runs that reach it.
     pub tokens_to_switch_final: Option<Stat>,
@@ -166,6 +169,12 @@ pub fn summarize(
                 description: m.describe(coefs, init),
                 runs: mine.len(),
                 final_val_loss: collect(&|p| Some(p.val_loss)),
+                best_val_loss: Stat::of(
+                    &mine
+                        .iter()
+                        .filter_map(|r| r.points.iter().map(|p| p.val_loss).reduce(f64::min))
+                        .collect::<Vec<_>>(),
+                ),
                 tokens_to_switch_final: Stat::of(&reach),
                 reached: reach.len(),
                 speedup_vs_switch: Stat::of(&speed),
@@ -189,12 +198,12 @@ pub fn markdown_table(rows: &[MethodSummary], loss_name: &str) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "| method | final val {loss_name} | tokens to Switch's final loss | speed-up vs Switch | min PES | final PES | MaxVio (val) | MaxVio (train) | SEU | dead |"
+        "| method | final val {loss_name} | best val | tokens to Switch's final loss | speed-up vs Switch | min PES | final PES | MaxVio (val) | MaxVio (train) | SEU | dead |"
     );
     if with_consistency {
         s.push_str(" consistency |");
     }
-    s.push_str(" max abs(RᵀR−I) |\n|---|---|---|---|---|---|---|---|---|---|");
+    s.push_str(" max abs(RᵀR−I) |\n|---|---|---|---|---|---|---|---|---|---|---|");
     if with_consistency {
         s.push_str("---|");
     }
@@ -216,9 +225,10 @@ pub fn markdown_table(rows: &[MethodSummary], loss_name: &str) -> String {
         };
         let _ = write!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.method,
             Stat::fmt(r.final_val_loss, 4),
+            Stat::fmt(r.best_val_loss, 4),
             tokens,
             speed,
             Stat::fmt(r.min_pes, 3),

@@ -40,7 +40,7 @@ pub struct SyntheticConfig {
 impl Default for SyntheticConfig {
     fn default() -> Self {
         Self {
-            dim: 32,
+            dim: 64,
             out_dim: 8,
             clusters: 32,
             clusters_per_seq: 4,
@@ -49,7 +49,7 @@ impl Default for SyntheticConfig {
             noise: 0.5,
             teacher_gain: 2.0,
             zipf: 0.5,
-            shared_mean: 0.0,
+            shared_mean: 6.0,
         }
     }
 }
