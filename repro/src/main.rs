@@ -47,49 +47,49 @@ struct Args {
     /// First seed.
     #[arg(long, default_value_t = 0)]
     first_seed: u64,
-    /// Optimiser steps per run.
+    /// Optimiser steps per run [default: 2500; text: 800].
     #[arg(long)]
     steps: Option<usize>,
-    /// Sequences per batch.
+    /// Sequences per batch [default: 8].
     #[arg(long)]
     batch_seqs: Option<usize>,
-    /// Tokens per sequence.
+    /// Tokens per sequence [default: 32].
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Adam learning rate.
+    /// Adam learning rate [default: 3e-3].
     #[arg(long)]
     lr: Option<f64>,
-    /// Steps between logged points.
+    /// Steps between logged points [default: 50; text: 25].
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Number of experts E.
+    /// Number of experts E [default: 8].
     #[arg(long)]
     experts: Option<usize>,
-    /// Experts per token k.
+    /// Experts per token k [default: 2].
     #[arg(long)]
     top_k: Option<usize>,
-    /// Hidden width of each expert.
+    /// Hidden width of each expert [default: 32; text: 64].
     #[arg(long)]
     hidden: Option<usize>,
     /// Expert capacity factor (default: no capacity limit).
     #[arg(long)]
     capacity_factor: Option<f64>,
-    /// Synthetic task: token width D.
+    /// Synthetic task: token width D [default: 64].
     #[arg(long)]
     dim: Option<usize>,
-    /// Synthetic task: number of clusters.
+    /// Synthetic task: number of clusters [default: 32].
     #[arg(long)]
     clusters: Option<usize>,
-    /// Synthetic task: clusters mixed in a sequence.
+    /// Synthetic task: clusters mixed in a sequence [default: 4].
     #[arg(long)]
     clusters_per_seq: Option<usize>,
-    /// Synthetic task: popularity skew of the clusters (0 = uniform).
+    /// Synthetic task: popularity skew of the clusters, 0 = uniform [default: 0.5].
     #[arg(long)]
     zipf: Option<f64>,
-    /// Synthetic task: norm of a direction shared by every token.
+    /// Synthetic task: norm of a direction shared by every token [default: 6].
     #[arg(long)]
     shared_mean: Option<f64>,
-    /// Synthetic task: per-coordinate noise of a token around its cluster centre.
+    /// Synthetic task: per-coordinate noise of a token around its cluster centre [default: 0.5].
     #[arg(long)]
     noise: Option<f64>,
     /// Synthetic task: fix the task's seed (default: each run's seed draws its own task).
@@ -98,10 +98,10 @@ struct Args {
     /// Text task: bytes of context.
     #[arg(long, default_value_t = 4)]
     context: usize,
-    /// Text task: embedding width per context byte.
+    /// Text task: embedding width per context byte [default: 16].
     #[arg(long)]
     emb: Option<usize>,
-    /// Text task: width of the MoE layer's output (input of the softmax head).
+    /// Text task: width of the MoE layer's output, the softmax head's input [default: 64].
     #[arg(long)]
     width: Option<usize>,
     /// Text task: held-out fraction (the end of the file).

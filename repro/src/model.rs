@@ -91,6 +91,13 @@ impl<B: Backend> RouterRunner<B> {
         self.router.backend().name()
     }
 
+    /// Load metrics of the last forward pass (statistics kept in the runner: no allocation
+    /// once sized).
+    pub fn load_metrics(&mut self) -> Result<simbal_core::LoadMetrics> {
+        self.router.stats_into(&mut self.stats)?;
+        Ok(simbal_core::LoadMetrics::from_counts(&self.stats.counts))
+    }
+
     /// The router.
     pub fn router(&mut self) -> &mut Router<B> {
         &mut self.router

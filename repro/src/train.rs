@@ -7,7 +7,7 @@ use crate::metrics::{routing_consistency, LogPoint, RunLog};
 use crate::model::{Model, ModelState, MoeConfig, MoeLayer, RouterRunner};
 use crate::task::{Batch, Task};
 use serde::Serialize;
-use simbal_core::{orthogonality_error, pes, seu, Backend, LoadMetrics, Rng, Scalar, WeightLayout};
+use simbal_core::{orthogonality_error, pes, seu, Backend, Rng, Scalar, WeightLayout};
 
 /// Sizes and schedule of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -144,7 +144,7 @@ impl<T: Scalar> Evaluator<T> {
         let val_loss = model.evaluate(rr, &self.val, &mut self.st)?;
         let mc = *model.moe.config();
         let n = self.val.tokens();
-        let load = LoadMetrics::from_counts(&rr.router().stats()?.counts);
+        let load = rr.load_metrics()?;
         let routing_entropy = rr.router().routing_entropy()?.to_f64_lossy();
         let moe = &self.st.moe;
         let seu = seu(
@@ -232,7 +232,7 @@ where
                 step,
             });
         }
-        let load = LoadMetrics::from_counts(&rr_train.router().stats()?.counts);
+        let load = rr_train.load_metrics()?;
         if let Some(bu) = &bias_update {
             model.moe.update_bias(&mut rr_train, bu)?;
         }
