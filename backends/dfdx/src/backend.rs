@@ -4,8 +4,8 @@ use crate::dev_err;
 use dfdx::shapes::{Axes2, Axis, Dtype, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor};
 use dfdx::tensor_ops::{
-    BroadcastTo, ChooseFrom, Device, GatherTo, LogSumExpTo, PermuteTo, ReshapeTo, SumTo, TryAdd,
-    TryDiv, TryGt, TryLt, TryMatMul, TryMul, TrySub,
+    BroadcastTo, ChooseFrom, Device, GatherTo, LogSumExpTo, MaxTo, PermuteTo, ReshapeTo, SumTo,
+    TryAdd, TryDiv, TryGt, TryLt, TryMatMul, TryMul, TryNe, TrySub,
 };
 use simbal_core::backend::LblCoef;
 use simbal_core::ops::select::{gates_row, renorm_eps, select_row};
@@ -59,6 +59,16 @@ impl<E, D> Dfdx<E, D> {
     /// The dfdx device.
     pub fn device(&self) -> &D {
         &self.dev
+    }
+}
+
+/// A tensor's elements in logical (row-major) order. dfdx 0.13's `as_vec` panics on an empty
+/// tensor, so that case is answered here.
+pub(crate) fn host_vec<S: Shape, E: Dtype, D: Device<E>, T>(t: &Tensor<S, E, D, T>) -> Vec<E> {
+    if t.shape().num_elements() == 0 {
+        Vec::new()
+    } else {
+        t.as_vec()
     }
 }
 
@@ -130,7 +140,7 @@ impl<E: Scalar + Dtype, D: Device<E>> Dfdx<E, D> {
 
     /// Reads a one-element tensor.
     fn scalar<S: Shape>(t: &Tensor<S, E, D>) -> Result<E> {
-        t.as_vec().first().copied().ok_or(SimbalError::Backend {
+        host_vec(t).first().copied().ok_or(SimbalError::Backend {
             message: String::from("dfdx: an empty reduction result"),
         })
     }
@@ -166,7 +176,7 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
     fn download(&self, buf: &Self::Buf, host: &mut [E]) -> Result<()> {
         check_len("download target", buf.shape().0, host.len())?;
         // `as_vec` reads in logical order, so even a strided tensor handed in by a user is right.
-        host.copy_from_slice(&buf.as_vec());
+        host.copy_from_slice(&host_vec(buf));
         Ok(())
     }
     fn write(&self, buf: &mut Self::Buf, host: &[E]) -> Result<()> {
@@ -264,11 +274,12 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
         idx: &mut Vec<u32>,
         gates: &mut Self::Buf,
     ) -> Result<()> {
+        cfg.validate()?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n * e, z.shape().0)?;
-        check_len("scores", n * e, p.shape().0)?;
-        check_len("indices", n * k, idx.len())?;
-        check_len("gates", n * k, gates.shape().0)?;
+        check_len("logits", n.saturating_mul(e), z.shape().0)?;
+        check_len("scores", n.saturating_mul(e), p.shape().0)?;
+        check_len("indices", n.saturating_mul(k), idx.len())?;
+        check_len("gates", n.saturating_mul(k), gates.shape().0)?;
         if let Some(b) = bias {
             check_len("selection bias", e, b.shape().0)?;
         }
@@ -280,8 +291,8 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
             ScoreFn::Softmax => dx(zt.try_softmax::<Axis<1>>())?,
             ScoreFn::Sigmoid => dx(zt.try_sigmoid())?,
         };
-        let ph = pt.as_vec();
-        let bias = bias.map(|b| b.as_vec());
+        let ph = host_vec(&pt);
+        let bias = bias.map(host_vec);
         let mut gh = vec![E::zero(); n * k];
         for ((pr, ir), wr) in ph
             .chunks_exact(e)
@@ -312,14 +323,15 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
         z_coef: E,
         dz: &mut Self::Buf,
     ) -> Result<()> {
+        cfg.validate()?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n * e, z.shape().0)?;
-        check_len("scores", n * e, p.shape().0)?;
-        check_len("indices", n * k, idx.len())?;
-        check_len("gates", n * k, gates.shape().0)?;
-        check_len("dropped flags", n * k, dropped.len())?;
-        check_len("gate gradient", n * k, dw.shape().0)?;
-        check_len("logit gradient", n * e, dz.shape().0)?;
+        check_len("logits", n.saturating_mul(e), z.shape().0)?;
+        check_len("scores", n.saturating_mul(e), p.shape().0)?;
+        check_len("indices", n.saturating_mul(k), idx.len())?;
+        check_len("gates", n.saturating_mul(k), gates.shape().0)?;
+        check_len("dropped flags", n.saturating_mul(k), dropped.len())?;
+        check_len("gate gradient", n.saturating_mul(k), dw.shape().0)?;
+        check_len("logit gradient", n.saturating_mul(e), dz.shape().0)?;
         if let Some(l) = &lbl {
             if l.group_len == 0 || n % l.group_len != 0 {
                 return Err(SimbalError::SequenceLength {
@@ -327,37 +339,46 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
                     tokens: n,
                 });
             }
-            check_len("LBL coefficients", (n / l.group_len) * e, l.coef.shape().0)?;
+            check_len(
+                "LBL coefficients",
+                (n / l.group_len).saturating_mul(e),
+                l.coef.shape().0,
+            )?;
         }
         Self::check_indices(idx, e)?;
         if n == 0 || e == 0 {
             return Ok(());
         }
         let pt = self.mat("scores", p, n, e)?;
-        // Gate part of dP on the host: only the k chosen entries of each row are non-zero.
-        let gh = gates.as_vec();
-        let dwh = dw.as_vec();
+        // The gate part is an index operation, done on the host; dense terms are dfdx ops.
+        // Without renormalisation `dP_{i_j} = s dW_j` goes through the score backward with the
+        // LBL term. With it, the gate term `a_j / denom` (`a_j = s dW_j - sum_l dW_l w_l`) is
+        // taken through the score backward analytically with `q = p / denom <= 1`, as the
+        // reference does, so an underflowed `denom` (saturated sigmoid rows) cannot give
+        // `inf * 0 = NaN`: softmax adds `[c = i_j] a_j q_c - p_c m` (`m = sum_j a_j q_{i_j}`),
+        // sigmoid adds `a_j q_{i_j} (1 - p_{i_j})` at the chosen experts.
+        let gh = host_vec(gates);
+        let dwh = host_vec(dw);
         let s = E::of(cfg.scale);
         let psel = if cfg.renormalize {
             let it: Tensor<(usize, usize), usize, D> = dx(self
                 .dev
                 .try_tensor_from_vec(idx.iter().map(|&i| i as usize).collect(), (n, k)))?;
             let sel: Matrix<E, D> = dx(pt.clone().try_gather(it))?;
-            sel.as_vec()
+            host_vec(&sel)
         } else {
             Vec::new()
         };
         let mut dp = vec![E::zero(); n * e];
+        let mut sparse = vec![E::zero(); if cfg.renormalize { n * e } else { 0 }];
+        let mut m = vec![E::zero(); if cfg.renormalize { n } else { 0 }];
         for t in 0..n {
             let row = t * k..(t + 1) * k;
-            let (ir, wr, gr, dr) = (
-                &idx[row.clone()],
-                &gh[row.clone()],
-                &dwh[row.clone()],
-                &dropped[row.clone()],
-            );
+            let ir = &idx[row.clone()];
+            let wr = &gh[row.clone()];
+            let gr = &dwh[row.clone()];
+            let dr = &dropped[row.clone()];
             let kept = |j: usize| if dr[j] == 0 { gr[j] } else { E::zero() };
-            let out = &mut dp[t * e..(t + 1) * e];
             if cfg.renormalize {
                 let ps = &psel[row];
                 let mut sum = E::zero();
@@ -367,14 +388,29 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
                     dot += kept(j) * wr[j];
                 }
                 let inv = E::one() / (sum + renorm_eps());
-                for j in 0..k {
-                    let i = ir[j] as usize;
-                    out[i] += (s * kept(j) - dot) * inv;
+                let a = |j: usize| s * kept(j) - dot;
+                let out = &mut sparse[t * e..(t + 1) * e];
+                match cfg.score {
+                    ScoreFn::Softmax => {
+                        let mut mt = E::zero();
+                        for j in 0..k {
+                            mt += a(j) * (ps[j] * inv);
+                        }
+                        m[t] = mt;
+                        for j in 0..k {
+                            out[ir[j] as usize] = a(j) * (ps[j] * inv);
+                        }
+                    }
+                    ScoreFn::Sigmoid => {
+                        for j in 0..k {
+                            out[ir[j] as usize] = a(j) * (ps[j] * inv) * (E::one() - ps[j]);
+                        }
+                    }
                 }
             } else {
+                let out = &mut dp[t * e..(t + 1) * e];
                 for j in 0..k {
-                    let i = ir[j] as usize;
-                    out[i] += s * kept(j);
+                    out[ir[j] as usize] += s * kept(j);
                 }
             }
         }
@@ -399,6 +435,14 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
                 dx(dx(dpt.try_mul(pt.clone()))?.try_mul(one_minus))?
             }
         };
+        if cfg.renormalize {
+            if cfg.score == ScoreFn::Softmax {
+                let mt = dx(self.vector(m)?.try_broadcast_like::<_, Axis<1>>(&(n, e)))?;
+                dzt = dx(dzt.try_sub(dx(pt.clone().try_mul(mt))?))?;
+            }
+            let sp = dx(self.vector(sparse)?.try_reshape_like(&(n, e)))?;
+            dzt = dx(dzt.try_add(sp))?;
+        }
         if z_coef != E::zero() {
             let zt = self.mat("logits", z, n, e)?;
             let lse: Tensor<(usize,), E, D> = dx(zt.clone().try_logsumexp::<_, Axis<1>>())?;
@@ -427,9 +471,9 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
                 tokens: n,
             });
         }
-        check_len("matrix", n * cols, a.shape().0)?;
+        check_len("matrix", n.saturating_mul(cols), a.shape().0)?;
         let groups = n / group_len;
-        check_len("group sums", groups * cols, out.shape().0)?;
+        check_len("group sums", groups.saturating_mul(cols), out.shape().0)?;
         if n == 0 || cols == 0 {
             *out = self.zeros(groups * cols)?;
             return Ok(());
@@ -443,7 +487,7 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
     }
 
     fn lse_sq_sum(&self, n: usize, e: usize, z: &Self::Buf) -> Result<E> {
-        check_len("logits", n * e, z.shape().0)?;
+        check_len("logits", n.saturating_mul(e), z.shape().0)?;
         if n == 0 || e == 0 {
             // An empty row's lse is -inf, like the reference; no rows sum to 0.
             return Ok(if n == 0 { E::zero() } else { E::infinity() });
@@ -455,7 +499,7 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
     }
 
     fn simbal_residual(&self, cfg: &SimBalConfig, e: usize, gram: &mut Self::Buf) -> Result<E> {
-        check_len("Gram matrix", e * e, gram.shape().0)?;
+        check_len("Gram matrix", e.saturating_mul(e), gram.shape().0)?;
         if e == 0 {
             return Ok(E::zero());
         }
@@ -499,9 +543,9 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
         norms: &mut Self::Buf,
         rn: &mut Self::Buf,
     ) -> Result<()> {
-        check_len("router weight", d * e, r.shape().0)?;
+        check_len("router weight", d.saturating_mul(e), r.shape().0)?;
         check_len("column norms", e, norms.shape().0)?;
-        check_len("normalised weight", d * e, rn.shape().0)?;
+        check_len("normalised weight", d.saturating_mul(e), rn.shape().0)?;
         if d == 0 || e == 0 {
             *norms = self.zeros(e)?;
             return Ok(());
@@ -526,10 +570,10 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
         g: &Self::Buf,
         grad: &mut Self::Buf,
     ) -> Result<()> {
-        check_len("normalised weight", d * e, rn.shape().0)?;
+        check_len("normalised weight", d.saturating_mul(e), rn.shape().0)?;
         check_len("column norms", e, norms.shape().0)?;
-        check_len("normalised gradient", d * e, g.shape().0)?;
-        check_len("router gradient", d * e, grad.shape().0)?;
+        check_len("normalised gradient", d.saturating_mul(e), g.shape().0)?;
+        check_len("router gradient", d.saturating_mul(e), grad.shape().0)?;
         if d == 0 || e == 0 {
             return Ok(());
         }
@@ -548,7 +592,7 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
 
     fn routing_entropy(&self, n: usize, e: usize, p: &Self::Buf) -> Result<E> {
         simbal_core::shape::check_dims(n, 1, e)?;
-        check_len("scores", n * e, p.shape().0)?;
+        check_len("scores", n.saturating_mul(e), p.shape().0)?;
         let pt = self.mat("scores", p, n, e)?;
         let s: Tensor<(usize,), E, D> = dx(pt.clone().try_sum::<_, Axis<1>>())?;
         let s = dx(s.try_broadcast_like::<_, Axis<1>>(&(n, e)))?;
@@ -562,7 +606,31 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
         let safe = dx(pos.try_choose(q, ones))?;
         let h = dx(safe.clone().try_mul(dx(safe.try_ln())?))?;
         let total: Tensor<(), E, D> = dx(h.try_sum::<(), _>())?;
-        Ok(-Self::scalar(&total)? / E::of_usize(n))
+        let h = -Self::scalar(&total)? / E::of_usize(n);
+        if h.is_finite() {
+            Ok(h)
+        } else {
+            Err(SimbalError::Overflow {
+                what: "routing entropy",
+            })
+        }
+    }
+
+    /// `max |x|` by dfdx reductions; dfdx's max skips NaN, so NaNs are counted separately.
+    fn max_abs(&self, buf: &Self::Buf) -> Result<E> {
+        let len = buf.shape().0;
+        if len == 0 {
+            return Ok(E::zero());
+        }
+        let nan = dx(buf.try_ne(buf))?;
+        let ones = dx(self.dev.try_ones_like(&(len,)))?;
+        let zeros = dx(self.dev.try_zeros_like(&(len,)))?;
+        let nans: Tensor<(), E, D> = dx(dx(nan.try_choose(ones, zeros))?.try_sum::<(), _>())?;
+        if Self::scalar(&nans)? > E::zero() {
+            return Ok(E::nan());
+        }
+        let m: Tensor<(), E, D> = dx(dx(buf.clone().try_abs())?.try_max::<(), _>())?;
+        Self::scalar(&m)
     }
 }
 

@@ -38,7 +38,7 @@ pub mod demo;
 pub mod interop;
 
 pub use backend::{Dfdx, Matrix, Vector};
-pub use demo::{train_demo, DemoConfig, DemoStep, Summary};
+pub use demo::{train_demo, train_demo_with, DemoConfig, DemoStep, Summary};
 pub use interop::{
     add_to_gradients, add_to_gradients_cpu, simbal_loss_tensor, weight_shape, RouterTensors,
 };

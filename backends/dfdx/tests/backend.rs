@@ -456,3 +456,47 @@ fn routing_entropy_and_lse_match_reference() {
         rb.lse_sq_sum(n, e, &z).unwrap(),
     );
 }
+
+#[test]
+fn max_abs_sees_nan_and_infinity() {
+    let be = Dfdx::<f64>::cpu();
+    let rb = Reference::<f64>::new();
+    for v in [
+        vec![],
+        vec![-3.0, 2.0, 1.0],
+        vec![0.5, f64::NEG_INFINITY, 1.0],
+        vec![1.0, f64::NAN, f64::INFINITY],
+    ] {
+        let a = be.max_abs(&be.upload(&v).unwrap()).unwrap();
+        let b = rb.max_abs(&v).unwrap();
+        assert!(a == b || (a.is_nan() && b.is_nan()), "{v:?}: {a} vs {b}");
+    }
+    assert_eq!(be.max_abs(&be.zeros(0).unwrap()).unwrap(), 0.0);
+    // Empty buffers download without touching dfdx's iterator.
+    be.download(&be.zeros(0).unwrap(), &mut []).unwrap();
+}
+
+/// Saturated sigmoid rows (every chosen score 0) with renormalisation and a large scale: the
+/// gate gradient must not become `inf * 0 = NaN`.
+#[test]
+fn saturated_sigmoid_rows_give_finite_gradients() {
+    for scale in [1.0, 16.0] {
+        let cfg = RouterConfig::new(4, 2)
+            .with_score(ScoreFn::Sigmoid)
+            .with_scale(scale);
+        let z = vec![-1e30f32, -1e30, -1e30, -1e30, 0.3, -0.2, 0.1, 0.0];
+        let dw = vec![0.5f32, -1.0, 0.25, 2.0];
+        let be = Dfdx::<f32>::cpu();
+        let mut dr = Router::new(be.clone(), cfg).unwrap();
+        let mut rr = Router::new(Reference::<f32>::new(), cfg).unwrap();
+        dr.forward_logits(&be.upload(&z).unwrap(), None, 2).unwrap();
+        rr.forward_logits(&z, None, 2).unwrap();
+        let losses = LossConfig::none().with_lbl(LblConfig::default());
+        dr.backward_logits(&be.upload(&dw).unwrap(), &losses, None)
+            .unwrap();
+        rr.backward_logits(&dw, &losses, None).unwrap();
+        let dz = down(&be, dr.dz().unwrap());
+        assert!(dz.iter().all(|v| v.is_finite()), "{dz:?}");
+        close("saturated dz", &dz, rr.dz().unwrap());
+    }
+}

@@ -32,9 +32,16 @@ fn demo_with_lbl_and_without_simbal() {
     assert!(b < a, "task loss {a} -> {b}");
     // LBL is near alpha (its value at perfect balance); SimBal is off.
     assert!(s.steps.iter().all(|st| st.simbal == 0.0));
-    assert!(s.steps.iter().all(|st| st.lbl > 0.005 && st.lbl < 0.05), "{:?}", s.steps[0]);
+    assert!(
+        s.steps.iter().all(|st| st.lbl > 0.005 && st.lbl < 0.05),
+        "{:?}",
+        s.steps[0]
+    );
     assert!(matches!(
-        train_demo_with(&DemoConfig { tokens: 0, ..DemoConfig::default() }),
+        train_demo_with(&DemoConfig {
+            tokens: 0,
+            ..DemoConfig::default()
+        }),
         Err(simbal_core::SimbalError::ZeroDim { .. })
     ));
 }

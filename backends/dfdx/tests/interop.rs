@@ -100,11 +100,22 @@ fn router_tensors_match_buffers_in_both_layouts() {
         tr.forward_tensors(&xt, &wt, None).unwrap();
         let lt = tr.backward_tensors(&xt, &wt, &dwt, &losses, None).unwrap();
         assert_eq!(lp, lt, "{layout:?}");
-        assert_eq!(tr.gates_tensor().unwrap().as_vec(), plain.gates().unwrap().as_vec());
+        assert_eq!(
+            tr.gates_tensor().unwrap().as_vec(),
+            plain.gates().unwrap().as_vec()
+        );
         assert_eq!(tr.scores_tensor().unwrap().shape(), &(n, e));
-        let idx: Vec<usize> = plain.indices().unwrap().iter().map(|&i| i as usize).collect();
+        let idx: Vec<usize> = plain
+            .indices()
+            .unwrap()
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
         assert_eq!(tr.indices_tensor().unwrap().as_vec(), idx);
-        assert_eq!(tr.dx_tensor().unwrap().as_vec(), plain.dx().unwrap().as_vec());
+        assert_eq!(
+            tr.dx_tensor().unwrap().as_vec(),
+            plain.dx().unwrap().as_vec()
+        );
         let g = tr.dw_like(&wt).unwrap();
         assert_eq!(g.shape(), &weight_shape(layout, d, e));
         assert_eq!(g.as_vec(), plain.dr().unwrap().as_vec());
@@ -113,14 +124,20 @@ fn router_tensors_match_buffers_in_both_layouts() {
         let dense = tr.dense_gates_tensor().unwrap().as_vec();
         let gates = plain.gates().unwrap().as_vec();
         let dropped = plain.dropped().unwrap();
-        assert!(dropped.iter().any(|&f| f == 1), "capacity should drop something");
+        assert!(
+            dropped.iter().any(|&f| f == 1),
+            "capacity should drop something"
+        );
         for t in 0..n {
             for j in 0..k {
                 let a = t * k + j;
                 let want = if dropped[a] == 1 { 0.0 } else { gates[a] };
                 assert_eq!(dense[t * e + idx[a]], want);
             }
-            let nonzero = dense[t * e..(t + 1) * e].iter().filter(|v| **v != 0.0).count();
+            let nonzero = dense[t * e..(t + 1) * e]
+                .iter()
+                .filter(|v| **v != 0.0)
+                .count();
             assert!(nonzero <= k);
         }
 
@@ -139,7 +156,11 @@ fn simbal_loss_tensor_matches_the_direct_formula() {
     let mut rng = Rng::new(9);
     let (d, e) = (6, 3);
     for layout in [WeightLayout::DxE, WeightLayout::ExD] {
-        for norm in [SimBalNorm::L1, SimBalNorm::FrobeniusSq, SimBalNorm::ScaleFree] {
+        for norm in [
+            SimBalNorm::L1,
+            SimBalNorm::FrobeniusSq,
+            SimBalNorm::ScaleFree,
+        ] {
             let cfg = SimBalConfig { lambda: 0.2, norm };
             let r = normal(&mut rng, d * e);
             let w: Tensor<(usize, usize), f64, Cpu> =
@@ -171,13 +192,19 @@ fn gradients_reach_a_dfdx_optimiser() {
     let mut grads = model.alloc_grads();
     add_to_gradients(&mut grads, &model.weight, &g).unwrap();
     add_to_gradients(&mut grads, &model.weight, &g).unwrap();
-    assert_eq!(grads.get(&model.weight).as_vec(), (g.clone() * 2.0).as_vec());
+    assert_eq!(
+        grads.get(&model.weight).as_vec(),
+        (g.clone() * 2.0).as_vec()
+    );
 
     // Cpu path, in place.
     let mut grads_cpu = model.alloc_grads();
     add_to_gradients_cpu(&mut grads_cpu, &model.weight, &g.as_vec()).unwrap();
     add_to_gradients_cpu(&mut grads_cpu, &model.weight, &g.as_vec()).unwrap();
-    assert_eq!(grads_cpu.get(&model.weight).array(), grads.get(&model.weight).array());
+    assert_eq!(
+        grads_cpu.get(&model.weight).array(),
+        grads.get(&model.weight).array()
+    );
 
     // On leaky gradients with no entry yet, both allocate one.
     let mut leaky = Gradients::leaky();
@@ -230,8 +257,7 @@ fn router_gradient_drives_an_sgd_step() {
     let mut rng = Rng::new(12);
     let x: Tensor<(usize, Const<D>), f64, Cpu> =
         dev.tensor_from_vec(normal(&mut rng, n * D), (n, Const));
-    let dw: Tensor<(usize, usize), f64, Cpu> =
-        dev.tensor_from_vec(normal(&mut rng, n * 2), (n, 2));
+    let dw: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(normal(&mut rng, n * 2), (n, 2));
     let mut router =
         Router::new(be, RouterConfig::new(E, 2).with_layout(WeightLayout::ExD)).unwrap();
     router.forward_tensors(&x, &model.weight, None).unwrap();
