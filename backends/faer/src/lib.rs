@@ -138,6 +138,20 @@ fn check_group_len(group_len: usize, n: usize) -> Result<()> {
     }
 }
 
+/// Position (plus `offset`) of the first non-finite value of `x`. Scans blocks without
+/// branching on each element, so the common all-finite case runs at memory speed.
+fn first_non_finite<T: Scalar>(x: &[T], offset: usize) -> Option<usize> {
+    const BLOCK: usize = 1024;
+    for (bi, block) in x.chunks(BLOCK).enumerate() {
+        let finite = block.iter().fold(true, |ok, v| ok & v.is_finite());
+        if !finite {
+            let i = block.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Some(offset + bi * BLOCK + i);
+        }
+    }
+    None
+}
+
 /// An expert index `>= e` is refused (core's check, same error).
 fn check_indices(e: usize, idx: &[u32]) -> Result<()> {
     if idx.iter().any(|&i| i as usize >= e) {
@@ -456,23 +470,17 @@ impl<T: FaerElem> Backend for Faer<T> {
     }
 
     fn check_finite(&self, what: &'static str, cols: usize, buf: &Vec<T>) -> Result<()> {
-        let threads = self.threads();
-        if threads <= 1 || buf.len() < 4 * MIN_BLOCK_ELEMS {
-            return simbal_core::shape::check_finite(what, cols, buf);
-        }
-        let chunk = buf.len().div_ceil(4 * threads);
-        let bad = buf
-            .par_chunks(chunk)
-            .position_first(|c| !c.iter().all(|v| v.is_finite()));
+        let bad = match self.row_block(buf.len(), 1) {
+            None => first_non_finite(buf, 0),
+            Some(chunk) => buf
+                .par_chunks(chunk)
+                .enumerate()
+                .filter_map(|(ci, c)| first_non_finite(c, ci * chunk))
+                .min(),
+        };
         match bad {
             None => Ok(()),
-            Some(ci) => {
-                let start = ci * chunk;
-                let at = start
-                    + buf[start..]
-                        .iter()
-                        .position(|v| !v.is_finite())
-                        .unwrap_or(0);
+            Some(at) => {
                 let cols = cols.max(1);
                 Err(SimbalError::NonFinite {
                     what,
