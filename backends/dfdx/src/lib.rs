@@ -6,10 +6,13 @@
 //! - [`Dfdx`] is the backend: element buffers are 1-D dfdx tensors ([`Vector`]), reshaped as each
 //!   kernel needs; GEMM is dfdx's `matmul` on reshaped tensors with permuted views for the
 //!   transposes; scores, the dense part of the router backward, the reductions, SimBal's
-//!   element-wise pass, the column normalisation of ScaleFree SimBal and the routing entropy are
-//!   dfdx ops. Only index work stays on the host: top-k selection and gates, capacity dropping and
-//!   the dispatch plan, per-group counts and the scatter of the gate gradient (index buffers are
-//!   host `Vec<u32>`). It is generic over the dfdx device (`D: Device<E>`), `f32` and `f64`.
+//!   element-wise pass, the column normalisation of ScaleFree SimBal, the routing entropy and
+//!   `max_abs` are dfdx ops. Index work stays on the host (index buffers are host `Vec<u32>`):
+//!   top-k selection and gates on the downloaded scores, capacity dropping and the dispatch plan,
+//!   per-group counts, the scatter of the gate gradient (with the renormalised gate term's
+//!   per-row coefficients); so does `check_finite`'s search for the position of a non-finite
+//!   value (the core defaults, staged). It is generic over the dfdx device (`D: Device<E>`),
+//!   `f32` and `f64`; only [`add_to_gradients_cpu`] and [`demo`] are tied to dfdx's `Cpu`.
 //! - [`interop`] takes and returns dfdx tensors directly: the router weight as a dfdx tensor in
 //!   either [`simbal_core::WeightLayout`], gates and indices as tensors for the expert combine,
 //!   and gradients added into a dfdx [`dfdx::tensor::Gradients`] so a dfdx optimiser applies them.
