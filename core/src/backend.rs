@@ -106,11 +106,12 @@ pub trait Backend {
         idx: &mut Self::IdxBuf,
         gates: &mut Self::Buf,
     ) -> Result<()> {
+        cfg.validate()?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n * e, self.len(z))?;
-        check_len("scores", n * e, self.len(p))?;
-        check_len("indices", n * k, self.idx_len(idx))?;
-        check_len("gates", n * k, self.len(gates))?;
+        check_len("logits", n.saturating_mul(e), self.len(z))?;
+        check_len("scores", n.saturating_mul(e), self.len(p))?;
+        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
+        check_len("gates", n.saturating_mul(k), self.len(gates))?;
         if let Some(b) = bias {
             check_len("selection bias", e, self.len(b))?;
         }
@@ -147,13 +148,18 @@ pub trait Backend {
         order: &mut Self::IdxBuf,
         offsets: &mut Self::IdxBuf,
     ) -> Result<()> {
+        cfg.validate()?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("indices", n * k, self.idx_len(idx))?;
-        check_len("gates", n * k, self.len(gates))?;
-        check_len("dropped flags", n * k, self.idx_len(dropped))?;
+        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
+        check_len("gates", n.saturating_mul(k), self.len(gates))?;
+        check_len("dropped flags", n.saturating_mul(k), self.idx_len(dropped))?;
         check_len("counts", e, self.idx_len(counts))?;
-        check_len("dispatch order", n * k, self.idx_len(order))?;
-        check_len("dispatch offsets", e + 1, self.idx_len(offsets))?;
+        check_len("dispatch order", n.saturating_mul(k), self.idx_len(order))?;
+        check_len(
+            "dispatch offsets",
+            e.saturating_add(1),
+            self.idx_len(offsets),
+        )?;
         let idx = stage_in::<_, Idxs>(self, idx)?;
         if idx.iter().any(|&i| i as usize >= e) {
             return Err(crate::SimbalError::Backend {
@@ -198,18 +204,23 @@ pub trait Backend {
         z_coef: Self::Elem,
         dz: &mut Self::Buf,
     ) -> Result<()> {
+        cfg.validate()?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n * e, self.len(z))?;
-        check_len("scores", n * e, self.len(p))?;
-        check_len("indices", n * k, self.idx_len(idx))?;
-        check_len("gates", n * k, self.len(gates))?;
-        check_len("dropped flags", n * k, self.idx_len(dropped))?;
-        check_len("gate gradient", n * k, self.len(dw))?;
-        check_len("logit gradient", n * e, self.len(dz))?;
+        check_len("logits", n.saturating_mul(e), self.len(z))?;
+        check_len("scores", n.saturating_mul(e), self.len(p))?;
+        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
+        check_len("gates", n.saturating_mul(k), self.len(gates))?;
+        check_len("dropped flags", n.saturating_mul(k), self.idx_len(dropped))?;
+        check_len("gate gradient", n.saturating_mul(k), self.len(dw))?;
+        check_len("logit gradient", n.saturating_mul(e), self.len(dz))?;
         let lbl = match lbl {
             Some(l) => {
                 crate::config::check_seq_len(l.group_len, n)?;
-                check_len("LBL coefficients", (n / l.group_len) * e, self.len(l.coef))?;
+                check_len(
+                    "LBL coefficients",
+                    (n / l.group_len).saturating_mul(e),
+                    self.len(l.coef),
+                )?;
                 Some((stage_in::<_, Elems>(self, l.coef)?, l.group_len))
             }
             None => None,
@@ -256,8 +267,12 @@ pub trait Backend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         crate::config::check_seq_len(group_len, n)?;
-        check_len("matrix", n * cols, self.len(a))?;
-        check_len("group sums", (n / group_len) * cols, self.len(out))?;
+        check_len("matrix", n.saturating_mul(cols), self.len(a))?;
+        check_len(
+            "group sums",
+            (n / group_len).saturating_mul(cols),
+            self.len(out),
+        )?;
         let a = stage_in::<_, Elems>(self, a)?;
         let mut o = stage_out::<_, Elems>(self, out, false)?;
         ops::reduce::group_column_sums(cols, group_len, &a, o.slice());
@@ -276,9 +291,13 @@ pub trait Backend {
         out: &mut Self::IdxBuf,
     ) -> Result<()> {
         crate::config::check_seq_len(group_len, n)?;
-        check_len("indices", n * k, self.idx_len(idx))?;
-        check_len("dropped flags", n * k, self.idx_len(dropped))?;
-        check_len("group counts", (n / group_len) * e, self.idx_len(out))?;
+        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
+        check_len("dropped flags", n.saturating_mul(k), self.idx_len(dropped))?;
+        check_len(
+            "group counts",
+            (n / group_len).saturating_mul(e),
+            self.idx_len(out),
+        )?;
         let idx = stage_in::<_, Idxs>(self, idx)?;
         let dropped = stage_in::<_, Idxs>(self, dropped)?;
         let mut o = stage_out::<_, Idxs>(self, out, false)?;
@@ -288,7 +307,7 @@ pub trait Backend {
 
     /// `sum_t lse(z_t)^2` over the `n x e` logits.
     fn lse_sq_sum(&self, n: usize, e: usize, z: &Self::Buf) -> Result<Self::Elem> {
-        check_len("logits", n * e, self.len(z))?;
+        check_len("logits", n.saturating_mul(e), self.len(z))?;
         let z = stage_in::<_, Elems>(self, z)?;
         Ok(ops::zloss::lse_sq_sum(e, &z))
     }
@@ -301,7 +320,7 @@ pub trait Backend {
         e: usize,
         gram: &mut Self::Buf,
     ) -> Result<Self::Elem> {
-        check_len("Gram matrix", e * e, self.len(gram))?;
+        check_len("Gram matrix", e.saturating_mul(e), self.len(gram))?;
         let mut g = stage_out::<_, Elems>(self, gram, true)?;
         let loss = ops::simbal::simbal_residual(cfg, e, g.slice());
         g.finish(self)?;
@@ -318,9 +337,9 @@ pub trait Backend {
         norms: &mut Self::Buf,
         rn: &mut Self::Buf,
     ) -> Result<()> {
-        check_len("router weight", d * e, self.len(r))?;
+        check_len("router weight", d.saturating_mul(e), self.len(r))?;
         check_len("column norms", e, self.len(norms))?;
-        check_len("normalised weight", d * e, self.len(rn))?;
+        check_len("normalised weight", d.saturating_mul(e), self.len(rn))?;
         let r = stage_in::<_, Elems>(self, r)?;
         let mut nm = stage_out::<_, Elems>(self, norms, false)?;
         let mut out = stage_out::<_, Elems>(self, rn, false)?;
@@ -342,10 +361,10 @@ pub trait Backend {
         g: &Self::Buf,
         grad: &mut Self::Buf,
     ) -> Result<()> {
-        check_len("normalised weight", d * e, self.len(rn))?;
+        check_len("normalised weight", d.saturating_mul(e), self.len(rn))?;
         check_len("column norms", e, self.len(norms))?;
-        check_len("normalised gradient", d * e, self.len(g))?;
-        check_len("router gradient", d * e, self.len(grad))?;
+        check_len("normalised gradient", d.saturating_mul(e), self.len(g))?;
+        check_len("router gradient", d.saturating_mul(e), self.len(grad))?;
         let rn = stage_in::<_, Elems>(self, rn)?;
         let norms = stage_in::<_, Elems>(self, norms)?;
         let g = stage_in::<_, Elems>(self, g)?;
@@ -356,7 +375,7 @@ pub trait Backend {
 
     /// Mean per-token routing entropy of the scores (nats).
     fn routing_entropy(&self, n: usize, e: usize, p: &Self::Buf) -> Result<Self::Elem> {
-        check_len("scores", n * e, self.len(p))?;
+        check_len("scores", n.saturating_mul(e), self.len(p))?;
         let p = stage_in::<_, Elems>(self, p)?;
         crate::metrics::routing_entropy(n, e, &p)
     }

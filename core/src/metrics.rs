@@ -81,7 +81,7 @@ fn libm_ln(x: f64) -> f64 {
 /// Sigmoid scores are normalised per row first.
 pub fn routing_entropy<T: Scalar>(n: usize, e: usize, p: &[T]) -> Result<T> {
     crate::shape::check_dims(n, 1, e)?;
-    check_len("scores", n * e, p.len())?;
+    check_len("scores", n.saturating_mul(e), p.len())?;
     let mut total = T::zero();
     for row in p.chunks_exact(e) {
         let s: T = row.iter().fold(T::zero(), |a, &b| a + b);
@@ -95,7 +95,7 @@ pub fn routing_entropy<T: Scalar>(n: usize, e: usize, p: &[T]) -> Result<T> {
             }
         }
     }
-    Ok(total / T::of_usize(n))
+    finite_metric("routing entropy", total / T::of_usize(n))
 }
 
 /// SEU: per sequence of `seq_len` tokens, the fraction of the `e` experts that receive at least one
@@ -109,24 +109,30 @@ pub fn seu(
     dropped: Option<&[u32]>,
 ) -> Result<f64> {
     crate::shape::check_dims(n, 1, e)?;
-    check_len("indices", n * k, idx.len())?;
+    if k == 0 {
+        return Err(SimbalError::KZero);
+    }
+    check_len("indices", n.saturating_mul(k), idx.len())?;
     if let Some(d) = dropped {
-        check_len("dropped flags", n * k, d.len())?;
+        check_len("dropped flags", n.saturating_mul(k), d.len())?;
     }
     crate::config::check_seq_len(seq_len, n)?;
-    let mut seen = alloc::vec![false; e];
+    // Distinct kept experts per sequence, by sorting: scratch bounded by the indices given,
+    // never by `e` (which no buffer bounds).
+    let mut seen: alloc::vec::Vec<u32> = alloc::vec::Vec::with_capacity(seq_len * k);
     let mut total = 0.0;
     let b = n / seq_len;
     for s in 0..b {
-        seen.iter_mut().for_each(|x| *x = false);
+        seen.clear();
         for a in s * seq_len * k..(s + 1) * seq_len * k {
             let kept = dropped.is_none_or(|d| d[a] == 0);
-            let i = idx[a] as usize;
-            if kept && i < e {
-                seen[i] = true;
+            if kept && (idx[a] as usize) < e {
+                seen.push(idx[a]);
             }
         }
-        total += seen.iter().filter(|&&x| x).count() as f64 / e as f64;
+        seen.sort_unstable();
+        seen.dedup();
+        total += seen.len() as f64 / e as f64;
     }
     Ok(total / b as f64)
 }
@@ -136,7 +142,11 @@ pub fn seu(
 /// zero vector's cosine 0. `E = 1` gives 0.
 pub fn pes<T: Scalar>(e: usize, n: usize, d_out: usize, outputs: &[T]) -> Result<T> {
     crate::shape::check_dims(n, d_out, e)?;
-    check_len("expert outputs", e * n * d_out, outputs.len())?;
+    check_len(
+        "expert outputs",
+        e.saturating_mul(n).saturating_mul(d_out),
+        outputs.len(),
+    )?;
     if e < 2 {
         return Ok(T::zero());
     }
@@ -161,7 +171,7 @@ pub fn pes<T: Scalar>(e: usize, n: usize, d_out: usize, outputs: &[T]) -> Result
         }
         total = total + s * T::of(2.0) / (T::of_usize(e) * T::of_usize(e - 1));
     }
-    Ok(total / T::of_usize(n))
+    finite_metric("PES", total / T::of_usize(n))
 }
 
 /// Orthogonality error of the router weight: `(mean_ab G_ab^2, max_ab |G_ab|)` with
@@ -173,7 +183,7 @@ pub fn orthogonality_error<T: Scalar>(
     r: &[T],
 ) -> Result<(T, T)> {
     crate::shape::check_dims(1, d, e)?;
-    check_len("router weight", d * e, r.len())?;
+    check_len("router weight", d.saturating_mul(e), r.len())?;
     let (rs, cs) = strides(layout, d, e);
     let mut sum = T::zero();
     let mut max = T::zero();
@@ -190,7 +200,19 @@ pub fn orthogonality_error<T: Scalar>(
             }
         }
     }
-    Ok((sum / T::of_usize(e * e), max))
+    Ok((
+        finite_metric("orthogonality error", sum / T::of_usize(e * e))?,
+        finite_metric("orthogonality error", max)?,
+    ))
+}
+
+/// A metric that overflowed (or met a non-finite input) is an error, never an inf/NaN value.
+fn finite_metric<T: Scalar>(what: &'static str, v: T) -> Result<T> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(SimbalError::Overflow { what })
+    }
 }
 
 /// Softmax of logits rows (helper for metrics of raw logits).

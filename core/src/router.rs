@@ -56,7 +56,7 @@ pub struct Router<B: Backend> {
 impl<B: Backend> Router<B> {
     /// A router with a validated configuration; buffers come with the first call.
     pub fn new(backend: B, cfg: RouterConfig) -> Result<Self> {
-        cfg.validate()?;
+        validate_for::<B::Elem>(&cfg)?;
         Ok(Self {
             backend,
             cfg,
@@ -77,7 +77,7 @@ impl<B: Backend> Router<B> {
 
     /// Replaces the configuration (validated); the workspace is kept when the shape allows.
     pub fn set_config(&mut self, cfg: RouterConfig) -> Result<()> {
-        cfg.validate()?;
+        validate_for::<B::Elem>(&cfg)?;
         if cfg.experts != self.cfg.experts || cfg.k != self.cfg.k {
             self.ws = None;
         }
@@ -488,6 +488,19 @@ impl<B: Backend> Router<B> {
         let ws = self.ws()?;
         self.backend.routing_entropy(ws.shape.n, ws.shape.e, &ws.p)
     }
+}
+
+/// [`RouterConfig::validate`], and the gate scale must be finite in the element type (a scale
+/// of 1e300 is finite in `f64` but would make every `f32` gate infinite).
+fn validate_for<T: Scalar>(cfg: &RouterConfig) -> Result<()> {
+    cfg.validate()?;
+    if !num_traits::Float::is_finite(T::of(cfg.scale)) {
+        return Err(SimbalError::InvalidCoefficient {
+            what: "scale",
+            value: cfg.scale,
+        });
+    }
+    Ok(())
 }
 
 /// Columns of the weight as stored (for error positions).

@@ -56,9 +56,14 @@ impl Gemm {
         self.beta = beta;
         self
     }
-    /// Lengths `(A, B, C)` the operands must have.
+    /// Lengths `(A, B, C)` the operands must have (saturating: a product that overflows
+    /// matches no buffer).
     pub fn lens(&self) -> (usize, usize, usize) {
-        (self.m * self.k, self.k * self.n, self.m * self.n)
+        (
+            self.m.saturating_mul(self.k),
+            self.k.saturating_mul(self.n),
+            self.m.saturating_mul(self.n),
+        )
     }
     /// Element `(i, l)` of `op(A)`.
     #[inline]
@@ -83,6 +88,9 @@ impl Gemm {
 /// The scalar reference GEMM: a plain triple loop accumulating in `T`. Slices must have the
 /// lengths of [`Gemm::lens`] (checked by the callers in [`crate::backend`]).
 pub fn gemm_reference<T: Scalar>(g: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
+    if g.m == 0 || g.n == 0 {
+        return; // C is empty; `m` alone may be huge (its product with 0 checks out)
+    }
     let alpha = T::of(g.alpha);
     let beta = T::of(g.beta);
     for i in 0..g.m {

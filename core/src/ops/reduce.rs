@@ -25,7 +25,7 @@ pub fn group_counts(
     out: &mut [u32],
 ) {
     out.iter_mut().for_each(|v| *v = 0);
-    let per = (group_len * k).max(1);
+    let per = group_len.saturating_mul(k).max(1);
     for (a, (&i, &d)) in idx.iter().zip(dropped).enumerate() {
         if d == 0 && (i as usize) < e {
             out[(a / per) * e + i as usize] += 1;

@@ -156,7 +156,19 @@ pub fn router_backward_rows<'c, T: Scalar>(
             None => dzr.iter_mut().for_each(|v| *v = T::zero()),
         }
         let kept_dw = |j: usize| if dr[j] == 0 { gr[j] } else { T::zero() };
+        if !cfg.renormalize {
+            for j in 0..k {
+                let i = ir[j] as usize;
+                dzr[i] = dzr[i] + s * kept_dw(j);
+            }
+        }
+        score_backward_row(cfg.score, pr, dzr);
         if cfg.renormalize {
+            // The gate term `g_{i_j} = a_j / denom` (`a_j = s dw_j - sum_l dw_l w_l`) goes
+            // through the score backward analytically, with `q_i = p_i / denom <= 1`: `denom`
+            // may underflow (saturated sigmoid rows), and `a_j / denom` would then overflow
+            // into `inf * 0 = NaN`. Softmax: `dz_c += [c = i_j] a_j q_c - p_c sum_j a_j q_{i_j}`;
+            // sigmoid: `dz_{i_j} += a_j q_{i_j} (1 - p_{i_j})`.
             let mut sum = T::zero();
             let mut dot = T::zero();
             for j in 0..k {
@@ -164,17 +176,29 @@ pub fn router_backward_rows<'c, T: Scalar>(
                 dot = dot + kept_dw(j) * wr[j];
             }
             let inv = T::one() / (sum + renorm_eps());
-            for j in 0..k {
-                let i = ir[j] as usize;
-                dzr[i] = dzr[i] + (s * kept_dw(j) - dot) * inv;
-            }
-        } else {
-            for j in 0..k {
-                let i = ir[j] as usize;
-                dzr[i] = dzr[i] + s * kept_dw(j);
+            let a = |j: usize| s * kept_dw(j) - dot;
+            match cfg.score {
+                ScoreFn::Softmax => {
+                    let mut m = T::zero();
+                    for j in 0..k {
+                        m = m + a(j) * (pr[ir[j] as usize] * inv);
+                    }
+                    for (d, &pc) in dzr.iter_mut().zip(pr) {
+                        *d = *d - pc * m;
+                    }
+                    for j in 0..k {
+                        let i = ir[j] as usize;
+                        dzr[i] = dzr[i] + a(j) * (pr[i] * inv);
+                    }
+                }
+                ScoreFn::Sigmoid => {
+                    for j in 0..k {
+                        let i = ir[j] as usize;
+                        dzr[i] = dzr[i] + a(j) * (pr[i] * inv) * (T::one() - pr[i]);
+                    }
+                }
             }
         }
-        score_backward_row(cfg.score, pr, dzr);
         if z_coef != T::zero() {
             add_z_loss_row(cfg.score, zr, pr, z_coef, dzr);
         }

@@ -133,9 +133,11 @@ pub fn gates_row<T: Scalar>(cfg: &RouterConfig, p: &[T], idx: &[u32], gates: &mu
         for &i in idx {
             sum = sum + p[i as usize];
         }
-        let f = s / (sum + renorm_eps());
+        // `s * (p / denom)`, not `p * (s / denom)`: the ratio is at most 1, so an underflowed
+        // sum (saturated sigmoid rows) gives zero gates instead of `0 * inf = NaN` for large `s`.
+        let denom = sum + renorm_eps();
         for (w, &i) in gates.iter_mut().zip(idx) {
-            *w = p[i as usize] * f;
+            *w = s * (p[i as usize] / denom);
         }
     } else {
         for (w, &i) in gates.iter_mut().zip(idx) {
