@@ -87,6 +87,20 @@ impl<R: Runtime> CubeclBackend<R> {
         cubecl::future::block_on(self.client.sync()).map_err(|e| backend_err(format!("{e:?}")))
     }
 
+    /// Refuses an allocation of `len` 4-byte elements larger than one device allocation may be
+    /// (or than the kernels' `u32` indexing reaches).
+    fn check_alloc(&self, len: usize) -> Result<()> {
+        let max = self.client.properties().memory.max_page_size;
+        let ok = len <= u32::MAX as usize && (len as u64).checked_mul(4).is_some_and(|b| b <= max);
+        if ok {
+            Ok(())
+        } else {
+            Err(backend_err(format!(
+                "a buffer of {len} elements exceeds the device's largest allocation ({max} bytes)"
+            )))
+        }
+    }
+
     /// Fails with [`SimbalError::Backend`] when an index of `idx` is `>= e` (a device reduction
     /// and a 4-byte read, skipped for indices written by [`Backend::route_rows`]).
     fn check_indices(&self, idx: &DevBuf<u32>, e: usize) -> Result<()> {
@@ -99,6 +113,12 @@ impl<R: Runtime> CubeclBackend<R> {
         }
         Ok(())
     }
+}
+
+/// `check_len` against `a * b`; an overflowing product is a mismatch with expected `usize::MAX`
+/// (as `simbal_core::shape::product` reports it).
+fn check_len2(what: &'static str, a: usize, b: usize, got: usize) -> Result<()> {
+    check_len(what, a.saturating_mul(b), got)
 }
 
 fn backend_err(message: String) -> SimbalError {
@@ -139,11 +159,13 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn zeros(&self, len: usize) -> Result<DevBuf<f32>> {
+        self.check_alloc(len)?;
         let b = DevBuf::empty(&self.client, len);
         util::fill_f32(&self.client, &b, 0.0).map_err(map_err)?;
         Ok(b)
     }
     fn upload(&self, host: &[f32]) -> Result<DevBuf<f32>> {
+        self.check_alloc(host.len())?;
         Ok(DevBuf::upload(&self.client, host))
     }
     fn download(&self, buf: &DevBuf<f32>, host: &mut [f32]) -> Result<()> {
@@ -160,11 +182,13 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         buf.len
     }
     fn idx_zeros(&self, len: usize) -> Result<DevBuf<u32>> {
+        self.check_alloc(len)?;
         let b = DevBuf::empty(&self.client, len);
         util::fill_u32(&self.client, &b, 0).map_err(map_err)?;
         Ok(b)
     }
     fn idx_upload(&self, host: &[u32]) -> Result<DevBuf<u32>> {
+        self.check_alloc(host.len())?;
         Ok(DevBuf::upload(&self.client, host))
     }
     fn idx_download(&self, buf: &DevBuf<u32>, host: &mut [u32]) -> Result<()> {
@@ -206,10 +230,10 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         gates: &mut DevBuf<f32>,
     ) -> Result<()> {
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n * e, z.len)?;
-        check_len("scores", n * e, p.len)?;
-        check_len("indices", n * k, idx.len)?;
-        check_len("gates", n * k, gates.len)?;
+        check_len2("logits", n, e, z.len)?;
+        check_len2("scores", n, e, p.len)?;
+        check_len2("indices", n, k, idx.len)?;
+        check_len2("gates", n, k, gates.len)?;
         if let Some(b) = bias {
             check_len("selection bias", e, b.len)?;
         }
@@ -238,12 +262,12 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         offsets: &mut DevBuf<u32>,
     ) -> Result<()> {
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("indices", n * k, idx.len)?;
-        check_len("gates", n * k, gates.len)?;
-        check_len("dropped flags", n * k, dropped.len)?;
+        check_len2("indices", n, k, idx.len)?;
+        check_len2("gates", n, k, gates.len)?;
+        check_len2("dropped flags", n, k, dropped.len)?;
         check_len("counts", e, counts.len)?;
-        check_len("dispatch order", n * k, order.len)?;
-        check_len("dispatch offsets", e + 1, offsets.len)?;
+        check_len2("dispatch order", n, k, order.len)?;
+        check_len("dispatch offsets", e.saturating_add(1), offsets.len)?;
         self.check_indices(idx, e)?;
         let capacity = cfg.capacity.map(|c| dispatch::CapacityLimit {
             per_expert: c.per_expert(n, e, k),
@@ -282,16 +306,16 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         dz: &mut DevBuf<f32>,
     ) -> Result<()> {
         let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n * e, z.len)?;
-        check_len("scores", n * e, p.len)?;
-        check_len("indices", n * k, idx.len)?;
-        check_len("gates", n * k, gates.len)?;
-        check_len("dropped flags", n * k, dropped.len)?;
-        check_len("gate gradient", n * k, dw.len)?;
-        check_len("logit gradient", n * e, dz.len)?;
+        check_len2("logits", n, e, z.len)?;
+        check_len2("scores", n, e, p.len)?;
+        check_len2("indices", n, k, idx.len)?;
+        check_len2("gates", n, k, gates.len)?;
+        check_len2("dropped flags", n, k, dropped.len)?;
+        check_len2("gate gradient", n, k, dw.len)?;
+        check_len2("logit gradient", n, e, dz.len)?;
         if let Some(l) = &lbl {
             seq_len_ok(l.group_len, n)?;
-            check_len("LBL coefficients", (n / l.group_len) * e, l.coef.len)?;
+            check_len2("LBL coefficients", n / l.group_len, e, l.coef.len)?;
         }
         self.check_indices(idx, e)?;
         let o = router_backward::BackOptions {
@@ -328,8 +352,8 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         out: &mut DevBuf<f32>,
     ) -> Result<()> {
         seq_len_ok(group_len, n)?;
-        check_len("matrix", n * cols, a.len)?;
-        check_len("group sums", (n / group_len) * cols, out.len)?;
+        check_len2("matrix", n, cols, a.len)?;
+        check_len2("group sums", n / group_len, cols, out.len)?;
         reduce::group_column_sums(&self.client, n, cols, group_len, a, out).map_err(map_err)
     }
 
@@ -344,9 +368,9 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         out: &mut DevBuf<u32>,
     ) -> Result<()> {
         seq_len_ok(group_len, n)?;
-        check_len("indices", n * k, idx.len)?;
-        check_len("dropped flags", n * k, dropped.len)?;
-        check_len("group counts", (n / group_len) * e, out.len)?;
+        check_len2("indices", n, k, idx.len)?;
+        check_len2("dropped flags", n, k, dropped.len)?;
+        check_len2("group counts", n / group_len, e, out.len)?;
         if k == 0 || n == 0 {
             return util::fill_u32(&self.client, out, 0).map_err(map_err);
         }
@@ -355,14 +379,14 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn lse_sq_sum(&self, n: usize, e: usize, z: &DevBuf<f32>) -> Result<f32> {
-        check_len("logits", n * e, z.len)?;
+        check_len2("logits", n, e, z.len)?;
         let out = DevBuf::<f32>::empty(&self.client, 1);
         reduce::lse_sq_sum(&self.client, n, e, z, &out, 0).map_err(map_err)?;
         Ok(out.read(&self.client).map_err(map_err)?[0])
     }
 
     fn simbal_residual(&self, cfg: &SimBalConfig, e: usize, gram: &mut DevBuf<f32>) -> Result<f32> {
-        check_len("Gram matrix", e * e, gram.len)?;
+        check_len2("Gram matrix", e, e, gram.len)?;
         let norm = match cfg.norm {
             SimBalNorm::L1 => simbal::Norm::L1,
             SimBalNorm::FrobeniusSq => simbal::Norm::FrobeniusSq,
@@ -420,7 +444,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
 
     fn routing_entropy(&self, n: usize, e: usize, p: &DevBuf<f32>) -> Result<f32> {
         simbal_core::shape::check_dims(n, 1, e)?;
-        check_len("scores", n * e, p.len)?;
+        check_len2("scores", n, e, p.len)?;
         let out = DevBuf::<f32>::empty(&self.client, 1);
         reduce::routing_entropy(&self.client, n, e, p, &out, 0).map_err(map_err)?;
         Ok(out.read(&self.client).map_err(map_err)?[0])

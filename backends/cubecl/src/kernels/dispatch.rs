@@ -20,7 +20,7 @@
 use cubecl::prelude::*;
 
 use super::util::{before, block_scan_u32, fill_u32, fits_u32, is_nan_bits};
-use super::{check_len, grid, linear_cube, DevBuf, KernelError, NONE};
+use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError, NONE};
 
 /// Assignments each plan thread handles per tile.
 const CHUNK: usize = 8;
@@ -224,7 +224,7 @@ pub fn histogram<R: Runtime>(
             "group of {per} assignments does not divide {nk}"
         )));
     }
-    check_len("counts", (nk / per) * e, out.len)?;
+    check_len2("counts", nk / per, e, out.len)?;
     if let Some(d) = dropped {
         check_len("dropped flags", nk, d.len)?;
     }
@@ -310,13 +310,13 @@ pub fn dispatch<R: Runtime>(
     if e == 0 || k == 0 || k > e {
         return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
     }
-    let nk = n * k;
+    let nk = n.saturating_mul(k);
     check_len("indices", nk, idx.len)?;
     check_len("gates", nk, gates.len)?;
     check_len("dropped flags", nk, dropped.len)?;
     check_len("counts", e, counts.len)?;
     check_len("dispatch order", nk, order.len)?;
-    check_len("dispatch offsets", e + 1, offsets.len)?;
+    check_len("dispatch offsets", e.saturating_add(1), offsets.len)?;
     fits_u32("indices", nk)?;
     fits_u32("offsets", e + 1)?;
     fill_u32(client, dropped, 0)?;

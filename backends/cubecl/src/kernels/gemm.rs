@@ -12,7 +12,7 @@
 use cubecl::prelude::*;
 
 use super::util::fits_u32;
-use super::{check_len, DevBuf, KernelError, MAX_GRID_DIM};
+use super::{check_len2, DevBuf, KernelError, MAX_GRID_DIM};
 
 const BM: usize = 64;
 const BN: usize = 64;
@@ -208,9 +208,9 @@ pub fn gemm<R: Runtime>(
     b: &DevBuf<f32>,
     c: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    check_len("GEMM operand A", g.m * g.k, a.len)?;
-    check_len("GEMM operand B", g.k * g.n, b.len)?;
-    check_len("GEMM operand C", g.m * g.n, c.len)?;
+    check_len2("GEMM operand A", g.m, g.k, a.len)?;
+    check_len2("GEMM operand B", g.k, g.n, b.len)?;
+    check_len2("GEMM operand C", g.m, g.n, c.len)?;
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }

@@ -146,6 +146,17 @@ pub fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(
     }
 }
 
+/// Checks a buffer length against `a * b`; an overflowing product is reported as a mismatch
+/// with expected length `usize::MAX`.
+pub fn check_len2(
+    what: &'static str,
+    a: usize,
+    b: usize,
+    actual: usize,
+) -> Result<(), KernelError> {
+    check_len(what, a.saturating_mul(b), actual)
+}
+
 /// Largest cube count per grid dimension we use (the WebGPU minimum limit).
 pub const MAX_GRID_DIM: usize = 65535;
 

@@ -8,7 +8,7 @@ use cubecl::prelude::*;
 
 use super::router_forward::row_layout;
 use super::util::{fits_u32, is_nan_bits, is_non_finite_bits, sum_all, tree_max, tree_sum};
-use super::{check_len, grid, linear_cube, DevBuf, KernelError};
+use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError};
 
 /// Columns per cube and row lanes of [`group_column_sums`].
 const COLS: usize = 32;
@@ -70,8 +70,8 @@ pub fn group_column_sums<R: Runtime>(
             "group length {group_len} does not divide {n}"
         )));
     }
-    check_len("matrix", n * cols, a.len)?;
-    check_len("group sums", (n / group_len) * cols, out.len)?;
+    check_len2("matrix", n, cols, a.len)?;
+    check_len2("group sums", n / group_len, cols, out.len)?;
     fits_u32("matrix", n * cols)?;
     if cols == 0 || n == 0 {
         return Ok(());
@@ -177,7 +177,7 @@ fn row_stat<R: Runtime>(
     at: usize,
     factor: f32,
 ) -> Result<(), KernelError> {
-    check_len(if entropy { "scores" } else { "logits" }, n * e, x.len)?;
+    check_len2(if entropy { "scores" } else { "logits" }, n, e, x.len)?;
     fits_u32("rows", n * e)?;
     if n == 0 || e == 0 {
         return super::util::fill_f32(client, out, 0.0);
@@ -272,7 +272,7 @@ const MAX_CUBES: usize = 512;
 fn max_abs_kernel(x: &Array<f32>, partial: &mut Array<f32>, len: u32) {
     let cube = linear_cube();
     let lane = UNIT_POS as usize;
-    let cubes = CUBE_COUNT as usize;
+    let cubes = CUBE_COUNT;
     let mut s = SharedMemory::<f32>::new(256usize);
     let mut mx = 0.0f32;
     let mut nan = 0.0f32;

@@ -1,11 +1,11 @@
 //! Router backward row kernel: `dZ` from the gate gradient `dW`, the LBL's dense coefficient and
 //! the z-loss, one token row per group of `lanes` threads (same layout as the forward kernel).
 //!
-//! Per row: `dP` starts as the LBL coefficient row of the row's sequence (or 0); the gate part is
-//! added by lane 0 in slot order, exactly as the reference (dropped slots' `dW` count as 0;
-//! renormalised: `dp_{i_j} += (s dW_j - sum_l dW_l w_l) / (sum_l p_{i_l} + tiny)`, else
-//! `dp_{i_j} += s dW_j`); then the score backward (softmax `P (dP - <dP, P>)`, sigmoid
-//! `dP P (1 - P)`) and the z-loss term `z_coef lse(Z_t) softmax(Z_t)`.
+//! Per row, as the reference: `dP` starts as the LBL coefficient row of the row's sequence (or
+//! 0), plus `s dW_j` at `i_j` for plain gates (dropped slots' `dW` count as 0); the score backward
+//! (softmax `P (dP - <dP, P>)`, sigmoid `dP P (1 - P)`); for renormalised gates the gate term
+//! `(s dW_j - sum_l dW_l w_l) / (sum_l p_{i_l} + tiny)` through the score backward in closed form
+//! with `q = p / (sum + tiny)`; then the z-loss term `z_coef lse(Z_t) softmax(Z_t)`.
 
 #![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
 
@@ -13,7 +13,7 @@ use cubecl::prelude::*;
 
 use super::router_forward::row_layout;
 use super::util::{fits_u32, tree_max, tree_sum};
-use super::{check_len, grid, linear_cube, DevBuf, KernelError};
+use super::{check_len2, grid, linear_cube, DevBuf, KernelError};
 
 /// Compile-time shape and options of the backward row kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,34 +100,10 @@ fn router_backward_kernel(
     }
     sync_cube();
 
-    if valid && lane == 0 {
-        let base = row * k;
-        if cfg.renorm {
-            let mut sum = 0.0f32;
-            let mut dot = 0.0f32;
-            for j in 0..k {
-                let i = idx[base + j] as usize;
-                if i < e {
-                    sum += ps[pb + i];
-                }
-                let mut g = dw[base + j];
-                if dropped[base + j] != 0 {
-                    g = 0.0;
-                }
-                dot += g * gates[base + j];
-            }
-            let inv = 1.0 / (sum + f32::MIN_POSITIVE);
-            for j in 0..k {
-                let i = idx[base + j] as usize;
-                let mut g = dw[base + j];
-                if dropped[base + j] != 0 {
-                    g = 0.0;
-                }
-                if i < e {
-                    ds[pb + i] = ds[pb + i] + (scale * g - dot) * inv;
-                }
-            }
-        } else {
+    // Plain gates: the gate term joins dP before the score backward.
+    if !cfg.renorm {
+        if valid && lane == 0 {
+            let base = row * k;
             for j in 0..k {
                 let i = idx[base + j] as usize;
                 let mut g = dw[base + j];
@@ -139,8 +115,8 @@ fn router_backward_kernel(
                 }
             }
         }
+        sync_cube();
     }
-    sync_cube();
 
     if cfg.softmax {
         let mut dot = 0.0f32;
@@ -162,6 +138,89 @@ fn router_backward_kernel(
             ds[pb + c] = ds[pb + c] * pv * (1.0 - pv);
             c += lanes;
         }
+    }
+
+    // Renormalised gates: the term `a_j / denom` (`a_j = s dW_j - sum_l dW_l w_l`) goes through
+    // the score backward analytically with `q = p / denom <= 1`, so an underflowed `denom`
+    // (saturated sigmoid rows) cannot make `inf * 0` (as the reference).
+    if cfg.renorm {
+        let mut ms = SharedMemory::<f32>::new(comptime!(cfg.rows));
+        sync_cube();
+        if lane == 0 {
+            let mut m = 0.0f32;
+            if valid && cfg.softmax {
+                let base = row * k;
+                let mut sum = 0.0f32;
+                let mut dot = 0.0f32;
+                for j in 0..k {
+                    let i = idx[base + j] as usize;
+                    if i < e {
+                        sum += ps[pb + i];
+                    }
+                    let mut g = dw[base + j];
+                    if dropped[base + j] != 0 {
+                        g = 0.0;
+                    }
+                    dot += g * gates[base + j];
+                }
+                let inv = 1.0 / (sum + f32::MIN_POSITIVE);
+                for j in 0..k {
+                    let i = idx[base + j] as usize;
+                    let mut g = dw[base + j];
+                    if dropped[base + j] != 0 {
+                        g = 0.0;
+                    }
+                    if i < e {
+                        m += (scale * g - dot) * (ps[pb + i] * inv);
+                    }
+                }
+            }
+            ms[ty] = m;
+        }
+        sync_cube();
+        if cfg.softmax {
+            let m = ms[ty];
+            c = lane;
+            while c < e {
+                ds[pb + c] = ds[pb + c] - ps[pb + c] * m;
+                c += lanes;
+            }
+            sync_cube();
+        }
+        if valid && lane == 0 {
+            let base = row * k;
+            let mut sum = 0.0f32;
+            let mut dot = 0.0f32;
+            for j in 0..k {
+                let i = idx[base + j] as usize;
+                if i < e {
+                    sum += ps[pb + i];
+                }
+                let mut g = dw[base + j];
+                if dropped[base + j] != 0 {
+                    g = 0.0;
+                }
+                dot += g * gates[base + j];
+            }
+            let inv = 1.0 / (sum + f32::MIN_POSITIVE);
+            for j in 0..k {
+                let i = idx[base + j] as usize;
+                let mut g = dw[base + j];
+                if dropped[base + j] != 0 {
+                    g = 0.0;
+                }
+                if i < e {
+                    let pi = ps[pb + i];
+                    let q = pi * inv;
+                    if cfg.softmax {
+                        ds[pb + i] = ds[pb + i] + (scale * g - dot) * q;
+                    } else {
+                        ds[pb + i] = ds[pb + i] + (scale * g - dot) * q * (1.0 - pi);
+                    }
+                }
+            }
+        }
+        sync_cube();
     }
 
     if cfg.has_z {
@@ -235,13 +294,13 @@ pub fn router_backward_rows<R: Runtime>(
     if e == 0 || k == 0 || k > e {
         return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
     }
-    check_len("logits", n * e, z.len)?;
-    check_len("scores", n * e, p.len)?;
-    check_len("indices", n * k, idx.len)?;
-    check_len("gates", n * k, gates.len)?;
-    check_len("dropped flags", n * k, dropped.len)?;
-    check_len("gate gradient", n * k, dw.len)?;
-    check_len("logit gradient", n * e, dz.len)?;
+    check_len2("logits", n, e, z.len)?;
+    check_len2("scores", n, e, p.len)?;
+    check_len2("indices", n, k, idx.len)?;
+    check_len2("gates", n, k, gates.len)?;
+    check_len2("dropped flags", n, k, dropped.len)?;
+    check_len2("gate gradient", n, k, dw.len)?;
+    check_len2("logit gradient", n, e, dz.len)?;
     let mut group_len = n.max(1);
     if let Some((coef, len)) = lbl {
         if len == 0 || n % len != 0 {
@@ -249,7 +308,7 @@ pub fn router_backward_rows<R: Runtime>(
                 "sequence length {len} does not divide {n}"
             )));
         }
-        check_len("LBL coefficients", (n / len) * e, coef.len)?;
+        check_len2("LBL coefficients", n / len, e, coef.len)?;
         group_len = len;
     }
     if n == 0 {

@@ -13,7 +13,7 @@
 use cubecl::prelude::*;
 
 use super::util::{before, fits_u32, is_nan_bits, tree_argmax, tree_max, tree_sum};
-use super::{check_len, grid, linear_cube, DevBuf, KernelError, NONE};
+use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError, NONE};
 
 /// Compile-time shape and options of the forward row kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,14 +288,16 @@ fn route_rows_kernel(
                 sum += ps[pb + chosen[ty * k + j] as usize];
             }
         }
-        let f = scale / (sum + f32::MIN_POSITIVE);
+        // `s * (p / denom)`: the ratio is at most 1, so an underflowed sum (saturated sigmoid
+        // rows) gives zero gates, not `0 * inf`, for any scale (as the reference).
+        let denom = sum + f32::MIN_POSITIVE;
         let mut j = lane;
         while j < k {
             let i = chosen[ty * k + j];
             let p = ps[pb + i as usize];
             idx_out[row * k + j] = i;
             if cfg.renorm {
-                gates_out[row * k + j] = p * f;
+                gates_out[row * k + j] = scale * (p / denom);
             } else {
                 gates_out[row * k + j] = scale * p;
             }
@@ -330,10 +332,10 @@ pub fn route_rows<R: Runtime>(
     if e == 0 || k == 0 || k > e {
         return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
     }
-    check_len("logits", n * e, z.len)?;
-    check_len("scores", n * e, p.len)?;
-    check_len("indices", n * k, idx.len)?;
-    check_len("gates", n * k, gates.len)?;
+    check_len2("logits", n, e, z.len)?;
+    check_len2("scores", n, e, p.len)?;
+    check_len2("indices", n, k, idx.len)?;
+    check_len2("gates", n, k, gates.len)?;
     if let Some(b) = bias {
         check_len("selection bias", e, b.len)?;
     }

@@ -9,7 +9,7 @@
 use cubecl::prelude::*;
 
 use super::util::{fits_u32, sum_all, tree_max, tree_sum};
-use super::{check_len, grid, linear_cube, DevBuf, KernelError};
+use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError};
 
 /// Elements of the Gram matrix per cube of the element-wise passes.
 const BLOCK: usize = 4096;
@@ -88,7 +88,7 @@ pub fn simbal_residual<R: Runtime>(
     loss: &DevBuf<f32>,
     at: usize,
 ) -> Result<(), KernelError> {
-    check_len("Gram matrix", e * e, gram.len)?;
+    check_len2("Gram matrix", e, e, gram.len)?;
     fits_u32("Gram matrix", e * e)?;
     let ee = (e * e) as f32;
     let (mul, factor) = match norm {
@@ -172,7 +172,7 @@ pub fn ortho_error<R: Runtime>(
     gram: &DevBuf<f32>,
     out: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    check_len("Gram matrix", e * e, gram.len)?;
+    check_len2("Gram matrix", e, e, gram.len)?;
     check_len("orthogonality error", 2, out.len)?;
     fits_u32("Gram matrix", e * e)?;
     if e == 0 {
@@ -300,9 +300,9 @@ pub fn normalize_columns<R: Runtime>(
     norms: &DevBuf<f32>,
     rn: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    check_len("router weight", d * e, r.len)?;
+    check_len2("router weight", d, e, r.len)?;
     check_len("column norms", e, norms.len)?;
-    check_len("normalised weight", d * e, rn.len)?;
+    check_len2("normalised weight", d, e, rn.len)?;
     fits_u32("router weight", d * e)?;
     if e == 0 {
         return Ok(());
@@ -337,10 +337,10 @@ pub fn scale_free_project<R: Runtime>(
     g: &DevBuf<f32>,
     grad: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    check_len("normalised weight", d * e, rn.len)?;
+    check_len2("normalised weight", d, e, rn.len)?;
     check_len("column norms", e, norms.len)?;
-    check_len("normalised gradient", d * e, g.len)?;
-    check_len("router gradient", d * e, grad.len)?;
+    check_len2("normalised gradient", d, e, g.len)?;
+    check_len2("router gradient", d, e, grad.len)?;
     fits_u32("router weight", d * e)?;
     if e == 0 {
         return Ok(());

@@ -159,7 +159,7 @@ pub fn route_reference(
             let c = cands[j];
             idx[t * k + j] = c as u32;
             gates[t * k + j] = if renorm {
-                pr[c] * (scale / (sum + f32::MIN_POSITIVE))
+                scale * (pr[c] / (sum + f32::MIN_POSITIVE))
             } else {
                 scale * pr[c]
             };

@@ -1,0 +1,166 @@
+//! Router-step benchmark of the cubecl backend.
+//!
+//! ```sh
+//! cargo run --release -p simbal-cubecl --features cuda --example bench_router -- cuda [iters]
+//! cargo run --release -p simbal-cubecl --example bench_router -- wgpu [iters]
+//! ```
+//!
+//! For each shape (N/D/E/k) it times a whole `Router` step (forward + backward with SimBal, LBL
+//! and z-loss, f32) and each kernel of it alone (synchronising after every launch), and prints
+//! milliseconds (median over `iters`) and the GEMMs' GFLOP/s.
+
+use std::time::Instant;
+
+use cubecl::prelude::Runtime;
+use simbal_core::config::{LblConfig, ZLossConfig};
+use simbal_core::ops::gemm::Gemm;
+use simbal_core::{
+    orthogonal_init, Backend, LossConfig, Router, RouterConfig, SimBalConfig, WeightLayout,
+};
+use simbal_cubecl::CubeclBackend;
+
+const SHAPES: [(usize, usize, usize, usize); 4] = [
+    (4096, 768, 32, 4),
+    (4096, 1536, 32, 4),
+    (4096, 4096, 8, 2),
+    (2048, 7168, 256, 8),
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median milliseconds of `f` followed by a device sync.
+fn time<R: Runtime>(be: &CubeclBackend<R>, iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    be.sync().unwrap();
+    let mut t = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let s = Instant::now();
+        f();
+        be.sync().unwrap();
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    median(t)
+}
+
+fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
+    println!("backend {}", be.name());
+    println!(
+        "{:>5} {:>5} {:>4} {:>2} | {:>8} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+        "N", "D", "E", "k", "step ms", "Z=XR", "route", "dispatch", "bwd", "dX", "dR", "simbal", "XR GF/s", "dX GF/s", "dR GF/s"
+    );
+    for &(n, d, e, k) in &SHAPES {
+        let x = be.upload(&lcg(1, n * d, 1.0)).unwrap();
+        let r_host: Vec<f32> = orthogonal_init(WeightLayout::DxE, d, e, 7).unwrap();
+        let r = be.upload(&r_host).unwrap();
+        let dw = be.upload(&lcg(3, n * k, 0.01)).unwrap();
+        let mut cfg = RouterConfig::new(e, k).with_check_finite(false);
+        if e == 256 {
+            cfg = cfg.with_groups(8, 4); // DeepSeek-V3 style
+        }
+        let losses = LossConfig::none()
+            .with_simbal(SimBalConfig::default())
+            .with_lbl(LblConfig::default())
+            .with_z_loss(ZLossConfig::default());
+        let mut router = Router::new(be.clone(), cfg).unwrap();
+        let step = time(&be, iters, || {
+            router.forward(&x, &r, None, n, d).unwrap();
+            router.backward(&x, &r, &dw, &losses, None).unwrap();
+        });
+
+        // Kernels alone, on the router's buffers.
+        let mut z = be.zeros(n * e).unwrap();
+        let mut p = be.zeros(n * e).unwrap();
+        let mut idx = be.idx_zeros(n * k).unwrap();
+        let mut gates = be.zeros(n * k).unwrap();
+        let mut dropped = be.idx_zeros(n * k).unwrap();
+        let mut counts = be.idx_zeros(e).unwrap();
+        let mut order = be.idx_zeros(n * k).unwrap();
+        let mut offsets = be.idx_zeros(e + 1).unwrap();
+        let mut dz = be.zeros(n * e).unwrap();
+        let mut dx = be.zeros(n * d).unwrap();
+        let mut dr = be.zeros(d * e).unwrap();
+        let mut gram = be.zeros(e * e).unwrap();
+        let t_z = time(&be, iters, || {
+            be.gemm(&Gemm::new(n, e, d), &x, &r, &mut z).unwrap()
+        });
+        let t_route = time(&be, iters, || {
+            be.route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut gates)
+                .unwrap()
+        });
+        let t_disp = time(&be, iters, || {
+            be.dispatch(
+                &cfg,
+                n,
+                &idx,
+                &mut gates,
+                &mut dropped,
+                &mut counts,
+                &mut order,
+                &mut offsets,
+            )
+            .unwrap()
+        });
+        let t_bwd = time(&be, iters, || {
+            be.router_backward_rows(
+                &cfg, n, &z, &p, &idx, &gates, &dropped, &dw, None, 1e-3, &mut dz,
+            )
+            .unwrap()
+        });
+        let t_dx = time(&be, iters, || {
+            be.gemm(&Gemm::new(n, d, e).tb(), &dz, &r, &mut dx).unwrap()
+        });
+        let t_dr = time(&be, iters, || {
+            be.gemm(&Gemm::new(d, e, n).ta(), &x, &dz, &mut dr).unwrap()
+        });
+        let sc = SimBalConfig::default();
+        let t_sb = time(&be, iters, || {
+            be.gemm(&Gemm::new(e, e, d).ta(), &r, &r, &mut gram)
+                .unwrap();
+            be.simbal_residual(&sc, e, &mut gram).unwrap();
+            be.gemm(&Gemm::new(d, e, e).beta(1.0), &r, &gram, &mut dr)
+                .unwrap();
+        });
+        let gf = |ms: f64| 2.0 * (n * d * e) as f64 / (ms * 1e-3) / 1e9;
+        println!(
+            "{:>5} {:>5} {:>4} {:>2} | {:>8.3} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.0} {:>8.0} {:>8.0}",
+            n, d, e, k, step, t_z, t_route, t_disp, t_bwd, t_dx, t_dr, t_sb, gf(t_z), gf(t_dx), gf(t_dr)
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let which = args.get(1).map(String::as_str).unwrap_or("wgpu");
+    let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+    match which {
+        #[cfg(feature = "cuda")]
+        "cuda" => run(
+            CubeclBackend::<cubecl::cuda::CudaRuntime>::new(&Default::default()),
+            iters,
+        ),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => run(
+            CubeclBackend::<cubecl::wgpu::WgpuRuntime>::new(&Default::default()),
+            iters,
+        ),
+        other => {
+            eprintln!("unknown or disabled runtime {other:?}: build with --features cuda or wgpu");
+            std::process::exit(2);
+        }
+    }
+}
