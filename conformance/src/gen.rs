@@ -1,0 +1,285 @@
+//! Random router cases: shapes (N = 1, k = E, E = 1 and D < E all drawn often), router
+//! configurations (score, renormalisation, scale, groups, capacity with both policies, both
+//! layouts, selection bias) and loss configurations (every SimBal norm, LBL at every level with
+//! both normalisations, z-loss), plus the data of a case drawn from its seed.
+
+use proptest::prelude::*;
+use proptest::sample::select;
+use simbal_core::{
+    Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization, LossConfig, Rng,
+    RouterConfig, RoutingStats, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
+};
+
+/// Upper bounds of the random shapes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest `N`.
+    pub n: usize,
+    /// Largest `D`.
+    pub d: usize,
+    /// Largest `E`.
+    pub e: usize,
+}
+
+/// Small shapes: the default of every property.
+pub const SMALL: Limits = Limits { n: 6, d: 5, e: 8 };
+
+/// Which losses a case may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossSet {
+    /// Any combination, SimBal included (ops on tokens and weight).
+    All,
+    /// LBL and z-loss only (the logits path refuses SimBal).
+    NoSimBal,
+}
+
+/// One random router case; its data come from `seed` (see [`Case::data`]).
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Tokens.
+    pub n: usize,
+    /// Model width.
+    pub d: usize,
+    /// Experts.
+    pub e: usize,
+    /// Experts per token.
+    pub k: usize,
+    /// Router configuration (validated by construction).
+    pub cfg: RouterConfig,
+    /// Losses of the backward pass.
+    pub losses: LossConfig,
+    /// Whether a selection bias is passed.
+    pub bias: bool,
+    /// Seed of the data.
+    pub seed: u64,
+}
+
+/// The data of a case, in `f64` (round with [`crate::util::rounded`] for the backend's type).
+#[derive(Debug, Clone)]
+pub struct Data {
+    /// Tokens `N x D`, `N(0, 1)`.
+    pub x: Vec<f64>,
+    /// Router weight `D x E` in the case's layout, `N(0, 0.7^2)`.
+    pub r: Vec<f64>,
+    /// Logits `N x E` for the logits path, `N(0, 1.5^2)`.
+    pub z: Vec<f64>,
+    /// Gate gradient `N x k`, `N(0, 1)`.
+    pub dw: Vec<f64>,
+    /// Selection bias `E`, `N(0, 0.2^2)`, when the case has one.
+    pub bias: Option<Vec<f64>>,
+    /// Merged statistics for global-batch LBL (another shard's counts; carries no gradient).
+    pub global: RoutingStats,
+}
+
+impl Case {
+    /// Draws the case's data from its seed.
+    pub fn data(&self) -> Data {
+        let (n, d, e, k) = (self.n, self.d, self.e, self.k);
+        let mut rng = Rng::new(self.seed);
+        let mut normal = |len: usize, std: f64| {
+            let mut v = vec![0.0f64; len];
+            rng.fill_normal(std, &mut v);
+            v
+        };
+        let x = normal(n * d, 1.0);
+        let r = normal(d * e, 0.7);
+        let z = normal(n * e, 1.5);
+        let dw = normal(n * k, 1.0);
+        let bias = self.bias.then(|| normal(e, 0.2));
+        let mut rng = Rng::new(self.seed ^ 0x5eed);
+        let counts: Vec<u64> = (0..e).map(|_| rng.below(3 * n + 1) as u64).collect();
+        let global = RoutingStats {
+            counts,
+            score_sums: vec![0.0; e],
+            tokens: (n + rng.below(2 * n + 1)) as u64,
+            dropped: 0,
+        };
+        Data {
+            x,
+            r,
+            z,
+            dw,
+            bias,
+            global,
+        }
+    }
+
+    /// The global statistics when the losses need them.
+    pub fn global<'a>(&self, data: &'a Data) -> Option<&'a RoutingStats> {
+        match self.losses.lbl {
+            Some(LblConfig {
+                level: LblLevel::GlobalBatch,
+                ..
+            }) => Some(&data.global),
+            _ => None,
+        }
+    }
+}
+
+/// Divisors of `n` (all of them, `1` and `n` included).
+pub fn divisors(n: usize) -> Vec<usize> {
+    (1..=n).filter(|s| n % s == 0).collect()
+}
+
+/// Every valid group limit for `e` experts and `k` per token (`None` included), each with
+/// `top_groups < groups` or `= groups`.
+pub fn group_options(e: usize, k: usize) -> Vec<Option<GroupLimit>> {
+    let mut out = vec![None];
+    for groups in divisors(e).into_iter().filter(|&g| g >= 2) {
+        for top_groups in 1..=groups {
+            if top_groups * (e / groups) >= k {
+                out.push(Some(GroupLimit { groups, top_groups }));
+            }
+        }
+    }
+    out
+}
+
+fn score() -> impl Strategy<Value = ScoreFn> {
+    prop_oneof![Just(ScoreFn::Softmax), Just(ScoreFn::Sigmoid)]
+}
+
+fn layout() -> impl Strategy<Value = WeightLayout> {
+    prop_oneof![Just(WeightLayout::DxE), Just(WeightLayout::ExD)]
+}
+
+fn capacity() -> impl Strategy<Value = Option<Capacity>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => (
+            select(vec![0.5, 0.75, 1.0, 1.5]),
+            prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)]
+        )
+            .prop_map(|(factor, policy)| Some(Capacity { factor, policy })),
+    ]
+}
+
+/// A SimBal configuration of any norm.
+pub fn simbal_config() -> impl Strategy<Value = SimBalConfig> {
+    (
+        prop_oneof![
+            Just(SimBalNorm::L1),
+            Just(SimBalNorm::FrobeniusSq),
+            Just(SimBalNorm::ScaleFree)
+        ],
+        select(vec![0.1, 0.3, 1.0]),
+    )
+        .prop_map(|(norm, lambda)| SimBalConfig { lambda, norm })
+}
+
+fn lbl_config(n: usize) -> impl Strategy<Value = LblConfig> {
+    let level = prop_oneof![
+        Just(LblLevel::MicroBatch),
+        select(divisors(n)).prop_map(|seq_len| LblLevel::Sequence { seq_len }),
+        Just(LblLevel::GlobalBatch),
+    ];
+    (
+        select(vec![0.01, 0.1, 1.0]),
+        level,
+        prop_oneof![
+            Just(LblNormalization::Switch),
+            Just(LblNormalization::HuggingFace)
+        ],
+    )
+        .prop_map(|(alpha, level, normalization)| LblConfig {
+            alpha,
+            level,
+            normalization,
+        })
+}
+
+fn losses(n: usize, set: LossSet) -> impl Strategy<Value = LossConfig> {
+    let simbal = match set {
+        LossSet::All => prop::option::weighted(0.6, simbal_config()).boxed(),
+        LossSet::NoSimBal => Just(None).boxed(),
+    };
+    (
+        simbal,
+        prop::option::weighted(0.6, lbl_config(n)),
+        prop::option::weighted(
+            0.5,
+            select(vec![1e-3, 0.1]).prop_map(|beta| ZLossConfig { beta }),
+        ),
+    )
+        .prop_map(|(simbal, lbl, z_loss)| LossConfig {
+            simbal,
+            lbl,
+            z_loss,
+        })
+}
+
+/// Shapes `(n, d, e, k)` within `lim`, drawing `N = 1`, `E = 1` and `k = E` often.
+pub fn shape(lim: Limits) -> impl Strategy<Value = (usize, usize, usize, usize)> {
+    (
+        prop_oneof![1 => Just(1usize), 3 => 1..=lim.n],
+        1..=lim.d,
+        prop_oneof![1 => Just(1usize), 4 => 1..=lim.e],
+    )
+        .prop_flat_map(|(n, d, e)| {
+            (
+                Just(n),
+                Just(d),
+                Just(e),
+                prop_oneof![1 => Just(e), 2 => 1..=e],
+            )
+        })
+}
+
+/// A router configuration for `e` experts and `k` per token.
+pub fn router_config(e: usize, k: usize) -> impl Strategy<Value = RouterConfig> {
+    (
+        select(group_options(e, k)),
+        score(),
+        any::<bool>(),
+        select(vec![1.0, 2.5, 0.5]),
+        capacity(),
+        layout(),
+    )
+        .prop_map(
+            move |(groups, score, renormalize, scale, capacity, layout)| RouterConfig {
+                experts: e,
+                k,
+                score,
+                renormalize,
+                scale,
+                groups,
+                capacity,
+                layout,
+                check_finite: true,
+            },
+        )
+}
+
+/// A full random case.
+pub fn case(lim: Limits, set: LossSet) -> impl Strategy<Value = Case> {
+    shape(lim).prop_flat_map(move |(n, d, e, k)| {
+        (
+            router_config(e, k),
+            losses(n, set),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(move |(cfg, losses, bias, seed)| Case {
+                n,
+                d,
+                e,
+                k,
+                cfg,
+                losses,
+                bias,
+                seed,
+            })
+    })
+}
+
+/// A random `E x E`-sized weight case for SimBal: `(d, e, seed)`, `D < E` drawn often.
+pub fn weight_shape() -> impl Strategy<Value = (usize, usize, u64)> {
+    (1..=7usize, 1..=7usize, any::<u64>())
+}
+
+/// `len` samples of `N(0, std^2)` from `rng`.
+pub fn normal(rng: &mut Rng, len: usize, std: f64) -> Vec<f64> {
+    let mut v = vec![0.0; len];
+    rng.fill_normal(std, &mut v);
+    v
+}
