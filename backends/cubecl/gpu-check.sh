@@ -9,6 +9,9 @@ cd "$(dirname "$0")/../.."
 iters="${1:-20}"
 export CI=true
 export CARGO_TERM_COLOR=never
+export CARGO_INCREMENTAL=0
+# No debug info: the build dominates this script's time.
+export CARGO_PROFILE_RELEASE_DEBUG=0
 # Fewer proptest cases than a CPU run: every distinct kernel configuration is an NVRTC compile.
 export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 

@@ -19,6 +19,10 @@ const BN: usize = 64;
 const BK: usize = 16;
 const TS: usize = 16; // threads per side
 const MT: usize = 4; // micro-tile side
+/// Row stride of the staged tiles: one float of padding, so the K-major stores of untransposed
+/// `A` and transposed `B` (16 threads, one per K index) hit 16 different banks.
+const SA: usize = BM + 1;
+const SB: usize = BN + 1;
 
 /// GEMM description (mirrors `simbal_core::ops::gemm::Gemm`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,8 +75,8 @@ fn gemm_kernel(
         k_end = k;
     }
 
-    let mut sa = SharedMemory::<f32>::new(BK * BM);
-    let mut sb = SharedMemory::<f32>::new(BK * BN);
+    let mut sa = SharedMemory::<f32>::new(BK * SA);
+    let mut sb = SharedMemory::<f32>::new(BK * SB);
     let mut acc = Array::<f32>::new(MT * MT);
     #[unroll]
     for i in 0..MT * MT {
@@ -83,7 +87,7 @@ fn gemm_kernel(
 
     let mut l0 = k_begin;
     while l0 < k_end {
-        // Stage op(A)[row0.., l0..] into sa[l * BM + i].
+        // Stage op(A)[row0.., l0..] into sa[l * SA + i].
         #[unroll]
         for r in 0..(BM * BK) / (TS * TS) {
             let e = tid + r * TS * TS;
@@ -99,9 +103,9 @@ fn gemm_kernel(
                     v = a[gi * k + gl];
                 }
             }
-            sa[li * BM + ii] = v;
+            sa[li * SA + ii] = v;
         }
-        // Stage op(B)[l0.., col0..] into sb[l * BN + j].
+        // Stage op(B)[l0.., col0..] into sb[l * SB + j].
         #[unroll]
         for r in 0..(BN * BK) / (TS * TS) {
             let e = tid + r * TS * TS;
@@ -117,18 +121,18 @@ fn gemm_kernel(
                     v = b[gl * n + gj];
                 }
             }
-            sb[li * BN + jj] = v;
+            sb[li * SB + jj] = v;
         }
         sync_cube();
         #[unroll]
         for l in 0..BK {
             #[unroll]
             for r in 0..MT {
-                ra[r] = sa[l * BM + ty + r * TS];
+                ra[r] = sa[l * SA + ty + r * TS];
             }
             #[unroll]
             for q in 0..MT {
-                rb[q] = sb[l * BN + tx + q * TS];
+                rb[q] = sb[l * SB + tx + q * TS];
             }
             #[unroll]
             for r in 0..MT {
