@@ -378,6 +378,15 @@ impl<B: Backend> Router<B> {
             z_coef,
             &mut ws.dz,
         )?;
+        if cfg.check_finite {
+            // Finite inputs can still overflow here (a large scale times a large dW); report
+            // it instead of handing back an inf/NaN dZ (backward_logits returns right after).
+            if b.check_finite("logit gradient dZ", e, &ws.dz).is_err() {
+                return Err(SimbalError::Overflow {
+                    what: "logit gradient dZ",
+                });
+            }
+        }
         values.total = values.simbal + values.lbl + values.z_loss;
         Ok(values)
     }
