@@ -55,6 +55,19 @@ pub fn wild() -> impl Strategy<Value = f64> {
     ]
 }
 
+/// A finite value, possibly extreme (±1e30, subnormals, zeros): finite in `f32` too.
+pub fn finite_extreme() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        6 => -4.0..4.0f64,
+        1 => Just(0.0),
+        1 => Just(-0.0),
+        1 => Just(1e30),
+        1 => Just(-1e30),
+        1 => Just(1e-40),
+        1 => Just(1e-310),
+    ]
+}
+
 /// A coefficient (scale, lambda, capacity factor, rate): usually sane, sometimes not.
 pub fn coef() -> impl Strategy<Value = f64> {
     prop_oneof![
@@ -80,6 +93,14 @@ pub fn dim() -> impl Strategy<Value = usize> {
     ]
 }
 
+/// `(N, D, E)`: usually plausible (1 to 6), sometimes arbitrary.
+pub fn dims() -> impl Strategy<Value = (usize, usize, usize)> {
+    prop_oneof![
+        3 => (1..=6usize, 1..=6usize, 1..=6usize),
+        1 => (dim(), dim(), dim()),
+    ]
+}
+
 /// Arbitrary routing statistics (wrong lengths, saturating counts, non-finite sums).
 pub fn stats() -> impl Strategy<Value = RoutingStats> {
     (
@@ -100,19 +121,25 @@ pub fn stats() -> impl Strategy<Value = RoutingStats> {
 pub fn router_config(e: usize) -> impl Strategy<Value = RouterConfig> {
     (
         (
-            dim(),
+            prop_oneof![3 => 1..=e.clamp(1, 64), 1 => dim()],
             prop_oneof![Just(ScoreFn::Softmax), Just(ScoreFn::Sigmoid)],
             any::<bool>(),
             coef(),
         ),
-        prop::option::of((
-            prop_oneof![4 => 0..=6usize, 1 => Just(512usize)],
-            0..=6usize,
-        )),
-        prop::option::of((
-            coef(),
-            prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)],
-        )),
+        prop::option::weighted(
+            0.25,
+            (
+                prop_oneof![4 => 0..=6usize, 1 => Just(512usize)],
+                0..=6usize,
+            ),
+        ),
+        prop::option::weighted(
+            0.4,
+            (
+                coef(),
+                prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)],
+            ),
+        ),
         prop_oneof![Just(WeightLayout::DxE), Just(WeightLayout::ExD)],
         prop::bool::weighted(0.75),
     )
@@ -179,8 +206,12 @@ pub struct Pool {
 /// A pool of values and lengths.
 pub fn pool() -> impl Strategy<Value = Pool> {
     (
-        prop::collection::vec(wild(), 1..=24),
-        prop::collection::vec(prop::option::weighted(0.2, 0..=12usize), 24),
+        prop_oneof![
+            prop::collection::vec(-4.0..4.0f64, 1..=24),
+            prop::collection::vec(finite_extreme(), 1..=24),
+            prop::collection::vec(wild(), 1..=24),
+        ],
+        prop::collection::vec(prop::option::weighted(0.08, 0..=12usize), 24),
     )
         .prop_map(|(values, lens)| Pool { values, lens })
 }
@@ -274,7 +305,7 @@ pub fn router<B: Backend>(make: &dyn Fn() -> Option<B>) {
     if acquire(make, NAME).is_none() {
         return;
     }
-    let strategy = (dim(), dim(), dim()).prop_flat_map(|(n, d, e)| {
+    let strategy = dims().prop_flat_map(|(n, d, e)| {
         (
             Just((n, d, e)),
             router_config(e),
@@ -284,6 +315,7 @@ pub fn router<B: Backend>(make: &dyn Fn() -> Option<B>) {
             pool(),
         )
     });
+    let reached = std::sync::atomic::AtomicUsize::new(0);
     run_prop(NAME, CASES, strategy, |input| {
         let ((n, d, e), cfg, losses, global, with_bias, pool) = &input;
         let (n, d, e) = (*n, *d, *e);
@@ -363,6 +395,7 @@ pub fn router<B: Backend>(make: &dyn Fn() -> Option<B>) {
         if let Ok(v) = guard("backward", &input, || {
             router.backward(&x, &r, &dw, losses, global)
         })? {
+            reached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             check_bwd(&router, "backward", loss_array(&v), true)?;
         }
         if let Ok(v) = guard("step", &input, || {
@@ -400,6 +433,12 @@ pub fn router<B: Backend>(make: &dyn Fn() -> Option<B>) {
         })?;
         Ok(())
     });
+    // Not vacuous: some arbitrary cases must get all the way through a backward pass.
+    let reached = reached.into_inner();
+    assert!(
+        reached * 20 >= cases(CASES) as usize,
+        "{NAME}: only {reached} cases reached a successful backward; the fuzz is too hostile"
+    );
 }
 
 /// `simbal_loss`, `update_bias` and `RoutingStats::merge` on arbitrary input.
@@ -575,7 +614,7 @@ pub fn metrics<B: Backend>(make: &dyn Fn() -> Option<B>) {
 pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "fuzz::kernels";
     let Some(b) = acquire(make, NAME) else { return };
-    let strategy = (dim(), dim(), dim()).prop_flat_map(|(n, d, e)| {
+    let strategy = dims().prop_flat_map(|(n, d, e)| {
         (
             Just((n, d, e)),
             router_config(e),
