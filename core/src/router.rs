@@ -464,14 +464,13 @@ impl<B: Backend> Router<B> {
         if out.counts.len() != e {
             *out = RoutingStats::empty(e);
         }
-        ws.ensure_groups(b, 1)?;
-        b.group_column_sums(n, e, n, &ws.p, &mut ws.group_sums)?;
-        b.download(&ws.group_sums, &mut ws.host_sums)?;
-        b.idx_download(&ws.counts, &mut ws.host_counts)?;
-        for (o, &c) in out.counts.iter_mut().zip(&ws.host_counts) {
+        b.group_column_sums(n, e, n, &ws.p, &mut ws.stat_sums)?;
+        b.download(&ws.stat_sums, &mut ws.host_stat_sums)?;
+        b.idx_download(&ws.counts, &mut ws.host_stat_counts)?;
+        for (o, &c) in out.counts.iter_mut().zip(&ws.host_stat_counts) {
             *o = c as u64;
         }
-        for (o, &s) in out.score_sums.iter_mut().zip(&ws.host_sums) {
+        for (o, &s) in out.score_sums.iter_mut().zip(&ws.host_stat_sums) {
             *o = s.to_f64_lossy();
         }
         out.tokens = n as u64;

@@ -125,7 +125,7 @@ pub(crate) fn stage_out<'a, B: Backend + ?Sized, K: Kind<B>>(
     if b.is_host() {
         return K::host_mut(b, x)
             .map(Out::Host)
-            .ok_or(SimbalError::Backend {
+            .ok_or_else(|| SimbalError::Backend {
                 message: alloc::string::String::from(
                     "backend reports host buffers but lent no host slice",
                 ),

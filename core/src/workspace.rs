@@ -79,6 +79,10 @@ pub struct Workspace<B: Backend> {
     pub(crate) host_counts: Vec<u32>,
     pub(crate) host_sums: Vec<B::Elem>,
     pub(crate) host_coef: Vec<B::Elem>,
+    /// Statistics buffers (`E`), apart from the LBL's so mixing both allocates nothing.
+    pub(crate) stat_sums: B::Buf,
+    pub(crate) host_stat_sums: Vec<B::Elem>,
+    pub(crate) host_stat_counts: Vec<u32>,
     pub(crate) simbal: SimbalWorkspace<B>,
 }
 
@@ -110,6 +114,9 @@ impl<B: Backend> Workspace<B> {
             host_counts: vec![0; e],
             host_sums: vec![<B::Elem as num_traits::Zero>::zero(); e],
             host_coef: vec![<B::Elem as num_traits::Zero>::zero(); e],
+            stat_sums: backend.zeros(e)?,
+            host_stat_sums: vec![<B::Elem as num_traits::Zero>::zero(); e],
+            host_stat_counts: vec![0; e],
             simbal: SimbalWorkspace::new(backend, d.max(1), e)?,
         })
     }
