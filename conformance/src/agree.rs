@@ -103,7 +103,11 @@ fn tokens_path<B: Backend>(make: &dyn Fn() -> Option<B>, name: &str, with_backwa
         return;
     }
     let tol = B::Elem::CONFORMANCE_TOL;
-    run_prop(name, CASES, gen::case(gen::SMALL, LossSet::All), |case| {
+    let strategy = prop_oneof![
+        2 => gen::case(gen::SMALL, LossSet::All).boxed(),
+        1 => gen::hard_case(LossSet::All).boxed(),
+    ];
+    run_prop(name, CASES * 3 / 2, strategy, |case| {
         let data = data_in::<B::Elem>(&case);
         let (f64_fwd, f64_bwd) = on(Reference::<f64>::new(), &case, &data, |r, i| {
             run::step(r, &case, &data, i)
@@ -160,27 +164,26 @@ pub fn logits_path<B: Backend>(make: &dyn Fn() -> Option<B>) {
         return;
     }
     let tol = B::Elem::CONFORMANCE_TOL;
-    run_prop(
-        NAME,
-        CASES,
-        gen::case(gen::SMALL, LossSet::NoSimBal),
-        |case| {
-            let data = data_in::<B::Elem>(&case);
-            let go = |r: &mut Router<_>, i: &Inputs<_>| run::step_logits(r, &case, &data, i);
-            let (f64_fwd, f64_bwd) = on(Reference::<f64>::new(), &case, &data, |r, i| {
-                run::step_logits(r, &case, &data, i)
-            })?;
-            reject_near_tie(&case, &data, &f64_fwd, tol)?;
-            let (ref_fwd, ref_bwd) = on(Reference::<B::Elem>::new(), &case, &data, go)?;
-            let (got_fwd, got_bwd) = on(fresh(make), &case, &data, |r, i| {
-                run::step_logits(r, &case, &data, i)
-            })?;
-            forward_close("backend vs reference:", &got_fwd, &ref_fwd, tol)?;
-            forward_close("backend vs f64 reference:", &got_fwd, &f64_fwd, tol)?;
-            backward_close("backend vs reference:", &got_bwd, &ref_bwd, tol)?;
-            backward_close("backend vs f64 reference:", &got_bwd, &f64_bwd, tol)
-        },
-    );
+    let strategy = prop_oneof![
+        2 => gen::case(gen::SMALL, LossSet::NoSimBal).boxed(),
+        1 => gen::hard_case(LossSet::NoSimBal).boxed(),
+    ];
+    run_prop(NAME, CASES * 3 / 2, strategy, |case| {
+        let data = data_in::<B::Elem>(&case);
+        let go = |r: &mut Router<_>, i: &Inputs<_>| run::step_logits(r, &case, &data, i);
+        let (f64_fwd, f64_bwd) = on(Reference::<f64>::new(), &case, &data, |r, i| {
+            run::step_logits(r, &case, &data, i)
+        })?;
+        reject_near_tie(&case, &data, &f64_fwd, tol)?;
+        let (ref_fwd, ref_bwd) = on(Reference::<B::Elem>::new(), &case, &data, go)?;
+        let (got_fwd, got_bwd) = on(fresh(make), &case, &data, |r, i| {
+            run::step_logits(r, &case, &data, i)
+        })?;
+        forward_close("backend vs reference:", &got_fwd, &ref_fwd, tol)?;
+        forward_close("backend vs f64 reference:", &got_fwd, &f64_fwd, tol)?;
+        backward_close("backend vs reference:", &got_bwd, &ref_bwd, tol)?;
+        backward_close("backend vs f64 reference:", &got_bwd, &f64_bwd, tol)
+    });
 }
 
 /// `Router::stats` (counts, tokens and dropped exactly, score sums to tolerance),

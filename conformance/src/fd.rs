@@ -202,7 +202,11 @@ pub fn router_objective<B: Backend>(make: &dyn Fn() -> Option<B>) {
     }
     let p = params::<B::Elem>();
     let lim = Limits { n: 5, d: 4, e: 6 };
-    run_prop(NAME, p.cases, gen::case(lim, LossSet::All), |case| {
+    let strategy = prop_oneof![
+        2 => gen::case(lim, LossSet::All).boxed(),
+        1 => gen::hard_case(LossSet::All).boxed(),
+    ];
+    run_prop(NAME, p.cases * 3 / 2, strategy, |case| {
         let data = case.data();
         let x = rounded::<B::Elem>(&data.x);
         let r = rounded::<B::Elem>(&data.r);
@@ -229,22 +233,21 @@ pub fn logits_objective<B: Backend>(make: &dyn Fn() -> Option<B>) {
         return;
     }
     let p = params::<B::Elem>();
-    run_prop(
-        NAME,
-        p.cases,
-        gen::case(gen::SMALL, LossSet::NoSimBal),
-        |case| {
-            let data = case.data();
-            let z = rounded::<B::Elem>(&data.z);
-            let dw = rounded::<B::Elem>(&data.dw);
-            let mut router = Router::new(fresh(make), case.cfg).ctx("Router::new")?;
-            let base = eval_logits(&mut router, &case, &data, &z, &dw)?;
-            let dz = down(router.backend(), router.dz().ctx("dz")?).ctx("download dZ")?;
-            check_coords::<B::Elem>("Z", p, &z, &dz, &base, |zp| {
-                eval_logits(&mut router, &case, &data, zp, &dw)
-            })
-        },
-    );
+    let strategy = prop_oneof![
+        2 => gen::case(gen::SMALL, LossSet::NoSimBal).boxed(),
+        1 => gen::hard_case(LossSet::NoSimBal).boxed(),
+    ];
+    run_prop(NAME, p.cases * 3 / 2, strategy, |case| {
+        let data = case.data();
+        let z = rounded::<B::Elem>(&data.z);
+        let dw = rounded::<B::Elem>(&data.dw);
+        let mut router = Router::new(fresh(make), case.cfg).ctx("Router::new")?;
+        let base = eval_logits(&mut router, &case, &data, &z, &dw)?;
+        let dz = down(router.backend(), router.dz().ctx("dz")?).ctx("download dZ")?;
+        check_coords::<B::Elem>("Z", p, &z, &dz, &base, |zp| {
+            eval_logits(&mut router, &case, &data, zp, &dw)
+        })
+    });
 }
 
 /// `simbal_loss` alone, every norm and layout, `D < E` and `D >= E`, against central

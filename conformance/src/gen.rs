@@ -272,6 +272,69 @@ pub fn case(lim: Limits, set: LossSet) -> impl Strategy<Value = Case> {
     })
 }
 
+/// A case that always has the rarer features: a group limit that excludes groups, a tight
+/// capacity (factor 0.5 or 0.75, both policies, so assignments are dropped), SimBal L1 (the
+/// paper's loss, kinked at `G_ab = 0`), on `E` = 4 or 6 experts.
+pub fn hard_case(set: LossSet) -> impl Strategy<Value = Case> {
+    (2..=5usize, 1..=4usize, select(vec![4usize, 6]), 1..=2usize).prop_flat_map(
+        move |(n, d, e, k)| {
+            let groups: Vec<GroupLimit> = group_options(e, k)
+                .into_iter()
+                .flatten()
+                .filter(|g| g.top_groups < g.groups)
+                .collect();
+            (
+                (
+                    select(groups),
+                    score(),
+                    any::<bool>(),
+                    select(vec![1.0, 2.5]),
+                    layout(),
+                ),
+                (
+                    select(vec![0.5, 0.75]),
+                    prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)],
+                ),
+                losses(n, LossSet::NoSimBal),
+                (any::<bool>(), any::<u64>()),
+            )
+                .prop_map(
+                    move |(
+                        (g, score, renormalize, scale, layout),
+                        (factor, policy),
+                        losses,
+                        (bias, seed),
+                    )| {
+                        let simbal = (set == LossSet::All).then_some(SimBalConfig {
+                            lambda: 0.1,
+                            norm: SimBalNorm::L1,
+                        });
+                        Case {
+                            n,
+                            d,
+                            e,
+                            k,
+                            cfg: RouterConfig {
+                                experts: e,
+                                k,
+                                score,
+                                renormalize,
+                                scale,
+                                groups: Some(g),
+                                capacity: Some(Capacity { factor, policy }),
+                                layout,
+                                check_finite: true,
+                            },
+                            losses: LossConfig { simbal, ..losses },
+                            bias,
+                            seed,
+                        }
+                    },
+                )
+        },
+    )
+}
+
 /// A random `E x E`-sized weight case for SimBal: `(d, e, seed)`, `D < E` drawn often.
 pub fn weight_shape() -> impl Strategy<Value = (usize, usize, u64)> {
     (1..=7usize, 1..=7usize, any::<u64>())
