@@ -23,6 +23,7 @@ extern crate std;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod init;
 pub mod metrics;
 pub mod ops;
