@@ -14,12 +14,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod fastexp;
 mod gemm;
 mod select;
 
 use core::marker::PhantomData;
 use rayon::prelude::*;
-use simbal_core::config::{RouterConfig, SimBalConfig, WeightLayout};
+use simbal_core::config::{RouterConfig, ScoreFn, SimBalConfig, WeightLayout};
 use simbal_core::ops;
 use simbal_core::shape::{check_len, product};
 use simbal_core::{check_gemm, Backend, Gemm, LblCoef, Result, Scalar, SimbalError};
@@ -30,9 +31,50 @@ pub use faer::Par;
 pub trait FaerElem:
     Scalar + faer::traits::RealField + faer::traits::Conjugate<Canonical = Self> + sealed::Sealed
 {
+    /// Softmax of every row of width `e` of `z` into `p` (core's `softmax_row` per row; `f32`
+    /// uses a vectorised `exp`).
+    #[doc(hidden)]
+    fn softmax_rows(e: usize, z: &[Self], p: &mut [Self]) {
+        if e == 0 {
+            return;
+        }
+        for (zr, pr) in z.chunks_exact(e).zip(p.chunks_exact_mut(e)) {
+            ops::score::softmax_row(zr, pr);
+        }
+    }
+
+    /// Calls `f(row, lse(row))` for every row of width `e` of `z`, in order (core's
+    /// `logsumexp_row`; `f32` uses a vectorised `exp`).
+    #[doc(hidden)]
+    fn lse_rows(e: usize, z: &[Self], mut f: impl FnMut(usize, Self)) {
+        if e == 0 {
+            return;
+        }
+        for (i, zr) in z.chunks_exact(e).enumerate() {
+            f(i, ops::score::logsumexp_row(zr));
+        }
+    }
 }
-impl FaerElem for f32 {}
+impl FaerElem for f32 {
+    fn softmax_rows(e: usize, z: &[f32], p: &mut [f32]) {
+        if e > 0 {
+            fastexp::softmax_rows(e, z, p);
+        }
+    }
+    fn lse_rows(e: usize, z: &[f32], f: impl FnMut(usize, f32)) {
+        if e > 0 {
+            fastexp::lse_rows(e, z, f);
+        }
+    }
+}
 impl FaerElem for f64 {}
+
+/// `sum_t lse(Z_t)^2` over the rows of `z`, added in row order.
+fn lse_sq_sum<T: FaerElem>(e: usize, z: &[T]) -> T {
+    let mut s = T::zero();
+    T::lse_rows(e, z, |_, l| s += l * l);
+    s
+}
 
 mod sealed {
     pub trait Sealed {}
@@ -331,16 +373,37 @@ impl<T: FaerElem> Backend for Faer<T> {
         };
         check_indices(e, idx)?;
         // Block kernel on rows starting at `r0`; LBL coefficient rows follow the global row.
-        let block =
-            |r0: usize, z: &[T], p: &[T], i: &[u32], w: &[T], d: &[u32], g: &[T], dz: &mut [T]| {
-                let coef_row = |r: usize| {
-                    lbl.map(|(c, len)| {
-                        let grp = (r0 + r) / len;
-                        &c[grp * e..(grp + 1) * e]
-                    })
-                };
-                ops::router::router_backward_rows(cfg, z, p, i, w, d, g, coef_row, z_coef, dz);
+        let block = |r0: usize,
+                     z: &[T],
+                     p: &[T],
+                     i: &[u32],
+                     w: &[T],
+                     d: &[u32],
+                     g: &[T],
+                     dz: &mut [T]| {
+            let coef_row = |r: usize| {
+                lbl.map(|(c, len)| {
+                    let grp = (r0 + r) / len;
+                    &c[grp * e..(grp + 1) * e]
+                })
             };
+            if cfg.score == ScoreFn::Softmax && z_coef != T::zero() {
+                // Core's kernel without the z-loss term, then the term as core adds it
+                // (`dz += z_coef lse(z) p`, last), with the vectorised lse.
+                ops::router::router_backward_rows(cfg, z, p, i, w, d, g, coef_row, T::zero(), dz);
+                T::lse_rows(e, z, |r, l| {
+                    let c = z_coef * l;
+                    let rows = dz[r * e..(r + 1) * e]
+                        .iter_mut()
+                        .zip(&p[r * e..(r + 1) * e]);
+                    for (dv, &pv) in rows {
+                        *dv += c * pv;
+                    }
+                });
+            } else {
+                ops::router::router_backward_rows(cfg, z, p, i, w, d, g, coef_row, z_coef, dz);
+            }
+        };
         match self.row_block(n, e) {
             None => block(0, z, p, idx, gates, dropped, dw, dz),
             Some(rows) => (
@@ -418,10 +481,10 @@ impl<T: FaerElem> Backend for Faer<T> {
         if self.row_block(n, e).is_some() {
             z.par_chunks(chunk)
                 .zip(parts.par_iter_mut())
-                .for_each(|(zb, s)| *s = ops::zloss::lse_sq_sum(e, zb));
+                .for_each(|(zb, s)| *s = lse_sq_sum(e, zb));
         } else {
             for (zb, s) in z.chunks(chunk).zip(parts.iter_mut()) {
-                *s = ops::zloss::lse_sq_sum(e, zb);
+                *s = lse_sq_sum(e, zb);
             }
         }
         Ok(parts.iter().fold(T::zero(), |acc, &s| acc + s))

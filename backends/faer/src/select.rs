@@ -7,7 +7,8 @@
 //! order ("higher score first, then lower index"; NaN ranks as `-inf`) demands. The group-limited
 //! case and very large `k` use core's kernel unchanged.
 
-use simbal_core::config::RouterConfig;
+use crate::FaerElem;
+use simbal_core::config::{RouterConfig, ScoreFn};
 use simbal_core::ops::score::score_row;
 use simbal_core::ops::select::{gates_row, select_row};
 use simbal_core::Scalar;
@@ -25,7 +26,7 @@ fn ungrouped(cfg: &RouterConfig) -> bool {
 }
 
 /// Forward rows of a block: same contract and results as `simbal_core::ops::router::route_rows`.
-pub(crate) fn route_rows<T: Scalar>(
+pub(crate) fn route_rows<T: FaerElem>(
     cfg: &RouterConfig,
     z: &[T],
     bias: Option<&[T]>,
@@ -35,13 +36,19 @@ pub(crate) fn route_rows<T: Scalar>(
 ) {
     let (e, k) = (cfg.experts, cfg.k);
     let fast = ungrouped(cfg) && k <= MAX_FAST_K;
+    let softmax = cfg.score == ScoreFn::Softmax;
+    if softmax {
+        T::softmax_rows(e, z, p);
+    }
     for (((zr, pr), ir), wr) in z
         .chunks_exact(e)
         .zip(p.chunks_exact_mut(e))
         .zip(idx.chunks_exact_mut(k))
         .zip(gates.chunks_exact_mut(k))
     {
-        score_row(cfg.score, zr, pr);
+        if !softmax {
+            score_row(cfg.score, zr, pr);
+        }
         if fast {
             top_k_row(pr, bias, ir);
         } else {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, assert_close_scalar, normal};
+use common::{assert_close, assert_close_as, assert_close_scalar, normal};
 use simbal_core::{
     Backend, DropPolicy, LblConfig, LblLevel, LblNormalization, LossConfig, Reference, Router,
     RouterConfig, RoutingStats, Scalar, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
@@ -161,7 +161,7 @@ fn logits_path<T: FaerElem>() {
                 let (sf, sr) = (fa.stats().unwrap(), rf.stats().unwrap());
                 assert_eq!(sf.counts, sr.counts, "{what}: stats counts");
                 assert_eq!(sf.dropped, sr.dropped, "{what}: stats dropped");
-                assert_close(
+                assert_close_as::<T>(
                     &format!("{what}: score sums"),
                     &sf.score_sums,
                     &sr.score_sums,
@@ -232,10 +232,16 @@ fn non_finite_logits_select_like_reference() {
         for be in backends::<f32>() {
             let got = run(&be);
             assert_eq!(got.1, want.1, "{score:?}: indices");
+            // Scores and gates lie in [0, 1] (scale 1): NaN where the reference has NaN,
+            // otherwise within the SPEC's f32 tolerance (the vectorised exp is not bitwise
+            // the C library's).
+            let tol = <f32 as Scalar>::CONFORMANCE_TOL as f32;
             let same = |a: &[f32], b: &[f32]| {
-                a.iter()
-                    .zip(b)
-                    .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+                a.iter().zip(b).all(|(x, y)| {
+                    x.to_bits() == y.to_bits()
+                        || (x.is_nan() && y.is_nan())
+                        || (x.is_finite() && y.is_finite() && (x - y).abs() <= tol)
+                })
             };
             assert!(same(&got.0, &want.0), "{score:?}: scores");
             assert!(same(&got.2, &want.2), "{score:?}: gates");

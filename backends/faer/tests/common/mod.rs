@@ -44,3 +44,19 @@ pub fn assert_close_scalar<T: Scalar>(what: &str, got: T, want: T, floor: f64) {
         T::NAME
     );
 }
+
+/// Asserts `f64` statistics of a `T` computation match to `T::CONFORMANCE_TOL` relative to
+/// `want`'s scale (the statistics are exact sums of `T` values, so `T`'s tolerance applies).
+#[track_caller]
+pub fn assert_close_as<T: Scalar>(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let s = scale(want, f64::MIN_POSITIVE);
+    let tol = T::CONFORMANCE_TOL * s;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol,
+            "{what} [{}]: element {i}: got {g}, want {w} (scale {s}, tol {tol})",
+            T::NAME
+        );
+    }
+}
