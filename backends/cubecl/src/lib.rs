@@ -22,7 +22,10 @@
 //! let losses = router.backward(&x, &r, &dw, &LossConfig::simbal(), None).unwrap();
 //! # }
 //! ```
+#![warn(missing_docs)]
 
+// `#[cube]` generates undocumented expansion items next to each (documented) kernel function.
+#[allow(missing_docs)]
 pub mod kernels;
 
 use cubecl::prelude::*;
