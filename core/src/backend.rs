@@ -305,6 +305,31 @@ pub trait Backend {
         o.finish(self)
     }
 
+    /// LBL from per-group kept counts and score sums (`groups x E` each, groups as in
+    /// `scales`): writes the gradient coefficients `dL/dp_te` of each group into `coef` and
+    /// returns the loss value (see [`ops::lbl::lbl_value_and_coef`]).
+    fn lbl_coefficients(
+        &self,
+        cfg: &LblConfig,
+        e: usize,
+        scales: &ops::lbl::LblScales,
+        counts: &Self::IdxBuf,
+        sums: &Self::Buf,
+        coef: &mut Self::Buf,
+    ) -> Result<Self::Elem> {
+        let len = scales.groups.saturating_mul(e);
+        check_len("LBL group counts", len, self.idx_len(counts))?;
+        check_len("LBL group sums", len, self.len(sums))?;
+        check_len("LBL coefficients", len, self.len(coef))?;
+        let counts = stage_in::<_, Idxs>(self, counts)?;
+        let sums = stage_in::<_, Elems>(self, sums)?;
+        let mut c = stage_out::<_, Elems>(self, coef, false)?;
+        let v =
+            ops::lbl::lbl_value_and_coef(cfg, e, scales, |be| counts[be] as f64, &sums, c.slice());
+        c.finish(self)?;
+        Ok(v)
+    }
+
     /// `sum_t lse(z_t)^2` over the `n x e` logits.
     fn lse_sq_sum(&self, n: usize, e: usize, z: &Self::Buf) -> Result<Self::Elem> {
         check_len("logits", n.saturating_mul(e), self.len(z))?;

@@ -295,10 +295,9 @@ impl<B: Backend> Router<B> {
             let groups = n / group_len;
             ws.ensure_groups(b, groups)?;
             b.group_column_sums(n, e, group_len, &ws.p, &mut ws.group_sums)?;
-            b.download(&ws.group_sums, &mut ws.host_sums)?;
-            let scales;
             match lc.level {
                 LblLevel::GlobalBatch => {
+                    // The merged counts live on the host (they came through an all-reduce).
                     let g = global.ok_or(SimbalError::MissingGlobalStats)?;
                     if g.counts.len() != e {
                         return Err(SimbalError::StatsMismatch {
@@ -309,12 +308,13 @@ impl<B: Backend> Router<B> {
                     if g.tokens == 0 {
                         return Err(SimbalError::MissingGlobalStats);
                     }
-                    scales = LblScales {
+                    let scales = LblScales {
                         k,
                         count_tokens: g.tokens as f64,
                         score_tokens: n as f64,
                         groups: 1,
                     };
+                    b.download(&ws.group_sums, &mut ws.host_sums)?;
                     values.lbl = lbl_value_and_coef(
                         &lc,
                         e,
@@ -323,8 +323,10 @@ impl<B: Backend> Router<B> {
                         &ws.host_sums,
                         &mut ws.host_coef,
                     );
+                    b.write(&mut ws.lbl_coef, &ws.host_coef)?;
                 }
                 _ => {
+                    // Local counts: everything stays on the backend's side.
                     b.group_counts(
                         n,
                         k,
@@ -334,25 +336,22 @@ impl<B: Backend> Router<B> {
                         &ws.dropped,
                         &mut ws.group_counts,
                     )?;
-                    b.idx_download(&ws.group_counts, &mut ws.host_counts)?;
-                    scales = LblScales {
+                    let scales = LblScales {
                         k,
                         count_tokens: group_len as f64,
                         score_tokens: group_len as f64,
                         groups,
                     };
-                    let counts = &ws.host_counts;
-                    values.lbl = lbl_value_and_coef(
+                    values.lbl = b.lbl_coefficients(
                         &lc,
                         e,
                         &scales,
-                        |be| counts[be] as f64,
-                        &ws.host_sums,
-                        &mut ws.host_coef,
-                    );
+                        &ws.group_counts,
+                        &ws.group_sums,
+                        &mut ws.lbl_coef,
+                    )?;
                 }
             }
-            b.write(&mut ws.lbl_coef, &ws.host_coef)?;
             lbl_group = Some(group_len);
         }
         let mut z_coef = <B::Elem as num_traits::Zero>::zero();

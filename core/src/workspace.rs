@@ -76,7 +76,6 @@ pub struct Workspace<B: Backend> {
     pub(crate) group_sums: B::Buf,
     pub(crate) group_counts: B::IdxBuf,
     pub(crate) lbl_coef: B::Buf,
-    pub(crate) host_counts: Vec<u32>,
     pub(crate) host_sums: Vec<B::Elem>,
     pub(crate) host_coef: Vec<B::Elem>,
     /// Statistics buffers (`E`), apart from the LBL's so mixing both allocates nothing.
@@ -111,7 +110,6 @@ impl<B: Backend> Workspace<B> {
             group_sums: backend.zeros(e)?,
             group_counts: backend.idx_zeros(e)?,
             lbl_coef: backend.zeros(e)?,
-            host_counts: vec![0; e],
             host_sums: vec![<B::Elem as num_traits::Zero>::zero(); e],
             host_coef: vec![<B::Elem as num_traits::Zero>::zero(); e],
             stat_sums: backend.zeros(e)?,
@@ -133,7 +131,6 @@ impl<B: Backend> Workspace<B> {
             self.group_sums = backend.zeros(len)?;
             self.group_counts = backend.idx_zeros(len)?;
             self.lbl_coef = backend.zeros(len)?;
-            self.host_counts = vec![0; len];
             self.host_sums = vec![<B::Elem as num_traits::Zero>::zero(); len];
             self.host_coef = vec![<B::Elem as num_traits::Zero>::zero(); len];
             self.groups = groups;
