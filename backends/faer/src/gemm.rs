@@ -7,6 +7,7 @@
 
 use crate::FaerElem;
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 use simbal_core::Gemm;
 
@@ -41,13 +42,78 @@ pub(crate) fn gemm<T: FaerElem>(g: &Gemm, threads: usize, a: &[T], b: &[T], c: &
     } else {
         MatRef::from_row_major_slice(b, k, n)
     };
-    let dst = MatMut::from_row_major_slice_mut(c, m, n);
     let work = m.saturating_mul(n).saturating_mul(k);
     let blocks = threads
         .min(work / MIN_BLOCK_WORK)
         .min(m.max(n) / ALIGN)
         .max(1);
+    // A Gram matrix (`A^T A` or `A A^T` of one buffer, SimBal's `R^T R`) is symmetric: compute
+    // its lower triangle (half the work) and mirror it.
+    let gram = g.beta == 0.0
+        && m == n
+        && g.trans_a != g.trans_b
+        && a.len() == b.len()
+        && core::ptr::eq(a.as_ptr(), b.as_ptr());
+    if gram {
+        gram_lower(
+            MatMut::from_row_major_slice_mut(c, m, n),
+            lhs,
+            rhs,
+            T::of(g.alpha),
+            blocks,
+        );
+        for i in 0..m {
+            for j in i + 1..m {
+                c[i * m + j] = c[j * m + i];
+            }
+        }
+        return;
+    }
+    let dst = MatMut::from_row_major_slice_mut(c, m, n);
     split(dst, accum, lhs, rhs, T::of(g.alpha), blocks);
+}
+
+/// Lower triangle (diagonal included) of the square `lhs rhs`, on two blocks of equal work when
+/// `blocks > 1`: rows `[0, m1)` (a triangle) and rows `[m1, m)` (a rectangle and a triangle),
+/// `m1 ~ m / sqrt(2)`.
+fn gram_lower<T: FaerElem>(
+    dst: MatMut<'_, T>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    alpha: T,
+    blocks: usize,
+) {
+    let m = dst.nrows();
+    let lower = |dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>| {
+        triangular::matmul(
+            dst,
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            lhs,
+            BlockStructure::Rectangular,
+            rhs,
+            BlockStructure::Rectangular,
+            alpha,
+            Par::Seq,
+        )
+    };
+    let m1 = (m as f64 / core::f64::consts::SQRT_2) as usize;
+    if blocks <= 1 || m1 == 0 || m1 >= m {
+        lower(dst, lhs, rhs);
+        return;
+    }
+    let (top, bottom) = dst.split_at_row_mut(m1);
+    let top = top.subcols_mut(0, m1);
+    let (bl, br) = bottom.split_at_col_mut(m1);
+    let (lt, lb) = lhs.split_at_row(m1);
+    let (rl, rr) = rhs.split_at_col(m1);
+    rayon::join(
+        || lower(top, lt, rl),
+        || {
+            matmul(bl, Accum::Replace, lb, rl, alpha, Par::Seq);
+            lower(br, lb, rr);
+        },
+    );
 }
 
 /// Splits the output along its longer side into `blocks` nearly equal, aligned blocks.

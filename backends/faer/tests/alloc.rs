@@ -101,6 +101,24 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
     }
 }
 
+/// SimBal's Gram matrix `R^T R` (the symmetric path, split in two blocks under rayon) allocates
+/// nothing once warm.
+fn gram_allocates_nothing<T: FaerElem>(par: Par) {
+    let be = Faer::<T>::with_par(par);
+    let (d, e) = (1024, 256);
+    let r = vec![T::one(); d * e];
+    let mut c = vec![T::zero(); e * e];
+    let g = Gemm::new(e, e, d).ta();
+    be.gemm(&g, &r, &r, &mut c).unwrap();
+    let n = allocations(|| {
+        for _ in 0..3 {
+            be.gemm(&g, &r, &r, &mut c).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "Gram GEMM {} {par:?} allocated {n} times", T::NAME);
+    assert!(c.iter().all(|&v| v == T::of_usize(d)), "Gram of ones");
+}
+
 /// One sequential GEMM large enough for faer's packing kernel.
 fn warm_gemm<T: FaerElem>() {
     let be = Faer::<T>::with_par(Par::Seq);
@@ -125,6 +143,8 @@ fn repeated_steps_allocate_nothing() {
         for par in [Par::Seq, Par::rayon(4)] {
             steps_allocate_nothing::<f32>(par);
             steps_allocate_nothing::<f64>(par);
+            gram_allocates_nothing::<f32>(par);
+            gram_allocates_nothing::<f64>(par);
         }
     });
 }

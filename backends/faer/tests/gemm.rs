@@ -184,3 +184,42 @@ fn name_and_host_views() {
     assert_eq!(be.idx_host(&idx).unwrap(), &[0, 0, 7]);
     assert_eq!(<f64 as Scalar>::NAME, "f64");
 }
+
+/// Gram matrices of one buffer (`A^T A` and `A A^T`, the symmetric path: lower triangle and
+/// mirror, split in two blocks of equal work) against the reference, with alpha; exactly
+/// symmetric.
+fn check_gram<T: FaerElem>() {
+    let reference = Reference::<T>::new();
+    for &(e, d) in &[(1, 1), (5, 3), (37, 300), (256, 700), (300, 40)] {
+        let a = normal::<T>(e as u64 + 17, e * d, 1.0);
+        for (ta, alpha) in [(true, 1.0), (false, 1.0), (true, -0.5), (false, 2.0)] {
+            let mut g = Gemm::new(e, e, d).alpha(alpha);
+            // `ta`: A is `d x e` (A^T A); otherwise `e x d` (A A^T).
+            g.trans_a = ta;
+            g.trans_b = !ta;
+            let mut want = vec![T::zero(); e * e];
+            reference.gemm(&g, &a, &a, &mut want).unwrap();
+            for be in backends::<T>() {
+                let mut got = vec![T::one(); e * e];
+                be.gemm(&g, &a, &a, &mut got).unwrap();
+                let what = format!("gram {e}x{d} ta {ta} alpha {alpha} {:?}", be.par());
+                assert_close(&what, &got, &want);
+                for i in 0..e {
+                    for j in 0..i {
+                        assert_eq!(got[i * e + j], got[j * e + i], "{what}: symmetric");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gram_f32() {
+    check_gram::<f32>();
+}
+
+#[test]
+fn gram_f64() {
+    check_gram::<f64>();
+}
