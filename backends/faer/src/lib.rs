@@ -165,6 +165,8 @@ impl<T> Default for Faer<T> {
 
 /// Least elements a rayon task of a row kernel should get.
 const MIN_BLOCK_ELEMS: usize = 1 << 13;
+/// Least elements a finite check splits across threads.
+const SCAN_MIN_PAR: usize = 1 << 18;
 /// Fixed number of partial sums in reductions, so results do not depend on the thread count.
 const REDUCE_PARTS: usize = 64;
 
@@ -533,7 +535,14 @@ impl<T: FaerElem> Backend for Faer<T> {
     }
 
     fn check_finite(&self, what: &'static str, cols: usize, buf: &Vec<T>) -> Result<()> {
-        let bad = match self.row_block(buf.len(), 1) {
+        // A scan runs at memory speed: below SCAN_MIN_PAR elements a fork-join costs more
+        // than it saves.
+        let par = if buf.len() < SCAN_MIN_PAR {
+            None
+        } else {
+            self.row_block(buf.len(), 1)
+        };
+        let bad = match par {
             None => first_non_finite(buf, 0),
             Some(chunk) => buf
                 .par_chunks(chunk)
