@@ -4,7 +4,7 @@
 //! overrides every kernel the trait lets a backend override, so a router step keeps its buffers
 //! on the device. The host is reached only where the trait's signature returns a host value (a
 //! loss value, `max_abs`, a finiteness check: a few bytes each) and where the core's router
-//! itself downloads (the LBL statistics, `B x E`).
+//! itself downloads (the score sums of a global-batch LBL, whose merged counts are on the host).
 //!
 //! The kernels themselves, usable without the trait, are in [`kernels`].
 //!
@@ -29,14 +29,17 @@
 pub mod kernels;
 
 use cubecl::prelude::*;
-use simbal_core::config::{DropPolicy, ScoreFn, SimBalNorm, WeightLayout};
+use simbal_core::config::{DropPolicy, LblNormalization, ScoreFn, SimBalNorm, WeightLayout};
 use simbal_core::ops::gemm::Gemm;
+use simbal_core::ops::lbl::LblScales;
 use simbal_core::shape::check_len;
-use simbal_core::{check_gemm, Backend, LblCoef, Result, RouterConfig, SimBalConfig, SimbalError};
+use simbal_core::{
+    check_gemm, Backend, LblCoef, LblConfig, Result, RouterConfig, SimBalConfig, SimbalError,
+};
 
 pub use kernels::{DevBuf, KernelError};
 
-use kernels::{dispatch, gemm, reduce, router_backward, router_forward, simbal, util};
+use kernels::{dispatch, gemm, lbl, reduce, router_backward, router_forward, simbal, util};
 
 /// The cubecl backend on runtime `R` (f32).
 pub struct CubeclBackend<R: Runtime> {
@@ -379,6 +382,32 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         }
         dispatch::histogram(&self.client, e, group_len * k, idx, Some(dropped), out)
             .map_err(map_err)
+    }
+
+    fn lbl_coefficients(
+        &self,
+        cfg: &LblConfig,
+        e: usize,
+        scales: &LblScales,
+        counts: &DevBuf<u32>,
+        sums: &DevBuf<f32>,
+        coef: &mut DevBuf<f32>,
+    ) -> Result<f32> {
+        let len = scales.groups.saturating_mul(e);
+        check_len("LBL group counts", len, counts.len)?;
+        check_len("LBL group sums", len, sums.len)?;
+        check_len("LBL coefficients", len, coef.len)?;
+        // As `ops::lbl::lbl_value_and_coef`: the scale in f64, rounded once to f32.
+        let mut ae = cfg.alpha * e as f64;
+        if cfg.normalization == LblNormalization::HuggingFace {
+            ae *= scales.k as f64;
+        }
+        let c_scale = ae
+            / (scales.k as f64 * scales.count_tokens * scales.score_tokens * scales.groups as f64);
+        let out = DevBuf::<f32>::empty(&self.client, 1);
+        lbl::lbl_coefficients(&self.client, c_scale as f32, counts, sums, coef, &out, 0)
+            .map_err(map_err)?;
+        Ok(out.read(&self.client).map_err(map_err)?[0])
     }
 
     fn lse_sq_sum(&self, n: usize, e: usize, z: &DevBuf<f32>) -> Result<f32> {

@@ -19,6 +19,7 @@ use cubecl::server::Handle;
 
 pub mod dispatch;
 pub mod gemm;
+pub mod lbl;
 pub mod reduce;
 pub mod router_backward;
 pub mod router_forward;
