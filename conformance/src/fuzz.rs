@@ -636,11 +636,19 @@ pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
             ),
             prop_oneof![Just(WeightLayout::DxE), Just(WeightLayout::ExD)],
             pool(),
+            (coef(), any::<bool>(), 0..=4usize),
         )
     });
     run_prop(NAME, CASES, strategy, |input| {
-        let ((n, d, e), cfg, (gm, gn, ta, tb, beta), (group_len, lambda, norm), layout, pool) =
-            &input;
+        let (
+            (n, d, e),
+            cfg,
+            (gm, gn, ta, tb, beta),
+            (group_len, lambda, norm),
+            layout,
+            pool,
+            (alpha, hf, score_tokens),
+        ) = &input;
         let (n, d, e, k, gl) = (*n, *d, *e, cfg.k, *group_len);
         let f = Filler::new(pool);
         let ub = |v: Vec<f64>| up(&b, &v).ctx("upload");
@@ -742,6 +750,29 @@ pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let mut gc = ui(f.idx(mul(n / gl.max(1), e), 3))?;
         guard("group_counts", &input, || {
             b.group_counts(n, k, e, gl, &idx, &dropped, &mut gc)
+        })?
+        .ok();
+        // lbl_coefficients (groups as the group counts above; `k = 0`, zero tokens, overflowing
+        // `groups x E` included).
+        let lcfg = LblConfig {
+            alpha: *alpha,
+            level: LblLevel::MicroBatch,
+            normalization: if *hf {
+                LblNormalization::HuggingFace
+            } else {
+                LblNormalization::Switch
+            },
+        };
+        let scales = simbal_core::ops::lbl::LblScales {
+            k,
+            count_tokens: gl as f64,
+            score_tokens: *score_tokens as f64,
+            groups: n / gl.max(1),
+        };
+        let lsums = ub(f.vals(mul(n / gl.max(1), e)))?;
+        let mut lcoef = ub(f.vals(mul(n / gl.max(1), e)))?;
+        guard("lbl_coefficients", &input, || {
+            b.lbl_coefficients(&lcfg, e, &scales, &gc, &lsums, &mut lcoef)
         })?
         .ok();
         guard("lse_sq_sum", &input, || b.lse_sq_sum(n, e, &z))?.ok();

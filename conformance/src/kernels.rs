@@ -7,11 +7,12 @@ use crate::util::*;
 use proptest::prelude::*;
 use proptest::sample::select;
 use simbal_core::config::RouterConfig;
+use simbal_core::ops::lbl::LblScales;
 use simbal_core::ops::score::score_row;
 use simbal_core::ops::select::gates_row;
 use simbal_core::{
-    Backend, DropPolicy, Gemm, LblCoef, Reference, Rng, Scalar, SimBalConfig, SimbalError,
-    WeightLayout,
+    Backend, DropPolicy, Gemm, LblCoef, LblConfig, LblLevel, LblNormalization, Reference, Rng,
+    Scalar, SimBalConfig, SimbalError, WeightLayout,
 };
 
 /// Number of cases of each kernel property.
@@ -361,6 +362,75 @@ pub fn group_reductions<B: Backend>(make: &dyn Fn() -> Option<B>) {
         same("group_counts vs reference", &got, &want)?;
         same("group_counts vs f64 reference", &got, &want64)
     });
+}
+
+fn lbl_run<C: Backend>(
+    c: &C,
+    cfg: &LblConfig,
+    e: usize,
+    s: &LblScales,
+    counts: &[u32],
+    sums: &[f64],
+) -> R<(f64, Vec<f64>)> {
+    let cb = c.idx_upload(counts)?;
+    let sb = up(c, sums)?;
+    let mut coef = up(c, &vec![f64::NAN; counts.len()])?;
+    let value = c.lbl_coefficients(cfg, e, s, &cb, &sb, &mut coef)?;
+    Ok((value.to_f64_lossy(), down(c, &coef)?))
+}
+
+/// `lbl_coefficients`: random kept counts (`0..=k T_f` per group and expert) and score sums
+/// (`[0, T_p)`) of 1 to 4 groups, both normalisations; the count and score token numbers equal
+/// (micro-batch, sequence) or not (global-batch style).
+pub fn lbl_coefficients<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const NAME: &str = "kernels::lbl_coefficients";
+    let Some(b) = acquire(make, NAME) else { return };
+    let tol = B::Elem::CONFORMANCE_TOL;
+    let strategy = (
+        (1..=4usize, 1..=8usize, 1..=8usize),
+        1..=12usize,
+        prop::option::of(1..=64usize),
+        prop_oneof![
+            Just(LblNormalization::Switch),
+            Just(LblNormalization::HuggingFace)
+        ],
+        select(vec![0.01, 0.5, 1.0]),
+        any::<u64>(),
+    );
+    run_prop(
+        NAME,
+        CASES,
+        strategy,
+        |((groups, e, k), tokens, count_tokens, normalization, alpha, seed)| {
+            let k = k.min(e);
+            let tf = count_tokens.unwrap_or(tokens);
+            let s = LblScales {
+                k,
+                count_tokens: tf as f64,
+                score_tokens: tokens as f64,
+                groups,
+            };
+            let cfg = LblConfig {
+                alpha,
+                level: LblLevel::MicroBatch,
+                normalization,
+            };
+            let mut rng = Rng::new(seed);
+            let counts: Vec<u32> = (0..groups * e)
+                .map(|_| rng.below(k * tf + 1) as u32)
+                .collect();
+            let sums: Vec<f64> = (0..groups * e)
+                .map(|_| rng.uniform() * tokens as f64)
+                .collect();
+            let sums = rounded::<B::Elem>(&sums);
+            let (got, want, want64) = three!(&b, lbl_run(&cfg, e, &s, &counts, &sums));
+            for (tag, w) in [("reference", &want), ("f64 reference", &want64)] {
+                close1(&format!("LBL value vs {tag}"), got.0, w.0, tol)?;
+                close(&format!("LBL coefficients vs {tag}"), &got.1, &w.1, tol)?;
+            }
+            Ok(())
+        },
+    );
 }
 
 fn lse_run<C: Backend>(c: &C, n: usize, e: usize, z: &[f64]) -> R<f64> {

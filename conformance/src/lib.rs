@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
                 kernel_dispatch => kernels::dispatch,
                 kernel_router_backward_rows => kernels::router_backward_rows,
                 kernel_group_reductions => kernels::group_reductions,
+                kernel_lbl_coefficients => kernels::lbl_coefficients,
                 kernel_lse_sq_sum => kernels::lse_sq_sum,
                 kernel_simbal_residual => kernels::simbal_residual,
                 kernel_column_normalisation => kernels::column_normalisation,

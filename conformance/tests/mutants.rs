@@ -3,7 +3,8 @@
 
 use simbal_conformance::{agree, errors, fd, invariants, kernels};
 use simbal_core::config::{RouterConfig, SimBalConfig, WeightLayout};
-use simbal_core::{Backend, Gemm, LblCoef, Reference, Result, Scalar};
+use simbal_core::ops::lbl::LblScales;
+use simbal_core::{Backend, Gemm, LblCoef, LblConfig, LblNormalization, Reference, Result, Scalar};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +29,8 @@ enum Bug {
     Entropy,
     /// Column norms off by a relative 1e-3.
     Norms,
+    /// LBL coefficients always under the Switch normalisation (HuggingFace's factor `k` lost).
+    LblSwitchOnly,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +186,21 @@ impl<T: Scalar> Backend for Mutant<T> {
         }
         Ok(())
     }
+    fn lbl_coefficients(
+        &self,
+        cfg: &LblConfig,
+        e: usize,
+        scales: &LblScales,
+        counts: &Vec<u32>,
+        sums: &Vec<T>,
+        coef: &mut Vec<T>,
+    ) -> Result<T> {
+        let mut cfg = *cfg;
+        if self.bug == Bug::LblSwitchOnly {
+            cfg.normalization = LblNormalization::Switch;
+        }
+        self.r.lbl_coefficients(&cfg, e, scales, counts, sums, coef)
+    }
     fn simbal_residual(&self, cfg: &SimBalConfig, e: usize, gram: &mut Vec<T>) -> Result<T> {
         let l = self.r.simbal_residual(cfg, e, gram)?;
         if self.bug == Bug::SimbalScale {
@@ -323,6 +341,17 @@ fn lbl_bug_is_caught() {
             ("agree::backward", agree::backward),
             ("kernels::group_reductions", kernels::group_reductions),
             ("agree::stats_and_metrics", agree::stats_and_metrics),
+        ],
+    );
+}
+
+#[test]
+fn lbl_normalisation_bug_is_caught() {
+    must_fail(
+        Bug::LblSwitchOnly,
+        &[
+            ("kernels::lbl_coefficients", kernels::lbl_coefficients),
+            ("agree::backward", agree::backward),
         ],
     );
 }
