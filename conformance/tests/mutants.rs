@@ -46,51 +46,7 @@ impl<T: Scalar> Backend for Mutant<T> {
     fn name(&self) -> String {
         format!("mutant-{:?}", self.bug)
     }
-    fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        self.r.zeros(len)
-    }
-    fn upload(&self, host: &[T]) -> Result<Vec<T>> {
-        self.r.upload(host)
-    }
-    fn download(&self, buf: &Vec<T>, host: &mut [T]) -> Result<()> {
-        self.r.download(buf, host)
-    }
-    fn write(&self, buf: &mut Vec<T>, host: &[T]) -> Result<()> {
-        self.r.write(buf, host)
-    }
-    fn len(&self, buf: &Vec<T>) -> usize {
-        buf.len()
-    }
-    fn idx_zeros(&self, len: usize) -> Result<Vec<u32>> {
-        self.r.idx_zeros(len)
-    }
-    fn idx_upload(&self, host: &[u32]) -> Result<Vec<u32>> {
-        self.r.idx_upload(host)
-    }
-    fn idx_download(&self, buf: &Vec<u32>, host: &mut [u32]) -> Result<()> {
-        self.r.idx_download(buf, host)
-    }
-    fn idx_write(&self, buf: &mut Vec<u32>, host: &[u32]) -> Result<()> {
-        self.r.idx_write(buf, host)
-    }
-    fn idx_len(&self, buf: &Vec<u32>) -> usize {
-        buf.len()
-    }
-    fn is_host(&self) -> bool {
-        true
-    }
-    fn host<'a>(&self, buf: &'a Vec<T>) -> Option<&'a [T]> {
-        Some(buf)
-    }
-    fn host_mut<'a>(&self, buf: &'a mut Vec<T>) -> Option<&'a mut [T]> {
-        Some(buf)
-    }
-    fn idx_host<'a>(&self, buf: &'a Vec<u32>) -> Option<&'a [u32]> {
-        Some(buf)
-    }
-    fn idx_host_mut<'a>(&self, buf: &'a mut Vec<u32>) -> Option<&'a mut [u32]> {
-        Some(buf)
-    }
+    simbal_core::host_vec_memory!(T);
     fn gemm(&self, g: &Gemm, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>) -> Result<()> {
         let mut g = *g;
         if self.bug == Bug::Gemm {

@@ -215,59 +215,7 @@ impl<T: FaerElem> Backend for Faer<T> {
     fn name(&self) -> String {
         format!("faer-{}", T::NAME)
     }
-    fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::zero(); len])
-    }
-    fn upload(&self, host: &[T]) -> Result<Vec<T>> {
-        Ok(host.to_vec())
-    }
-    fn download(&self, buf: &Vec<T>, host: &mut [T]) -> Result<()> {
-        check_len("download target", buf.len(), host.len())?;
-        host.copy_from_slice(buf);
-        Ok(())
-    }
-    fn write(&self, buf: &mut Vec<T>, host: &[T]) -> Result<()> {
-        check_len("write source", buf.len(), host.len())?;
-        buf.copy_from_slice(host);
-        Ok(())
-    }
-    fn len(&self, buf: &Vec<T>) -> usize {
-        buf.len()
-    }
-    fn idx_zeros(&self, len: usize) -> Result<Vec<u32>> {
-        Ok(vec![0; len])
-    }
-    fn idx_upload(&self, host: &[u32]) -> Result<Vec<u32>> {
-        Ok(host.to_vec())
-    }
-    fn idx_download(&self, buf: &Vec<u32>, host: &mut [u32]) -> Result<()> {
-        check_len("download target", buf.len(), host.len())?;
-        host.copy_from_slice(buf);
-        Ok(())
-    }
-    fn idx_write(&self, buf: &mut Vec<u32>, host: &[u32]) -> Result<()> {
-        check_len("write source", buf.len(), host.len())?;
-        buf.copy_from_slice(host);
-        Ok(())
-    }
-    fn idx_len(&self, buf: &Vec<u32>) -> usize {
-        buf.len()
-    }
-    fn is_host(&self) -> bool {
-        true
-    }
-    fn host<'a>(&self, buf: &'a Vec<T>) -> Option<&'a [T]> {
-        Some(buf)
-    }
-    fn host_mut<'a>(&self, buf: &'a mut Vec<T>) -> Option<&'a mut [T]> {
-        Some(buf)
-    }
-    fn idx_host<'a>(&self, buf: &'a Vec<u32>) -> Option<&'a [u32]> {
-        Some(buf)
-    }
-    fn idx_host_mut<'a>(&self, buf: &'a mut Vec<u32>) -> Option<&'a mut [u32]> {
-        Some(buf)
-    }
+    simbal_core::host_vec_memory!(T);
 
     fn gemm(&self, g: &Gemm, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>) -> Result<()> {
         // Overflow-safe sizes first: `Gemm::lens` multiplies without checks.
