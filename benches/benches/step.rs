@@ -2,8 +2,11 @@
 //! floor, for every backend that runs here. Throughput is reported in FLOPs (GFLOP/s).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use cubecl::wgpu::WgpuRuntime;
 use simbal_benches::*;
 use simbal_core::{Backend, Reference, SimbalWorkspace};
+use simbal_cubecl::CubeclBackend;
+use simbal_dfdx::Dfdx;
 use simbal_faer::Faer;
 use std::time::Duration;
 
@@ -61,6 +64,8 @@ fn bench_simbal<B: Backend>(
 fn benches(c: &mut Criterion) {
     bench_backend(c, "faer-f32", Faer::<f32>::new(), &STEP_SHAPES);
     bench_simbal(c, "faer-f32", &Faer::<f32>::new(), &SIMBAL_SHAPES);
+    bench_backend(c, "dfdx-f32", Dfdx::<f32>::cpu(), &STEP_SHAPES);
+    bench_simbal(c, "dfdx-f32", &Dfdx::<f32>::cpu(), &SIMBAL_SHAPES);
     // The scalar reference is only timed on the two small shapes (it is a triple loop).
     bench_backend(
         c,
@@ -74,6 +79,15 @@ fn benches(c: &mut Criterion) {
         &Reference::<f32>::new(),
         &SIMBAL_SHAPES[..2],
     );
+    // wgpu runs wherever an adapter exists; on a machine without a GPU that is lavapipe, a CPU
+    // emulation of Vulkan, so only the two small shapes are timed there.
+    match CubeclBackend::<WgpuRuntime>::try_new(&Default::default()) {
+        Some(gpu) => {
+            bench_backend(c, "cubecl-wgpu-f32", gpu.clone(), &STEP_SHAPES[..2]);
+            bench_simbal(c, "cubecl-wgpu-f32", &gpu, &SIMBAL_SHAPES[..2]);
+        }
+        None => eprintln!("cubecl-wgpu: no wgpu adapter found; its benchmarks are skipped"),
+    }
 }
 
 criterion_group!(step, benches);
