@@ -13,6 +13,7 @@
 //! Every method validates the lengths of its buffers and returns a typed error instead of
 //! panicking.
 
+use crate::checks;
 use crate::config::{LblConfig, RouterConfig, SimBalConfig, WeightLayout};
 use crate::error::Result;
 use crate::ops::{self, gemm::Gemm};
@@ -106,15 +107,15 @@ pub trait Backend {
         idx: &mut Self::IdxBuf,
         gates: &mut Self::Buf,
     ) -> Result<()> {
-        cfg.validate()?;
-        let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n.saturating_mul(e), self.len(z))?;
-        check_len("scores", n.saturating_mul(e), self.len(p))?;
-        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
-        check_len("gates", n.saturating_mul(k), self.len(gates))?;
-        if let Some(b) = bias {
-            check_len("selection bias", e, self.len(b))?;
-        }
+        checks::route_rows(
+            cfg,
+            n,
+            self.len(z),
+            bias.map(|b| self.len(b)),
+            self.len(p),
+            self.idx_len(idx),
+            self.len(gates),
+        )?;
         let z = stage_in::<_, Elems>(self, z)?;
         let bias = match bias {
             Some(b) => Some(stage_in::<_, Elems>(self, b)?),
@@ -148,24 +149,18 @@ pub trait Backend {
         order: &mut Self::IdxBuf,
         offsets: &mut Self::IdxBuf,
     ) -> Result<()> {
-        cfg.validate()?;
-        let (e, k) = (cfg.experts, cfg.k);
-        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
-        check_len("gates", n.saturating_mul(k), self.len(gates))?;
-        check_len("dropped flags", n.saturating_mul(k), self.idx_len(dropped))?;
-        check_len("counts", e, self.idx_len(counts))?;
-        check_len("dispatch order", n.saturating_mul(k), self.idx_len(order))?;
-        check_len(
-            "dispatch offsets",
-            e.saturating_add(1),
+        checks::dispatch(
+            cfg,
+            n,
+            self.idx_len(idx),
+            self.len(gates),
+            self.idx_len(dropped),
+            self.idx_len(counts),
+            self.idx_len(order),
             self.idx_len(offsets),
         )?;
         let idx = stage_in::<_, Idxs>(self, idx)?;
-        if idx.iter().any(|&i| i as usize >= e) {
-            return Err(crate::SimbalError::Backend {
-                message: String::from("an expert index is out of range"),
-            });
-        }
+        checks::expert_indices(cfg.experts, &idx)?;
         let mut gates = stage_out::<_, Elems>(self, gates, true)?;
         let mut dropped = stage_out::<_, Idxs>(self, dropped, false)?;
         let mut counts = stage_out::<_, Idxs>(self, counts, false)?;
@@ -204,33 +199,25 @@ pub trait Backend {
         z_coef: Self::Elem,
         dz: &mut Self::Buf,
     ) -> Result<()> {
-        cfg.validate()?;
-        let (e, k) = (cfg.experts, cfg.k);
-        check_len("logits", n.saturating_mul(e), self.len(z))?;
-        check_len("scores", n.saturating_mul(e), self.len(p))?;
-        check_len("indices", n.saturating_mul(k), self.idx_len(idx))?;
-        check_len("gates", n.saturating_mul(k), self.len(gates))?;
-        check_len("dropped flags", n.saturating_mul(k), self.idx_len(dropped))?;
-        check_len("gate gradient", n.saturating_mul(k), self.len(dw))?;
-        check_len("logit gradient", n.saturating_mul(e), self.len(dz))?;
+        checks::router_backward_rows(
+            cfg,
+            n,
+            self.len(z),
+            self.len(p),
+            self.idx_len(idx),
+            self.len(gates),
+            self.idx_len(dropped),
+            self.len(dw),
+            lbl.as_ref().map(|l| (l.group_len, self.len(l.coef))),
+            self.len(dz),
+        )?;
+        let e = cfg.experts;
         let lbl = match lbl {
-            Some(l) => {
-                crate::config::check_seq_len(l.group_len, n)?;
-                check_len(
-                    "LBL coefficients",
-                    (n / l.group_len).saturating_mul(e),
-                    self.len(l.coef),
-                )?;
-                Some((stage_in::<_, Elems>(self, l.coef)?, l.group_len))
-            }
+            Some(l) => Some((stage_in::<_, Elems>(self, l.coef)?, l.group_len)),
             None => None,
         };
         let idx = stage_in::<_, Idxs>(self, idx)?;
-        if idx.iter().any(|&i| i as usize >= e) {
-            return Err(crate::SimbalError::Backend {
-                message: String::from("an expert index is out of range"),
-            });
-        }
+        checks::expert_indices(e, &idx)?;
         let z = stage_in::<_, Elems>(self, z)?;
         let p = stage_in::<_, Elems>(self, p)?;
         let gates = stage_in::<_, Elems>(self, gates)?;

@@ -21,6 +21,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod backend;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod host;
