@@ -21,9 +21,9 @@ mod select;
 use core::marker::PhantomData;
 use rayon::prelude::*;
 use simbal_core::config::{RouterConfig, ScoreFn, SimBalConfig, WeightLayout};
-use simbal_core::ops;
 use simbal_core::shape::{check_len, product};
 use simbal_core::{check_gemm, Backend, Gemm, LblCoef, Result, Scalar, SimbalError};
+use simbal_core::{checks, ops};
 
 pub use faer::Par;
 
@@ -170,18 +170,6 @@ const SCAN_MIN_PAR: usize = 1 << 18;
 /// Fixed number of partial sums in reductions, so results do not depend on the thread count.
 const REDUCE_PARTS: usize = 64;
 
-/// `n` must be a whole number of groups of `group_len` (core's check, same error).
-fn check_group_len(group_len: usize, n: usize) -> Result<()> {
-    if group_len == 0 || n % group_len != 0 {
-        Err(SimbalError::SequenceLength {
-            seq_len: group_len,
-            tokens: n,
-        })
-    } else {
-        Ok(())
-    }
-}
-
 /// Position (plus `offset`) of the first non-finite value of `x`. Scans blocks without
 /// branching on each element, so the common all-finite case runs at memory speed.
 fn first_non_finite<T: Scalar>(x: &[T], offset: usize) -> Option<usize> {
@@ -194,17 +182,6 @@ fn first_non_finite<T: Scalar>(x: &[T], offset: usize) -> Option<usize> {
         }
     }
     None
-}
-
-/// An expert index `>= e` is refused (core's check, same error).
-fn check_indices(e: usize, idx: &[u32]) -> Result<()> {
-    if idx.iter().any(|&i| i as usize >= e) {
-        Err(SimbalError::Backend {
-            message: String::from("an expert index is out of range"),
-        })
-    } else {
-        Ok(())
-    }
 }
 
 impl<T: FaerElem> Backend for Faer<T> {
@@ -237,17 +214,16 @@ impl<T: FaerElem> Backend for Faer<T> {
         idx: &mut Vec<u32>,
         gates: &mut Vec<T>,
     ) -> Result<()> {
-        cfg.validate()?;
+        checks::route_rows(
+            cfg,
+            n,
+            z.len(),
+            bias.map(|b| b.len()),
+            p.len(),
+            idx.len(),
+            gates.len(),
+        )?;
         let (e, k) = (cfg.experts, cfg.k);
-        let ne = product("logits", n, e)?;
-        let nk = product("indices", n, k)?;
-        check_len("logits", ne, z.len())?;
-        check_len("scores", ne, p.len())?;
-        check_len("indices", nk, idx.len())?;
-        check_len("gates", nk, gates.len())?;
-        if let Some(b) = bias {
-            check_len("selection bias", e, b.len())?;
-        }
         let bias = bias.map(|b| b.as_slice());
         match self.row_block(n, e) {
             None => select::route_rows(cfg, z, bias, p, idx, gates),
@@ -274,16 +250,17 @@ impl<T: FaerElem> Backend for Faer<T> {
         order: &mut Vec<u32>,
         offsets: &mut Vec<u32>,
     ) -> Result<()> {
-        cfg.validate()?;
-        let (e, k) = (cfg.experts, cfg.k);
-        let nk = product("indices", n, k)?;
-        check_len("indices", nk, idx.len())?;
-        check_len("gates", nk, gates.len())?;
-        check_len("dropped flags", nk, dropped.len())?;
-        check_len("counts", e, counts.len())?;
-        check_len("dispatch order", nk, order.len())?;
-        check_len("dispatch offsets", e + 1, offsets.len())?;
-        check_indices(e, idx)?;
+        checks::dispatch(
+            cfg,
+            n,
+            idx.len(),
+            gates.len(),
+            dropped.len(),
+            counts.len(),
+            order.len(),
+            offsets.len(),
+        )?;
+        checks::expert_indices(cfg.experts, idx)?;
         ops::router::dispatch(cfg, n, idx, gates, dropped, counts, order, offsets);
         Ok(())
     }
@@ -302,26 +279,21 @@ impl<T: FaerElem> Backend for Faer<T> {
         z_coef: T,
         dz: &mut Vec<T>,
     ) -> Result<()> {
-        cfg.validate()?;
+        checks::router_backward_rows(
+            cfg,
+            n,
+            z.len(),
+            p.len(),
+            idx.len(),
+            gates.len(),
+            dropped.len(),
+            dw.len(),
+            lbl.as_ref().map(|l| (l.group_len, l.coef.len())),
+            dz.len(),
+        )?;
         let (e, k) = (cfg.experts, cfg.k);
-        let ne = product("logits", n, e)?;
-        let nk = product("indices", n, k)?;
-        check_len("logits", ne, z.len())?;
-        check_len("scores", ne, p.len())?;
-        check_len("indices", nk, idx.len())?;
-        check_len("gates", nk, gates.len())?;
-        check_len("dropped flags", nk, dropped.len())?;
-        check_len("gate gradient", nk, dw.len())?;
-        check_len("logit gradient", ne, dz.len())?;
-        let lbl = match lbl {
-            Some(l) => {
-                check_group_len(l.group_len, n)?;
-                check_len("LBL coefficients", (n / l.group_len) * e, l.coef.len())?;
-                Some((l.coef.as_slice(), l.group_len))
-            }
-            None => None,
-        };
-        check_indices(e, idx)?;
+        let lbl = lbl.map(|l| (l.coef.as_slice(), l.group_len));
+        checks::expert_indices(e, idx)?;
         // Block kernel on rows starting at `r0`; LBL coefficient rows follow the global row.
         let block = |r0: usize,
                      z: &[T],
@@ -380,7 +352,7 @@ impl<T: FaerElem> Backend for Faer<T> {
         a: &Vec<T>,
         out: &mut Vec<T>,
     ) -> Result<()> {
-        check_group_len(group_len, n)?;
+        checks::group(group_len, n)?;
         check_len("matrix", product("matrix", n, cols)?, a.len())?;
         check_len("group sums", (n / group_len) * cols, out.len())?;
         let groups = n / group_len;
@@ -405,7 +377,7 @@ impl<T: FaerElem> Backend for Faer<T> {
         dropped: &Vec<u32>,
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        check_group_len(group_len, n)?;
+        checks::group(group_len, n)?;
         let nk = product("indices", n, k)?;
         check_len("indices", nk, idx.len())?;
         check_len("dropped flags", nk, dropped.len())?;
