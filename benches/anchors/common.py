@@ -85,6 +85,12 @@ def parse_args(default_impl_out):
     )
     p.add_argument("--ops", default="step,forward,simbal", help="subset of ops to run (default all)")
     p.add_argument("--out", default=default_impl_out, help="output JSON file")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch only: device to run on (cpu or cuda; default cpu). JAX picks its platform "
+        "from JAX_PLATFORMS (default cpu here).",
+    )
     p.add_argument("--check", action="store_true", help="print loss and dX/dR norms for a tiny shape and exit")
     a = p.parse_args()
     if a.threads < 1:

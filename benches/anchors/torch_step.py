@@ -48,29 +48,42 @@ def grads(x, r, dw, k, eye):
     return loss, dx, dr
 
 
+# Set by main() from --device. On CUDA every timed call ends with a synchronisation, so the
+# timer measures the work and not only the kernel launches.
+DEVICE = torch.device("cpu")
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_router_ops(x_np, r_np, dw_np, k):
-    x = torch.from_numpy(x_np).requires_grad_(True)
-    r = torch.from_numpy(r_np).requires_grad_(True)
-    dw = torch.from_numpy(dw_np)
-    eye = torch.eye(r.shape[1], dtype=r.dtype)
+    x = torch.from_numpy(x_np).to(DEVICE).requires_grad_(True)
+    r = torch.from_numpy(r_np).to(DEVICE).requires_grad_(True)
+    dw = torch.from_numpy(dw_np).to(DEVICE)
+    eye = torch.eye(r.shape[1], dtype=r.dtype, device=DEVICE)
 
     def step():
         grads(x, r, dw, k, eye)
+        _sync()
 
     def forward():
         with torch.inference_mode():
             router_forward(x, r, k)
+        _sync()
 
     return {"step": step, "forward": forward}
 
 
 def make_simbal_op(r_np):
-    r = torch.from_numpy(r_np).requires_grad_(True)
-    eye = torch.eye(r.shape[1], dtype=r.dtype)
+    r = torch.from_numpy(r_np).to(DEVICE).requires_grad_(True)
+    eye = torch.eye(r.shape[1], dtype=r.dtype, device=DEVICE)
 
     def op():
         loss = simbal(r, eye)
         torch.autograd.grad(loss, r)
+        _sync()
 
     return op
 
@@ -87,8 +100,12 @@ def check_grads(shape=common.CHECK_SHAPE, dtype=torch.float32):
 
 
 def main():
+    global DEVICE, IMPL
     args = common.parse_args("target/compare/torch.json")
     torch.set_num_threads(args.threads)
+    DEVICE = torch.device(args.device)
+    if DEVICE.type != "cpu":
+        IMPL = f"{IMPL}-{DEVICE.type}"
     if args.check:
         loss, dx, dr = check_grads()
         common.print_check(IMPL, loss, dx, dr)
