@@ -776,6 +776,13 @@ pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
         })?
         .ok();
         guard("lse_sq_sum", &input, || b.lse_sq_sum(n, e, &z))?.ok();
+        for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+            guard("lse_sq_sum_scored", &input, || {
+                b.lse_sq_sum_scored(score, n, e, &z, &p)
+            })?
+            .ok();
+        }
+        guard("max_abs", &input, || b.max_abs(&z))?.ok();
         guard("routing_entropy (kernel)", &input, || {
             b.routing_entropy(n, e, &p)
         })?

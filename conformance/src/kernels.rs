@@ -6,7 +6,7 @@ use crate::gen::{self, LossSet};
 use crate::util::*;
 use proptest::prelude::*;
 use proptest::sample::select;
-use simbal_core::config::RouterConfig;
+use simbal_core::config::{RouterConfig, ScoreFn};
 use simbal_core::ops::lbl::LblScales;
 use simbal_core::ops::score::score_row;
 use simbal_core::ops::select::gates_row;
@@ -437,7 +437,21 @@ fn lse_run<C: Backend>(c: &C, n: usize, e: usize, z: &[f64]) -> R<f64> {
     Ok(c.lse_sq_sum(n, e, &up(c, z)?)?.to_f64_lossy())
 }
 
-/// `lse_sq_sum`, logits of moderate and large magnitude.
+fn lse_scored_run<C: Backend>(
+    c: &C,
+    score: ScoreFn,
+    n: usize,
+    e: usize,
+    z: &[f64],
+    p: &[f64],
+) -> R<f64> {
+    Ok(c.lse_sq_sum_scored(score, n, e, &up(c, z)?, &up(c, p)?)?
+        .to_f64_lossy())
+}
+
+/// `lse_sq_sum`, logits of moderate and large magnitude; and `lse_sq_sum_scored` given the
+/// scores of either score function (as `route_rows` writes them, rounded to the element type),
+/// against the reference's `lse_sq_sum`.
 pub fn lse_sq_sum<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "kernels::lse_sq_sum";
     let Some(b) = acquire(make, NAME) else { return };
@@ -452,7 +466,28 @@ pub fn lse_sq_sum<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let z = rounded::<B::Elem>(&gen::normal(&mut Rng::new(seed), n * e, std));
         let (got, want, want64) = three!(&b, lse_run(n, e, &z));
         close1("lse_sq_sum vs reference", got, want, tol)?;
-        close1("lse_sq_sum vs f64 reference", got, want64, tol)
+        close1("lse_sq_sum vs f64 reference", got, want64, tol)?;
+        for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+            let mut p = vec![0.0; n * e];
+            for (zr, pr) in z.chunks(e).zip(p.chunks_mut(e)) {
+                score_row(score, zr, pr);
+            }
+            let p = rounded::<B::Elem>(&p);
+            let got = lse_scored_run(&b, score, n, e, &z, &p).ctx("lse_sq_sum_scored (backend)")?;
+            close1(
+                &format!("lse_sq_sum_scored ({score:?}) vs reference"),
+                got,
+                want,
+                tol,
+            )?;
+            close1(
+                &format!("lse_sq_sum_scored ({score:?}) vs f64 reference"),
+                got,
+                want64,
+                tol,
+            )?;
+        }
+        Ok(())
     });
 }
 
@@ -609,7 +644,12 @@ fn finite_run<C: Backend>(c: &C, cols: usize, v: &[f64]) -> R<Result<(), SimbalE
     Ok(c.check_finite("probe", cols, &up(c, v)?))
 }
 
-/// `check_finite`: `Ok` on finite data, else `NonFinite` at the same first position.
+fn max_abs_run<C: Backend>(c: &C, v: &[f64]) -> R<f64> {
+    Ok(c.max_abs(&up(c, v)?)?.to_f64_lossy())
+}
+
+/// `check_finite`: `Ok` on finite data, else `NonFinite` at the same first position; and
+/// `max_abs` on the same data: exactly the reference's value, NaN when any element is NaN.
 pub fn check_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "kernels::check_finite";
     let Some(b) = acquire(make, NAME) else { return };
@@ -632,6 +672,11 @@ pub fn check_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
             v[b2] = f64::NAN;
             first = Some(a.min(b2));
         }
+        let (got_max, want_max, _) = three!(&b, max_abs_run(&v));
+        ensure(
+            got_max == want_max || (got_max.is_nan() && want_max.is_nan()),
+            || format!("max_abs: backend {got_max}, reference {want_max} on {v:?}"),
+        )?;
         let (got, want, _) = three!(&b, finite_run(cols, &v));
         ensure(got == want, || {
             format!("check_finite: backend {got:?}, reference {want:?}")

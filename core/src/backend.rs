@@ -324,6 +324,23 @@ pub trait Backend {
         Ok(ops::zloss::lse_sq_sum(e, &z))
     }
 
+    /// `sum_t lse(z_t)^2` as [`Backend::lse_sq_sum`], given also the scores `p` that
+    /// [`Backend::route_rows`] wrote for these logits under `score`. A backend may take `lse`
+    /// from them instead of summing `E` exponentials per row (for softmax the largest logit `m`
+    /// has `p = 1 / sum`, so `lse = m - ln(max p)`); the default ignores `p`.
+    fn lse_sq_sum_scored(
+        &self,
+        score: crate::config::ScoreFn,
+        n: usize,
+        e: usize,
+        z: &Self::Buf,
+        p: &Self::Buf,
+    ) -> Result<Self::Elem> {
+        let _ = score;
+        check_len("scores", n.saturating_mul(e), self.len(p))?;
+        self.lse_sq_sum(n, e, z)
+    }
+
     /// SimBal's element-wise pass on the `E x E` Gram matrix, in place (see
     /// [`ops::simbal::simbal_residual`]); returns the loss value.
     fn simbal_residual(

@@ -356,7 +356,7 @@ impl<B: Backend> Router<B> {
         }
         let mut z_coef = <B::Elem as num_traits::Zero>::zero();
         if let Some(zc) = losses.z_loss {
-            let sum = b.lse_sq_sum(n, e, &ws.z)?;
+            let sum = b.lse_sq_sum_scored(cfg.score, n, e, &ws.z, &ws.p)?;
             values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(n);
             z_coef = crate::ops::zloss::z_coef(zc.beta, n);
         }

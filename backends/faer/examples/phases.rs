@@ -55,6 +55,16 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
             .expect("step");
     });
     println!("  step (finite check)      {:8.3} ms", ms(step_fc));
+    // The benchmark's objective: SimBal + LBL + z-loss.
+    let all = LossConfig::simbal()
+        .with_lbl(simbal_core::LblConfig::default())
+        .with_z_loss(simbal_core::ZLossConfig::default());
+    let step_all = time(reps, || {
+        router
+            .step(&x, &r, None, &dw, &all, None, n, d)
+            .expect("step");
+    });
+    println!("  step (+LBL, z-loss)      {:8.3} ms", ms(step_all));
 
     let mut z = vec![T::zero(); n * e];
     let mut dx = vec![T::zero(); n * d];
@@ -108,6 +118,32 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
         )
         .expect("backward rows")
     });
+    let t_bwd_z = time(reps, || {
+        be.router_backward_rows(
+            &cfg,
+            n,
+            &z,
+            &p,
+            &idx,
+            &gates,
+            &dropped,
+            &dw,
+            None,
+            T::of(1e-3),
+            &mut dz,
+        )
+        .expect("backward rows")
+    });
+    let t_lse = time(reps, || {
+        be.lse_sq_sum(n, e, &z).expect("lse");
+    });
+    let mut sums = vec![T::zero(); e];
+    let t_sums = time(reps, || {
+        be.group_column_sums(n, e, n, &p, &mut sums).expect("sums");
+    });
+    let t_maxabs = time(reps, || {
+        be.max_abs(&z).expect("max");
+    });
     let t_dx = time(reps, || be.gemm(&gdx, &dz, &r, &mut dx).expect("gemm"));
     let t_dr = time(reps, || be.gemm(&gdr, &x, &dz, &mut dr).expect("gemm"));
     let t_fin = time(reps, || be.check_finite("X", d, &x).expect("finite"));
@@ -131,6 +167,10 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
     println!("  route_rows               {:8.3} ms", ms(t_route));
     println!("  dispatch                 {:8.3} ms", ms(t_disp));
     println!("  router_backward_rows     {:8.3} ms", ms(t_bwd));
+    println!("  backward rows + z-loss   {:8.3} ms", ms(t_bwd_z));
+    println!("  lse_sq_sum               {:8.3} ms", ms(t_lse));
+    println!("  column sums of P         {:8.3} ms", ms(t_sums));
+    println!("  max_abs(Z)               {:8.3} ms", ms(t_maxabs));
     println!("  dX = dZ R^T              {:8.3} ms", ms(t_dx));
     println!("  dR = X^T dZ              {:8.3} ms", ms(t_dr));
     let t_copy = time(reps, || dx.copy_from_slice(&x));

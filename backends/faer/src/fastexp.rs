@@ -80,9 +80,9 @@ fn row_sum(p: &[f32]) -> f32 {
     s
 }
 
-/// Softmax of one row into `p`; returns `lse(z)`.
+/// Softmax of one row into `p` (no `ln`: the router never needs this row's `lse` here).
 #[inline(always)]
-fn softmax_row(z: &[f32], p: &mut [f32]) -> f32 {
+pub(crate) fn softmax_row(z: &[f32], p: &mut [f32]) {
     let m = row_max(z);
     for (pi, &zi) in p.iter_mut().zip(z) {
         *pi = exp(zi - m);
@@ -92,12 +92,19 @@ fn softmax_row(z: &[f32], p: &mut [f32]) -> f32 {
     for pi in p.iter_mut() {
         *pi *= inv;
     }
-    m + sum.ln()
+}
+
+/// `lse(z)` of one row from its softmax `p`, with no `exp`: the largest logit `m` has
+/// `p = exp(0) / sum`, so `lse = m + ln(sum) = m - ln(max p)`. `max p >= 1/E` never underflows,
+/// and `ln` of it carries `p`'s rounding (an ulp), as the direct sum does.
+#[inline(always)]
+pub(crate) fn lse_from_softmax(z: &[f32], p: &[f32]) -> f32 {
+    row_max(z) - row_max(p).ln()
 }
 
 /// `lse(z)` of one row.
 #[inline(always)]
-fn logsumexp_row(z: &[f32]) -> f32 {
+pub(crate) fn logsumexp_row(z: &[f32]) -> f32 {
     let m = row_max(z);
     let mut acc = [0.0f32; LANES];
     let mut chunks = z.chunks_exact(LANES);
@@ -149,6 +156,31 @@ impl<F: FnMut(usize, f32)> WithSimd for LseRows<'_, F> {
             (self.f)(i, logsumexp_row(zr));
         }
     }
+}
+
+/// `f(row, lse)` for every row of width `e` of `z`, from the rows' softmax `p`.
+struct LseRowsFromSoftmax<'a, F> {
+    e: usize,
+    z: &'a [f32],
+    p: &'a [f32],
+    f: F,
+}
+
+impl<F: FnMut(usize, f32)> WithSimd for LseRowsFromSoftmax<'_, F> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(mut self, _simd: S) {
+        let rows = self.z.chunks_exact(self.e).zip(self.p.chunks_exact(self.e));
+        for (i, (zr, pr)) in rows.enumerate() {
+            (self.f)(i, lse_from_softmax(zr, pr));
+        }
+    }
+}
+
+/// Calls `f(row, lse(row))` for every row of width `e >= 1` of `z`, in order, taking `lse`
+/// from the rows' softmax `p` ([`lse_from_softmax`]).
+pub(crate) fn lse_rows_from_softmax(e: usize, z: &[f32], p: &[f32], f: impl FnMut(usize, f32)) {
+    Arch::new().dispatch(LseRowsFromSoftmax { e, z, p, f });
 }
 
 /// Softmax of every row of width `e >= 1` of `z` into `p` (same length as `z`).

@@ -14,7 +14,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod fastbackward;
 mod fastexp;
+mod fastroute;
 mod gemm;
 mod select;
 
@@ -43,6 +45,45 @@ pub trait FaerElem:
         }
     }
 
+    /// Forward rows of a block (scores, top-k, gates), as core's `route_rows`; `f32` uses a
+    /// vectorised softmax and a packed-key top-k.
+    #[doc(hidden)]
+    fn route_rows(
+        cfg: &RouterConfig,
+        z: &[Self],
+        bias: Option<&[Self]>,
+        p: &mut [Self],
+        idx: &mut [u32],
+        gates: &mut [Self],
+    ) {
+        select::route_rows_generic(cfg, z, bias, p, idx, gates)
+    }
+
+    /// Backward rows of a block, as core's `router_backward_rows` (`coef_row(r)`: the LBL
+    /// coefficients of block row `r`); `f32` fuses the softmax/renormalised case into one sweep.
+    #[doc(hidden)]
+    fn backward_rows<'c>(
+        cfg: &RouterConfig,
+        z: &[Self],
+        p: &[Self],
+        idx: &[u32],
+        gates: &[Self],
+        dropped: &[u32],
+        dw: &[Self],
+        coef_row: impl Fn(usize) -> Option<&'c [Self]>,
+        z_coef: Self,
+        dz: &mut [Self],
+    ) {
+        backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz)
+    }
+
+    /// `sum_t lse(z_t)^2` over the rows of `z` given their softmax `p` (core's
+    /// `lse_sq_sum_from_softmax`; `f32` vectorises the row maxima).
+    #[doc(hidden)]
+    fn lse_sq_sum_softmax(e: usize, z: &[Self], p: &[Self]) -> Self {
+        ops::zloss::lse_sq_sum_from_softmax(e, z, p)
+    }
+
     /// Calls `f(row, lse(row))` for every row of width `e` of `z`, in order (core's
     /// `logsumexp_row`; `f32` uses a vectorised `exp`).
     #[doc(hidden)]
@@ -56,6 +97,57 @@ pub trait FaerElem:
     }
 }
 impl FaerElem for f32 {
+    fn lse_sq_sum_softmax(e: usize, z: &[f32], p: &[f32]) -> f32 {
+        if e == 0 {
+            return 0.0;
+        }
+        let mut s = 0.0f32;
+        fastexp::lse_rows_from_softmax(e, z, p, |_, l| s += l * l);
+        s
+    }
+    fn backward_rows<'c>(
+        cfg: &RouterConfig,
+        z: &[f32],
+        p: &[f32],
+        idx: &[u32],
+        gates: &[f32],
+        dropped: &[u32],
+        dw: &[f32],
+        coef_row: impl Fn(usize) -> Option<&'c [f32]>,
+        z_coef: f32,
+        dz: &mut [f32],
+    ) {
+        if cfg.score == ScoreFn::Softmax && cfg.renormalize {
+            fastbackward::backward_rows(fastbackward::BackwardRows {
+                cfg,
+                z,
+                p,
+                idx,
+                gates,
+                dropped,
+                dw,
+                coef_row,
+                z_coef,
+                dz,
+            })
+        } else {
+            backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz)
+        }
+    }
+    fn route_rows(
+        cfg: &RouterConfig,
+        z: &[f32],
+        bias: Option<&[f32]>,
+        p: &mut [f32],
+        idx: &mut [u32],
+        gates: &mut [f32],
+    ) {
+        if select::packed_top_k_applies(cfg) {
+            fastroute::route_rows(cfg, z, bias, p, idx, gates)
+        } else {
+            select::route_rows_generic(cfg, z, bias, p, idx, gates)
+        }
+    }
     fn softmax_rows(e: usize, z: &[f32], p: &mut [f32]) {
         if e > 0 {
             fastexp::softmax_rows(e, z, p);
@@ -68,6 +160,48 @@ impl FaerElem for f32 {
     }
 }
 impl FaerElem for f64 {}
+
+/// Backward rows of a block through core's kernel; with softmax scores the z-loss term is added
+/// after it exactly as core adds it (`dz += z_coef lse(z) p`, last), with the vectorised `lse`.
+fn backward_rows_generic<'c, T: FaerElem>(
+    cfg: &RouterConfig,
+    z: &[T],
+    p: &[T],
+    idx: &[u32],
+    gates: &[T],
+    dropped: &[u32],
+    dw: &[T],
+    coef_row: impl Fn(usize) -> Option<&'c [T]>,
+    z_coef: T,
+    dz: &mut [T],
+) {
+    let e = cfg.experts;
+    if cfg.score == ScoreFn::Softmax && z_coef != T::zero() {
+        ops::router::router_backward_rows(
+            cfg,
+            z,
+            p,
+            idx,
+            gates,
+            dropped,
+            dw,
+            coef_row,
+            T::zero(),
+            dz,
+        );
+        T::lse_rows(e, z, |r, l| {
+            let c = z_coef * l;
+            let rows = dz[r * e..(r + 1) * e]
+                .iter_mut()
+                .zip(&p[r * e..(r + 1) * e]);
+            for (dv, &pv) in rows {
+                *dv += c * pv;
+            }
+        });
+    } else {
+        ops::router::router_backward_rows(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
+    }
+}
 
 /// `sum_t lse(Z_t)^2` over the rows of `z`, added in row order.
 fn lse_sq_sum<T: FaerElem>(e: usize, z: &[T]) -> T {
@@ -157,6 +291,36 @@ impl<T> Faer<T> {
     }
 }
 
+impl<T: FaerElem> Faer<T> {
+    /// `f` over [`REDUCE_PARTS`] fixed row blocks of `a` and `b` (`n x e` each), the partial
+    /// results added in block order: the same value on any number of threads.
+    fn row_partial_sums(
+        &self,
+        n: usize,
+        e: usize,
+        f: impl Fn(&[T], &[T]) -> T + Sync,
+        a: &[T],
+        b: &[T],
+    ) -> T {
+        if n == 0 || e == 0 {
+            return T::zero();
+        }
+        let chunk = n.div_ceil(REDUCE_PARTS) * e;
+        let mut parts = [T::zero(); REDUCE_PARTS];
+        if self.row_block(n, e).is_some() {
+            a.par_chunks(chunk)
+                .zip(b.par_chunks(chunk))
+                .zip(parts.par_iter_mut())
+                .for_each(|((ab, bb), s)| *s = f(ab, bb));
+        } else {
+            for ((ab, bb), s) in a.chunks(chunk).zip(b.chunks(chunk)).zip(parts.iter_mut()) {
+                *s = f(ab, bb);
+            }
+        }
+        parts.iter().fold(T::zero(), |acc, &s| acc + s)
+    }
+}
+
 impl<T> Default for Faer<T> {
     fn default() -> Self {
         Self::new()
@@ -182,6 +346,36 @@ fn first_non_finite<T: Scalar>(x: &[T], offset: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// Largest `|x|`, NaN if any element is NaN, 0 when empty (core's `max_abs`), in lanes the
+/// compiler vectorises: no early exit, NaN recorded in a flag per lane.
+fn max_abs_lanes<T: Scalar>(x: &[T]) -> T {
+    const LANES: usize = 8;
+    let mut acc = [T::zero(); LANES];
+    let mut nan = [false; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for ((m, f), &v) in acc.iter_mut().zip(nan.iter_mut()).zip(c) {
+            let a = v.abs();
+            *f |= v.is_nan();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let mut m = T::zero();
+    let mut any_nan = nan.iter().any(|&f| f);
+    for &v in acc.iter().chain(chunks.remainder()) {
+        any_nan |= v.is_nan();
+        let a = v.abs();
+        if a > m {
+            m = a;
+        }
+    }
+    if any_nan {
+        T::nan()
+    } else {
+        m
+    }
 }
 
 impl<T: FaerElem> Backend for Faer<T> {
@@ -295,37 +489,16 @@ impl<T: FaerElem> Backend for Faer<T> {
         let lbl = lbl.map(|l| (l.coef.as_slice(), l.group_len));
         checks::expert_indices(e, idx)?;
         // Block kernel on rows starting at `r0`; LBL coefficient rows follow the global row.
-        let block = |r0: usize,
-                     z: &[T],
-                     p: &[T],
-                     i: &[u32],
-                     w: &[T],
-                     d: &[u32],
-                     g: &[T],
-                     dz: &mut [T]| {
-            let coef_row = |r: usize| {
-                lbl.map(|(c, len)| {
-                    let grp = (r0 + r) / len;
-                    &c[grp * e..(grp + 1) * e]
-                })
+        let block =
+            |r0: usize, z: &[T], p: &[T], i: &[u32], w: &[T], d: &[u32], g: &[T], dz: &mut [T]| {
+                let coef_row = |r: usize| {
+                    lbl.map(|(c, len)| {
+                        let grp = (r0 + r) / len;
+                        &c[grp * e..(grp + 1) * e]
+                    })
+                };
+                T::backward_rows(cfg, z, p, i, w, d, g, coef_row, z_coef, dz);
             };
-            if cfg.score == ScoreFn::Softmax && z_coef != T::zero() {
-                // Core's kernel without the z-loss term, then the term as core adds it
-                // (`dz += z_coef lse(z) p`, last), with the vectorised lse.
-                ops::router::router_backward_rows(cfg, z, p, i, w, d, g, coef_row, T::zero(), dz);
-                T::lse_rows(e, z, |r, l| {
-                    let c = z_coef * l;
-                    let rows = dz[r * e..(r + 1) * e]
-                        .iter_mut()
-                        .zip(&p[r * e..(r + 1) * e]);
-                    for (dv, &pv) in rows {
-                        *dv += c * pv;
-                    }
-                });
-            } else {
-                ops::router::router_backward_rows(cfg, z, p, i, w, d, g, coef_row, z_coef, dz);
-            }
-        };
         match self.row_block(n, e) {
             None => block(0, z, p, idx, gates, dropped, dw, dz),
             Some(rows) => (
@@ -392,24 +565,24 @@ impl<T: FaerElem> Backend for Faer<T> {
 
     fn lse_sq_sum(&self, n: usize, e: usize, z: &Vec<T>) -> Result<T> {
         check_len("logits", product("logits", n, e)?, z.len())?;
-        if n == 0 || e == 0 {
-            return Ok(T::zero());
+        Ok(self.row_partial_sums(n, e, |zb, _| lse_sq_sum(e, zb), z, z))
+    }
+
+    fn lse_sq_sum_scored(
+        &self,
+        score: ScoreFn,
+        n: usize,
+        e: usize,
+        z: &Vec<T>,
+        p: &Vec<T>,
+    ) -> Result<T> {
+        let ne = product("logits", n, e)?;
+        check_len("logits", ne, z.len())?;
+        check_len("scores", ne, p.len())?;
+        if score != ScoreFn::Softmax {
+            return self.lse_sq_sum(n, e, z);
         }
-        // A fixed split into REDUCE_PARTS partial sums, added in order: the same value on any
-        // number of threads.
-        let rows = n.div_ceil(REDUCE_PARTS);
-        let mut parts = [T::zero(); REDUCE_PARTS];
-        let chunk = rows * e;
-        if self.row_block(n, e).is_some() {
-            z.par_chunks(chunk)
-                .zip(parts.par_iter_mut())
-                .for_each(|(zb, s)| *s = lse_sq_sum(e, zb));
-        } else {
-            for (zb, s) in z.chunks(chunk).zip(parts.iter_mut()) {
-                *s = lse_sq_sum(e, zb);
-            }
-        }
-        Ok(parts.iter().fold(T::zero(), |acc, &s| acc + s))
+        Ok(self.row_partial_sums(n, e, |zb, pb| T::lse_sq_sum_softmax(e, zb, pb), z, p))
     }
 
     fn simbal_residual(&self, cfg: &SimBalConfig, e: usize, gram: &mut Vec<T>) -> Result<T> {
@@ -454,6 +627,10 @@ impl<T: FaerElem> Backend for Faer<T> {
         Ok(())
     }
 
+    fn max_abs(&self, buf: &Vec<T>) -> Result<T> {
+        Ok(max_abs_lanes(buf))
+    }
+
     fn check_finite(&self, what: &'static str, cols: usize, buf: &Vec<T>) -> Result<()> {
         // A scan runs at memory speed: below SCAN_MIN_PAR elements a fork-join costs more
         // than it saves.
@@ -479,6 +656,26 @@ impl<T: FaerElem> Backend for Faer<T> {
                     row: at / cols,
                     col: at % cols,
                 })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_abs_lanes;
+
+    #[test]
+    fn max_abs_matches_core_on_every_length_and_nan_position() {
+        for len in 0..40 {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 7919) % 23) as f32 - 11.5).collect();
+            assert_eq!(max_abs_lanes(&x), simbal_core::ops::reduce::max_abs(&x));
+            for at in 0..len {
+                let mut y = x.clone();
+                y[at] = f32::NAN;
+                assert!(max_abs_lanes(&y).is_nan(), "len {len}, NaN at {at}");
+                y[at] = f32::NEG_INFINITY;
+                assert_eq!(max_abs_lanes(&y), f32::INFINITY);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The forward row kernel with a one-pass top-k.
+//! The forward row kernel with a one-pass top-k (any element type; `f32` without a group limit
+//! takes the packed-key kernel of [`crate::fastroute`] instead).
 //!
 //! Core's `select_row` finds the j-th pick with a full pass over the experts (`k` passes, `O(kE)`
 //! per token). Without a group limit the same indices come out of one pass that keeps the best `k`
@@ -34,6 +35,18 @@ pub(crate) fn route_rows<T: FaerElem>(
     idx: &mut [u32],
     gates: &mut [T],
 ) {
+    T::route_rows(cfg, z, bias, p, idx, gates)
+}
+
+/// [`route_rows`] for any element type: the insertion top-k of [`top_k_row`].
+pub(crate) fn route_rows_generic<T: FaerElem>(
+    cfg: &RouterConfig,
+    z: &[T],
+    bias: Option<&[T]>,
+    p: &mut [T],
+    idx: &mut [u32],
+    gates: &mut [T],
+) {
     let (e, k) = (cfg.experts, cfg.k);
     let fast = ungrouped(cfg) && k <= MAX_FAST_K;
     let softmax = cfg.score == ScoreFn::Softmax;
@@ -56,6 +69,13 @@ pub(crate) fn route_rows<T: FaerElem>(
         }
         gates_row(cfg, pr, ir, wr);
     }
+}
+
+/// Whether the packed-key top-k of [`crate::fastroute`] applies: no effective group limit, and
+/// `E` small enough for its on-stack keys.
+#[inline]
+pub(crate) fn packed_top_k_applies(cfg: &RouterConfig) -> bool {
+    ungrouped(cfg) && cfg.experts <= crate::fastroute::MAX_PACKED_E
 }
 
 /// Selection key of expert `c`: `p_c + b_c`, NaN as `-inf`.

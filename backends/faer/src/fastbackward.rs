@@ -1,0 +1,110 @@
+//! The `f32` backward row kernel for softmax scores with renormalised gates (the common router):
+//! LBL coefficients, the score backward, the gate term and the z-loss term in one sweep per row,
+//! the `lse` for the z-loss from the scores (`max z - ln max p`, no `exp`).
+//!
+//! Same formula and per-element operation order as core's `router_backward_rows`
+//! (`dz_c = p_c (coef_c - <p, coef>) - p_c m + z_coef lse p_c`, then `a_j q_{i_j}` added at each
+//! chosen expert); only the row reductions are split into lanes, and the z-loss term is added
+//! before the chosen experts' gate terms instead of after.
+
+use crate::fastexp::lse_from_softmax;
+use pulp::{Arch, Simd, WithSimd};
+use simbal_core::config::RouterConfig;
+use simbal_core::ops::select::renorm_eps;
+
+/// Lanes of the row reductions.
+const LANES: usize = 8;
+
+/// `sum_c a_c b_c` in [`LANES`] partial sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+            *s += u * v;
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (&u, &v) in ra.iter().zip(rb) {
+        s += u * v;
+    }
+    s
+}
+
+/// Inputs of one block of rows; `coef_row(r)` is the LBL coefficient row of block row `r`.
+pub(crate) struct BackwardRows<'a, C> {
+    pub cfg: &'a RouterConfig,
+    pub z: &'a [f32],
+    pub p: &'a [f32],
+    pub idx: &'a [u32],
+    pub gates: &'a [f32],
+    pub dropped: &'a [u32],
+    pub dw: &'a [f32],
+    pub coef_row: C,
+    pub z_coef: f32,
+    pub dz: &'a mut [f32],
+}
+
+impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let (e, k) = (self.cfg.experts, self.cfg.k);
+        let s = self.cfg.scale as f32;
+        let eps = renorm_eps::<f32>();
+        for (r, dzr) in self.dz.chunks_exact_mut(e).enumerate() {
+            let zr = &self.z[r * e..(r + 1) * e];
+            let pr = &self.p[r * e..(r + 1) * e];
+            let ir = &self.idx[r * k..(r + 1) * k];
+            let wr = &self.gates[r * k..(r + 1) * k];
+            let dr = &self.dropped[r * k..(r + 1) * k];
+            let gr = &self.dw[r * k..(r + 1) * k];
+            let kept_dw = |j: usize| if dr[j] == 0 { gr[j] } else { 0.0 };
+            let mut sum = 0.0f32;
+            let mut dot_w = 0.0f32;
+            for j in 0..k {
+                sum += pr[ir[j] as usize];
+                dot_w += kept_dw(j) * wr[j];
+            }
+            let inv = 1.0 / (sum + eps);
+            let a = |j: usize| s * kept_dw(j) - dot_w;
+            let mut m = 0.0f32;
+            for j in 0..k {
+                m += a(j) * (pr[ir[j] as usize] * inv);
+            }
+            let zc = if self.z_coef != 0.0 {
+                self.z_coef * lse_from_softmax(zr, pr)
+            } else {
+                0.0
+            };
+            match (self.coef_row)(r) {
+                Some(c) => {
+                    let dp = dot(c, pr);
+                    for ((d, &pc), &cc) in dzr.iter_mut().zip(pr).zip(c) {
+                        *d = pc * (cc - dp) - pc * m + zc * pc;
+                    }
+                }
+                None => {
+                    for (d, &pc) in dzr.iter_mut().zip(pr) {
+                        *d = -(pc * m) + zc * pc;
+                    }
+                }
+            }
+            for j in 0..k {
+                let i = ir[j] as usize;
+                dzr[i] += a(j) * (pr[i] * inv);
+            }
+        }
+    }
+}
+
+/// Runs [`BackwardRows`] with the widest instruction set the CPU has. Needs softmax scores,
+/// renormalised gates and validated lengths and indices.
+pub(crate) fn backward_rows<'c, C: Fn(usize) -> Option<&'c [f32]>>(rows: BackwardRows<'_, C>) {
+    if rows.cfg.experts == 0 {
+        return;
+    }
+    Arch::new().dispatch(rows);
+}
