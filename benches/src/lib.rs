@@ -187,22 +187,66 @@ impl<B: Backend> GemmFloor<B> {
         })
     }
 
-    /// Runs the three GEMMs once.
+    /// Runs the three GEMMs once, in the step's order (`dR` before `dX`, so `X` is read twice
+    /// in a row while it may be cached).
     pub fn run(&mut self, b: &B, inp: &StepInputs<B>, s: &StepShape) -> Result<()> {
         use simbal_core::Gemm;
         b.gemm(&Gemm::new(s.n, s.e, s.d), &inp.x, &inp.r, &mut self.z)?;
-        b.gemm(
-            &Gemm::new(s.n, s.d, s.e).tb(),
-            &self.z,
-            &inp.r,
-            &mut self.dx,
-        )?;
         b.gemm(
             &Gemm::new(s.d, s.e, s.n).ta(),
             &inp.x,
             &self.z,
             &mut self.dr,
+        )?;
+        b.gemm(
+            &Gemm::new(s.n, s.d, s.e).tb(),
+            &self.z,
+            &inp.r,
+            &mut self.dx,
         )
+    }
+}
+
+/// The memory floor of a step: the bytes [`step_bytes`] counts, moved at this machine's rate on
+/// the current rayon pool. One read of `X` (the forward's `X R`) and one copy of `X` into a
+/// buffer of `dX`'s size (the backward reads `X` for `dR` and writes `dX`). Skinny shapes
+/// (`E = 8`) are bound by this rather than by their FLOPs.
+pub struct ByteFloor<T> {
+    dx: Vec<T>,
+}
+
+impl<T: Scalar> ByteFloor<T> {
+    /// A `dX`-sized buffer for `shape`.
+    pub fn new(s: &StepShape) -> Self {
+        Self {
+            dx: vec![T::zero(); s.n * s.d],
+        }
+    }
+
+    /// Reads `x` once, then copies it into the `dX` buffer; returns a value derived from every
+    /// element read so the read cannot be optimised away.
+    pub fn run(&mut self, x: &[T]) -> T {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        let seen = x
+            .par_chunks(CHUNK)
+            .map(|c| {
+                // Lanes of maxima: vectorised, no early exit, touches every element.
+                let mut acc = [T::zero(); 8];
+                for w in c.chunks(8) {
+                    for (a, &v) in acc.iter_mut().zip(w) {
+                        *a = if v > *a { v } else { *a };
+                    }
+                }
+                acc.iter()
+                    .fold(T::zero(), |m, &v| if v > m { v } else { m })
+            })
+            .reduce(T::zero, |a, b| if b > a { b } else { a });
+        self.dx
+            .par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        seen
     }
 }
 

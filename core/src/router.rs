@@ -219,15 +219,16 @@ impl<B: Backend> Router<B> {
         let b = &self.backend;
         let layout = self.cfg.layout;
         let ws = self.ws.as_mut().ok_or(SimbalError::NoForward)?;
-        // dX = dZ R^T, dR = X^T dZ (stored as R is).
+        // dR = X^T dZ (stored as R is), then dX = dZ R^T: X is read while the forward may
+        // have left it in cache, before writing dX evicts it.
         match layout {
             WeightLayout::DxE => {
-                b.gemm(&Gemm::new(n, d, e).tb(), &ws.dz, r, &mut ws.dx)?;
                 b.gemm(&Gemm::new(d, e, n).ta(), x, &ws.dz, &mut ws.dr)?;
+                b.gemm(&Gemm::new(n, d, e).tb(), &ws.dz, r, &mut ws.dx)?;
             }
             WeightLayout::ExD => {
-                b.gemm(&Gemm::new(n, d, e), &ws.dz, r, &mut ws.dx)?;
                 b.gemm(&Gemm::new(e, d, n).ta(), &ws.dz, x, &mut ws.dr)?;
+                b.gemm(&Gemm::new(n, d, e), &ws.dz, r, &mut ws.dx)?;
             }
         }
         if let Some(sc) = losses.simbal {

@@ -121,6 +121,22 @@ fn main() {
                 min,
                 args.iters,
             ));
+            let x_host = b.host(&inp.x).expect("faer buffers are host memory");
+            let mut bytes = ByteFloor::<f32>::new(s);
+            let (med, min) = time(args.warmup, args.iters, || {
+                std::hint::black_box(bytes.run(x_host));
+            });
+            rows.push(row(
+                s.name,
+                s.n,
+                s.d,
+                s.e,
+                s.k,
+                "bytes-floor",
+                med,
+                min,
+                args.iters,
+            ));
             eprintln!("compare: {} done", s.name);
             Ok(())
         };
