@@ -5,7 +5,7 @@
 //! allocations (faer's parallel kernel allocates its job tables per call) and suits the router's
 //! skinny shapes: `Z = X R` and `dX = dZ R^T` split over tokens, `dR = X^T dZ` over `D`.
 
-use crate::FaerElem;
+use crate::{skinny, FaerElem};
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -67,6 +67,11 @@ pub(crate) fn gemm<T: FaerElem>(g: &Gemm, threads: usize, a: &[T], b: &[T], c: &
                 c[i * m + j] = c[j * m + i];
             }
         }
+        return;
+    }
+    if skinny::applies(m, n, k, g.trans_a, g.trans_b) {
+        let add = matches!(accum, Accum::Add);
+        skinny::gemm(threads, m, n, k, T::of(g.alpha), add, a, b, c);
         return;
     }
     let dst = MatMut::from_row_major_slice_mut(c, m, n);

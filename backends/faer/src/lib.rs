@@ -19,6 +19,7 @@ mod fastexp;
 mod fastroute;
 mod gemm;
 mod select;
+mod skinny;
 
 use core::marker::PhantomData;
 use rayon::prelude::*;

@@ -28,6 +28,15 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (64, 64, 1),
     (1, 97, 300),
     (97, 1, 300),
+    // Skinny outputs (n <= 16, m and k >= 64) take the register-blocked kernels: row counts
+    // and inner sizes off multiples of 4, every width class, split across tasks.
+    (64, 8, 64),
+    (131, 8, 67),
+    (67, 16, 131),
+    (258, 1, 65),
+    (129, 3, 256),
+    (1000, 13, 70),
+    (70, 16, 1000),
 ];
 
 fn check_shape<T: FaerElem>(m: usize, n: usize, k: usize, seed: u64) {
