@@ -34,7 +34,8 @@ use simbal_core::ops::gemm::Gemm;
 use simbal_core::ops::lbl::LblScales;
 use simbal_core::shape::check_len;
 use simbal_core::{
-    check_gemm, Backend, LblCoef, LblConfig, Result, RouterConfig, SimBalConfig, SimbalError,
+    check_gemm, checks, Backend, LblCoef, LblConfig, Result, RouterConfig, SimBalConfig,
+    SimbalError,
 };
 
 pub use kernels::{DevBuf, KernelError};
@@ -147,14 +148,6 @@ fn map_err(e: KernelError) -> SimbalError {
     }
 }
 
-fn seq_len_ok(seq_len: usize, n: usize) -> Result<()> {
-    if seq_len == 0 || n % seq_len != 0 {
-        Err(SimbalError::SequenceLength { seq_len, tokens: n })
-    } else {
-        Ok(())
-    }
-}
-
 impl<R: Runtime> Backend for CubeclBackend<R> {
     type Elem = f32;
     type Buf = DevBuf<f32>;
@@ -235,14 +228,16 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         idx: &mut DevBuf<u32>,
         gates: &mut DevBuf<f32>,
     ) -> Result<()> {
+        checks::route_rows(
+            cfg,
+            n,
+            z.len,
+            bias.map(|b| b.len),
+            p.len,
+            idx.len,
+            gates.len,
+        )?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len2("logits", n, e, z.len)?;
-        check_len2("scores", n, e, p.len)?;
-        check_len2("indices", n, k, idx.len)?;
-        check_len2("gates", n, k, gates.len)?;
-        if let Some(b) = bias {
-            check_len("selection bias", e, b.len)?;
-        }
         let o = router_forward::RouteOptions {
             e,
             k,
@@ -267,13 +262,17 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         order: &mut DevBuf<u32>,
         offsets: &mut DevBuf<u32>,
     ) -> Result<()> {
+        checks::dispatch(
+            cfg,
+            n,
+            idx.len,
+            gates.len,
+            dropped.len,
+            counts.len,
+            order.len,
+            offsets.len,
+        )?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len2("indices", n, k, idx.len)?;
-        check_len2("gates", n, k, gates.len)?;
-        check_len2("dropped flags", n, k, dropped.len)?;
-        check_len("counts", e, counts.len)?;
-        check_len2("dispatch order", n, k, order.len)?;
-        check_len("dispatch offsets", e.saturating_add(1), offsets.len)?;
         self.check_indices(idx, e)?;
         let capacity = cfg.capacity.map(|c| dispatch::CapacityLimit {
             per_expert: c.per_expert(n, e, k),
@@ -311,18 +310,19 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         z_coef: f32,
         dz: &mut DevBuf<f32>,
     ) -> Result<()> {
+        checks::router_backward_rows(
+            cfg,
+            n,
+            z.len,
+            p.len,
+            idx.len,
+            gates.len,
+            dropped.len,
+            dw.len,
+            lbl.as_ref().map(|l| (l.group_len, l.coef.len)),
+            dz.len,
+        )?;
         let (e, k) = (cfg.experts, cfg.k);
-        check_len2("logits", n, e, z.len)?;
-        check_len2("scores", n, e, p.len)?;
-        check_len2("indices", n, k, idx.len)?;
-        check_len2("gates", n, k, gates.len)?;
-        check_len2("dropped flags", n, k, dropped.len)?;
-        check_len2("gate gradient", n, k, dw.len)?;
-        check_len2("logit gradient", n, e, dz.len)?;
-        if let Some(l) = &lbl {
-            seq_len_ok(l.group_len, n)?;
-            check_len2("LBL coefficients", n / l.group_len, e, l.coef.len)?;
-        }
         self.check_indices(idx, e)?;
         let o = router_backward::BackOptions {
             e,
@@ -357,7 +357,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         a: &DevBuf<f32>,
         out: &mut DevBuf<f32>,
     ) -> Result<()> {
-        seq_len_ok(group_len, n)?;
+        checks::group(group_len, n)?;
         check_len2("matrix", n, cols, a.len)?;
         check_len2("group sums", n / group_len, cols, out.len)?;
         reduce::group_column_sums(&self.client, n, cols, group_len, a, out).map_err(map_err)
@@ -373,7 +373,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         dropped: &DevBuf<u32>,
         out: &mut DevBuf<u32>,
     ) -> Result<()> {
-        seq_len_ok(group_len, n)?;
+        checks::group(group_len, n)?;
         check_len2("indices", n, k, idx.len)?;
         check_len2("dropped flags", n, k, dropped.len)?;
         check_len2("group counts", n / group_len, e, out.len)?;
