@@ -741,6 +741,44 @@ pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
             })?
             .ok();
         }
+        guard("router_backward_rows_and_sums", &input, || {
+            b.router_backward_rows_and_sums(
+                cfg,
+                n,
+                &z,
+                &p,
+                &idx,
+                &gates,
+                &dropped,
+                &dwb,
+                Some(LblCoef {
+                    coef: &coef,
+                    group_len: gl,
+                }),
+                B::Elem::of(0.01),
+                &mut dz,
+                true,
+                true,
+            )
+        })?
+        .ok();
+        // The fused forward: logits GEMM of the fuzzed shape into the routing buffers.
+        let mut zf = ub(f.vals(mul(*gm, e)))?;
+        guard("logits_and_route_rows", &input, || {
+            b.logits_and_route_rows(
+                cfg,
+                &g,
+                &a,
+                &bm,
+                Some(&bias),
+                &mut zf,
+                &mut p,
+                &mut idx,
+                &mut gates,
+                true,
+            )
+        })?
+        .ok();
         // Reductions.
         let mut sums = ub(f.vals(mul(n / gl.max(1), d)))?;
         guard("group_column_sums", &input, || {

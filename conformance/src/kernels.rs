@@ -261,6 +261,63 @@ fn bwd_run<C: Backend>(c: &C, cfg: &RouterConfig, x: &BwdIn) -> R<Vec<f64>> {
     down(c, &dz)
 }
 
+/// Inputs of the backward row kernel for `n` tokens under `cfg`, rounded to `T`: logits,
+/// the scores, top-k and gates the reference forward gives them, dropped slots (`with_drop`),
+/// a gate gradient, per-sequence LBL coefficients (`with_lbl`) and the z-loss coefficient
+/// (`with_z`).
+fn bwd_input<T: Scalar>(
+    n: usize,
+    cfg: &RouterConfig,
+    seed: u64,
+    with_lbl: bool,
+    with_z: bool,
+    with_drop: bool,
+) -> BwdIn {
+    let (e, k) = (cfg.experts, cfg.k);
+    let mut rng = Rng::new(seed);
+    let z = rounded::<T>(&gen::normal(&mut rng, n * e, 1.5));
+    let mut p = vec![0.0; n * e];
+    let mut idx = vec![0u32; n * k];
+    let mut gates = vec![0.0; n * k];
+    for t in 0..n {
+        let (zr, pr) = (&z[t * e..(t + 1) * e], &mut p[t * e..(t + 1) * e]);
+        score_row(cfg.score, zr, pr);
+        simbal_core::ops::select::select_row(cfg, pr, None, &mut idx[t * k..(t + 1) * k]);
+        gates_row(
+            cfg,
+            pr,
+            &idx[t * k..(t + 1) * k],
+            &mut gates[t * k..(t + 1) * k],
+        );
+    }
+    let p = rounded::<T>(&p);
+    let gates = rounded::<T>(&gates);
+    let dropped: Vec<u32> = (0..n * k)
+        .map(|_| u32::from(with_drop && rng.below(3) == 0))
+        .collect();
+    let dw = rounded::<T>(&gen::normal(&mut rng, n * k, 1.0));
+    let lbl = with_lbl.then(|| {
+        let divs = gen::divisors(n);
+        let group_len = divs[rng.below(divs.len())];
+        (
+            rounded::<T>(&gen::normal(&mut rng, (n / group_len) * e, 0.1)),
+            group_len,
+        )
+    });
+    let z_coef = if with_z { 0.02 } else { 0.0 };
+    BwdIn {
+        n,
+        z,
+        p,
+        idx,
+        gates,
+        dropped,
+        dw,
+        lbl,
+        z_coef,
+    }
+}
+
 /// `router_backward_rows`: gate gradient with and without renormalisation, both score
 /// functions, dropped slots, per-sequence LBL coefficients and the z-loss term.
 pub fn router_backward_rows<B: Backend>(make: &dyn Fn() -> Option<B>) {
@@ -273,52 +330,201 @@ pub fn router_backward_rows<B: Backend>(make: &dyn Fn() -> Option<B>) {
         CASES,
         strategy,
         |((n, cfg, seed, _), with_lbl, with_z, with_drop)| {
-            let (e, k) = (cfg.experts, cfg.k);
-            let mut rng = Rng::new(seed);
-            let z = rounded::<B::Elem>(&gen::normal(&mut rng, n * e, 1.5));
-            let mut p = vec![0.0; n * e];
-            let mut idx = vec![0u32; n * k];
-            let mut gates = vec![0.0; n * k];
-            for t in 0..n {
-                let (zr, pr) = (&z[t * e..(t + 1) * e], &mut p[t * e..(t + 1) * e]);
-                score_row(cfg.score, zr, pr);
-                simbal_core::ops::select::select_row(&cfg, pr, None, &mut idx[t * k..(t + 1) * k]);
-                gates_row(
-                    &cfg,
-                    pr,
-                    &idx[t * k..(t + 1) * k],
-                    &mut gates[t * k..(t + 1) * k],
-                );
-            }
-            let p = rounded::<B::Elem>(&p);
-            let gates = rounded::<B::Elem>(&gates);
-            let dropped: Vec<u32> = (0..n * k)
-                .map(|_| u32::from(with_drop && rng.below(3) == 0))
-                .collect();
-            let dw = rounded::<B::Elem>(&gen::normal(&mut rng, n * k, 1.0));
-            let lbl = with_lbl.then(|| {
-                let divs = gen::divisors(n);
-                let group_len = divs[rng.below(divs.len())];
-                (
-                    rounded::<B::Elem>(&gen::normal(&mut rng, (n / group_len) * e, 0.1)),
-                    group_len,
-                )
-            });
-            let z_coef = if with_z { 0.02 } else { 0.0 };
-            let input = BwdIn {
-                n,
-                z,
-                p,
-                idx,
-                gates,
-                dropped,
-                dw,
-                lbl,
-                z_coef,
-            };
+            let input = bwd_input::<B::Elem>(n, &cfg, seed, with_lbl, with_z, with_drop);
             let (got, want, want64) = three!(&b, bwd_run(&cfg, &input));
             close("dZ vs reference", &got, &want, tol)?;
             close("dZ vs f64 reference", &got, &want64, tol)
+        },
+    );
+}
+
+/// Shapes `(n, d, e, k)` of the fused kernels' cases: mostly small, a quarter with over a
+/// thousand tokens, so a backend that splits rows into blocks does.
+fn fused_shape() -> impl Strategy<Value = (usize, usize, usize, usize)> {
+    prop_oneof![
+        3 => (1..=24usize, 1..=8usize, 1..=8usize),
+        1 => (1024..=1100usize, 1..=12usize, 1..=16usize),
+    ]
+    .prop_flat_map(|(n, d, e)| (Just(n), Just(d), Just(e), 1..=e))
+}
+
+type Sums = (Vec<f64>, Option<f64>, Option<f64>);
+
+fn bwd_sums_run<C: Backend>(c: &C, cfg: &RouterConfig, x: &BwdIn, lse: bool, max: bool) -> R<Sums> {
+    let (e, n) = (cfg.experts, x.n);
+    let coef = match &x.lbl {
+        Some((v, _)) => Some(up(c, v)?),
+        None => None,
+    };
+    let lbl = match (&coef, &x.lbl) {
+        (Some(cb), Some((_, group_len))) => Some(LblCoef {
+            coef: cb,
+            group_len: *group_len,
+        }),
+        _ => None,
+    };
+    let mut dz = c.zeros(n * e)?;
+    let sums = c.router_backward_rows_and_sums(
+        cfg,
+        n,
+        &up(c, &x.z)?,
+        &up(c, &x.p)?,
+        &c.idx_upload(&x.idx)?,
+        &up(c, &x.gates)?,
+        &c.idx_upload(&x.dropped)?,
+        &up(c, &x.dw)?,
+        lbl,
+        C::Elem::of(x.z_coef),
+        &mut dz,
+        lse,
+        max,
+    )?;
+    let f = |v: Option<C::Elem>| v.map(|v| v.to_f64_lossy());
+    Ok((down(c, &dz)?, f(sums.lse_sq_sum), f(sums.max_abs_dz)))
+}
+
+/// `router_backward_rows_and_sums`: `dz` as the reference's backward rows, `sum lse^2` as its
+/// `lse_sq_sum`, `max |dz|` exactly the largest `|dz|` returned, each only when asked.
+pub fn router_backward_rows_and_sums<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const NAME: &str = "kernels::router_backward_rows_and_sums";
+    let Some(b) = acquire(make, NAME) else { return };
+    let tol = B::Elem::CONFORMANCE_TOL;
+    let strategy = fused_shape().prop_flat_map(|(n, _, e, k)| {
+        (
+            Just(n),
+            gen::router_config(e, k),
+            any::<u64>(),
+            any::<[bool; 5]>(),
+        )
+    });
+    run_prop(NAME, CASES, strategy, |(n, cfg, seed, flags)| {
+        let [with_lbl, with_z, with_drop, lse, max] = flags;
+        let input = bwd_input::<B::Elem>(n, &cfg, seed, with_lbl, with_z, with_drop);
+        let got = bwd_sums_run(&b, &cfg, &input, lse, max).ctx("backend")?;
+        let want =
+            bwd_sums_run(&Reference::<f64>::new(), &cfg, &input, lse, max).ctx("f64 reference")?;
+        close("dZ vs f64 reference", &got.0, &want.0, tol)?;
+        match (lse, got.1, want.1) {
+            (true, Some(g), Some(w)) => close1("sum lse^2 vs f64 reference", g, w, tol)?,
+            (false, None, _) => {}
+            (_, g, _) => return Err(fail(format!("sum lse^2 asked {lse}, got {g:?}"))),
+        }
+        let largest = got.0.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        match (max, got.2) {
+            (true, Some(g)) => ensure(g == largest, || {
+                format!("max |dz| {g}, but the largest |dz| returned is {largest}")
+            }),
+            (false, None) => Ok(()),
+            (_, g) => Err(fail(format!("max |dz| asked {max}, got {g:?}"))),
+        }
+    });
+}
+
+type Fused = (Vec<f64>, Vec<f64>, Vec<u32>, Vec<f64>, Option<f64>);
+
+fn fused_forward_run<C: Backend>(
+    c: &C,
+    cfg: &RouterConfig,
+    (n, d): (usize, usize),
+    x: &[f64],
+    r: &[f64],
+    bias: Option<&[f64]>,
+    max: bool,
+) -> R<Fused> {
+    let (e, k) = (cfg.experts, cfg.k);
+    let g = match cfg.layout {
+        WeightLayout::DxE => Gemm::new(n, e, d),
+        WeightLayout::ExD => Gemm::new(n, e, d).tb(),
+    };
+    let bb = match bias {
+        Some(v) => Some(up(c, v)?),
+        None => None,
+    };
+    let mut z = c.zeros(n * e)?;
+    let mut p = c.zeros(n * e)?;
+    let mut idx = c.idx_zeros(n * k)?;
+    let mut gates = c.zeros(n * k)?;
+    let m = c.logits_and_route_rows(
+        cfg,
+        &g,
+        &up(c, x)?,
+        &up(c, r)?,
+        bb.as_ref(),
+        &mut z,
+        &mut p,
+        &mut idx,
+        &mut gates,
+        max,
+    )?;
+    Ok((
+        down(c, &z)?,
+        down(c, &p)?,
+        down_idx(c, &idx)?,
+        down(c, &gates)?,
+        m.map(|v| v.to_f64_lossy()),
+    ))
+}
+
+/// `logits_and_route_rows`: logits as the reference GEMM gives them, and those logits routed
+/// exactly as the reference routes them (indices exactly, scores and gates to tolerance), in
+/// both weight layouts, with and without a bias; `max |Z|` exactly the largest `|Z|` returned.
+pub fn logits_and_route_rows<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const NAME: &str = "kernels::logits_and_route_rows";
+    let Some(b) = acquire(make, NAME) else { return };
+    let tol = B::Elem::CONFORMANCE_TOL;
+    let strategy = fused_shape().prop_flat_map(|(n, d, e, k)| {
+        (
+            Just((n, d)),
+            gen::router_config(e, k),
+            any::<bool>(),
+            any::<[bool; 2]>(),
+            any::<u64>(),
+        )
+    });
+    run_prop(
+        NAME,
+        CASES,
+        strategy,
+        |((n, d), cfg, exd, [with_bias, max], seed)| {
+            let e = cfg.experts;
+            let layout = if exd {
+                WeightLayout::ExD
+            } else {
+                WeightLayout::DxE
+            };
+            let cfg = cfg.with_layout(layout);
+            let mut rng = Rng::new(seed);
+            let x = rounded::<B::Elem>(&gen::normal(&mut rng, n * d, 1.0));
+            let r = rounded::<B::Elem>(&gen::normal(&mut rng, d * e, 1.0 / (d as f64).sqrt()));
+            let bias = with_bias.then(|| rounded::<B::Elem>(&gen::normal(&mut rng, e, 0.2)));
+            let bias = bias.as_deref();
+            let got = fused_forward_run(&b, &cfg, (n, d), &x, &r, bias, max).ctx("backend")?;
+            let want = fused_forward_run(&Reference::<f64>::new(), &cfg, (n, d), &x, &r, bias, max)
+                .ctx("f64 reference")?;
+            close("logits vs f64 reference", &got.0, &want.0, tol)?;
+            // Route the backend's own logits on the reference: the same selection, exactly.
+            let z = rounded::<B::Elem>(&got.0);
+            let (wp, widx, wg) = route_run(&Reference::<B::Elem>::new(), &cfg, n, &z, bias)
+                .ctx("reference routing")?;
+            let cfg_nocap = RouterConfig {
+                capacity: None,
+                ..cfg
+            };
+            let m = crate::run::routing_margin(&cfg_nocap, n, &wp, bias, &widx);
+            if m < tol {
+                return Err(reject("near a selection tie"));
+            }
+            same("indices vs the reference routing", &got.2, &widx)?;
+            close("scores vs the reference routing", &got.1, &wp, tol)?;
+            close("gates vs the reference routing", &got.3, &wg, tol)?;
+            let largest = got.0.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            match (max, got.4) {
+                (true, Some(g)) => ensure(g == largest, || {
+                    format!("max |Z| {g}, but the largest |Z| returned is {largest}")
+                }),
+                (false, None) => Ok(()),
+                (_, g) => Err(fail(format!("max |Z| asked {max}, got {g:?}"))),
+            }
         },
     );
 }

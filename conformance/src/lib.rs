@@ -62,6 +62,8 @@ macro_rules! conformance_suite {
                 kernel_route_rows => kernels::route_rows,
                 kernel_dispatch => kernels::dispatch,
                 kernel_router_backward_rows => kernels::router_backward_rows,
+                kernel_router_backward_rows_and_sums => kernels::router_backward_rows_and_sums,
+                kernel_logits_and_route_rows => kernels::logits_and_route_rows,
                 kernel_group_reductions => kernels::group_reductions,
                 kernel_lbl_coefficients => kernels::lbl_coefficients,
                 kernel_lse_sq_sum => kernels::lse_sq_sum,

@@ -32,6 +32,16 @@ pub struct LblCoef<'a, Buf> {
     pub group_len: usize,
 }
 
+/// The reductions [`Backend::router_backward_rows_and_sums`] returns with `dz`, each `Some` when
+/// asked for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackwardSums<T> {
+    /// `sum_t lse(z_t)^2` (the z-loss before its scale).
+    pub lse_sq_sum: Option<T>,
+    /// `max |dz|`, NaN if any `dz` is NaN (the router's validation of `dz`).
+    pub max_abs_dz: Option<T>,
+}
+
 /// A compute backend for simbal. See the module docs for the layering.
 pub trait Backend {
     /// Element type.
@@ -181,6 +191,71 @@ pub trait Backend {
         counts.finish(self)?;
         order.finish(self)?;
         offsets.finish(self)
+    }
+
+    /// The router's forward in one call: the logits GEMM `g` (`Z = X R`, or `X W^T`) into `z`,
+    /// then [`Backend::route_rows`] on them (`n = g.m` tokens). With `max_abs_z` it also returns
+    /// `max |Z|` (NaN if any is NaN), for the router's validation. A backend may fuse these (the
+    /// faer backend routes each block of rows right after computing its logits, while they are
+    /// in cache); the default makes the three calls.
+    fn logits_and_route_rows(
+        &self,
+        cfg: &RouterConfig,
+        g: &Gemm,
+        x: &Self::Buf,
+        r: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        z: &mut Self::Buf,
+        p: &mut Self::Buf,
+        idx: &mut Self::IdxBuf,
+        gates: &mut Self::Buf,
+        max_abs_z: bool,
+    ) -> Result<Option<Self::Elem>> {
+        self.gemm(g, x, r, z)?;
+        let m = if max_abs_z {
+            Some(self.max_abs(z)?)
+        } else {
+            None
+        };
+        self.route_rows(cfg, g.m, z, bias, p, idx, gates)?;
+        Ok(m)
+    }
+
+    /// [`Backend::router_backward_rows`] with the reductions the router needs from the same
+    /// rows: `sum_t lse(z_t)^2` when `lse_sq_sum` (as [`Backend::lse_sq_sum_scored`]) and
+    /// `max |dz|` when `max_abs_dz`. A backend may compute them in the same sweep; the default
+    /// makes the separate calls.
+    fn router_backward_rows_and_sums(
+        &self,
+        cfg: &RouterConfig,
+        n: usize,
+        z: &Self::Buf,
+        p: &Self::Buf,
+        idx: &Self::IdxBuf,
+        gates: &Self::Buf,
+        dropped: &Self::IdxBuf,
+        dw: &Self::Buf,
+        lbl: Option<LblCoef<'_, Self::Buf>>,
+        z_coef: Self::Elem,
+        dz: &mut Self::Buf,
+        lse_sq_sum: bool,
+        max_abs_dz: bool,
+    ) -> Result<BackwardSums<Self::Elem>> {
+        self.router_backward_rows(cfg, n, z, p, idx, gates, dropped, dw, lbl, z_coef, dz)?;
+        let lse_sq_sum = if lse_sq_sum {
+            Some(self.lse_sq_sum_scored(cfg.score, n, cfg.experts, z, p)?)
+        } else {
+            None
+        };
+        let max_abs_dz = if max_abs_dz {
+            Some(self.max_abs(dz)?)
+        } else {
+            None
+        };
+        Ok(BackwardSums {
+            lse_sq_sum,
+            max_abs_dz,
+        })
     }
 
     /// Router backward rows: `dz` (`n x E`) from the gate gradient and the dense loss terms (see

@@ -36,7 +36,7 @@ mod stage;
 pub mod stats;
 pub mod workspace;
 
-pub use backend::{check_gemm, Backend, LblCoef};
+pub use backend::{check_gemm, Backend, BackwardSums, LblCoef};
 pub use config::{
     BiasUpdateConfig, Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization,
     LossConfig, RouterConfig, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,

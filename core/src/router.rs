@@ -127,22 +127,35 @@ impl<B: Backend> Router<B> {
             b.len(r),
         )?;
         self.prepare(Shape { n, d, e, k })?;
+        self.check_bias(bias)?;
         let b = &self.backend;
+        let cfg = &self.cfg;
         let ws = self.ws.as_mut().ok_or(SimbalError::NoForward)?;
-        let g = match self.cfg.layout {
+        let g = match cfg.layout {
             WeightLayout::DxE => Gemm::new(n, e, d),
             WeightLayout::ExD => Gemm::new(n, e, d).tb(),
         };
-        b.gemm(&g, x, r, &mut ws.z)?;
-        if self.cfg.check_finite && !num_traits::Float::is_finite(b.max_abs(&ws.z)?) {
+        let max_z = b.logits_and_route_rows(
+            cfg,
+            &g,
+            x,
+            r,
+            bias,
+            &mut ws.z,
+            &mut ws.p,
+            &mut ws.idx,
+            &mut ws.gates,
+            cfg.check_finite,
+        )?;
+        if max_z.is_some_and(|m| !num_traits::Float::is_finite(m)) {
             // Any non-finite X or R reaches Z; only now pay for the scans that locate it.
             b.check_finite("tokens X", d, x)?;
-            b.check_finite("router weight", weight_cols(self.cfg.layout, d, e), r)?;
+            b.check_finite("router weight", weight_cols(cfg.layout, d, e), r)?;
             return Err(SimbalError::Overflow {
                 what: "logits Z = X R",
             });
         }
-        self.route_current(bias)
+        self.dispatch_current()
     }
 
     /// Router forward from precomputed logits `z` (`n x E`); [`Router::backward_logits`] then
@@ -170,18 +183,42 @@ impl<B: Backend> Router<B> {
         self.route_current(bias)
     }
 
+    /// The selection bias has `E` entries, finite when the config checks inputs.
+    fn check_bias(&self, bias: Option<&B::Buf>) -> Result<()> {
+        if let Some(bias) = bias {
+            let (b, e) = (&self.backend, self.cfg.experts);
+            check_len("selection bias", e, b.len(bias))?;
+            if self.cfg.check_finite {
+                b.check_finite("selection bias", e, bias)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes the logits in the workspace (scores, top-k, gates), then dispatches.
     fn route_current(&mut self, bias: Option<&B::Buf>) -> Result<()> {
+        self.check_bias(bias)?;
+        let b = &self.backend;
+        let ws = self.ws.as_mut().ok_or(SimbalError::NoForward)?;
+        let n = ws.shape.n;
+        b.route_rows(
+            &self.cfg,
+            n,
+            &ws.z,
+            bias,
+            &mut ws.p,
+            &mut ws.idx,
+            &mut ws.gates,
+        )?;
+        self.dispatch_current()
+    }
+
+    /// Capacity and the dispatch plan of the routed workspace; marks the forward done.
+    fn dispatch_current(&mut self) -> Result<()> {
         let b = &self.backend;
         let cfg = &self.cfg;
         let ws = self.ws.as_mut().ok_or(SimbalError::NoForward)?;
         let n = ws.shape.n;
-        if let Some(bias) = bias {
-            check_len("selection bias", cfg.experts, b.len(bias))?;
-            if cfg.check_finite {
-                b.check_finite("selection bias", cfg.experts, bias)?;
-            }
-        }
-        b.route_rows(cfg, n, &ws.z, bias, &mut ws.p, &mut ws.idx, &mut ws.gates)?;
         b.dispatch(
             cfg,
             n,
@@ -215,7 +252,7 @@ impl<B: Backend> Router<B> {
         let b = &self.backend;
         check_len("tokens X", n * d, b.len(x))?;
         check_len("router weight", d * e, b.len(r))?;
-        let mut values = self.backward_dz(dw, losses, global)?;
+        let (mut values, max_dz) = self.backward_dz(dw, losses, global)?;
         let b = &self.backend;
         let layout = self.cfg.layout;
         let ws = self.ws.as_mut().ok_or(SimbalError::NoForward)?;
@@ -239,7 +276,11 @@ impl<B: Backend> Router<B> {
         if self.cfg.check_finite {
             // |dX| <= E max|dZ| max|R|: when that bound is finite with margin, dX is finite
             // and its N x D scan is skipped.
-            let bound = B::Elem::of_usize(2 * e) * b.max_abs(&ws.dz)? * b.max_abs(r)?;
+            let max_dz = match max_dz {
+                Some(m) => m,
+                None => b.max_abs(&ws.dz)?,
+            };
+            let bound = B::Elem::of_usize(2 * e) * max_dz * b.max_abs(r)?;
             if !num_traits::Float::is_finite(bound) {
                 b.check_finite("input gradient dX", d, &ws.dx)
                     .map_err(|_| SimbalError::Overflow {
@@ -267,18 +308,19 @@ impl<B: Backend> Router<B> {
                 what: "SimBal in backward_logits (it needs the router weight; use simbal_loss)",
             });
         }
-        let values = self.backward_dz(dw, losses, global)?;
+        let (values, _) = self.backward_dz(dw, losses, global)?;
         finite_loss(&values)?;
         Ok(values)
     }
 
-    /// Gate gradient and dense loss terms to `dZ`; returns LBL and z-loss values.
+    /// Gate gradient and dense loss terms to `dZ`; returns LBL and z-loss values, and `max |dZ|`
+    /// when the config checks values.
     fn backward_dz(
         &mut self,
         dw: &B::Buf,
         losses: &LossConfig,
         global: Option<&RoutingStats>,
-    ) -> Result<LossValues<B::Elem>> {
+    ) -> Result<BackwardDz<B::Elem>> {
         let shape = self.ws()?.shape;
         let Shape { n, e, k, .. } = shape;
         losses.validate(n)?;
@@ -355,17 +397,15 @@ impl<B: Backend> Router<B> {
             }
             lbl_group = Some(group_len);
         }
-        let mut z_coef = <B::Elem as num_traits::Zero>::zero();
-        if let Some(zc) = losses.z_loss {
-            let sum = b.lse_sq_sum_scored(cfg.score, n, e, &ws.z, &ws.p)?;
-            values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(n);
-            z_coef = crate::ops::zloss::z_coef(zc.beta, n);
-        }
+        let z_coef = match losses.z_loss {
+            Some(zc) => crate::ops::zloss::z_coef(zc.beta, n),
+            None => <B::Elem as num_traits::Zero>::zero(),
+        };
         let lbl = lbl_group.map(|group_len| LblCoef {
             coef: &ws.lbl_coef,
             group_len,
         });
-        b.router_backward_rows(
+        let sums = b.router_backward_rows_and_sums(
             cfg,
             n,
             &ws.z,
@@ -377,18 +417,24 @@ impl<B: Backend> Router<B> {
             lbl,
             z_coef,
             &mut ws.dz,
+            losses.z_loss.is_some(),
+            cfg.check_finite,
         )?;
-        if cfg.check_finite {
-            // Finite inputs can still overflow here (a large scale times a large dW); report
-            // it instead of handing back an inf/NaN dZ (backward_logits returns right after).
-            if b.check_finite("logit gradient dZ", e, &ws.dz).is_err() {
-                return Err(SimbalError::Overflow {
-                    what: "logit gradient dZ",
-                });
-            }
+        if let (Some(zc), Some(sum)) = (losses.z_loss, sums.lse_sq_sum) {
+            values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(n);
+        }
+        // Finite inputs can still overflow here (a large scale times a large dW); report it
+        // instead of handing back an inf/NaN dZ (backward_logits returns right after).
+        if sums
+            .max_abs_dz
+            .is_some_and(|m| !num_traits::Float::is_finite(m))
+        {
+            return Err(SimbalError::Overflow {
+                what: "logit gradient dZ",
+            });
         }
         values.total = values.simbal + values.lbl + values.z_loss;
-        Ok(values)
+        Ok((values, sums.max_abs_dz))
     }
 
     /// A whole training step in one call, for when the gate gradient is known up front:
@@ -500,6 +546,9 @@ impl<B: Backend> Router<B> {
 
 /// [`RouterConfig::validate`], and the gate scale must be finite in the element type (a scale
 /// of 1e300 is finite in `f64` but would make every `f32` gate infinite).
+/// LBL and z-loss values from `Router::backward_dz`, and `max |dZ|` when it was checked.
+type BackwardDz<T> = (LossValues<T>, Option<T>);
+
 fn validate_for<T: Scalar>(cfg: &RouterConfig) -> Result<()> {
     cfg.validate()?;
     if !num_traits::Float::is_finite(T::of(cfg.scale)) {

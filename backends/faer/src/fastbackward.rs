@@ -1,6 +1,7 @@
 //! The `f32` backward row kernel for softmax scores with renormalised gates (the common router):
 //! LBL coefficients, the score backward, the gate term and the z-loss term in one sweep per row,
-//! the `lse` for the z-loss from the scores (`max z - ln max p`, no `exp`).
+//! the `lse` for the z-loss from the scores (`max z - ln max p`, no `exp`), and the rows'
+//! `sum lse^2` (the z-loss value) from the same `lse`.
 //!
 //! Same formula and per-element operation order as core's `router_backward_rows`
 //! (`dz_c = p_c (coef_c - <p, coef>) - p_c m + z_coef lse p_c`, then `a_j q_{i_j}` added at each
@@ -45,12 +46,15 @@ pub(crate) struct BackwardRows<'a, C> {
     pub coef_row: C,
     pub z_coef: f32,
     pub dz: &'a mut [f32],
+    /// Also sum `lse(z_t)^2` over the rows (returned; 0 otherwise).
+    pub lse_sq: bool,
 }
 
 impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
-    type Output = ();
+    type Output = f32;
     #[inline(always)]
-    fn with_simd<S: Simd>(self, _simd: S) {
+    fn with_simd<S: Simd>(self, _simd: S) -> f32 {
+        let mut lse_sq = 0.0f32;
         let (e, k) = (self.cfg.experts, self.cfg.k);
         let s = self.cfg.scale as f32;
         let eps = renorm_eps::<f32>();
@@ -74,8 +78,10 @@ impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
             for j in 0..k {
                 m += a(j) * (pr[ir[j] as usize] * inv);
             }
-            let zc = if self.z_coef != 0.0 {
-                self.z_coef * lse_from_softmax(zr, pr)
+            let zc = if self.z_coef != 0.0 || self.lse_sq {
+                let lse = lse_from_softmax(zr, pr);
+                lse_sq += lse * lse;
+                self.z_coef * lse
             } else {
                 0.0
             };
@@ -97,14 +103,18 @@ impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
                 dzr[i] += a(j) * (pr[i] * inv);
             }
         }
+        lse_sq
     }
 }
 
-/// Runs [`BackwardRows`] with the widest instruction set the CPU has. Needs softmax scores,
-/// renormalised gates and validated lengths and indices.
-pub(crate) fn backward_rows<'c, C: Fn(usize) -> Option<&'c [f32]>>(rows: BackwardRows<'_, C>) {
+/// Runs [`BackwardRows`] with the widest instruction set the CPU has; returns the rows'
+/// `sum lse^2` when asked. Needs softmax scores, renormalised gates and validated lengths and
+/// indices.
+pub(crate) fn backward_rows<'c, C: Fn(usize) -> Option<&'c [f32]>>(
+    rows: BackwardRows<'_, C>,
+) -> f32 {
     if rows.cfg.experts == 0 {
-        return;
+        return 0.0;
     }
-    Arch::new().dispatch(rows);
+    Arch::new().dispatch(rows)
 }

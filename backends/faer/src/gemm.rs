@@ -14,7 +14,7 @@ use simbal_core::Gemm;
 /// Least multiply-adds worth a rayon task of its own.
 const MIN_BLOCK_WORK: usize = 1 << 17;
 /// Block boundaries are rounded to this many rows (or columns) to keep faer's micro-kernels full.
-const ALIGN: usize = 16;
+pub(crate) const ALIGN: usize = 16;
 
 /// `C = alpha op(A) op(B) + beta C` on row-major slices whose lengths were checked.
 pub(crate) fn gemm<T: FaerElem>(g: &Gemm, threads: usize, a: &[T], b: &[T], c: &mut [T]) {

@@ -25,7 +25,7 @@ use core::marker::PhantomData;
 use rayon::prelude::*;
 use simbal_core::config::{RouterConfig, ScoreFn, SimBalConfig, WeightLayout};
 use simbal_core::shape::{check_len, product};
-use simbal_core::{check_gemm, Backend, Gemm, LblCoef, Result, Scalar, SimbalError};
+use simbal_core::{check_gemm, Backend, BackwardSums, Gemm, LblCoef, Result, Scalar, SimbalError};
 use simbal_core::{checks, ops};
 
 pub use faer::Par;
@@ -61,7 +61,8 @@ pub trait FaerElem:
     }
 
     /// Backward rows of a block, as core's `router_backward_rows` (`coef_row(r)`: the LBL
-    /// coefficients of block row `r`); `f32` fuses the softmax/renormalised case into one sweep.
+    /// coefficients of block row `r`); with `lse_sq`, returns the rows' `sum lse(z_t)^2` (else
+    /// 0). `f32` fuses the softmax/renormalised case into one sweep.
     #[doc(hidden)]
     fn backward_rows<'c>(
         cfg: &RouterConfig,
@@ -74,8 +75,14 @@ pub trait FaerElem:
         coef_row: impl Fn(usize) -> Option<&'c [Self]>,
         z_coef: Self,
         dz: &mut [Self],
-    ) {
-        backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz)
+        lse_sq: bool,
+    ) -> Self {
+        backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
+        match (lse_sq, cfg.score) {
+            (false, _) => Self::zero(),
+            (true, ScoreFn::Softmax) => Self::lse_sq_sum_softmax(cfg.experts, z, p),
+            (true, ScoreFn::Sigmoid) => lse_sq_sum(cfg.experts, z),
+        }
     }
 
     /// `sum_t lse(z_t)^2` over the rows of `z` given their softmax `p` (core's
@@ -117,7 +124,8 @@ impl FaerElem for f32 {
         coef_row: impl Fn(usize) -> Option<&'c [f32]>,
         z_coef: f32,
         dz: &mut [f32],
-    ) {
+        lse_sq: bool,
+    ) -> f32 {
         if cfg.score == ScoreFn::Softmax && cfg.renormalize {
             fastbackward::backward_rows(fastbackward::BackwardRows {
                 cfg,
@@ -130,9 +138,15 @@ impl FaerElem for f32 {
                 coef_row,
                 z_coef,
                 dz,
+                lse_sq,
             })
         } else {
-            backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz)
+            backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
+            match (lse_sq, cfg.score) {
+                (false, _) => 0.0,
+                (true, ScoreFn::Softmax) => Self::lse_sq_sum_softmax(cfg.experts, z, p),
+                (true, ScoreFn::Sigmoid) => lse_sq_sum(cfg.experts, z),
+            }
         }
     }
     fn route_rows(
@@ -292,7 +306,119 @@ impl<T> Faer<T> {
     }
 }
 
+/// The inputs of the backward row kernel, as slices.
+struct BackwardRows<'a, T> {
+    z: &'a [T],
+    p: &'a [T],
+    idx: &'a [u32],
+    gates: &'a [T],
+    dropped: &'a [u32],
+    dw: &'a [T],
+    /// LBL coefficients (`groups x E`) and tokens per group.
+    lbl: Option<(&'a [T], usize)>,
+    z_coef: T,
+}
+
+/// Larger of two values, NaN if either is NaN.
+fn max_nan<T: Scalar>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::nan()
+    } else if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// Least rows per task of the fused logits-and-routing forward.
+const FUSED_MIN_ROWS: usize = 64;
+
 impl<T: FaerElem> Faer<T> {
+    /// The backward row kernel over blocks of rows, each also reducing what is asked: its
+    /// `sum lse^2` (`lse_sq`) and `max |dz|` (`max_dz`). With `lse_sq` the blocks are the
+    /// [`REDUCE_PARTS`] fixed row ranges, summed in order, so the value does not depend on the
+    /// thread count; otherwise one block per thread. Returns `(sum lse^2, max |dz|)` (0 where
+    /// not asked).
+    fn backward_blocks(
+        &self,
+        cfg: &RouterConfig,
+        n: usize,
+        x: &BackwardRows<'_, T>,
+        dz: &mut [T],
+        lse_sq: bool,
+        max_dz: bool,
+    ) -> (T, T) {
+        let (e, k) = (cfg.experts, cfg.k);
+        if n == 0 || e == 0 {
+            return (T::zero(), T::zero());
+        }
+        let fixed = n.div_ceil(REDUCE_PARTS);
+        let par = self.row_block(n, e);
+        let rows = if lse_sq {
+            fixed
+        } else {
+            par.unwrap_or(n).max(fixed)
+        };
+        // Block kernel on rows starting at `r0`; LBL coefficient rows follow the global row.
+        let block = |r0: usize,
+                     z: &[T],
+                     p: &[T],
+                     i: &[u32],
+                     w: &[T],
+                     d: &[u32],
+                     g: &[T],
+                     dz: &mut [T]|
+         -> (T, T) {
+            let coef_row = |r: usize| {
+                x.lbl.map(|(c, len)| {
+                    let grp = (r0 + r) / len;
+                    &c[grp * e..(grp + 1) * e]
+                })
+            };
+            let l = T::backward_rows(cfg, z, p, i, w, d, g, coef_row, x.z_coef, dz, lse_sq);
+            let m = if max_dz { max_abs_lanes(dz) } else { T::zero() };
+            (l, m)
+        };
+        let mut parts = [(T::zero(), T::zero()); REDUCE_PARTS];
+        if par.is_some() {
+            (
+                x.z.par_chunks(rows * e),
+                x.p.par_chunks(rows * e),
+                x.idx.par_chunks(rows * k),
+                x.gates.par_chunks(rows * k),
+                x.dropped.par_chunks(rows * k),
+                x.dw.par_chunks(rows * k),
+                dz.par_chunks_mut(rows * e),
+                parts.par_iter_mut(),
+            )
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(b, (z, p, i, w, d, g, dz, out))| {
+                    *out = block(b * rows, z, p, i, w, d, g, dz)
+                });
+        } else {
+            for ((b, dz), out) in dz.chunks_mut(rows * e).enumerate().zip(parts.iter_mut()) {
+                let (r0, r1) = (b * rows, (b * rows + dz.len() / e));
+                let (re, rk) = (r0 * e..r1 * e, r0 * k..r1 * k);
+                *out = block(
+                    r0,
+                    &x.z[re.clone()],
+                    &x.p[re],
+                    &x.idx[rk.clone()],
+                    &x.gates[rk.clone()],
+                    &x.dropped[rk.clone()],
+                    &x.dw[rk],
+                    dz,
+                );
+            }
+        }
+        parts
+            .iter()
+            .fold((T::zero(), T::zero()), |(l, m), &(pl, pm)| {
+                (l + pl, max_nan(m, pm))
+            })
+    }
+
     /// `f` over [`REDUCE_PARTS`] fixed row blocks of `a` and `b` (`n x e` each), the partial
     /// results added in block order: the same value on any number of threads.
     fn row_partial_sums(
@@ -486,36 +612,130 @@ impl<T: FaerElem> Backend for Faer<T> {
             lbl.as_ref().map(|l| (l.group_len, l.coef.len())),
             dz.len(),
         )?;
-        let (e, k) = (cfg.experts, cfg.k);
+        checks::expert_indices(cfg.experts, idx)?;
         let lbl = lbl.map(|l| (l.coef.as_slice(), l.group_len));
-        checks::expert_indices(e, idx)?;
-        // Block kernel on rows starting at `r0`; LBL coefficient rows follow the global row.
-        let block =
-            |r0: usize, z: &[T], p: &[T], i: &[u32], w: &[T], d: &[u32], g: &[T], dz: &mut [T]| {
-                let coef_row = |r: usize| {
-                    lbl.map(|(c, len)| {
-                        let grp = (r0 + r) / len;
-                        &c[grp * e..(grp + 1) * e]
-                    })
-                };
-                T::backward_rows(cfg, z, p, i, w, d, g, coef_row, z_coef, dz);
-            };
-        match self.row_block(n, e) {
-            None => block(0, z, p, idx, gates, dropped, dw, dz),
-            Some(rows) => (
-                z.par_chunks(rows * e),
-                p.par_chunks(rows * e),
-                idx.par_chunks(rows * k),
-                gates.par_chunks(rows * k),
-                dropped.par_chunks(rows * k),
-                dw.par_chunks(rows * k),
-                dz.par_chunks_mut(rows * e),
-            )
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(b, (z, p, i, w, d, g, dz))| block(b * rows, z, p, i, w, d, g, dz)),
-        }
+        let rows = BackwardRows {
+            z,
+            p,
+            idx,
+            gates,
+            dropped,
+            dw,
+            lbl,
+            z_coef,
+        };
+        self.backward_blocks(cfg, n, &rows, dz, false, false);
         Ok(())
+    }
+
+    fn router_backward_rows_and_sums(
+        &self,
+        cfg: &RouterConfig,
+        n: usize,
+        z: &Vec<T>,
+        p: &Vec<T>,
+        idx: &Vec<u32>,
+        gates: &Vec<T>,
+        dropped: &Vec<u32>,
+        dw: &Vec<T>,
+        lbl: Option<LblCoef<'_, Vec<T>>>,
+        z_coef: T,
+        dz: &mut Vec<T>,
+        lse_sq_sum: bool,
+        max_abs_dz: bool,
+    ) -> Result<BackwardSums<T>> {
+        checks::router_backward_rows(
+            cfg,
+            n,
+            z.len(),
+            p.len(),
+            idx.len(),
+            gates.len(),
+            dropped.len(),
+            dw.len(),
+            lbl.as_ref().map(|l| (l.group_len, l.coef.len())),
+            dz.len(),
+        )?;
+        checks::expert_indices(cfg.experts, idx)?;
+        let lbl = lbl.map(|l| (l.coef.as_slice(), l.group_len));
+        let rows = BackwardRows {
+            z,
+            p,
+            idx,
+            gates,
+            dropped,
+            dw,
+            lbl,
+            z_coef,
+        };
+        let (lse, max) = self.backward_blocks(cfg, n, &rows, dz, lse_sq_sum, max_abs_dz);
+        Ok(BackwardSums {
+            lse_sq_sum: lse_sq_sum.then_some(lse),
+            max_abs_dz: max_abs_dz.then_some(max),
+        })
+    }
+
+    fn logits_and_route_rows(
+        &self,
+        cfg: &RouterConfig,
+        g: &Gemm,
+        x: &Vec<T>,
+        r: &Vec<T>,
+        bias: Option<&Vec<T>>,
+        z: &mut Vec<T>,
+        p: &mut Vec<T>,
+        idx: &mut Vec<u32>,
+        gates: &mut Vec<T>,
+        max_abs_z: bool,
+    ) -> Result<Option<T>> {
+        product("GEMM operand A", g.m, g.k)?;
+        product("GEMM operand B", g.k, g.n)?;
+        product("GEMM operand C", g.m, g.n)?;
+        check_gemm(g, x.len(), r.len(), z.len())?;
+        let n = g.m;
+        checks::route_rows(
+            cfg,
+            n,
+            z.len(),
+            bias.map(|b| b.len()),
+            p.len(),
+            idx.len(),
+            gates.len(),
+        )?;
+        let (e, k, kd) = (cfg.experts, cfg.k, g.k);
+        let blocks = self.threads().min(n / FUSED_MIN_ROWS).max(1);
+        if g.trans_a || g.n != e || kd == 0 || blocks == 1 {
+            // Not the router's logits GEMM, or nothing to split: the separate calls.
+            self.gemm(g, x, r, z)?;
+            let m = max_abs_z.then(|| max_abs_lanes(z));
+            self.route_rows(cfg, n, z, bias, p, idx, gates)?;
+            return Ok(m);
+        }
+        // Each task computes the logits of its rows, then routes them while they are in cache.
+        let bias = bias.map(|b| b.as_slice());
+        let rows = n.div_ceil(blocks).div_ceil(gemm::ALIGN) * gemm::ALIGN;
+        let m = (
+            x.par_chunks(rows * kd),
+            z.par_chunks_mut(rows * e),
+            p.par_chunks_mut(rows * e),
+            idx.par_chunks_mut(rows * k),
+            gates.par_chunks_mut(rows * k),
+        )
+            .into_par_iter()
+            .map(|(xb, zb, pb, ib, wb)| {
+                let mut gb = *g;
+                gb.m = zb.len() / e;
+                gemm::gemm(&gb, 1, xb, r, zb);
+                let m = if max_abs_z {
+                    max_abs_lanes(zb)
+                } else {
+                    T::zero()
+                };
+                select::route_rows(cfg, zb, bias, pb, ib, wb);
+                m
+            })
+            .reduce(T::zero, max_nan);
+        Ok(max_abs_z.then_some(m))
     }
 
     fn group_column_sums(

@@ -60,6 +60,38 @@ fn time(warmup: usize, iters: usize, mut f: impl FnMut()) -> (f64, f64) {
     (t[t.len() / 2], t[0])
 }
 
+/// A timed op: its name and the call.
+type NamedOp<'n, 'f> = (&'n str, Box<dyn FnMut() + 'f>);
+
+/// Median and minimum seconds of each op over `iters` rounds (after `warmup` rounds), where a
+/// round calls every op once in turn.
+fn time_interleaved<'n>(
+    warmup: usize,
+    iters: usize,
+    ops: &mut [NamedOp<'n, '_>],
+) -> Vec<(&'n str, (f64, f64))> {
+    for _ in 0..warmup {
+        for (_, f) in ops.iter_mut() {
+            f();
+        }
+    }
+    let mut t = vec![Vec::with_capacity(iters); ops.len()];
+    for _ in 0..iters {
+        for ((_, f), ti) in ops.iter_mut().zip(t.iter_mut()) {
+            let s = Instant::now();
+            f();
+            ti.push(s.elapsed().as_secs_f64());
+        }
+    }
+    ops.iter()
+        .zip(t)
+        .map(|((name, _), mut ti)| {
+            ti.sort_by(|a, b| a.total_cmp(b));
+            (*name, (ti[ti.len() / 2], ti[0]))
+        })
+        .collect()
+}
+
 fn machine() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -86,6 +118,12 @@ fn main() {
     {
         eprintln!("compare: cannot size the thread pool: {e}");
     }
+    // Run on a worker of the pool, as a training loop on rayon does: parallel regions then
+    // start without handing the calling thread over to the pool and back.
+    rayon::scope(|_| body(&args));
+}
+
+fn body(args: &Args) {
     let want = |name: &str| args.shapes.is_empty() || args.shapes.iter().any(|s| s == name);
     let mut rows = Vec::new();
     let b = Faer::<f32>::new();
@@ -94,49 +132,39 @@ fn main() {
         let mut run = || -> simbal_core::Result<()> {
             let inp = StepInputs::new(&b, s, 0)?;
             let mut router = step_router(b, s)?;
-            let (med, min) = time(args.warmup, args.iters, || {
-                run_step(&mut router, &inp, s, &losses).expect("step");
-            });
-            rows.push(row(
-                s.name, s.n, s.d, s.e, s.k, "step", med, min, args.iters,
-            ));
-            let (med, min) = time(args.warmup, args.iters, || {
-                run_forward(&mut router, &inp, s).expect("forward");
-            });
-            rows.push(row(
-                s.name, s.n, s.d, s.e, s.k, "forward", med, min, args.iters,
-            ));
+            let mut router2 = step_router(b, s)?;
             let mut floor = GemmFloor::new(&b, s)?;
-            let (med, min) = time(args.warmup, args.iters, || {
-                floor.run(&b, &inp, s).expect("gemm floor");
-            });
-            rows.push(row(
-                s.name,
-                s.n,
-                s.d,
-                s.e,
-                s.k,
-                "gemm-floor",
-                med,
-                min,
-                args.iters,
-            ));
             let x_host = b.host(&inp.x).expect("faer buffers are host memory");
             let mut bytes = ByteFloor::<f32>::new(s);
-            let (med, min) = time(args.warmup, args.iters, || {
-                std::hint::black_box(bytes.run(x_host));
-            });
-            rows.push(row(
-                s.name,
-                s.n,
-                s.d,
-                s.e,
-                s.k,
-                "bytes-floor",
-                med,
-                min,
-                args.iters,
-            ));
+            // The four ops take turns, one call each per round, so a burst of load from a
+            // neighbour hits all of them alike and their ratios stay meaningful.
+            let mut ops: [NamedOp<'_, '_>; 4] = [
+                (
+                    "step",
+                    Box::new(|| {
+                        run_step(&mut router, &inp, s, &losses).expect("step");
+                    }),
+                ),
+                (
+                    "forward",
+                    Box::new(|| {
+                        run_forward(&mut router2, &inp, s).expect("forward");
+                    }),
+                ),
+                (
+                    "gemm-floor",
+                    Box::new(|| floor.run(&b, &inp, s).expect("gemm floor")),
+                ),
+                (
+                    "bytes-floor",
+                    Box::new(|| {
+                        std::hint::black_box(bytes.run(x_host));
+                    }),
+                ),
+            ];
+            for (op, (med, min)) in time_interleaved(args.warmup, args.iters, &mut ops) {
+                rows.push(row(s.name, s.n, s.d, s.e, s.k, op, med, min, args.iters));
+            }
             eprintln!("compare: {} done", s.name);
             Ok(())
         };
