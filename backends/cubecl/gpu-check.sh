@@ -5,7 +5,9 @@
 #   2. the shared conformance suite on CUDA (CI=true: a missing device fails);
 #   3. where python3 has them, the PyTorch (eager, CUDA) and JAX (jit, CUDA) anchors of the same
 #      step on the same GPU (benches/anchors/);
-#   4. where a Vulkan loader and driver exist, the conformance suite and benchmark on wgpu.
+#   4. where a Vulkan loader and driver exist, the conformance suite and benchmark on wgpu (on a
+#      machine without the loader: unpack Debian's libvulkan1, libglvnd0, libegl1, libgl1, libglx0,
+#      libopengl0, libgles2 into / and point VK_DRIVER_FILES at the NVIDIA ICD json).
 # Usage: backends/cubecl/gpu-check.sh [bench iterations, default 20]   (SKIP_ANCHORS=1: no step 3)
 # Programs: from $SIMBAL_GPU_BIN when set (made by gpu-stage.sh, for a machine without Rust),
 # else built here by gpu-stage.sh into .gpu/. Logs go to $OUT when set (device tool), else
