@@ -61,6 +61,13 @@ fn gemm_matches_reference() {
         (100, 8, 300),
         (17, 129, 64),
         (4, 6, 0),
+        // Skinny outputs (n <= 8, m and k >= 64): the skinny kernels, with and without a
+        // split over the inner dimension; n = 9 just past them.
+        (64, 1, 64),
+        (257, 8, 1000),
+        (1030, 5, 4100),
+        (70, 8, 2000),
+        (130, 9, 300),
     ] {
         for ta in [false, true] {
             for tb in [false, true] {

@@ -1,4 +1,7 @@
-//! Tiled f32 GEMM: `C = alpha op(A) op(B) + beta C`, row-major, with transpose flags.
+//! Tiled f32 GEMM: `C = alpha op(A) op(B) + beta C`, row-major, with transpose flags, and two
+//! skinny kernels for the router's products with an `E`-wide output (`E <= 8`): `Z = X R`
+//! (reduction along rows of `X`) and `dR = X^T dZ` (reduction over tokens, split when the columns
+//! alone give few cubes), which read `X` once, coalesced, instead of through 64-wide tiles.
 //!
 //! cubecl 0.10.0 ships no matrix multiply of its own (`cubecl-matmul` stops at 0.9, `cubek-matmul`
 //! 0.2 is a large separate engine), so this is a classic shared-memory tiled kernel: 64 x 64 output
@@ -23,6 +26,19 @@ const MT: usize = 4; // micro-tile side
 /// `A` and transposed `B` (16 threads, one per K index) hit 16 different banks.
 const SA: usize = BM + 1;
 const SB: usize = BN + 1;
+
+/// Widest output the skinny kernels take (the router's `E`); wider outputs use the tiled kernel.
+/// Measured on an H200: at `E = 8` the skinny kernels took `X R` from 0.66 to 0.16 ms and
+/// `X^T dZ` from 0.46 to 0.09 ms (4096 x 4096); at `E = 32` they were slower than the tiles
+/// (0.49 against 0.08 ms for 4096 x 768: 32 accumulators a thread and a 32-wide shared-memory
+/// tree), so only `E <= 8` takes them. `9..=16` is unmeasured and stays on the tiles.
+pub const SKINNY_MAX_N: usize = 8;
+/// Least rows of the output and least inner dimension for the skinny kernels.
+const SKINNY_MIN_DIM: usize = 64;
+/// Threads of a skinny cube along the reduction (nn) or along the output rows (tn).
+const SK_LANES: usize = 32;
+/// Output rows (nn) or token lanes (tn) per skinny cube.
+const SK_ROWS: usize = 8;
 
 /// GEMM description (mirrors `simbal_core::ops::gemm::Gemm`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,6 +182,156 @@ fn gemm_kernel(
     }
 }
 
+/// Skinny `C = alpha A op(B) + beta C` (`A` row-major `m x k`, `C` `m x n`, `n <= SKINNY_MAX_N`): the
+/// router's `Z = X R`. A cube holds 8 rows; its 32 lanes per row sum strided shares of `k`
+/// (coalesced reads of `A`), the `n` partial sums in registers, then a fixed-order tree over the
+/// lanes in shared memory. One pass over `A`, no tiles wasted on absent columns.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn skinny_nn_kernel(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    c: &mut Array<f32>,
+    m: u32,
+    k: u32,
+    alpha: f32,
+    beta: f32,
+    #[comptime] n: usize,
+    #[comptime] trans_b: bool,
+    #[comptime] beta_zero: bool,
+) {
+    let lane = UNIT_POS_X as usize;
+    let y = UNIT_POS_Y as usize;
+    let row = crate::kernels::linear_cube() * SK_ROWS + y;
+    let m = m as usize;
+    let k = k as usize;
+    let mut acc = Array::<f32>::new(n);
+    #[unroll]
+    for j in 0..n {
+        acc[j] = 0.0;
+    }
+    if row < m {
+        let mut l = lane;
+        while l < k {
+            let x = a[row * k + l];
+            #[unroll]
+            for j in 0..n {
+                let bv = if trans_b { b[j * k + l] } else { b[l * n + j] };
+                acc[j] += x * bv;
+            }
+            l += SK_LANES;
+        }
+    }
+    let mut s = SharedMemory::<f32>::new(comptime!(SK_LANES * SK_ROWS * n));
+    let base = (y * SK_LANES + lane) * n;
+    #[unroll]
+    for j in 0..n {
+        s[base + j] = acc[j];
+    }
+    sync_cube();
+    let mut stride = comptime!(SK_LANES / 2).runtime();
+    while stride > 0 {
+        if lane < stride {
+            #[unroll]
+            for j in 0..n {
+                s[base + j] = s[base + j] + s[base + stride * n + j];
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if row < m && lane < n {
+        let v = alpha * s[y * SK_LANES * n + lane];
+        let o = row * n + lane;
+        if beta_zero {
+            c[o] = v;
+        } else {
+            c[o] = v + beta * c[o];
+        }
+    }
+}
+
+/// Skinny `C = alpha A^T B + beta C` (`A` stored `k x m`, `B` `k x n` row-major,
+/// `n <= SKINNY_MAX_N`): the
+/// router's `dR = X^T dZ`. A cube holds 32 consecutive columns of `A` (coalesced reads) and 8
+/// token lanes, each summing a strided share of its split's tokens; a fixed-order tree over the
+/// token lanes, then (`split`) one slice of the workspace per split, summed in order after.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn skinny_tn_kernel(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    c: &mut Array<f32>,
+    m: u32,
+    k: u32,
+    k_chunk: u32,
+    alpha: f32,
+    beta: f32,
+    #[comptime] n: usize,
+    #[comptime] beta_zero: bool,
+    #[comptime] split: bool,
+) {
+    let lane = UNIT_POS_X as usize;
+    let y = UNIT_POS_Y as usize;
+    let col = CUBE_POS_X as usize * SK_LANES + lane;
+    let m = m as usize;
+    let k = k as usize;
+    let t_begin = CUBE_POS_Y as usize * k_chunk as usize;
+    let mut t_end = t_begin + k_chunk as usize;
+    if t_end > k {
+        t_end = k;
+    }
+    let mut acc = Array::<f32>::new(n);
+    #[unroll]
+    for j in 0..n {
+        acc[j] = 0.0;
+    }
+    if col < m {
+        let mut t = t_begin + y;
+        while t < t_end {
+            let x = a[t * m + col];
+            #[unroll]
+            for j in 0..n {
+                acc[j] += x * b[t * n + j];
+            }
+            t += SK_ROWS;
+        }
+    }
+    let mut s = SharedMemory::<f32>::new(comptime!(SK_LANES * SK_ROWS * n));
+    let base = (y * SK_LANES + lane) * n;
+    #[unroll]
+    for j in 0..n {
+        s[base + j] = acc[j];
+    }
+    sync_cube();
+    let mut stride = comptime!(SK_ROWS / 2).runtime();
+    while stride > 0 {
+        if y < stride {
+            #[unroll]
+            for j in 0..n {
+                s[base + j] = s[base + j] + s[base + stride * SK_LANES * n + j];
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if y == 0 && col < m {
+        let slice = CUBE_POS_Y as usize * m * n;
+        #[unroll]
+        for j in 0..n {
+            let v = s[lane * n + j];
+            let o = col * n + j;
+            if split {
+                c[slice + o] = v;
+            } else if beta_zero {
+                c[o] = alpha * v;
+            } else {
+                c[o] = alpha * v + beta * c[o];
+            }
+        }
+    }
+}
+
 /// Sums the split-K slices in slice order and applies alpha/beta.
 #[cube(launch_unchecked)]
 fn split_reduce_kernel(
@@ -233,6 +399,12 @@ pub fn gemm<R: Runtime>(
     );
     fits_u32("GEMM operand A", a.len)?;
     fits_u32("GEMM operand B", b.len)?;
+    if g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM && !g.trans_a {
+        return skinny_nn(client, g, a, b, c);
+    }
+    if g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM && !g.trans_b {
+        return skinny_tn(client, g, a, b, c);
+    }
     let gx = g.n.div_ceil(BN);
     let gy = g.m.div_ceil(BM);
     if gx > MAX_GRID_DIM || gy > MAX_GRID_DIM {
@@ -291,6 +463,116 @@ pub fn gemm<R: Runtime>(
             true,
         );
         let len = g.m * g.n;
+        split_reduce_kernel::launch_unchecked::<R>(
+            client,
+            super::grid(len.div_ceil(256))?,
+            CubeDim::new_1d(256),
+            work.arg(),
+            c.arg(),
+            len as u32,
+            splits as u32,
+            g.alpha,
+            g.beta,
+            beta_zero,
+        );
+    }
+    Ok(())
+}
+
+/// [`skinny_nn_kernel`] over all rows (sizes checked by [`gemm`]).
+fn skinny_nn<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+    c: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    unsafe {
+        skinny_nn_kernel::launch_unchecked::<R>(
+            client,
+            super::grid(g.m.div_ceil(SK_ROWS))?,
+            CubeDim::new_2d(SK_LANES as u32, SK_ROWS as u32),
+            a.arg(),
+            b.arg(),
+            c.arg(),
+            g.m as u32,
+            g.k as u32,
+            g.alpha,
+            g.beta,
+            g.n,
+            g.trans_b,
+            g.beta == 0.0,
+        );
+    }
+    Ok(())
+}
+
+/// [`skinny_tn_kernel`], splitting the tokens when the columns alone give few cubes.
+fn skinny_tn<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+    c: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    const TARGET_CUBES: usize = 512;
+    const MIN_K_PER_SPLIT: usize = 256;
+    let gx = g.m.div_ceil(SK_LANES);
+    if gx > MAX_GRID_DIM {
+        return Err(KernelError::Unsupported(format!(
+            "GEMM of {} x {} exceeds the grid limit",
+            g.m, g.n
+        )));
+    }
+    let splits = TARGET_CUBES
+        .div_ceil(gx)
+        .min(g.k / MIN_K_PER_SPLIT)
+        .clamp(1, 64);
+    let chunk = g.k.div_ceil(splits);
+    let splits = g.k.div_ceil(chunk);
+    let dim = CubeDim::new_2d(SK_LANES as u32, SK_ROWS as u32);
+    let beta_zero = g.beta == 0.0;
+    if splits == 1 {
+        unsafe {
+            skinny_tn_kernel::launch_unchecked::<R>(
+                client,
+                CubeCount::Static(gx as u32, 1, 1),
+                dim,
+                a.arg(),
+                b.arg(),
+                c.arg(),
+                g.m as u32,
+                g.k as u32,
+                g.k as u32,
+                g.alpha,
+                g.beta,
+                g.n,
+                beta_zero,
+                false,
+            );
+        }
+        return Ok(());
+    }
+    let work = DevBuf::<f32>::empty(client, splits * g.m * g.n);
+    fits_u32("GEMM split workspace", work.len)?;
+    let len = g.m * g.n;
+    unsafe {
+        skinny_tn_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(gx as u32, splits as u32, 1),
+            dim,
+            a.arg(),
+            b.arg(),
+            work.arg(),
+            g.m as u32,
+            g.k as u32,
+            chunk as u32,
+            g.alpha,
+            g.beta,
+            g.n,
+            beta_zero,
+            true,
+        );
         split_reduce_kernel::launch_unchecked::<R>(
             client,
             super::grid(len.div_ceil(256))?,
