@@ -5,8 +5,9 @@
 #                      [--skip-setup] [--no-simbal] [--no-anchors]
 #
 # 1. benches/anchors/setup.sh        (venv with torch + jax[cpu]; idempotent; failures non-fatal)
-# 2. simbal's Rust timer, if the bin exists:
-#      cargo run --release -p simbal-benches --bin compare -- --threads T --out target/compare/simbal.json
+# 2. simbal's Rust timer, if the bin exists, on the anchors' inputs (dump_inputs.py):
+#      cargo run --release -p simbal-benches --bin compare -- --threads T --warmup W --iters I \
+#        --inputs target/compare/inputs --out target/compare/simbal.json
 #    (extra arguments for it can be given in SIMBAL_COMPARE_ARGS)
 # 3. each installed anchor -> target/compare/torch.json, target/compare/jax.json
 # 4. benches/anchors/table.py        -> tables on stdout, target/compare/table.md (medians)
@@ -86,9 +87,19 @@ except ValueError:
 print(int(any(p["name"] == "simbal-benches" and any(t["name"] == "compare" and "bin" in t["kind"] for t in p["targets"]) for p in m["packages"])))
 ' 2>/dev/null)
   if [ "${has_bin:-0}" = 1 ]; then
+    # The anchors' own inputs, so all three time the same numbers (needs the venv's numpy;
+    # without it simbal draws its own inputs from the same distributions).
+    INPUTS=()
+    if [ -x "$PY" ] && "$PY" "$ANCH/dump_inputs.py" "$OUT/inputs"; then
+      INPUTS=(--inputs "$OUT/inputs")
+    else
+      echo "no numpy in $ANCH/.venv: simbal times its own inputs (same distributions)"
+    fi
+    SARGS=(--threads "$THREADS" --warmup "$WARMUP" --iters "$ITERS")
+    [ -n "$SHAPES" ] && SARGS+=(--shapes "$SHAPES")
     # shellcheck disable=SC2086
     if ! cargo run --release -p simbal-benches --bin compare -- \
-        --threads "$THREADS" --out "$OUT/simbal.json" ${SIMBAL_COMPARE_ARGS:-}; then
+        "${SARGS[@]}" "${INPUTS[@]}" --out "$OUT/simbal.json" ${SIMBAL_COMPARE_ARGS:-}; then
       echo "simbal timer failed; continuing with the anchors only"
     fi
   else

@@ -119,6 +119,43 @@ impl<B: Backend> StepInputs<B> {
             dw: b.upload(&dw)?,
         })
     }
+
+    /// The inputs `benches/anchors/dump_inputs.py` wrote for `shape` into `dir` (raw
+    /// little-endian `f32`: `<name>.x.f32`, `.r.f32`, `.dw.f32`), so simbal times the very
+    /// numbers the PyTorch and JAX anchors time. SimBal-only shapes (`n = 0`) read `R` alone.
+    pub fn from_dir(b: &B, s: &StepShape, dir: &std::path::Path) -> std::io::Result<Self> {
+        let read = |part: &str, len: usize| -> std::io::Result<Vec<B::Elem>> {
+            let path = dir.join(format!("{}.{part}.f32", s.name));
+            let bytes = std::fs::read(&path)?;
+            if bytes.len() != 4 * len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {} bytes, expected {}",
+                        path.display(),
+                        bytes.len(),
+                        4 * len
+                    ),
+                ));
+            }
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|c| B::Elem::of(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64))
+                .collect())
+        };
+        let io = |e: simbal_core::SimbalError| std::io::Error::other(e.to_string());
+        let r = read("r", s.d * s.e)?;
+        let (x, dw) = if s.n == 0 {
+            (Vec::new(), Vec::new())
+        } else {
+            (read("x", s.n * s.d)?, read("dw", s.n * s.k)?)
+        };
+        Ok(Self {
+            x: b.upload(&x).map_err(io)?,
+            r: b.upload(&r).map_err(io)?,
+            dw: b.upload(&dw).map_err(io)?,
+        })
+    }
 }
 
 /// A router for `shape`: softmax, renormalised top-k, no capacity, `D x E`, input checks on.

@@ -14,6 +14,7 @@ struct Args {
     iters: usize,
     shapes: Vec<String>,
     out: Option<String>,
+    inputs: Option<std::path::PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -23,6 +24,7 @@ fn parse() -> Result<Args, String> {
         iters: 20,
         shapes: Vec::new(),
         out: None,
+        inputs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -33,8 +35,12 @@ fn parse() -> Result<Args, String> {
             "--iters" => a.iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
             "--shapes" => a.shapes = val()?.split(',').map(str::to_owned).collect(),
             "--out" => a.out = Some(val()?),
+            "--inputs" => a.inputs = Some(val()?.into()),
             "--help" | "-h" => {
-                println!("compare [--threads T] [--warmup W] [--iters I] [--shapes a,b] [--out FILE.json]");
+                println!("compare [--threads T] [--warmup W] [--iters I] [--shapes a,b] [--out FILE.json] [--inputs DIR]");
+                println!(
+                    "  --inputs DIR: time the anchors' inputs (benches/anchors/dump_inputs.py DIR)"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -58,6 +64,24 @@ fn time(warmup: usize, iters: usize, mut f: impl FnMut()) -> (f64, f64) {
         .collect();
     t.sort_by(|a, b| a.total_cmp(b));
     (t[t.len() / 2], t[0])
+}
+
+/// The shape's inputs: the anchors' (from `--inputs`), else simbal's own seeded ones (same
+/// distributions, other numbers).
+fn inputs(
+    b: &Faer<f32>,
+    s: &StepShape,
+    args: &Args,
+    seed: u64,
+) -> simbal_core::Result<StepInputs<Faer<f32>>> {
+    match &args.inputs {
+        Some(dir) => {
+            StepInputs::from_dir(b, s, dir).map_err(|e| simbal_core::SimbalError::Backend {
+                message: format!("reading the anchors' inputs: {e}"),
+            })
+        }
+        None => StepInputs::new(b, s, seed),
+    }
 }
 
 /// A timed op: its name and the call.
@@ -130,7 +154,7 @@ fn body(args: &Args) {
     let losses = step_losses();
     for s in STEP_SHAPES.iter().filter(|s| want(s.name)) {
         let mut run = || -> simbal_core::Result<()> {
-            let inp = StepInputs::new(&b, s, 0)?;
+            let inp = inputs(&b, s, args, 0)?;
             let mut router = step_router(b, s)?;
             let mut router2 = step_router(b, s)?;
             let mut floor = GemmFloor::new(&b, s)?;
@@ -175,14 +199,15 @@ fn body(args: &Args) {
     }
     for (name, d, e) in SIMBAL_SHAPES.iter().filter(|s| want(s.0)) {
         let mut run = || -> simbal_core::Result<()> {
+            // SimBal alone: only R (n = 0 tokens).
             let s = StepShape {
                 name,
-                n: 1,
+                n: 0,
                 d: *d,
                 e: *e,
-                k: 1,
+                k: 0,
             };
-            let inp = StepInputs::new(&b, &s, 1)?;
+            let inp = inputs(&b, &s, args, 1)?;
             let mut grad = b.zeros(d * e)?;
             let mut ws = SimbalWorkspace::new(&b, *d, *e)?;
             let (med, min) = time(args.warmup, args.iters, || {
