@@ -600,32 +600,11 @@ impl<T: FaerElem> Backend for Faer<T> {
         z_coef: T,
         dz: &mut Vec<T>,
     ) -> Result<()> {
-        checks::router_backward_rows(
-            cfg,
-            n,
-            z.len(),
-            p.len(),
-            idx.len(),
-            gates.len(),
-            dropped.len(),
-            dw.len(),
-            lbl.as_ref().map(|l| (l.group_len, l.coef.len())),
-            dz.len(),
-        )?;
-        checks::expert_indices(cfg.experts, idx)?;
-        let lbl = lbl.map(|l| (l.coef.as_slice(), l.group_len));
-        let rows = BackwardRows {
-            z,
-            p,
-            idx,
-            gates,
-            dropped,
-            dw,
-            lbl,
-            z_coef,
-        };
-        self.backward_blocks(cfg, n, &rows, dz, false, false);
-        Ok(())
+        // The same sweep with no reductions asked.
+        self.router_backward_rows_and_sums(
+            cfg, n, z, p, idx, gates, dropped, dw, lbl, z_coef, dz, false, false,
+        )
+        .map(|_| ())
     }
 
     fn router_backward_rows_and_sums(

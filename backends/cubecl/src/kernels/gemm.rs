@@ -462,21 +462,8 @@ pub fn gemm<R: Runtime>(
             beta_zero,
             true,
         );
-        let len = g.m * g.n;
-        split_reduce_kernel::launch_unchecked::<R>(
-            client,
-            super::grid(len.div_ceil(256))?,
-            CubeDim::new_1d(256),
-            work.arg(),
-            c.arg(),
-            len as u32,
-            splits as u32,
-            g.alpha,
-            g.beta,
-            beta_zero,
-        );
     }
-    Ok(())
+    reduce_splits(client, g, splits, &work, c)
 }
 
 /// [`skinny_nn_kernel`] over all rows (sizes checked by [`gemm`]).
@@ -555,7 +542,6 @@ fn skinny_tn<R: Runtime>(
     }
     let work = DevBuf::<f32>::empty(client, splits * g.m * g.n);
     fits_u32("GEMM split workspace", work.len)?;
-    let len = g.m * g.n;
     unsafe {
         skinny_tn_kernel::launch_unchecked::<R>(
             client,
@@ -573,6 +559,20 @@ fn skinny_tn<R: Runtime>(
             beta_zero,
             true,
         );
+    }
+    reduce_splits(client, g, splits, &work, c)
+}
+
+/// `C = alpha (sum of the `splits` slices of `work`, in slice order) + beta C`.
+fn reduce_splits<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    splits: usize,
+    work: &DevBuf<f32>,
+    c: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    let len = g.m * g.n;
+    unsafe {
         split_reduce_kernel::launch_unchecked::<R>(
             client,
             super::grid(len.div_ceil(256))?,
@@ -583,7 +583,7 @@ fn skinny_tn<R: Runtime>(
             splits as u32,
             g.alpha,
             g.beta,
-            beta_zero,
+            g.beta == 0.0,
         );
     }
     Ok(())
