@@ -77,12 +77,9 @@ pub trait FaerElem:
         dz: &mut [Self],
         lse_sq: bool,
     ) -> Self {
-        backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
-        match (lse_sq, cfg.score) {
-            (false, _) => Self::zero(),
-            (true, ScoreFn::Softmax) => Self::lse_sq_sum_softmax(cfg.experts, z, p),
-            (true, ScoreFn::Sigmoid) => lse_sq_sum(cfg.experts, z),
-        }
+        backward_rows_generic(
+            cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz, lse_sq,
+        )
     }
 
     /// `sum_t lse(z_t)^2` over the rows of `z` given their softmax `p` (core's
@@ -141,12 +138,9 @@ impl FaerElem for f32 {
                 lse_sq,
             })
         } else {
-            backward_rows_generic(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
-            match (lse_sq, cfg.score) {
-                (false, _) => 0.0,
-                (true, ScoreFn::Softmax) => Self::lse_sq_sum_softmax(cfg.experts, z, p),
-                (true, ScoreFn::Sigmoid) => lse_sq_sum(cfg.experts, z),
-            }
+            backward_rows_generic(
+                cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz, lse_sq,
+            )
         }
     }
     fn route_rows(
@@ -176,8 +170,10 @@ impl FaerElem for f32 {
 }
 impl FaerElem for f64 {}
 
-/// Backward rows of a block through core's kernel; with softmax scores the z-loss term is added
-/// after it exactly as core adds it (`dz += z_coef lse(z) p`, last), with the vectorised `lse`.
+/// Backward rows of a block through core's kernel; with `lse_sq`, returns the rows'
+/// `sum lse(z_t)^2` (else 0). With softmax scores each row's `lse` is taken once (vectorised in
+/// `f32`) for both the z-loss term, added after core's kernel exactly as core adds it
+/// (`dz += z_coef lse(z) p`, last), and the sum.
 fn backward_rows_generic<'c, T: FaerElem>(
     cfg: &RouterConfig,
     z: &[T],
@@ -189,32 +185,33 @@ fn backward_rows_generic<'c, T: FaerElem>(
     coef_row: impl Fn(usize) -> Option<&'c [T]>,
     z_coef: T,
     dz: &mut [T],
-) {
+    lse_sq: bool,
+) -> T {
     let e = cfg.experts;
-    if cfg.score == ScoreFn::Softmax && z_coef != T::zero() {
-        ops::router::router_backward_rows(
-            cfg,
-            z,
-            p,
-            idx,
-            gates,
-            dropped,
-            dw,
-            coef_row,
-            T::zero(),
-            dz,
-        );
+    if cfg.score != ScoreFn::Softmax {
+        ops::router::router_backward_rows(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
+        return if lse_sq { lse_sq_sum(e, z) } else { T::zero() };
+    }
+    ops::router::router_backward_rows(cfg, z, p, idx, gates, dropped, dw, coef_row, T::zero(), dz);
+    let mut sum = T::zero();
+    if z_coef != T::zero() || lse_sq {
         T::lse_rows(e, z, |r, l| {
-            let c = z_coef * l;
-            let rows = dz[r * e..(r + 1) * e]
-                .iter_mut()
-                .zip(&p[r * e..(r + 1) * e]);
-            for (dv, &pv) in rows {
-                *dv += c * pv;
+            sum += l * l;
+            if z_coef != T::zero() {
+                let c = z_coef * l;
+                let rows = dz[r * e..(r + 1) * e]
+                    .iter_mut()
+                    .zip(&p[r * e..(r + 1) * e]);
+                for (dv, &pv) in rows {
+                    *dv += c * pv;
+                }
             }
         });
+    }
+    if lse_sq {
+        sum
     } else {
-        ops::router::router_backward_rows(cfg, z, p, idx, gates, dropped, dw, coef_row, z_coef, dz);
+        T::zero()
     }
 }
 
@@ -547,7 +544,7 @@ impl<T: FaerElem> Backend for Faer<T> {
         let (e, k) = (cfg.experts, cfg.k);
         let bias = bias.map(|b| b.as_slice());
         match self.row_block(n, e) {
-            None => select::route_rows(cfg, z, bias, p, idx, gates),
+            None => T::route_rows(cfg, z, bias, p, idx, gates),
             Some(rows) => (
                 z.par_chunks(rows * e),
                 p.par_chunks_mut(rows * e),
@@ -555,7 +552,7 @@ impl<T: FaerElem> Backend for Faer<T> {
                 gates.par_chunks_mut(rows * k),
             )
                 .into_par_iter()
-                .for_each(|(z, p, idx, gates)| select::route_rows(cfg, z, bias, p, idx, gates)),
+                .for_each(|(z, p, idx, gates)| T::route_rows(cfg, z, bias, p, idx, gates)),
         }
         Ok(())
     }
@@ -710,7 +707,7 @@ impl<T: FaerElem> Backend for Faer<T> {
                 } else {
                     T::zero()
                 };
-                select::route_rows(cfg, zb, bias, pb, ib, wb);
+                T::route_rows(cfg, zb, bias, pb, ib, wb);
                 m
             })
             .reduce(T::zero, max_nan);

@@ -26,19 +26,8 @@ fn ungrouped(cfg: &RouterConfig) -> bool {
     }
 }
 
-/// Forward rows of a block: same contract and results as `simbal_core::ops::router::route_rows`.
-pub(crate) fn route_rows<T: FaerElem>(
-    cfg: &RouterConfig,
-    z: &[T],
-    bias: Option<&[T]>,
-    p: &mut [T],
-    idx: &mut [u32],
-    gates: &mut [T],
-) {
-    T::route_rows(cfg, z, bias, p, idx, gates)
-}
-
-/// [`route_rows`] for any element type: the insertion top-k of [`top_k_row`].
+/// Forward rows of a block for any element type (same contract and results as
+/// `simbal_core::ops::router::route_rows`), with the insertion top-k of [`top_k_row`].
 pub(crate) fn route_rows_generic<T: FaerElem>(
     cfg: &RouterConfig,
     z: &[T],

@@ -50,22 +50,6 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Median and minimum seconds of `iters` calls after `warmup` calls.
-fn time(warmup: usize, iters: usize, mut f: impl FnMut()) -> (f64, f64) {
-    for _ in 0..warmup {
-        f();
-    }
-    let mut t: Vec<f64> = (0..iters)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    (t[t.len() / 2], t[0])
-}
-
 /// The shape's inputs: the anchors' (from `--inputs`), else simbal's own seeded ones (same
 /// distributions, other numbers).
 fn inputs(
@@ -210,10 +194,15 @@ fn body(args: &Args) {
             let inp = inputs(&b, &s, args, 1)?;
             let mut grad = b.zeros(d * e)?;
             let mut ws = SimbalWorkspace::new(&b, *d, *e)?;
-            let (med, min) = time(args.warmup, args.iters, || {
-                run_simbal(&b, *d, *e, &inp.r, &mut grad, &mut ws).expect("simbal");
-            });
-            rows.push(row(name, 0, *d, *e, 0, "simbal", med, min, args.iters));
+            let mut ops: [NamedOp<'_, '_>; 1] = [(
+                "simbal",
+                Box::new(|| {
+                    run_simbal(&b, *d, *e, &inp.r, &mut grad, &mut ws).expect("simbal");
+                }),
+            )];
+            for (op, (med, min)) in time_interleaved(args.warmup, args.iters, &mut ops) {
+                rows.push(row(name, 0, *d, *e, 0, op, med, min, args.iters));
+            }
             Ok(())
         };
         if let Err(e) = run() {
