@@ -100,7 +100,8 @@ pub enum SimbalError {
         /// Experts in the statistics given.
         got: usize,
     },
-    /// The backward pass was called before a forward pass of the same shape.
+    /// A routing result or a backward pass was asked for before a forward pass (of the same
+    /// shape) ran on this router.
     NoForward,
     /// A combination of options this call does not support.
     Unsupported {
@@ -180,7 +181,8 @@ impl fmt::Display for SimbalError {
             ),
             NoForward => write!(
                 f,
-                "backward was called without a forward pass of the same shape in this workspace"
+                "no routing to read or differentiate: run a forward pass first (none has run on this router \
+                 since it was made or reconfigured, or it was for another shape)"
             ),
             Unsupported { what } => write!(f, "unsupported: {what}"),
             Backend { message } => write!(f, "backend error: {message}"),

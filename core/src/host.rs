@@ -1,10 +1,11 @@
 //! Memory primitives for backends whose buffers are host `Vec`s (the reference, faer, and any
-//! user backend on plain memory): [`host_vec_memory!`](crate::host_vec_memory) fills in the
-//! memory part of [`crate::Backend`] from the functions here.
+//! user backend on plain memory): [`host_vec_memory!`](crate::host_vec_memory) fills in
+//! [`crate::Memory`] from the functions here.
 
 use crate::error::{Result, SimbalError};
 use crate::shape::check_len;
-use alloc::vec::Vec;
+#[doc(hidden)]
+pub use alloc::vec::Vec;
 
 /// A vector of `len` default values; a length the allocator refuses is an error, not an abort.
 pub fn zeros<E: Copy + Default>(len: usize) -> Result<Vec<E>> {
@@ -30,22 +31,22 @@ pub fn copy<E: Copy>(what: &'static str, src: &[E], dst: &mut [E]) -> Result<()>
     Ok(())
 }
 
-/// Implements every memory primitive and host view of [`crate::Backend`] for
-/// `Buf = Vec<$t>` and `IdxBuf = Vec<u32>`; use it inside the `impl Backend` block.
+/// Implements the buffer types, every memory primitive and the host views of
+/// [`crate::Memory`] for host memory: `Buf = Vec<$t>`, `View = [$t]`, `IdxBuf = Vec<u32>`,
+/// `IdxView = [u32]`. Use it inside the `impl Memory` block, beside `name`.
 ///
 /// ```
-/// use simbal_core::{check_gemm, host_vec_memory, Backend, Gemm, Result};
+/// use simbal_core::{host_vec_memory, Backend, Checked, GemmArgs, Memory, Result};
 /// /// A backend on plain memory whose only own code is its GEMM.
 /// struct Mine;
-/// impl Backend for Mine {
-///     type Elem = f64;
-///     type Buf = Vec<f64>;
-///     type IdxBuf = Vec<u32>;
-///     fn name(&self) -> String { "mine".into() }
+/// impl Memory for Mine {
 ///     host_vec_memory!(f64);
-///     fn gemm(&self, g: &Gemm, a: &Vec<f64>, b: &Vec<f64>, c: &mut Vec<f64>) -> Result<()> {
-///         check_gemm(g, a.len(), b.len(), c.len())?;
-///         simbal_core::ops::gemm::gemm_reference(g, a, b, c);
+///     fn name(&self) -> String { "mine".into() }
+/// }
+/// impl Backend for Mine {
+///     fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
+///         let a = a.into_inner(); // lengths already checked by core
+///         simbal_core::gemm::gemm_reference(&a.gemm, a.a, a.b, a.c);
 ///         Ok(())
 ///     }
 /// }
@@ -56,49 +57,51 @@ pub fn copy<E: Copy>(what: &'static str, src: &[E], dst: &mut [E]) -> Result<()>
 #[macro_export]
 macro_rules! host_vec_memory {
     ($t:ty) => {
-        fn zeros(&self, len: usize) -> $crate::Result<Vec<$t>> {
+        type Elem = $t;
+        type Buf = $crate::host::Vec<$t>;
+        type View = [$t];
+        type IdxBuf = $crate::host::Vec<u32>;
+        type IdxView = [u32];
+        fn zeros(&self, len: usize) -> $crate::Result<$crate::host::Vec<$t>> {
             $crate::host::zeros(len)
         }
-        fn upload(&self, host: &[$t]) -> $crate::Result<Vec<$t>> {
+        fn upload(&self, host: &[$t]) -> $crate::Result<$crate::host::Vec<$t>> {
             $crate::host::upload(host)
         }
-        fn download(&self, buf: &Vec<$t>, host: &mut [$t]) -> $crate::Result<()> {
+        fn download(&self, buf: &[$t], host: &mut [$t]) -> $crate::Result<()> {
             $crate::host::copy("download target", buf, host)
         }
-        fn write(&self, buf: &mut Vec<$t>, host: &[$t]) -> $crate::Result<()> {
+        fn write(&self, buf: &mut [$t], host: &[$t]) -> $crate::Result<()> {
             $crate::host::copy("write source", host, buf)
         }
-        fn len(&self, buf: &Vec<$t>) -> usize {
+        fn len(&self, buf: &[$t]) -> usize {
             buf.len()
         }
-        fn idx_zeros(&self, len: usize) -> $crate::Result<Vec<u32>> {
+        fn host<'a>(&self, buf: &'a [$t]) -> Option<&'a [$t]> {
+            Some(buf)
+        }
+        fn host_mut<'a>(&self, buf: &'a mut [$t]) -> Option<&'a mut [$t]> {
+            Some(buf)
+        }
+        fn idx_zeros(&self, len: usize) -> $crate::Result<$crate::host::Vec<u32>> {
             $crate::host::zeros(len)
         }
-        fn idx_upload(&self, host: &[u32]) -> $crate::Result<Vec<u32>> {
+        fn idx_upload(&self, host: &[u32]) -> $crate::Result<$crate::host::Vec<u32>> {
             $crate::host::upload(host)
         }
-        fn idx_download(&self, buf: &Vec<u32>, host: &mut [u32]) -> $crate::Result<()> {
+        fn idx_download(&self, buf: &[u32], host: &mut [u32]) -> $crate::Result<()> {
             $crate::host::copy("download target", buf, host)
         }
-        fn idx_write(&self, buf: &mut Vec<u32>, host: &[u32]) -> $crate::Result<()> {
+        fn idx_write(&self, buf: &mut [u32], host: &[u32]) -> $crate::Result<()> {
             $crate::host::copy("write source", host, buf)
         }
-        fn idx_len(&self, buf: &Vec<u32>) -> usize {
+        fn idx_len(&self, buf: &[u32]) -> usize {
             buf.len()
         }
-        fn is_host(&self) -> bool {
-            true
-        }
-        fn host<'a>(&self, buf: &'a Vec<$t>) -> Option<&'a [$t]> {
+        fn idx_host<'a>(&self, buf: &'a [u32]) -> Option<&'a [u32]> {
             Some(buf)
         }
-        fn host_mut<'a>(&self, buf: &'a mut Vec<$t>) -> Option<&'a mut [$t]> {
-            Some(buf)
-        }
-        fn idx_host<'a>(&self, buf: &'a Vec<u32>) -> Option<&'a [u32]> {
-            Some(buf)
-        }
-        fn idx_host_mut<'a>(&self, buf: &'a mut Vec<u32>) -> Option<&'a mut [u32]> {
+        fn idx_host_mut<'a>(&self, buf: &'a mut [u32]) -> Option<&'a mut [u32]> {
             Some(buf)
         }
     };

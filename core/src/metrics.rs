@@ -1,11 +1,14 @@
 //! The metrics MoE training logs: load balance, routing entropy, SEU, PES, orthogonality.
 
+use crate::checked::Checked;
 use crate::config::WeightLayout;
 use crate::error::{Result, SimbalError};
-use crate::ops::score::softmax_row;
-use crate::ops::simbal::strides;
+use crate::memory::Memory;
+use crate::router::score::softmax_row;
 use crate::scalar::Scalar;
 use crate::shape::check_len;
+use crate::simbal::reference::strides;
+use crate::stage::stage_elems_in;
 use alloc::vec::Vec;
 
 /// Load-balance metrics of per-expert counts.
@@ -96,6 +99,41 @@ pub fn routing_entropy<T: Scalar>(n: usize, e: usize, p: &[T]) -> Result<T> {
         }
     }
     finite_metric("routing entropy", total / T::of_usize(n))
+}
+
+/// Arguments of [`crate::Backend::routing_entropy`]: the mean routing entropy of `n x E` scores.
+pub struct Entropy<'a, M: Memory + ?Sized> {
+    /// Tokens `n`.
+    pub n: usize,
+    /// Experts `E`.
+    pub e: usize,
+    /// Scores `n x E`.
+    pub p: &'a M::View,
+}
+
+impl<'a, M: Memory + ?Sized> Entropy<'a, M> {
+    /// The precondition function of [`crate::Backend::routing_entropy`].
+    ///
+    /// # Errors
+    /// [`SimbalError::ZeroDim`] for `n = 0` or `E = 0`; [`SimbalError::LengthMismatch`] unless
+    /// `p` holds `n x E`.
+    pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        crate::shape::check_dims(self.n, 1, self.e)?;
+        check_len("scores", self.n.saturating_mul(self.e), m.len(self.p))?;
+        Ok(Checked::new(self))
+    }
+}
+
+/// The host-staged default of [`crate::Backend::routing_entropy`].
+///
+/// # Errors
+/// Transfer failures of a device backend; [`SimbalError::Overflow`] for a non-finite result.
+pub fn routing_entropy_staged<M: Memory + ?Sized>(
+    m: &M,
+    a: Checked<Entropy<'_, M>>,
+) -> Result<M::Elem> {
+    let p = stage_elems_in(m, a.p)?;
+    routing_entropy(a.n, a.e, &p)
 }
 
 /// SEU: per sequence of `seq_len` tokens, the fraction of the `e` experts that receive at least one

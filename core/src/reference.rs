@@ -1,12 +1,13 @@
-//! The scalar reference backend: plain loops over host `Vec`s, every default kernel. Slow and
+//! The scalar reference backend: plain loops over host slices, every default kernel. Slow and
 //! obviously right; every other backend is checked against it.
 
-use crate::backend::{check_gemm, Backend};
+use crate::backend::Backend;
+use crate::checked::Checked;
 use crate::error::Result;
-use crate::ops::gemm::{gemm_reference, Gemm};
+use crate::gemm::{gemm_reference, GemmArgs};
+use crate::memory::Memory;
 use crate::scalar::Scalar;
 use alloc::string::String;
-use alloc::vec::Vec;
 use core::marker::PhantomData;
 
 /// The scalar reference backend in `T` (`f32` or `f64`).
@@ -20,19 +21,18 @@ impl<T> Reference<T> {
     }
 }
 
-impl<T: Scalar> Backend for Reference<T> {
-    type Elem = T;
-    type Buf = Vec<T>;
-    type IdxBuf = Vec<u32>;
+impl<T: Scalar> Memory for Reference<T> {
+    crate::host_vec_memory!(T);
 
     fn name(&self) -> String {
         alloc::format!("reference-{}", T::NAME)
     }
-    crate::host_vec_memory!(T);
+}
 
-    fn gemm(&self, g: &Gemm, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>) -> Result<()> {
-        check_gemm(g, a.len(), b.len(), c.len())?;
-        gemm_reference(g, a, b, c);
+impl<T: Scalar> Backend for Reference<T> {
+    fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        gemm_reference(&a.gemm, a.a, a.b, a.c);
         Ok(())
     }
 }

@@ -1,7 +1,12 @@
 //! Mergeable routing statistics: a monoid under [`RoutingStats::merge`], so shards' statistics
 //! combine with any all-reduce into those of the whole global batch.
 
+use crate::checked::Checked;
 use crate::error::{Result, SimbalError};
+use crate::memory::Memory;
+use crate::scalar::Scalar;
+use crate::shape::check_len;
+use crate::stage::{stage_elems_in, stage_idx_in};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -70,4 +75,70 @@ impl RoutingStats {
         self.tokens = 0;
         self.dropped = 0;
     }
+}
+
+/// Arguments of [`crate::Backend::routing_stats`]: the statistics of one forward pass, from its
+/// scores and kept counts, into a host [`RoutingStats`].
+pub struct CollectStats<'a, M: Memory + ?Sized> {
+    /// Tokens `n`.
+    pub n: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+    /// Scores `n x E`.
+    pub p: &'a M::View,
+    /// Kept assignments per expert (`E`).
+    pub counts: &'a M::IdxView,
+    /// The statistics (resized to `E` when it has another size; no allocation once it has).
+    pub out: &'a mut RoutingStats,
+}
+
+impl<'a, M: Memory + ?Sized> CollectStats<'a, M> {
+    /// The precondition function of [`crate::Backend::routing_stats`]; sizes `out` for `E`
+    /// experts (`E` = the length of `counts`).
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] unless `p` holds `n x E`.
+    pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        let e = m.idx_len(self.counts);
+        check_len("scores", self.n.saturating_mul(e), m.len(self.p))?;
+        if self.out.counts.len() != e || self.out.score_sums.len() != e {
+            *self.out = RoutingStats::empty(e);
+        }
+        Ok(Checked::new(self))
+    }
+}
+
+/// The host-staged default of [`crate::Backend::routing_stats`]: score sums accumulated in
+/// `f64`.
+///
+/// # Errors
+/// Transfer failures of a device backend.
+pub fn routing_stats_staged<M: Memory + ?Sized>(
+    m: &M,
+    a: Checked<CollectStats<'_, M>>,
+) -> Result<()> {
+    let a = a.into_inner();
+    let p = stage_elems_in(m, a.p)?;
+    let counts = stage_idx_in(m, a.counts)?;
+    let out = a.out;
+    let e = counts.len();
+    out.score_sums.iter_mut().for_each(|s| *s = 0.0);
+    for row in p.chunks_exact(e.max(1)) {
+        for (s, &v) in out.score_sums.iter_mut().zip(row) {
+            *s += v.to_f64_lossy();
+        }
+    }
+    fill_counts(out, a.n, a.k, &counts);
+    Ok(())
+}
+
+/// Writes kept counts, tokens and dropped assignments of a pass of `n` tokens with `k` experts
+/// each into `out` (sized for `counts.len()` experts).
+pub fn fill_counts(out: &mut RoutingStats, n: usize, k: usize, counts: &[u32]) {
+    for (o, &c) in out.counts.iter_mut().zip(counts) {
+        *o = u64::from(c);
+    }
+    out.tokens = n as u64;
+    let kept: u64 = out.counts.iter().sum();
+    out.dropped = ((n as u64).saturating_mul(k as u64)).saturating_sub(kept);
 }

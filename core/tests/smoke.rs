@@ -14,19 +14,12 @@ fn objective(
     d: usize,
 ) -> (f64, Vec<u32>, Vec<u32>) {
     let mut router = Router::new(Reference::<f64>::new(), *cfg).unwrap();
-    router
-        .forward(&x.to_vec(), &r.to_vec(), None, n, d)
-        .unwrap();
-    let v = router
-        .backward(&x.to_vec(), &r.to_vec(), &dw.to_vec(), losses, None)
-        .unwrap();
-    let gates = router.gates().unwrap();
-    let lin: f64 = gates.iter().zip(dw).map(|(g, w)| g * w).sum();
-    (
-        lin + v.total,
-        router.indices().unwrap().clone(),
-        router.dropped().unwrap().clone(),
-    )
+    let mut pass = router.forward(x, r, None).unwrap();
+    assert_eq!((pass.shape().n, pass.shape().d), (n, d));
+    let lin: f64 = pass.gates().iter().zip(dw).map(|(g, w)| g * w).sum();
+    let (idx, dropped) = (pass.indices().to_vec(), pass.dropped().to_vec());
+    let v = pass.backward(dw, losses, None).unwrap().losses;
+    (lin + v.total, idx, dropped)
 }
 
 fn check(cfg: RouterConfig, losses: LossConfig, n: usize, d: usize, seed: u64) {
@@ -40,10 +33,9 @@ fn check(cfg: RouterConfig, losses: LossConfig, n: usize, d: usize, seed: u64) {
     let mut dw = vec![0.0; n * k];
     rng.fill_normal(1.0, &mut dw);
     let mut router = Router::new(Reference::<f64>::new(), cfg).unwrap();
-    router.forward(&x, &r, None, n, d).unwrap();
-    router.backward(&x, &r, &dw, &losses, None).unwrap();
-    let dx = router.dx().unwrap().clone();
-    let dr = router.dr().unwrap().clone();
+    let mut pass = router.forward(&x, &r, None).unwrap();
+    let grads = pass.backward(&dw, &losses, None).unwrap();
+    let (dx, dr) = (grads.dx.to_vec(), grads.dr.to_vec());
     let (_, idx0, drop0) = objective(&cfg, &losses, &x, &r, &dw, n, d);
     let h = 1e-6;
     let mut worst: f64 = 0.0;

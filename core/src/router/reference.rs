@@ -1,7 +1,7 @@
 //! The router: forward (scores, selection, gates, capacity, dispatch plan) and backward
 //! (gate gradient to `dZ`), on host slices. Every backend's result is checked against these.
 
-use super::score::{logsumexp_row, score_backward_row, score_row, softmax_row};
+use super::score::{logsumexp_row, score_backward_row, score_row};
 use super::select::{gates_row, renorm_eps, select_row};
 use crate::config::{DropPolicy, RouterConfig, ScoreFn};
 use crate::scalar::Scalar;
@@ -125,7 +125,7 @@ pub fn dispatch<T: Scalar>(
 ///
 /// - Gate part: dropped slots' `dw` count as 0; with renormalisation
 ///   `dp_{i_j} += (s dw_j - sum_l dw_l w_l) / (sum_l p_{i_l} + eps)`, otherwise `dp_{i_j} += s dw_j`.
-/// - `lbl_coef` (`E` per row's sequence, see [`crate::ops::lbl`]) is added to every `dp_e`.
+/// - `lbl_coef` (`E` per row's sequence, see [`crate::lbl`]) is added to every `dp_e`.
 /// - Score backward, then the z-loss term `z_coef * lse(z_t) * softmax(z_t)` with
 ///   `z_coef = beta * 2 / N`.
 ///
@@ -224,51 +224,6 @@ fn add_z_loss_row<T: Scalar>(score: ScoreFn, z: &[T], p: &[T], z_coef: T, dz: &m
             }
             for (d, &zi) in dz.iter_mut().zip(z) {
                 *d = *d + c * ((zi - m).exp() / sum);
-            }
-        }
-    }
-}
-
-/// Softmax of a row into `p`, returning `lse`; re-exported for backends' fused kernels.
-pub fn softmax_lse_row<T: Scalar>(z: &[T], p: &mut [T]) -> T {
-    softmax_row(z, p)
-}
-
-/// Combine helper's backward: for `y_t = sum_j w_j expert_{i_j}(x_t)`, writes
-/// `dw_{tj} = <dy_t, expert_{i_j}(x_t)>`. `expert_out` holds the `N x k` expert outputs, each of
-/// width `d_out`, in assignment order `t * k + j`.
-pub fn combine_backward<T: Scalar>(d_out: usize, dy: &[T], expert_out: &[T], dw: &mut [T]) {
-    let k = if dy.is_empty() || d_out == 0 {
-        0
-    } else {
-        dw.len() / (dy.len() / d_out)
-    };
-    for (a, g) in dw.iter_mut().enumerate() {
-        let t = a / k.max(1);
-        let y = &dy[t * d_out..(t + 1) * d_out];
-        let o = &expert_out[a * d_out..(a + 1) * d_out];
-        let mut s = T::zero();
-        for (&yi, &oi) in y.iter().zip(o) {
-            s = s + yi * oi;
-        }
-        *g = s;
-    }
-}
-
-/// Combine helper's forward: `y_t = sum_j w_j expert_out_{tj}` (`y` is `N x d_out`).
-pub fn combine_forward<T: Scalar>(d_out: usize, gates: &[T], expert_out: &[T], y: &mut [T]) {
-    let k = if y.is_empty() || d_out == 0 {
-        0
-    } else {
-        gates.len() / (y.len() / d_out)
-    };
-    for (t, yr) in y.chunks_exact_mut(d_out.max(1)).enumerate() {
-        yr.iter_mut().for_each(|v| *v = T::zero());
-        for j in 0..k {
-            let a = t * k + j;
-            let w = gates[a];
-            for (yv, &o) in yr.iter_mut().zip(&expert_out[a * d_out..(a + 1) * d_out]) {
-                *yv = *yv + w * o;
             }
         }
     }

@@ -1,6 +1,12 @@
-//! General matrix multiply, the one compute primitive every backend must provide.
+//! General matrix multiply, the one compute primitive every backend must provide: the
+//! descriptor [`Gemm`], the kernel's arguments [`GemmArgs`] with their precondition function, and
+//! the scalar reference [`gemm_reference`].
 
+use crate::checked::Checked;
+use crate::error::Result;
+use crate::memory::Memory;
 use crate::scalar::Scalar;
+use crate::shape::check_len;
 
 /// `C = alpha * op(A) * op(B) + beta * C`, row-major, with `op(A)` of `m x k` and `op(B)` of
 /// `k x n`. `trans_a` means `A` is stored `k x m`; `trans_b` means `B` is stored `n x k`.
@@ -85,8 +91,35 @@ impl Gemm {
     }
 }
 
+/// The arguments of [`crate::Backend::gemm`]: `c = alpha op(a) op(b) + beta c`.
+pub struct GemmArgs<'a, M: Memory + ?Sized> {
+    /// Sizes, transposes and scales.
+    pub gemm: Gemm,
+    /// Operand `A`.
+    pub a: &'a M::View,
+    /// Operand `B`.
+    pub b: &'a M::View,
+    /// Result `C` (read too when `beta != 0`).
+    pub c: &'a mut M::View,
+}
+
+impl<'a, M: Memory + ?Sized> GemmArgs<'a, M> {
+    /// The precondition function of [`crate::Backend::gemm`].
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] unless `a`, `b` and `c` have the lengths of
+    /// [`Gemm::lens`] (`m k`, `k n`, `m n`).
+    pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        let (la, lb, lc) = self.gemm.lens();
+        check_len("GEMM operand A", la, m.len(self.a))?;
+        check_len("GEMM operand B", lb, m.len(self.b))?;
+        check_len("GEMM operand C", lc, m.len(self.c))?;
+        Ok(Checked::new(self))
+    }
+}
+
 /// The scalar reference GEMM: a plain triple loop accumulating in `T`. Slices must have the
-/// lengths of [`Gemm::lens`] (checked by the callers in [`crate::backend`]).
+/// lengths of [`Gemm::lens`] (checked by [`GemmArgs::check`]).
 pub fn gemm_reference<T: Scalar>(g: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
     if g.m == 0 || g.n == 0 {
         return; // C is empty; `m` alone may be huge (its product with 0 checks out)

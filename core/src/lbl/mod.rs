@@ -1,0 +1,156 @@
+//! Switch / GShard load-balancing loss (LBL) at micro-batch, sequence and global-batch level:
+//! the reference math ([`reference`]), the kernel family ([`kernels`]) and, here, how the router
+//! computes the loss of one pass from them.
+
+pub mod kernels;
+pub mod reference;
+
+use crate::backend::Backend;
+use crate::config::{LblConfig, LblLevel};
+use crate::error::{Result, SimbalError};
+use crate::memory::{idx_view, idx_view_mut, view, view_mut};
+use crate::router::routing::Routing;
+use crate::stats::RoutingStats;
+use alloc::vec;
+use alloc::vec::Vec;
+use kernels::{GroupCounts, GroupSums, LblCoefficients};
+use reference::{lbl_value_and_coef, LblScales};
+
+/// Tokens per LBL group: a sequence at sequence level, the whole pass otherwise.
+pub(crate) fn group_len(cfg: &LblConfig, n: usize) -> usize {
+    match cfg.level {
+        LblLevel::Sequence { seq_len } => seq_len,
+        _ => n,
+    }
+}
+
+/// The LBL's buffers in a router workspace, sized for `groups` groups (resized on demand).
+pub(crate) struct LblScratch<B: Backend> {
+    groups: usize,
+    e: usize,
+    sums: B::Buf,
+    counts: B::IdxBuf,
+    pub(crate) coef: B::Buf,
+    host_sums: Vec<B::Elem>,
+    host_coef: Vec<B::Elem>,
+}
+
+impl<B: Backend> LblScratch<B> {
+    pub(crate) fn new(b: &B, e: usize) -> Result<Self> {
+        let zero = <B::Elem as num_traits::Zero>::zero();
+        Ok(Self {
+            groups: 1,
+            e,
+            sums: b.zeros(e)?,
+            counts: b.idx_zeros(e)?,
+            coef: b.zeros(e)?,
+            host_sums: vec![zero; e],
+            host_coef: vec![zero; e],
+        })
+    }
+
+    fn ensure_groups(&mut self, b: &B, groups: usize) -> Result<()> {
+        if self.groups != groups {
+            let len = crate::shape::product("LBL groups", groups, self.e)?;
+            let zero = <B::Elem as num_traits::Zero>::zero();
+            self.sums = b.zeros(len)?;
+            self.counts = b.idx_zeros(len)?;
+            self.coef = b.zeros(len)?;
+            self.host_sums = vec![zero; len];
+            self.host_coef = vec![zero; len];
+            self.groups = groups;
+        }
+        Ok(())
+    }
+}
+
+/// The LBL of one routed pass: writes the gradient coefficients into `s.coef` and returns the
+/// loss value and the tokens per coefficient row. `global` carries the merged statistics of the
+/// global batch for [`LblLevel::GlobalBatch`].
+pub(crate) fn lbl_for_pass<B: Backend>(
+    b: &B,
+    lc: &LblConfig,
+    routing: &Routing<B>,
+    global: Option<&RoutingStats>,
+    s: &mut LblScratch<B>,
+) -> Result<(B::Elem, usize)> {
+    let crate::router::routing::Shape { n, e, k, .. } = routing.shape;
+    let group_len = group_len(lc, n);
+    let groups = n / group_len.max(1);
+    s.ensure_groups(b, groups)?;
+    b.group_column_sums(
+        GroupSums {
+            n,
+            cols: e,
+            group_len,
+            a: view::<B>(&routing.p),
+            out: view_mut::<B>(&mut s.sums),
+        }
+        .check(b)?,
+    )?;
+    let value = match lc.level {
+        LblLevel::GlobalBatch => {
+            // The merged counts live on the host (they came through an all-reduce).
+            let g = global.ok_or(SimbalError::MissingGlobalStats)?;
+            if g.counts.len() != e {
+                return Err(SimbalError::StatsMismatch {
+                    expected: e,
+                    got: g.counts.len(),
+                });
+            }
+            if g.tokens == 0 {
+                return Err(SimbalError::MissingGlobalStats);
+            }
+            let scales = LblScales {
+                k,
+                count_tokens: g.tokens as f64,
+                score_tokens: n as f64,
+                groups: 1,
+            };
+            b.download(view::<B>(&s.sums), &mut s.host_sums)?;
+            let v = lbl_value_and_coef(
+                lc,
+                e,
+                &scales,
+                |be| g.counts[be] as f64,
+                &s.host_sums,
+                &mut s.host_coef,
+            );
+            b.write(view_mut::<B>(&mut s.coef), &s.host_coef)?;
+            v
+        }
+        _ => {
+            // Local counts: everything stays on the backend's side.
+            b.group_counts(
+                GroupCounts {
+                    n,
+                    k,
+                    e,
+                    group_len,
+                    idx: idx_view::<B>(&routing.idx),
+                    dropped: idx_view::<B>(&routing.dropped),
+                    out: idx_view_mut::<B>(&mut s.counts),
+                }
+                .check(b)?,
+            )?;
+            let scales = LblScales {
+                k,
+                count_tokens: group_len as f64,
+                score_tokens: group_len as f64,
+                groups,
+            };
+            b.lbl_coefficients(
+                LblCoefficients {
+                    cfg: lc,
+                    e,
+                    scales,
+                    counts: idx_view::<B>(&s.counts),
+                    sums: view::<B>(&s.sums),
+                    coef: view_mut::<B>(&mut s.coef),
+                }
+                .check(b)?,
+            )?
+        }
+    };
+    Ok((value, group_len))
+}

@@ -1,0 +1,123 @@
+//! The [`Memory`] trait: where a backend keeps its buffers and how data gets in and out. It is
+//! everything the host staging of the kernel defaults needs (burn's split of `BackendTypes` from
+//! the op traits); the kernel trait [`crate::Backend`] builds on it.
+//!
+//! Each buffer kind (elements, indices) has an owned type (`Buf`, `IdxBuf`: what
+//! [`Memory::zeros`] returns and a workspace keeps) and a borrowed type (`View`, `IdxView`: what
+//! every kernel and every user-facing call takes). Host backends use `Vec<T>` and `[T]`, so their
+//! users pass and receive plain slices; device backends use one handle type for both.
+
+use crate::error::Result;
+use crate::scalar::Scalar;
+use alloc::string::String;
+use core::borrow::{Borrow, BorrowMut};
+
+/// Buffers of a backend: allocation, transfer, length and (for host memory) slice views.
+pub trait Memory {
+    /// Element type.
+    type Elem: Scalar;
+    /// An owned buffer of `Elem`.
+    type Buf: BorrowMut<Self::View>;
+    /// A borrowed buffer of `Elem` (`[Elem]` for host backends).
+    type View: ?Sized;
+    /// An owned buffer of `u32` (indices, counts, flags).
+    type IdxBuf: BorrowMut<Self::IdxView>;
+    /// A borrowed buffer of `u32` (`[u32]` for host backends).
+    type IdxView: ?Sized;
+
+    /// Human-readable name, e.g. `"faer-f32"`.
+    fn name(&self) -> String;
+
+    // ---- element buffers ---------------------------------------------------------------------
+
+    /// A buffer of `len` zeros.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::Backend`] when the memory cannot be had.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `host`.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::Backend`] when the memory cannot be had.
+    fn upload(&self, host: &[Self::Elem]) -> Result<Self::Buf>;
+    /// Copies `buf` into `host`.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn download(&self, buf: &Self::View, host: &mut [Self::Elem]) -> Result<()>;
+    /// Overwrites `buf` with `host`.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn write(&self, buf: &mut Self::View, host: &[Self::Elem]) -> Result<()>;
+    /// Length of `buf` in elements.
+    fn len(&self, buf: &Self::View) -> usize;
+    /// The buffer as a host slice, where it lives in host memory (zero-copy staging).
+    fn host<'a>(&self, _buf: &'a Self::View) -> Option<&'a [Self::Elem]> {
+        None
+    }
+    /// The buffer as a mutable host slice, where it lives in host memory.
+    fn host_mut<'a>(&self, _buf: &'a mut Self::View) -> Option<&'a mut [Self::Elem]> {
+        None
+    }
+
+    // ---- index buffers -----------------------------------------------------------------------
+
+    /// An index buffer of `len` zeros.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::Backend`] when the memory cannot be had.
+    fn idx_zeros(&self, len: usize) -> Result<Self::IdxBuf>;
+    /// An index buffer holding a copy of `host`.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::Backend`] when the memory cannot be had.
+    fn idx_upload(&self, host: &[u32]) -> Result<Self::IdxBuf>;
+    /// Copies `buf` into `host`.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn idx_download(&self, buf: &Self::IdxView, host: &mut [u32]) -> Result<()>;
+    /// Overwrites `buf` with `host`.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn idx_write(&self, buf: &mut Self::IdxView, host: &[u32]) -> Result<()>;
+    /// Length of `buf`.
+    fn idx_len(&self, buf: &Self::IdxView) -> usize;
+    /// The index buffer as a host slice, where it lives in host memory.
+    fn idx_host<'a>(&self, _buf: &'a Self::IdxView) -> Option<&'a [u32]> {
+        None
+    }
+    /// The index buffer as a mutable host slice, where it lives in host memory.
+    fn idx_host_mut<'a>(&self, _buf: &'a mut Self::IdxView) -> Option<&'a mut [u32]> {
+        None
+    }
+    /// Whether every entry of `buf` is below `bound` (the expert-index precondition of the
+    /// kernels that read indices). The default reads the buffer on the host; a device backend
+    /// may answer from what it knows of the buffer's origin or with a device reduction.
+    ///
+    /// # Errors
+    /// A transfer failure.
+    fn idx_all_below(&self, buf: &Self::IdxView, bound: u32) -> Result<bool> {
+        let v = crate::stage::stage_idx_in(self, buf)?;
+        Ok(v.iter().all(|&i| i < bound))
+    }
+}
+
+/// An owned element buffer as the view kernels take.
+pub fn view<M: Memory + ?Sized>(buf: &M::Buf) -> &M::View {
+    buf.borrow()
+}
+/// An owned element buffer as a mutable view.
+pub fn view_mut<M: Memory + ?Sized>(buf: &mut M::Buf) -> &mut M::View {
+    buf.borrow_mut()
+}
+/// An owned index buffer as the view kernels take.
+pub fn idx_view<M: Memory + ?Sized>(buf: &M::IdxBuf) -> &M::IdxView {
+    buf.borrow()
+}
+/// An owned index buffer as a mutable view.
+pub fn idx_view_mut<M: Memory + ?Sized>(buf: &mut M::IdxBuf) -> &mut M::IdxView {
+    buf.borrow_mut()
+}

@@ -1,0 +1,364 @@
+//! The router's kernel family: the arguments of [`crate::Backend::route`],
+//! [`crate::Backend::dispatch`] and [`crate::Backend::router_backward`], their precondition
+//! functions, and the host-staged defaults that run the reference rows of
+//! [`super::reference`].
+
+use super::reference;
+use crate::checked::Checked;
+use crate::config::RouterConfig;
+use crate::error::{Result, SimbalError};
+use crate::gemm::Gemm;
+use crate::memory::Memory;
+use crate::shape::check_len;
+use crate::stage::{stage_elems_in, stage_idx_in, stage_out, Elems, Idxs};
+
+/// Where the logits of a [`Route`] come from.
+pub enum Logits<'a, M: Memory + ?Sized> {
+    /// They are already in [`Route::z`].
+    Given,
+    /// Computed first: `z = gemm(x, r)`, i.e. `X R` (`gemm = Gemm::new(n, E, D)`) or `X W^T`
+    /// (the same with `.tb()`).
+    Tokens {
+        /// The logits GEMM (`m = n`, `n = E`).
+        gemm: Gemm,
+        /// Tokens `X` (`n x D`).
+        x: &'a M::View,
+        /// Router weight, stored as `gemm` says.
+        r: &'a M::View,
+    },
+}
+
+/// The reductions a [`Route`] also returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteRequest {
+    /// `max |Z|` (NaN if any logit is NaN): the router's validation of `X` and `R`.
+    pub max_abs_z: bool,
+}
+
+/// What [`crate::Backend::route`] returns besides its buffers: each field `Some` when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RouteSums<T> {
+    /// `max |Z|`.
+    pub max_abs_z: Option<T>,
+}
+
+/// Arguments of [`crate::Backend::route`]: the logits (computed or given), then for each row
+/// the scores `p`, the top-k indices `idx` (best first) and the gates.
+pub struct Route<'a, M: Memory + ?Sized> {
+    /// Routing configuration.
+    pub cfg: &'a RouterConfig,
+    /// Tokens `n`.
+    pub n: usize,
+    /// Where the logits come from.
+    pub logits: Logits<'a, M>,
+    /// Selection bias (`E`), added to the scores for the top-k only.
+    pub bias: Option<&'a M::View>,
+    /// Logits `n x E` (written by [`Logits::Tokens`], read otherwise).
+    pub z: &'a mut M::View,
+    /// Scores `n x E`.
+    pub p: &'a mut M::View,
+    /// Expert indices `n x k`.
+    pub idx: &'a mut M::IdxView,
+    /// Gates `n x k`.
+    pub gates: &'a mut M::View,
+    /// Reductions to return.
+    pub request: RouteRequest,
+}
+
+impl<'a, M: Memory + ?Sized> Route<'a, M> {
+    /// The precondition function of [`crate::Backend::route`].
+    ///
+    /// # Errors
+    /// The configuration's own errors ([`RouterConfig::validate`]);
+    /// [`SimbalError::LengthMismatch`] unless `z` and `p` hold `n x E`, `idx` and `gates`
+    /// `n x k`, `bias` `E`, and for [`Logits::Tokens`] the GEMM has `m = n`, `n = E` and
+    /// `x`, `r` fit it.
+    pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        let cfg = self.cfg;
+        cfg.validate()?;
+        let (ne, nk) = (
+            self.n.saturating_mul(cfg.experts),
+            self.n.saturating_mul(cfg.k),
+        );
+        check_len("logits", ne, m.len(self.z))?;
+        check_len("scores", ne, m.len(self.p))?;
+        check_len("indices", nk, m.idx_len(self.idx))?;
+        check_len("gates", nk, m.len(self.gates))?;
+        if let Some(b) = self.bias {
+            check_len("selection bias", cfg.experts, m.len(b))?;
+        }
+        if let Logits::Tokens { gemm, x, r } = &self.logits {
+            check_len("logits GEMM rows", self.n, gemm.m)?;
+            check_len("logits GEMM columns", cfg.experts, gemm.n)?;
+            let (la, lb, _) = gemm.lens();
+            check_len("tokens X", la, m.len(x))?;
+            check_len("router weight", lb, m.len(r))?;
+        }
+        Ok(Checked::new(self))
+    }
+}
+
+/// Scores, top-k and gates of the logits in `z` on the host (the default of the row part of
+/// [`crate::Backend::route`]).
+///
+/// # Errors
+/// Transfer failures of a device backend.
+pub fn route_rows_staged<M: Memory + ?Sized>(
+    m: &M,
+    cfg: &RouterConfig,
+    z: &M::View,
+    bias: Option<&M::View>,
+    p: &mut M::View,
+    idx: &mut M::IdxView,
+    gates: &mut M::View,
+) -> Result<()> {
+    let z = stage_elems_in(m, z)?;
+    let bias = match bias {
+        Some(b) => Some(stage_elems_in(m, b)?),
+        None => None,
+    };
+    let mut p = stage_out::<_, Elems>(m, p, false)?;
+    let mut idx = stage_out::<_, Idxs>(m, idx, false)?;
+    let mut gates = stage_out::<_, Elems>(m, gates, false)?;
+    reference::route_rows(
+        cfg,
+        &z,
+        bias.as_deref(),
+        p.slice(),
+        idx.slice(),
+        gates.slice(),
+    );
+    p.finish(m)?;
+    idx.finish(m)?;
+    gates.finish(m)
+}
+
+/// Arguments of [`crate::Backend::dispatch`]: capacity dropping and the dispatch plan (see
+/// [`reference::dispatch`]).
+pub struct Dispatch<'a, M: Memory + ?Sized> {
+    /// Routing configuration.
+    pub cfg: &'a RouterConfig,
+    /// Tokens `n`.
+    pub n: usize,
+    /// Expert indices `n x k`, each below `E`.
+    pub idx: &'a M::IdxView,
+    /// Gates `n x k`; dropped assignments' gates are set to 0.
+    pub gates: &'a mut M::View,
+    /// Dropped flags `n x k` (1 = dropped).
+    pub dropped: &'a mut M::IdxView,
+    /// Kept assignments per expert (`E`).
+    pub counts: &'a mut M::IdxView,
+    /// Kept assignment ids grouped by expert (`n x k`; the first `offsets[E]` are meaningful).
+    pub order: &'a mut M::IdxView,
+    /// Per-expert offsets into `order` (`E + 1`).
+    pub offsets: &'a mut M::IdxView,
+}
+
+impl<'a, M: Memory + ?Sized> Dispatch<'a, M> {
+    /// The precondition function of [`crate::Backend::dispatch`].
+    ///
+    /// # Errors
+    /// The configuration's own errors; [`SimbalError::LengthMismatch`] unless `idx`, `gates`,
+    /// `dropped` and `order` hold `n x k`, `counts` `E` and `offsets` `E + 1`;
+    /// [`SimbalError::Backend`] when an index is not below `E`.
+    pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        let s = self.check_lengths(m)?.into_inner();
+        expert_indices(m, s.idx, s.cfg.experts)?;
+        Ok(Checked::new(s))
+    }
+
+    /// [`Dispatch::check`] without the index scan, for indices the same backend's `route` wrote.
+    pub(crate) fn check_lengths(self, m: &M) -> Result<Checked<Self>> {
+        let cfg = self.cfg;
+        cfg.validate()?;
+        let nk = self.n.saturating_mul(cfg.k);
+        check_len("indices", nk, m.idx_len(self.idx))?;
+        check_len("gates", nk, m.len(self.gates))?;
+        check_len("dropped flags", nk, m.idx_len(self.dropped))?;
+        check_len("counts", cfg.experts, m.idx_len(self.counts))?;
+        check_len("dispatch order", nk, m.idx_len(self.order))?;
+        check_len(
+            "dispatch offsets",
+            cfg.experts.saturating_add(1),
+            m.idx_len(self.offsets),
+        )?;
+        Ok(Checked::new(self))
+    }
+}
+
+/// The host-staged default of [`crate::Backend::dispatch`].
+///
+/// # Errors
+/// Transfer failures of a device backend.
+pub fn dispatch_staged<M: Memory + ?Sized>(m: &M, a: Checked<Dispatch<'_, M>>) -> Result<()> {
+    let a = a.into_inner();
+    let idx = stage_idx_in(m, a.idx)?;
+    let mut gates = stage_out::<_, Elems>(m, a.gates, true)?;
+    let mut dropped = stage_out::<_, Idxs>(m, a.dropped, false)?;
+    let mut counts = stage_out::<_, Idxs>(m, a.counts, false)?;
+    let mut order = stage_out::<_, Idxs>(m, a.order, false)?;
+    let mut offsets = stage_out::<_, Idxs>(m, a.offsets, false)?;
+    reference::dispatch(
+        a.cfg,
+        a.n,
+        &idx,
+        gates.slice(),
+        dropped.slice(),
+        counts.slice(),
+        order.slice(),
+        offsets.slice(),
+    );
+    gates.finish(m)?;
+    dropped.finish(m)?;
+    counts.finish(m)?;
+    order.finish(m)?;
+    offsets.finish(m)
+}
+
+/// Coefficients of the LBL's dense gradient, `dL/dp_te = coef[b(t), e]`, one row per group of
+/// `group_len` consecutive tokens (one group for micro-batch and global-batch levels).
+pub struct LblCoef<'a, M: Memory + ?Sized> {
+    /// `B x E` coefficients.
+    pub coef: &'a M::View,
+    /// Tokens per group; divides `n`.
+    pub group_len: usize,
+}
+
+/// The reductions [`crate::Backend::router_backward`] also returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackwardRequest {
+    /// `sum_t lse(z_t)^2` (the z-loss before its scale).
+    pub lse_sq_sum: bool,
+    /// `max |dz|` (NaN if any is NaN): the router's validation of `dz`.
+    pub max_abs_dz: bool,
+}
+
+/// What [`crate::Backend::router_backward`] returns besides `dz`: each field `Some` when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BackwardSums<T> {
+    /// `sum_t lse(z_t)^2`.
+    pub lse_sq_sum: Option<T>,
+    /// `max |dz|`.
+    pub max_abs_dz: Option<T>,
+}
+
+/// Arguments of [`crate::Backend::router_backward`]: `dz` from the gate gradient and the dense
+/// loss terms (see [`reference::router_backward_rows`]).
+pub struct RouterBackward<'a, M: Memory + ?Sized> {
+    /// Routing configuration.
+    pub cfg: &'a RouterConfig,
+    /// Tokens `n`.
+    pub n: usize,
+    /// Logits `n x E`.
+    pub z: &'a M::View,
+    /// Scores `n x E`.
+    pub p: &'a M::View,
+    /// Expert indices `n x k`, each below `E`.
+    pub idx: &'a M::IdxView,
+    /// Gates `n x k`.
+    pub gates: &'a M::View,
+    /// Dropped flags `n x k`.
+    pub dropped: &'a M::IdxView,
+    /// Gate gradient `n x k`.
+    pub dw: &'a M::View,
+    /// LBL coefficients, when LBL is on.
+    pub lbl: Option<LblCoef<'a, M>>,
+    /// z-loss coefficient `beta * 2 / N` (0 without z-loss).
+    pub z_coef: M::Elem,
+    /// Logit gradient `n x E` (written).
+    pub dz: &'a mut M::View,
+    /// Reductions to return.
+    pub request: BackwardRequest,
+}
+
+impl<'a, M: Memory + ?Sized> RouterBackward<'a, M> {
+    /// The precondition function of [`crate::Backend::router_backward`].
+    ///
+    /// # Errors
+    /// The configuration's own errors; [`SimbalError::LengthMismatch`] unless `z`, `p` and
+    /// `dz` hold `n x E`, `idx`, `gates`, `dropped` and `dw` `n x k`, and the LBL coefficients
+    /// `(n / group_len) x E`; [`SimbalError::InvalidSequenceLength`] unless `group_len` divides
+    /// `n`; [`SimbalError::Backend`] when an index is not below `E`.
+    pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        let s = self.check_lengths(m)?.into_inner();
+        expert_indices(m, s.idx, s.cfg.experts)?;
+        Ok(Checked::new(s))
+    }
+
+    /// [`RouterBackward::check`] without the index scan, for indices the same backend's `route`
+    /// wrote.
+    pub(crate) fn check_lengths(self, m: &M) -> Result<Checked<Self>> {
+        let cfg = self.cfg;
+        cfg.validate()?;
+        let e = cfg.experts;
+        let (ne, nk) = (self.n.saturating_mul(e), self.n.saturating_mul(cfg.k));
+        check_len("logits", ne, m.len(self.z))?;
+        check_len("scores", ne, m.len(self.p))?;
+        check_len("indices", nk, m.idx_len(self.idx))?;
+        check_len("gates", nk, m.len(self.gates))?;
+        check_len("dropped flags", nk, m.idx_len(self.dropped))?;
+        check_len("gate gradient", nk, m.len(self.dw))?;
+        check_len("logit gradient", ne, m.len(self.dz))?;
+        if let Some(l) = &self.lbl {
+            crate::config::check_seq_len(l.group_len, self.n)?;
+            check_len(
+                "LBL coefficients",
+                (self.n / l.group_len).saturating_mul(e),
+                m.len(l.coef),
+            )?;
+        }
+        Ok(Checked::new(self))
+    }
+}
+
+/// The row part of [`crate::Backend::router_backward`] on the host: writes `dz`, computes no
+/// reduction.
+///
+/// # Errors
+/// Transfer failures of a device backend.
+pub fn router_backward_rows_staged<M: Memory + ?Sized>(
+    m: &M,
+    a: &mut RouterBackward<'_, M>,
+) -> Result<()> {
+    let e = a.cfg.experts;
+    let lbl = match &a.lbl {
+        Some(l) => Some((stage_elems_in(m, l.coef)?, l.group_len)),
+        None => None,
+    };
+    let idx = stage_idx_in(m, a.idx)?;
+    let z = stage_elems_in(m, a.z)?;
+    let p = stage_elems_in(m, a.p)?;
+    let gates = stage_elems_in(m, a.gates)?;
+    let dropped = stage_idx_in(m, a.dropped)?;
+    let dw = stage_elems_in(m, a.dw)?;
+    let mut dz = stage_out::<_, Elems>(m, a.dz, false)?;
+    let coef_row = |r: usize| {
+        lbl.as_ref()
+            .map(|(c, len)| &c[(r / *len) * e..(r / *len + 1) * e])
+    };
+    reference::router_backward_rows(
+        a.cfg,
+        &z,
+        &p,
+        &idx,
+        &gates,
+        &dropped,
+        &dw,
+        coef_row,
+        a.z_coef,
+        dz.slice(),
+    );
+    dz.finish(m)
+}
+
+/// Every expert index must be below `e`; a bad index buffer is a backend error.
+fn expert_indices<M: Memory + ?Sized>(m: &M, idx: &M::IdxView, e: usize) -> Result<()> {
+    let bound = u32::try_from(e).unwrap_or(u32::MAX);
+    if m.idx_all_below(idx, bound)? {
+        Ok(())
+    } else {
+        Err(SimbalError::Backend {
+            message: alloc::string::String::from("an expert index is out of range"),
+        })
+    }
+}

@@ -1,0 +1,415 @@
+//! The router: top-k routing with gates, capacity and the dispatch plan, and its backward with
+//! the auxiliary losses. Its reference rows are in [`reference`] (scores in [`score`], selection
+//! and gates in [`select`]), its kernel family in [`kernels`], what a pass returns in
+//! [`routing`]; here is [`Router`], the object users call every training step.
+//!
+//! A forward call returns a [`Pass`] that derefs to the [`Routing`] (indices, gates, scores,
+//! counts, dropped flags, dispatch plan) and remembers `X` and `R`, so its backward takes only
+//! the gate gradient and returns the loss values with `dX`, `dR` and `dZ`.
+
+pub mod kernels;
+mod pass;
+pub mod reference;
+pub mod routing;
+pub mod score;
+pub mod select;
+
+use crate::backend::Backend;
+use crate::config::{RouterConfig, WeightLayout};
+use crate::error::{Result, SimbalError};
+use crate::gemm::Gemm;
+use crate::lbl::LblScratch;
+use crate::memory::{idx_view_mut, view_mut, Memory};
+use crate::metrics::LoadMetrics;
+use crate::scalar::Scalar;
+use crate::shape::{check_dims, check_len, product};
+use crate::simbal::SimbalWorkspace;
+use crate::stats::RoutingStats;
+use kernels::{Logits, Route, RouteRequest};
+use pass::{dispatch, routing_entropy, stats_into};
+pub use pass::{LogitsPass, Pass};
+pub use routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
+
+/// A router on backend `B`: the configuration and a reusable workspace, allocated on the first
+/// call of a shape and reused by every later call of that shape (a training step allocates
+/// nothing).
+///
+/// ```
+/// use simbal_core::{LossConfig, Reference, Router, RouterConfig, orthogonal_init, WeightLayout};
+/// let (n, d, e, k) = (8, 16, 4, 2);
+/// let x: Vec<f64> = (0..n * d).map(|i| ((i * 37 % 11) as f64 - 5.0) / 5.0).collect();
+/// let r = orthogonal_init(WeightLayout::DxE, d, e, 1)?;
+/// let mut router = Router::new(Reference::<f64>::new(), RouterConfig::new(e, k))?;
+/// let mut pass = router.forward(&x, &r, None)?;
+/// assert_eq!(pass.indices().len(), n * k); // the routing, as slices on a host backend
+/// let dw = vec![1.0; n * k];
+/// let grads = pass.backward(&dw, &LossConfig::simbal(), None)?;
+/// assert!(grads.losses.simbal < 1e-10); // orthogonal init: SimBal starts at 0
+/// assert_eq!((grads.dx.len(), grads.dr.len()), (n * d, d * e));
+/// # Ok::<(), simbal_core::SimbalError>(())
+/// ```
+pub struct Router<B: Backend> {
+    backend: B,
+    cfg: RouterConfig,
+    ws: Option<Workspace<B>>,
+}
+
+/// Every buffer of a router's forward and backward passes.
+struct Workspace<B: Backend> {
+    routing: Routing<B>,
+    /// Whether `routing` holds a completed forward pass.
+    routed: bool,
+    dz: B::Buf,
+    dx: B::Buf,
+    dr: B::Buf,
+    lbl: LblScratch<B>,
+    simbal: SimbalWorkspace<B>,
+}
+
+impl<B: Backend> Workspace<B> {
+    fn new(b: &B, layout: WeightLayout, shape: Shape) -> Result<Self> {
+        let Shape { n, d, e, .. } = shape;
+        Ok(Self {
+            routing: Routing::new(b, shape)?,
+            routed: false,
+            dz: b.zeros(product("logits", n, e)?)?,
+            dx: b.zeros(product("tokens X", n, d)?)?,
+            dr: b.zeros(product("router weight", d, e)?)?,
+            lbl: LblScratch::new(b, e)?,
+            simbal: SimbalWorkspace::new(b, layout, d.max(1), e)?,
+        })
+    }
+}
+
+impl<B: Backend> Router<B> {
+    /// A router with a validated configuration; buffers come with the first call.
+    ///
+    /// # Errors
+    /// The configuration's errors ([`RouterConfig::validate`]), and
+    /// [`SimbalError::InvalidCoefficient`] for a gate scale that is not finite in `B::Elem`.
+    pub fn new(backend: B, cfg: RouterConfig) -> Result<Self> {
+        validate_for::<B::Elem>(&cfg)?;
+        Ok(Self {
+            backend,
+            cfg,
+            ws: None,
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
+    /// Replaces the configuration; the workspace is kept when the shape allows, the last
+    /// routing is forgotten.
+    ///
+    /// # Errors
+    /// As [`Router::new`].
+    pub fn set_config(&mut self, cfg: RouterConfig) -> Result<()> {
+        validate_for::<B::Elem>(&cfg)?;
+        if cfg.experts != self.cfg.experts || cfg.k != self.cfg.k || cfg.layout != self.cfg.layout {
+            self.ws = None;
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            ws.routed = false;
+        }
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// Router forward from tokens: `Z = X R` (or `X W^T` for [`WeightLayout::ExD`]), scores,
+    /// top-k with the optional selection `bias` (`E`), gates, capacity and the dispatch plan.
+    /// `N` and `D` come from the lengths: `r` holds `D x E`, `x` holds `N x D`.
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] when `r` is not a multiple of `E` or `x` not a multiple of
+    /// `D`, or `bias` has not `E` entries; [`SimbalError::ZeroDim`] for no token;
+    /// [`SimbalError::NonFinite`] (with its position) for a non-finite `X`, `R` or bias when the
+    /// configuration checks values, and [`SimbalError::Overflow`] when finite inputs overflow
+    /// the logits; backend failures.
+    pub fn forward<'a>(
+        &'a mut self,
+        x: &'a B::View,
+        r: &'a B::View,
+        bias: Option<&B::View>,
+    ) -> Result<Pass<'a, B>> {
+        let shape = self.token_shape(x, r)?;
+        let (b, cfg) = (&self.backend, &self.cfg);
+        let ws = prepare(b, cfg, &mut self.ws, shape)?;
+        check_bias(b, cfg, bias)?;
+        let gemm = match cfg.layout {
+            WeightLayout::DxE => Gemm::new(shape.n, shape.e, shape.d),
+            WeightLayout::ExD => Gemm::new(shape.n, shape.e, shape.d).tb(),
+        };
+        let routing = &mut ws.routing;
+        let sums = b.route(
+            Route {
+                cfg,
+                n: shape.n,
+                logits: Logits::Tokens { gemm, x, r },
+                bias,
+                z: view_mut::<B>(&mut routing.z),
+                p: view_mut::<B>(&mut routing.p),
+                idx: idx_view_mut::<B>(&mut routing.idx),
+                gates: view_mut::<B>(&mut routing.gates),
+                request: RouteRequest {
+                    max_abs_z: cfg.check_finite,
+                },
+            }
+            .check(b)?,
+        )?;
+        if sums
+            .max_abs_z
+            .is_some_and(|m| !num_traits::Float::is_finite(m))
+        {
+            // Any non-finite X or R reaches Z; only now pay for the scans that locate it.
+            b.check_finite("tokens X", shape.d, x)?;
+            b.check_finite(
+                "router weight",
+                weight_cols(cfg.layout, shape.d, shape.e),
+                r,
+            )?;
+            return Err(SimbalError::Overflow {
+                what: "logits Z = X R",
+            });
+        }
+        dispatch(b, cfg, routing)?;
+        ws.routed = true;
+        Ok(Pass {
+            backend: b,
+            cfg,
+            ws,
+            x,
+            r,
+        })
+    }
+
+    /// Router forward from precomputed logits `z` (`N x E`, `N` from its length); the pass's
+    /// backward then gives `dZ`.
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] when `z` is not a multiple of `E` or `bias` has not `E`
+    /// entries; [`SimbalError::ZeroDim`] for no token; [`SimbalError::NonFinite`] for a
+    /// non-finite logit or bias when the configuration checks values; backend failures.
+    pub fn forward_logits(
+        &mut self,
+        z: &B::View,
+        bias: Option<&B::View>,
+    ) -> Result<LogitsPass<'_, B>> {
+        let e = self.cfg.experts;
+        let n = rows_of(&self.backend, "logits", z, e)?;
+        check_dims(n, 1, e)?;
+        if self.cfg.check_finite {
+            self.backend.check_finite("logits", e, z)?;
+        }
+        let shape = Shape {
+            n,
+            d: 0,
+            e,
+            k: self.cfg.k,
+        };
+        let (b, cfg) = (&self.backend, &self.cfg);
+        let ws = prepare(b, cfg, &mut self.ws, shape)?;
+        check_bias(b, cfg, bias)?;
+        let routing = &mut ws.routing;
+        copy_buffer(b, z, view_mut::<B>(&mut routing.z))?;
+        b.route(
+            Route {
+                cfg,
+                n,
+                logits: Logits::Given,
+                bias,
+                z: view_mut::<B>(&mut routing.z),
+                p: view_mut::<B>(&mut routing.p),
+                idx: idx_view_mut::<B>(&mut routing.idx),
+                gates: view_mut::<B>(&mut routing.gates),
+                request: RouteRequest::default(),
+            }
+            .check(b)?,
+        )?;
+        dispatch(b, cfg, routing)?;
+        ws.routed = true;
+        Ok(LogitsPass {
+            backend: b,
+            cfg,
+            ws,
+        })
+    }
+
+    /// The routing of the last forward pass.
+    ///
+    /// # Errors
+    /// [`SimbalError::NoForward`] before any forward pass (or after [`Router::set_config`]).
+    pub fn routing(&self) -> Result<&Routing<B>> {
+        match &self.ws {
+            Some(ws) if ws.routed => Ok(&ws.routing),
+            _ => Err(SimbalError::NoForward),
+        }
+    }
+
+    /// The pass of the last forward from tokens, for a backward that runs apart from its
+    /// forward (the forward's [`Pass`] is gone): `x` and `r` must be the forward's.
+    ///
+    /// # Errors
+    /// [`SimbalError::NoForward`] without a forward from tokens of this shape;
+    /// [`SimbalError::LengthMismatch`] when `x` or `r` do not have the forward's lengths.
+    pub fn resume<'a>(&'a mut self, x: &'a B::View, r: &'a B::View) -> Result<Pass<'a, B>> {
+        let shape = self.token_shape(x, r)?;
+        let (b, cfg) = (&self.backend, &self.cfg);
+        match self.ws.as_mut() {
+            Some(ws) if ws.routed && ws.routing.shape == shape => Ok(Pass {
+                backend: b,
+                cfg,
+                ws,
+                x,
+                r,
+            }),
+            _ => Err(SimbalError::NoForward),
+        }
+    }
+
+    /// Statistics of the last forward pass, written into `out` (resized to `E`; no
+    /// allocation once it has that size).
+    ///
+    /// # Errors
+    /// [`SimbalError::NoForward`] before any forward pass; backend failures.
+    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
+        stats_into(&self.backend, self.routing()?, out)
+    }
+
+    /// Statistics of the last forward pass.
+    ///
+    /// # Errors
+    /// As [`Router::stats_into`].
+    pub fn stats(&self) -> Result<RoutingStats> {
+        let mut s = RoutingStats::default();
+        self.stats_into(&mut s)?;
+        Ok(s)
+    }
+
+    /// Load metrics of the last forward pass.
+    ///
+    /// # Errors
+    /// As [`Router::stats_into`].
+    pub fn load_metrics(&self) -> Result<LoadMetrics> {
+        Ok(LoadMetrics::from_counts(&self.stats()?.counts))
+    }
+
+    /// Mean routing entropy of the last forward pass's scores (nats).
+    ///
+    /// # Errors
+    /// As [`Router::stats_into`].
+    pub fn routing_entropy(&self) -> Result<B::Elem> {
+        routing_entropy(&self.backend, self.routing()?)
+    }
+
+    /// `N x D` from the lengths of `x` and `r`.
+    fn token_shape(&self, x: &B::View, r: &B::View) -> Result<Shape> {
+        let (b, e) = (&self.backend, self.cfg.experts);
+        let d = rows_of(b, "router weight", r, e)?;
+        check_dims(1, d, e)?;
+        let n = rows_of(b, "tokens X", x, d)?;
+        check_dims(n, d, e)?;
+        Ok(Shape {
+            n,
+            d,
+            e,
+            k: self.cfg.k,
+        })
+    }
+}
+
+/// The workspace for `shape` (reallocated only when the shape changed), with no routing in it.
+fn prepare<'w, B: Backend>(
+    b: &B,
+    cfg: &RouterConfig,
+    slot: &'w mut Option<Workspace<B>>,
+    shape: Shape,
+) -> Result<&'w mut Workspace<B>> {
+    if !slot.as_ref().is_some_and(|w| w.routing.shape == shape) {
+        *slot = None; // free the old buffers before allocating the new ones
+        *slot = Some(Workspace::new(b, cfg.layout, shape)?);
+    }
+    let ws = slot.as_mut().ok_or(SimbalError::NoForward)?;
+    ws.routed = false;
+    Ok(ws)
+}
+
+/// The selection bias has `E` entries, finite when the config checks inputs.
+fn check_bias<B: Backend>(b: &B, cfg: &RouterConfig, bias: Option<&B::View>) -> Result<()> {
+    if let Some(bias) = bias {
+        check_len("selection bias", cfg.experts, b.len(bias))?;
+        if cfg.check_finite {
+            b.check_finite("selection bias", cfg.experts, bias)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rows of a buffer of `cols` columns; its length must be a multiple of `cols`.
+fn rows_of<M: Memory>(m: &M, what: &'static str, buf: &M::View, cols: usize) -> Result<usize> {
+    let len = m.len(buf);
+    if cols == 0 || len % cols != 0 {
+        return Err(SimbalError::LengthMismatch {
+            what,
+            expected: (len / cols.max(1) + 1) * cols.max(1),
+            got: len,
+        });
+    }
+    Ok(len / cols)
+}
+
+/// Copies `src` into `dst` (same length): slice copies on the host, a transfer otherwise.
+fn copy_buffer<M: Memory>(m: &M, src: &M::View, dst: &mut M::View) -> Result<()> {
+    if let (Some(s), true) = (m.host(src), m.host(dst).is_some()) {
+        if let Some(d) = m.host_mut(dst) {
+            d.copy_from_slice(s);
+            return Ok(());
+        }
+    }
+    let mut tmp = alloc::vec![<M::Elem as num_traits::Zero>::zero(); m.len(src)];
+    m.download(src, &mut tmp)?;
+    m.write(dst, &tmp)
+}
+
+/// [`RouterConfig::validate`], and the gate scale must be finite in the element type (a scale
+/// of 1e300 is finite in `f64` but would make every `f32` gate infinite).
+fn validate_for<T: Scalar>(cfg: &RouterConfig) -> Result<()> {
+    cfg.validate()?;
+    if !num_traits::Float::is_finite(T::of(cfg.scale)) {
+        return Err(SimbalError::InvalidCoefficient {
+            what: "scale",
+            value: cfg.scale,
+        });
+    }
+    Ok(())
+}
+
+/// Columns of the weight as stored (for error positions).
+pub(crate) fn weight_cols(layout: WeightLayout, d: usize, e: usize) -> usize {
+    match layout {
+        WeightLayout::DxE => e,
+        WeightLayout::ExD => d,
+    }
+}
+
+/// A non-finite loss value never leaks: it becomes [`SimbalError::Overflow`].
+pub(crate) fn finite_loss<T: Scalar>(v: &LossValues<T>) -> Result<()> {
+    for (what, x) in [
+        ("SimBal value", v.simbal),
+        ("LBL value", v.lbl),
+        ("z-loss value", v.z_loss),
+        ("total loss", v.total),
+    ] {
+        if !num_traits::Float::is_finite(x) {
+            return Err(SimbalError::Overflow { what });
+        }
+    }
+    Ok(())
+}

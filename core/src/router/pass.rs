@@ -1,0 +1,320 @@
+//! The passes a [`super::Router`] forward returns ([`Pass`], [`LogitsPass`]) and their
+//! backward: the gate gradient and the dense losses to `dZ` through the router's backward
+//! kernel, then `dX` and `dR` through two GEMMs and SimBal.
+
+use super::kernels::{BackwardRequest, Dispatch, LblCoef, RouterBackward};
+use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
+use super::{finite_loss, weight_cols, Workspace};
+use crate::backend::Backend;
+use crate::config::{LossConfig, RouterConfig, WeightLayout};
+use crate::error::{Result, SimbalError};
+use crate::gemm::{Gemm, GemmArgs};
+use crate::lbl::lbl_for_pass;
+use crate::memory::{idx_view, idx_view_mut, view, view_mut};
+use crate::metrics::Entropy;
+use crate::scalar::Scalar;
+use crate::shape::check_len;
+use crate::simbal::simbal_loss;
+use crate::stats::{CollectStats, RoutingStats};
+use core::ops::Deref;
+
+/// A forward pass from tokens: derefs to its [`Routing`]; [`Pass::backward`] runs the backward
+/// of the same `X` and `R`.
+pub struct Pass<'a, B: Backend> {
+    pub(super) backend: &'a B,
+    pub(super) cfg: &'a RouterConfig,
+    pub(super) ws: &'a mut Workspace<B>,
+    pub(super) x: &'a B::View,
+    pub(super) r: &'a B::View,
+}
+
+impl<B: Backend> Deref for Pass<'_, B> {
+    type Target = Routing<B>;
+    fn deref(&self) -> &Routing<B> {
+        &self.ws.routing
+    }
+}
+
+impl<'a, B: Backend> Pass<'a, B> {
+    /// Backward from the gate gradient `dw` (`N x k`) and the configured losses: returns the
+    /// loss values and `dZ`, `dX`, `dR` (SimBal's gradient included). `global` carries the
+    /// merged statistics a global-batch LBL needs. May be called again (another `dw`).
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] unless `dw` holds `N x k`; the loss configuration's
+    /// errors ([`LossConfig::validate`]); [`SimbalError::MissingGlobalStats`] and
+    /// [`SimbalError::StatsMismatch`] for a global-batch LBL without fitting statistics;
+    /// [`SimbalError::NonFinite`] for a non-finite `dw` and [`SimbalError::Overflow`] for a
+    /// value or gradient that overflows, when the configuration checks values; backend
+    /// failures.
+    pub fn backward(
+        &mut self,
+        dw: &B::View,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+    ) -> Result<Gradients<'_, B>> {
+        let (b, cfg, ws) = (self.backend, self.cfg, &mut *self.ws);
+        let Shape { n, d, e, .. } = ws.routing.shape;
+        let (mut values, max_dz) = backward_dz(b, cfg, ws, dw, losses, global)?;
+        let (x, r) = (self.x, self.r);
+        // dR = X^T dZ (stored as R is), then dX = dZ R^T: X is read while the forward may
+        // have left it in cache, before writing dX evicts it.
+        let (dr_g, dr_ab, dx_g) = match cfg.layout {
+            WeightLayout::DxE => (Gemm::new(d, e, n).ta(), true, Gemm::new(n, d, e).tb()),
+            WeightLayout::ExD => (Gemm::new(e, d, n).ta(), false, Gemm::new(n, d, e)),
+        };
+        let dz = view::<B>(&ws.dz);
+        let (a, bb) = if dr_ab { (x, dz) } else { (dz, x) };
+        let dr = view_mut::<B>(&mut ws.dr);
+        b.gemm(
+            GemmArgs {
+                gemm: dr_g,
+                a,
+                b: bb,
+                c: dr,
+            }
+            .check(b)?,
+        )?;
+        b.gemm(
+            GemmArgs {
+                gemm: dx_g,
+                a: dz,
+                b: r,
+                c: view_mut::<B>(&mut ws.dx),
+            }
+            .check(b)?,
+        )?;
+        if let Some(sc) = losses.simbal {
+            values.simbal =
+                simbal_loss(b, &sc, r, Some(view_mut::<B>(&mut ws.dr)), &mut ws.simbal)?;
+            values.total = values.simbal + values.lbl + values.z_loss;
+        }
+        finite_loss(&values)?;
+        if cfg.check_finite {
+            // |dX| <= E max|dZ| max|R|: when that bound is finite with margin, dX is finite
+            // and its N x D scan is skipped.
+            let max_dz = match max_dz {
+                Some(m) => m,
+                None => b.max_abs(view::<B>(&ws.dz))?,
+            };
+            let bound = B::Elem::of_usize(2 * e) * max_dz * b.max_abs(r)?;
+            if !num_traits::Float::is_finite(bound) {
+                b.check_finite("input gradient dX", d, view::<B>(&ws.dx))
+                    .map_err(|_| SimbalError::Overflow {
+                        what: "input gradient dX",
+                    })?;
+            }
+            b.check_finite(
+                "router gradient dR",
+                weight_cols(cfg.layout, d, e),
+                view::<B>(&ws.dr),
+            )
+            .map_err(|_| SimbalError::Overflow {
+                what: "router gradient dR",
+            })?;
+        }
+        Ok(Gradients {
+            losses: values,
+            dz: view::<B>(&ws.dz),
+            dx: view::<B>(&ws.dx),
+            dr: view::<B>(&ws.dr),
+        })
+    }
+
+    /// Statistics of this pass into `out` (see [`Router::stats_into`]).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
+        stats_into(self.backend, &self.ws.routing, out)
+    }
+
+    /// Statistics of this pass.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn stats(&self) -> Result<RoutingStats> {
+        let mut s = RoutingStats::default();
+        self.stats_into(&mut s)?;
+        Ok(s)
+    }
+
+    /// Mean routing entropy of this pass's scores (nats).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn routing_entropy(&self) -> Result<B::Elem> {
+        routing_entropy(self.backend, &self.ws.routing)
+    }
+}
+
+/// A forward pass from logits: derefs to its [`Routing`]; [`LogitsPass::backward`] gives `dZ`.
+pub struct LogitsPass<'a, B: Backend> {
+    pub(super) backend: &'a B,
+    pub(super) cfg: &'a RouterConfig,
+    pub(super) ws: &'a mut Workspace<B>,
+}
+
+impl<B: Backend> Deref for LogitsPass<'_, B> {
+    type Target = Routing<B>;
+    fn deref(&self) -> &Routing<B> {
+        &self.ws.routing
+    }
+}
+
+impl<B: Backend> LogitsPass<'_, B> {
+    /// Backward to `dZ` from the gate gradient `dw` (`N x k`) and the configured losses. SimBal
+    /// needs the weight, so it is refused here: call [`simbal_loss`] on the weight instead.
+    ///
+    /// # Errors
+    /// [`SimbalError::Unsupported`] with SimBal configured; otherwise as [`Pass::backward`].
+    pub fn backward(
+        &mut self,
+        dw: &B::View,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+    ) -> Result<LogitGradients<'_, B>> {
+        if losses.simbal.is_some() {
+            return Err(SimbalError::Unsupported {
+                what:
+                    "SimBal in a backward from logits (it needs the router weight; use simbal_loss)",
+            });
+        }
+        let (values, _) = backward_dz(self.backend, self.cfg, self.ws, dw, losses, global)?;
+        finite_loss(&values)?;
+        Ok(LogitGradients {
+            losses: values,
+            dz: view::<B>(&self.ws.dz),
+        })
+    }
+
+    /// Statistics of this pass into `out` (see [`Router::stats_into`]).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
+        stats_into(self.backend, &self.ws.routing, out)
+    }
+}
+
+/// Capacity and the dispatch plan of routed buffers.
+pub(super) fn dispatch<B: Backend>(
+    b: &B,
+    cfg: &RouterConfig,
+    routing: &mut Routing<B>,
+) -> Result<()> {
+    b.dispatch(
+        Dispatch {
+            cfg,
+            n: routing.shape.n,
+            idx: idx_view::<B>(&routing.idx),
+            gates: view_mut::<B>(&mut routing.gates),
+            dropped: idx_view_mut::<B>(&mut routing.dropped),
+            counts: idx_view_mut::<B>(&mut routing.counts),
+            order: idx_view_mut::<B>(&mut routing.order),
+            offsets: idx_view_mut::<B>(&mut routing.offsets),
+        }
+        // The indices are this backend's own `route` output.
+        .check_lengths(b)?,
+    )
+}
+
+/// LBL and z-loss values, and `max |dZ|` when it was checked.
+type DzValues<T> = (LossValues<T>, Option<T>);
+
+/// LBL and z-loss values from the gate gradient and the dense loss terms, with `dZ` in the
+/// workspace; also `max |dZ|` when the configuration checks values.
+fn backward_dz<B: Backend>(
+    b: &B,
+    cfg: &RouterConfig,
+    ws: &mut Workspace<B>,
+    dw: &B::View,
+    losses: &LossConfig,
+    global: Option<&RoutingStats>,
+) -> Result<DzValues<B::Elem>> {
+    let Shape { n, k, .. } = ws.routing.shape;
+    losses.validate(n)?;
+    check_len("gate gradient", n * k, b.len(dw))?;
+    if cfg.check_finite {
+        b.check_finite("gate gradient", k, dw)?;
+    }
+    let mut values = LossValues::default();
+    let mut lbl_group = None;
+    if let Some(lc) = losses.lbl {
+        let (v, group_len) = lbl_for_pass(b, &lc, &ws.routing, global, &mut ws.lbl)?;
+        values.lbl = v;
+        lbl_group = Some(group_len);
+    }
+    let z_coef = match losses.z_loss {
+        Some(zc) => crate::zloss::z_coef(zc.beta, n),
+        None => <B::Elem as num_traits::Zero>::zero(),
+    };
+    let routing = &ws.routing;
+    let sums = b.router_backward(
+        RouterBackward {
+            cfg,
+            n,
+            z: view::<B>(&routing.z),
+            p: view::<B>(&routing.p),
+            idx: idx_view::<B>(&routing.idx),
+            gates: view::<B>(&routing.gates),
+            dropped: idx_view::<B>(&routing.dropped),
+            dw,
+            lbl: lbl_group.map(|group_len| LblCoef {
+                coef: view::<B>(&ws.lbl.coef),
+                group_len,
+            }),
+            z_coef,
+            dz: view_mut::<B>(&mut ws.dz),
+            request: BackwardRequest {
+                lse_sq_sum: losses.z_loss.is_some(),
+                max_abs_dz: cfg.check_finite,
+            },
+        }
+        // The indices are this backend's own `route` output.
+        .check_lengths(b)?,
+    )?;
+    if let (Some(zc), Some(sum)) = (losses.z_loss, sums.lse_sq_sum) {
+        values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(n);
+    }
+    // Finite inputs can still overflow here (a large scale times a large dW); report it
+    // instead of handing back an inf/NaN dZ.
+    if sums
+        .max_abs_dz
+        .is_some_and(|m| !num_traits::Float::is_finite(m))
+    {
+        return Err(SimbalError::Overflow {
+            what: "logit gradient dZ",
+        });
+    }
+    values.total = values.simbal + values.lbl + values.z_loss;
+    Ok((values, sums.max_abs_dz))
+}
+
+pub(super) fn stats_into<B: Backend>(
+    b: &B,
+    routing: &Routing<B>,
+    out: &mut RoutingStats,
+) -> Result<()> {
+    b.routing_stats(
+        CollectStats {
+            n: routing.shape.n,
+            k: routing.shape.k,
+            p: routing.scores(),
+            counts: routing.counts(),
+            out,
+        }
+        .check(b)?,
+    )
+}
+
+pub(super) fn routing_entropy<B: Backend>(b: &B, routing: &Routing<B>) -> Result<B::Elem> {
+    b.routing_entropy(
+        Entropy {
+            n: routing.shape.n,
+            e: routing.shape.e,
+            p: routing.scores(),
+        }
+        .check(b)?,
+    )
+}

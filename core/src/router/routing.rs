@@ -1,0 +1,128 @@
+//! What a router's forward pass computed ([`Routing`]) and what its backward pass computed
+//! ([`Gradients`], [`LogitGradients`]), borrowed from the router's reusable workspace.
+
+use crate::error::Result;
+use crate::memory::{idx_view, view, Memory};
+
+/// Loss values of one backward pass (each 0 when not configured).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LossValues<T> {
+    /// SimBal (already multiplied by its `lambda`).
+    pub simbal: T,
+    /// Load-balancing loss (already multiplied by its `alpha`).
+    pub lbl: T,
+    /// Router z-loss (already multiplied by its `beta`).
+    pub z_loss: T,
+    /// Sum of the three: the auxiliary objective whose gradient was added.
+    pub total: T,
+}
+
+/// Shape of one routing call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shape {
+    /// Tokens `N`.
+    pub n: usize,
+    /// Model width `D` (0 when routing from logits).
+    pub d: usize,
+    /// Experts `E`.
+    pub e: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+}
+
+/// The routing of one forward pass: every buffer the forward wrote, with its shape. Returned
+/// (borrowed) by [`crate::Router::forward`] and [`crate::Router::routing`].
+pub struct Routing<B: Memory> {
+    pub(crate) shape: Shape,
+    pub(crate) z: B::Buf,
+    pub(crate) p: B::Buf,
+    pub(crate) gates: B::Buf,
+    pub(crate) idx: B::IdxBuf,
+    pub(crate) dropped: B::IdxBuf,
+    pub(crate) counts: B::IdxBuf,
+    pub(crate) order: B::IdxBuf,
+    pub(crate) offsets: B::IdxBuf,
+}
+
+impl<B: Memory> Routing<B> {
+    /// Buffers for `shape`.
+    pub(crate) fn new(b: &B, shape: Shape) -> Result<Self> {
+        let Shape { n, e, k, .. } = shape;
+        let ne = crate::shape::product("logits", n, e)?;
+        let nk = crate::shape::product("indices", n, k)?;
+        Ok(Self {
+            shape,
+            z: b.zeros(ne)?,
+            p: b.zeros(ne)?,
+            gates: b.zeros(nk)?,
+            idx: b.idx_zeros(nk)?,
+            dropped: b.idx_zeros(nk)?,
+            counts: b.idx_zeros(e)?,
+            order: b.idx_zeros(nk)?,
+            offsets: b.idx_zeros(e.saturating_add(1))?,
+        })
+    }
+
+    /// The shape routed (`d = 0` for routing from logits).
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+    /// Tokens `N`.
+    pub fn tokens(&self) -> usize {
+        self.shape.n
+    }
+    /// Expert indices (`N x k`, best first).
+    pub fn indices(&self) -> &B::IdxView {
+        idx_view::<B>(&self.idx)
+    }
+    /// Gates (`N x k`; 0 for dropped assignments).
+    pub fn gates(&self) -> &B::View {
+        view::<B>(&self.gates)
+    }
+    /// Scores `P` (`N x E`).
+    pub fn scores(&self) -> &B::View {
+        view::<B>(&self.p)
+    }
+    /// Logits `Z` (`N x E`).
+    pub fn logits(&self) -> &B::View {
+        view::<B>(&self.z)
+    }
+    /// Dropped flags (`N x k`, 1 = dropped by the capacity limit).
+    pub fn dropped(&self) -> &B::IdxView {
+        idx_view::<B>(&self.dropped)
+    }
+    /// Kept assignments per expert (`E`).
+    pub fn counts(&self) -> &B::IdxView {
+        idx_view::<B>(&self.counts)
+    }
+    /// Dispatch plan: kept assignment ids `t * k + j` grouped by expert, in token order within
+    /// each expert (the first `offsets[E]` entries of an `N x k` buffer).
+    pub fn dispatch_order(&self) -> &B::IdxView {
+        idx_view::<B>(&self.order)
+    }
+    /// Dispatch plan: per-expert offsets into [`Routing::dispatch_order`] (`E + 1`).
+    pub fn dispatch_offsets(&self) -> &B::IdxView {
+        idx_view::<B>(&self.offsets)
+    }
+}
+
+/// What a backward pass from tokens returned: the loss values and the gradients, borrowed from
+/// the router's workspace until the next call.
+pub struct Gradients<'a, B: Memory> {
+    /// The auxiliary losses' values (each 0 when not configured).
+    pub losses: LossValues<B::Elem>,
+    /// `dL/dZ` (`N x E`).
+    pub dz: &'a B::View,
+    /// `dL/dX` (`N x D`).
+    pub dx: &'a B::View,
+    /// `dL/dR` in the weight's layout, SimBal's gradient included.
+    pub dr: &'a B::View,
+}
+
+/// What a backward pass from logits returned.
+pub struct LogitGradients<'a, B: Memory> {
+    /// The auxiliary losses' values (SimBal is 0: it needs the weight).
+    pub losses: LossValues<B::Elem>,
+    /// `dL/dZ` (`N x E`).
+    pub dz: &'a B::View,
+}
