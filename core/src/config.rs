@@ -144,6 +144,14 @@ impl RouterConfig {
     }
 
     /// Checks the configuration on its own (shapes are checked per call).
+    ///
+    /// # Errors
+    /// [`SimbalError::ZeroDim`] for no expert; [`SimbalError::KZero`], [`SimbalError::KTooLarge`]
+    /// for `k` outside `1..=E`; [`SimbalError::InvalidCoefficient`] for a non-finite scale;
+    /// [`SimbalError::GroupsDoNotDivide`], [`SimbalError::TooManyGroups`],
+    /// [`SimbalError::InvalidTopGroups`], [`SimbalError::GroupSelectionTooSmall`] for a group
+    /// limit that does not fit; [`SimbalError::InvalidCapacityFactor`] for a capacity factor
+    /// that is not finite and positive.
     pub fn validate(&self) -> Result<()> {
         let e = self.experts;
         if e == 0 {
@@ -366,6 +374,10 @@ impl LossConfig {
     }
 
     /// Checks every coefficient and level against the batch size `n`.
+    ///
+    /// # Errors
+    /// [`SimbalError::InvalidCoefficient`] for a negative or non-finite `lambda`, `alpha` or
+    /// `beta`; [`SimbalError::SequenceLength`] for a sequence length that does not divide `n`.
     pub fn validate(&self, n: usize) -> Result<()> {
         if let Some(s) = self.simbal {
             check_coefficient("SimBal lambda", s.lambda)?;

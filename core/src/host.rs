@@ -8,6 +8,9 @@ use crate::shape::check_len;
 pub use alloc::vec::Vec;
 
 /// A vector of `len` default values; a length the allocator refuses is an error, not an abort.
+///
+/// # Errors
+/// [`SimbalError::Backend`] when the allocator refuses the length.
 pub fn zeros<E: Copy + Default>(len: usize) -> Result<Vec<E>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| SimbalError::Backend {
@@ -18,6 +21,9 @@ pub fn zeros<E: Copy + Default>(len: usize) -> Result<Vec<E>> {
 }
 
 /// A copy of `host` in a new vector.
+///
+/// # Errors
+/// [`SimbalError::Backend`] when the allocator refuses the length.
 pub fn upload<E: Copy + Default>(host: &[E]) -> Result<Vec<E>> {
     let mut v = zeros(host.len())?;
     v.copy_from_slice(host);
@@ -25,6 +31,9 @@ pub fn upload<E: Copy + Default>(host: &[E]) -> Result<Vec<E>> {
 }
 
 /// Copies `src` into `dst`; their lengths must match (`what` names the target in the error).
+///
+/// # Errors
+/// [`SimbalError::LengthMismatch`] when the lengths differ.
 pub fn copy<E: Copy>(what: &'static str, src: &[E], dst: &mut [E]) -> Result<()> {
     check_len(what, src.len(), dst.len())?;
     dst.copy_from_slice(src);

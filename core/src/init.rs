@@ -154,6 +154,10 @@ fn householder_q<T: Scalar>(rows: usize, cols: usize, a: &mut [T]) {
 
 /// Turns a Gaussian `D x E` matrix (given in `layout`) into an orthogonal one in place: with
 /// `D >= E` its columns are orthonormal (`R^T R = I`), with `D < E` its rows are.
+///
+/// # Errors
+/// [`crate::SimbalError::ZeroDim`] for `d = 0` or `e = 0`;
+/// [`crate::SimbalError::LengthMismatch`] unless `r` holds `D x E`.
 pub fn orthogonalize<T: Scalar>(
     layout: WeightLayout,
     d: usize,
@@ -194,6 +198,10 @@ pub fn orthogonalize<T: Scalar>(
 /// assert!(max_abs < 1e-12 && mean_sq < 1e-24);
 /// # Ok::<(), simbal_core::SimbalError>(())
 /// ```
+///
+/// # Errors
+/// [`crate::SimbalError::ZeroDim`] for `d = 0` or `e = 0`;
+/// [`crate::SimbalError::LengthMismatch`] when `D x E` overflows.
 pub fn orthogonal_init<T: Scalar>(
     layout: WeightLayout,
     d: usize,

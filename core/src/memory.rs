@@ -100,7 +100,11 @@ pub trait Memory {
     /// # Errors
     /// A transfer failure.
     fn idx_all_below(&self, buf: &Self::IdxView, bound: u32) -> Result<bool> {
-        let v = crate::stage::stage_idx_in(self, buf)?;
+        if let Some(v) = self.idx_host(buf) {
+            return Ok(v.iter().all(|&i| i < bound));
+        }
+        let mut v = alloc::vec![0u32; self.idx_len(buf)];
+        self.idx_download(buf, &mut v)?;
         Ok(v.iter().all(|&i| i < bound))
     }
 }

@@ -82,6 +82,10 @@ fn libm_ln(x: f64) -> f64 {
 
 /// Mean per-token routing entropy of the scores `p` (`n x e`, rows of a distribution), in nats.
 /// Sigmoid scores are normalised per row first.
+///
+/// # Errors
+/// [`SimbalError::ZeroDim`] for `n = 0` or `e = 0`; [`SimbalError::LengthMismatch`] unless `p`
+/// holds `n x e`; [`SimbalError::Overflow`] for a non-finite result.
 pub fn routing_entropy<T: Scalar>(n: usize, e: usize, p: &[T]) -> Result<T> {
     crate::shape::check_dims(n, 1, e)?;
     check_len("scores", n.saturating_mul(e), p.len())?;
@@ -138,6 +142,11 @@ pub fn routing_entropy_staged<M: Memory + ?Sized>(
 
 /// SEU: per sequence of `seq_len` tokens, the fraction of the `e` experts that receive at least one
 /// kept assignment; averaged over sequences. `idx` and `dropped` are `n x k`.
+///
+/// # Errors
+/// [`SimbalError::ZeroDim`] for `n = 0` or `e = 0`; [`SimbalError::SequenceLength`] unless
+/// `seq_len` divides `n`; [`SimbalError::LengthMismatch`] unless `idx` (and `dropped`) hold
+/// `n x k`.
 pub fn seu(
     n: usize,
     k: usize,
@@ -178,6 +187,10 @@ pub fn seu(
 /// PES (paper eq. 5-6): every expert run on every token; `outputs` is `e x n x d_out`
 /// (expert-major). Returns the mean over tokens of `2/(E(E-1)) sum_{i<j} cos(y_i, y_j)`, with a
 /// zero vector's cosine 0. `E = 1` gives 0.
+///
+/// # Errors
+/// [`SimbalError::ZeroDim`] for a zero dimension; [`SimbalError::LengthMismatch`] unless
+/// `outputs` holds `e x n x d_out`; [`SimbalError::Overflow`] for a non-finite result.
 pub fn pes<T: Scalar>(e: usize, n: usize, d_out: usize, outputs: &[T]) -> Result<T> {
     crate::shape::check_dims(n, d_out, e)?;
     check_len(
@@ -214,6 +227,10 @@ pub fn pes<T: Scalar>(e: usize, n: usize, d_out: usize, outputs: &[T]) -> Result
 
 /// Orthogonality error of the router weight: `(mean_ab G_ab^2, max_ab |G_ab|)` with
 /// `G = R^T R - I`.
+///
+/// # Errors
+/// [`SimbalError::ZeroDim`] for `d = 0` or `e = 0`; [`SimbalError::LengthMismatch`] unless `r`
+/// holds `D x E`; [`SimbalError::Overflow`] for a non-finite result.
 pub fn orthogonality_error<T: Scalar>(
     layout: WeightLayout,
     d: usize,
@@ -254,6 +271,10 @@ fn finite_metric<T: Scalar>(what: &'static str, v: T) -> Result<T> {
 }
 
 /// Softmax of logits rows (helper for metrics of raw logits).
+///
+/// # Errors
+/// [`SimbalError::LengthMismatch`] unless `p` is as long as `z`; [`SimbalError::ZeroDim`] for
+/// `e = 0`.
 pub fn softmax_rows<T: Scalar>(e: usize, z: &[T], p: &mut [T]) -> Result<()> {
     check_len("softmax output", z.len(), p.len())?;
     if e == 0 {

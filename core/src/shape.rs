@@ -4,6 +4,9 @@ use crate::error::{Result, SimbalError};
 use crate::scalar::Scalar;
 
 /// `N`, `D` and `E` must each be at least 1.
+///
+/// # Errors
+/// [`SimbalError::ZeroDim`] naming the first that is 0.
 pub fn check_dims(n: usize, d: usize, e: usize) -> Result<()> {
     if n == 0 {
         return Err(SimbalError::ZeroDim { what: "N" });
@@ -18,6 +21,9 @@ pub fn check_dims(n: usize, d: usize, e: usize) -> Result<()> {
 }
 
 /// A buffer must have exactly the length its shape implies.
+///
+/// # Errors
+/// [`SimbalError::LengthMismatch`] naming the buffer.
 pub fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
@@ -31,6 +37,9 @@ pub fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> 
 }
 
 /// `rows x cols` without overflow.
+///
+/// # Errors
+/// [`SimbalError::LengthMismatch`] (expected `usize::MAX`) when the product overflows.
 pub fn product(what: &'static str, rows: usize, cols: usize) -> Result<usize> {
     rows.checked_mul(cols).ok_or(SimbalError::LengthMismatch {
         what,
@@ -40,6 +49,9 @@ pub fn product(what: &'static str, rows: usize, cols: usize) -> Result<usize> {
 }
 
 /// Reports the first non-finite value of a `rows x cols` row-major matrix with its position.
+///
+/// # Errors
+/// [`SimbalError::NonFinite`] with the row and column of the first non-finite value.
 pub fn check_finite<T: Scalar>(what: &'static str, cols: usize, data: &[T]) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),

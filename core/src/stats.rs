@@ -50,6 +50,9 @@ impl RoutingStats {
     /// assert_eq!(a.tokens, 3);
     /// # Ok::<(), simbal_core::SimbalError>(())
     /// ```
+    ///
+    /// # Errors
+    /// [`SimbalError::StatsMismatch`] when the two cover different numbers of experts.
     pub fn merge(&mut self, other: &RoutingStats) -> Result<()> {
         if other.counts.len() != self.counts.len() || other.score_sums.len() != self.counts.len() {
             return Err(SimbalError::StatsMismatch {

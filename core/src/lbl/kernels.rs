@@ -28,7 +28,7 @@ impl<'a, M: Memory + ?Sized> GroupSums<'a, M> {
     /// The precondition function of [`crate::Backend::group_column_sums`].
     ///
     /// # Errors
-    /// [`crate::SimbalError::InvalidSequenceLength`] unless `group_len` divides `n`;
+    /// [`crate::SimbalError::SequenceLength`] unless `group_len` divides `n`;
     /// [`crate::SimbalError::LengthMismatch`] unless `a` holds `n x cols` and `out`
     /// `(n / group_len) x cols`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
@@ -81,7 +81,7 @@ impl<'a, M: Memory + ?Sized> GroupCounts<'a, M> {
     /// The precondition function of [`crate::Backend::group_counts`].
     ///
     /// # Errors
-    /// [`crate::SimbalError::InvalidSequenceLength`] unless `group_len` divides `n`;
+    /// [`crate::SimbalError::SequenceLength`] unless `group_len` divides `n`;
     /// [`crate::SimbalError::LengthMismatch`] unless `idx` and `dropped` hold `n x k` and `out`
     /// `(n / group_len) x E`. Indices at or above `E` are not counted.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {

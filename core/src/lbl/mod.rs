@@ -1,5 +1,5 @@
 //! Switch / GShard load-balancing loss (LBL) at micro-batch, sequence and global-batch level:
-//! the reference math ([`reference`]), the kernel family ([`kernels`]) and, here, how the router
+//! the reference math ([`mod@reference`]), the kernel family ([`kernels`]) and, here, how the router
 //! computes the loss of one pass from them.
 
 pub mod kernels;

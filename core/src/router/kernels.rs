@@ -277,7 +277,7 @@ impl<'a, M: Memory + ?Sized> RouterBackward<'a, M> {
     /// # Errors
     /// The configuration's own errors; [`SimbalError::LengthMismatch`] unless `z`, `p` and
     /// `dz` hold `n x E`, `idx`, `gates`, `dropped` and `dw` `n x k`, and the LBL coefficients
-    /// `(n / group_len) x E`; [`SimbalError::InvalidSequenceLength`] unless `group_len` divides
+    /// `(n / group_len) x E`; [`SimbalError::SequenceLength`] unless `group_len` divides
     /// `n`; [`SimbalError::Backend`] when an index is not below `E`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
         let s = self.check_lengths(m)?.into_inner();

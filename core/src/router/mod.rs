@@ -1,5 +1,5 @@
 //! The router: top-k routing with gates, capacity and the dispatch plan, and its backward with
-//! the auxiliary losses. Its reference rows are in [`reference`] (scores in [`score`], selection
+//! the auxiliary losses. Its reference rows are in [`mod@reference`] (scores in [`score`], selection
 //! and gates in [`select`]), its kernel family in [`kernels`], what a pass returns in
 //! [`routing`]; here is [`Router`], the object users call every training step.
 //!
@@ -13,22 +13,22 @@ pub mod reference;
 pub mod routing;
 pub mod score;
 pub mod select;
+mod workspace;
 
 use crate::backend::Backend;
 use crate::config::{RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
 use crate::gemm::Gemm;
-use crate::lbl::LblScratch;
 use crate::memory::{idx_view_mut, view_mut, Memory};
 use crate::metrics::LoadMetrics;
 use crate::scalar::Scalar;
-use crate::shape::{check_dims, check_len, product};
-use crate::simbal::SimbalWorkspace;
+use crate::shape::{check_dims, check_len};
 use crate::stats::RoutingStats;
 use kernels::{Logits, Route, RouteRequest};
 use pass::{dispatch, routing_entropy, stats_into};
 pub use pass::{LogitsPass, Pass};
 pub use routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
+use workspace::{prepare, weight_cols, Workspace};
 
 /// A router on backend `B`: the configuration and a reusable workspace, allocated on the first
 /// call of a shape and reused by every later call of that shape (a training step allocates
@@ -52,33 +52,6 @@ pub struct Router<B: Backend> {
     backend: B,
     cfg: RouterConfig,
     ws: Option<Workspace<B>>,
-}
-
-/// Every buffer of a router's forward and backward passes.
-struct Workspace<B: Backend> {
-    routing: Routing<B>,
-    /// Whether `routing` holds a completed forward pass.
-    routed: bool,
-    dz: B::Buf,
-    dx: B::Buf,
-    dr: B::Buf,
-    lbl: LblScratch<B>,
-    simbal: SimbalWorkspace<B>,
-}
-
-impl<B: Backend> Workspace<B> {
-    fn new(b: &B, layout: WeightLayout, shape: Shape) -> Result<Self> {
-        let Shape { n, d, e, .. } = shape;
-        Ok(Self {
-            routing: Routing::new(b, shape)?,
-            routed: false,
-            dz: b.zeros(product("logits", n, e)?)?,
-            dx: b.zeros(product("tokens X", n, d)?)?,
-            dr: b.zeros(product("router weight", d, e)?)?,
-            lbl: LblScratch::new(b, e)?,
-            simbal: SimbalWorkspace::new(b, layout, d.max(1), e)?,
-        })
-    }
 }
 
 impl<B: Backend> Router<B> {
@@ -325,22 +298,6 @@ impl<B: Backend> Router<B> {
     }
 }
 
-/// The workspace for `shape` (reallocated only when the shape changed), with no routing in it.
-fn prepare<'w, B: Backend>(
-    b: &B,
-    cfg: &RouterConfig,
-    slot: &'w mut Option<Workspace<B>>,
-    shape: Shape,
-) -> Result<&'w mut Workspace<B>> {
-    if !slot.as_ref().is_some_and(|w| w.routing.shape == shape) {
-        *slot = None; // free the old buffers before allocating the new ones
-        *slot = Some(Workspace::new(b, cfg.layout, shape)?);
-    }
-    let ws = slot.as_mut().ok_or(SimbalError::NoForward)?;
-    ws.routed = false;
-    Ok(ws)
-}
-
 /// The selection bias has `E` entries, finite when the config checks inputs.
 fn check_bias<B: Backend>(b: &B, cfg: &RouterConfig, bias: Option<&B::View>) -> Result<()> {
     if let Some(bias) = bias {
@@ -387,29 +344,6 @@ fn validate_for<T: Scalar>(cfg: &RouterConfig) -> Result<()> {
             what: "scale",
             value: cfg.scale,
         });
-    }
-    Ok(())
-}
-
-/// Columns of the weight as stored (for error positions).
-pub(crate) fn weight_cols(layout: WeightLayout, d: usize, e: usize) -> usize {
-    match layout {
-        WeightLayout::DxE => e,
-        WeightLayout::ExD => d,
-    }
-}
-
-/// A non-finite loss value never leaks: it becomes [`SimbalError::Overflow`].
-pub(crate) fn finite_loss<T: Scalar>(v: &LossValues<T>) -> Result<()> {
-    for (what, x) in [
-        ("SimBal value", v.simbal),
-        ("LBL value", v.lbl),
-        ("z-loss value", v.z_loss),
-        ("total loss", v.total),
-    ] {
-        if !num_traits::Float::is_finite(x) {
-            return Err(SimbalError::Overflow { what });
-        }
     }
     Ok(())
 }

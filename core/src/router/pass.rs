@@ -4,7 +4,7 @@
 
 use super::kernels::{BackwardRequest, Dispatch, LblCoef, RouterBackward};
 use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
-use super::{finite_loss, weight_cols, Workspace};
+use super::workspace::{finite_loss, weight_cols, Workspace};
 use crate::backend::Backend;
 use crate::config::{LossConfig, RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
@@ -121,7 +121,7 @@ impl<'a, B: Backend> Pass<'a, B> {
         })
     }
 
-    /// Statistics of this pass into `out` (see [`Router::stats_into`]).
+    /// Statistics of this pass into `out` (see [`super::Router::stats_into`]).
     ///
     /// # Errors
     /// Backend failures.
@@ -188,7 +188,7 @@ impl<B: Backend> LogitsPass<'_, B> {
         })
     }
 
-    /// Statistics of this pass into `out` (see [`Router::stats_into`]).
+    /// Statistics of this pass into `out` (see [`super::Router::stats_into`]).
     ///
     /// # Errors
     /// Backend failures.

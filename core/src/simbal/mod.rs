@@ -1,5 +1,5 @@
 //! SimBal, the similarity-preserving router loss (arXiv 2506.14038) `lambda ||R^T R - I||_1`,
-//! and its variants: the reference math ([`reference`]), the kernel family ([`kernels`]) and,
+//! and its variants: the reference math ([`mod@reference`]), the kernel family ([`kernels`]) and,
 //! here, [`simbal_loss`], composed from two GEMMs around the element-wise pass.
 
 pub mod kernels;
