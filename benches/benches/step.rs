@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cubecl::wgpu::WgpuRuntime;
 use simbal_benches::*;
-use simbal_core::{Backend, Reference, SimbalWorkspace};
+use simbal_core::{Backend, Reference, SimbalWorkspace, WeightLayout};
 use simbal_cubecl::CubeclBackend;
 use simbal_dfdx::Dfdx;
 use simbal_faer::Faer;
@@ -19,11 +19,11 @@ fn bench_backend<B: Backend + Clone>(c: &mut Criterion, label: &str, b: B, shape
         g.sample_size(10).measurement_time(Duration::from_secs(3));
         g.throughput(Throughput::Elements(step_flops(s) as u64));
         g.bench_function("step", |bch| {
-            bch.iter(|| run_step(&mut router, &inp, s, &losses).expect("step"))
+            bch.iter(|| run_step(&mut router, &inp, &losses).expect("step"))
         });
         g.throughput(Throughput::Elements(forward_flops(s) as u64));
         g.bench_function("forward", |bch| {
-            bch.iter(|| run_forward(&mut router, &inp, s).expect("forward"))
+            bch.iter(|| run_forward(&mut router, &inp).expect("forward"))
         });
         let mut floor = GemmFloor::new(&b, s).expect("floor");
         g.throughput(Throughput::Elements((6 * s.n * s.d * s.e) as u64));
@@ -50,12 +50,12 @@ fn bench_simbal<B: Backend>(
         };
         let inp = StepInputs::new(b, &s, 1).expect("inputs");
         let mut grad = b.zeros(d * e).expect("grad");
-        let mut ws = SimbalWorkspace::new(b, d, e).expect("ws");
+        let mut ws = SimbalWorkspace::new(b, WeightLayout::DxE, d, e).expect("ws");
         let mut g = c.benchmark_group(format!("{label}/{name}"));
         g.sample_size(10).measurement_time(Duration::from_secs(2));
         g.throughput(Throughput::Elements(simbal_flops(d, e) as u64));
         g.bench_function("simbal", |bch| {
-            bch.iter(|| run_simbal(b, d, e, &inp.r, &mut grad, &mut ws).expect("simbal"))
+            bch.iter(|| run_simbal(b, &inp.r, &mut grad, &mut ws).expect("simbal"))
         });
         g.finish();
     }

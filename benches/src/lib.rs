@@ -4,9 +4,10 @@
 
 #![warn(missing_docs)]
 
+use simbal_core::memory::{view, view_mut};
 use simbal_core::{
-    Backend, LblConfig, LossConfig, Result, Rng, Router, RouterConfig, Scalar, SimBalConfig,
-    SimbalWorkspace, WeightLayout, ZLossConfig,
+    Backend, Gemm, GemmArgs, LblConfig, LossConfig, Result, Rng, Router, RouterConfig, Scalar,
+    SimBalConfig, SimbalWorkspace, ZLossConfig,
 };
 
 /// One router shape.
@@ -164,32 +165,35 @@ pub fn step_router<B: Backend>(b: B, s: &StepShape) -> Result<Router<B>> {
 }
 
 /// One training step: forward, then backward with [`step_losses`]; returns the total aux loss.
+/// `N` and `D` come from the inputs' lengths.
+///
+/// # Errors
+/// The router's errors.
 pub fn run_step<B: Backend>(
     router: &mut Router<B>,
     inp: &StepInputs<B>,
-    s: &StepShape,
     losses: &LossConfig,
 ) -> Result<B::Elem> {
-    router.forward(&inp.x, &inp.r, None, s.n, s.d)?;
-    Ok(router
-        .backward(&inp.x, &inp.r, &inp.dw, losses, None)?
-        .total)
+    let mut pass = router.forward(view::<B>(&inp.x), view::<B>(&inp.r), None)?;
+    let grads = pass.backward(view::<B>(&inp.dw), losses, None)?;
+    Ok(grads.losses.total)
 }
 
 /// Forward-only routing (inference).
-pub fn run_forward<B: Backend>(
-    router: &mut Router<B>,
-    inp: &StepInputs<B>,
-    s: &StepShape,
-) -> Result<()> {
-    router.forward(&inp.x, &inp.r, None, s.n, s.d)
+///
+/// # Errors
+/// The router's errors.
+pub fn run_forward<B: Backend>(router: &mut Router<B>, inp: &StepInputs<B>) -> Result<()> {
+    router.forward(view::<B>(&inp.x), view::<B>(&inp.r), None)?;
+    Ok(())
 }
 
-/// SimBal (L1, 0.1) with its gradient into `grad`.
+/// SimBal (L1, 0.1) of `r` with its gradient into `grad`; the weight's shape is `ws`'s.
+///
+/// # Errors
+/// [`simbal_core::simbal_loss`]'s errors.
 pub fn run_simbal<B: Backend>(
     b: &B,
-    d: usize,
-    e: usize,
     r: &B::Buf,
     grad: &mut B::Buf,
     ws: &mut SimbalWorkspace<B>,
@@ -197,11 +201,8 @@ pub fn run_simbal<B: Backend>(
     simbal_core::simbal_loss(
         b,
         &SimBalConfig::default(),
-        WeightLayout::DxE,
-        d,
-        e,
-        r,
-        Some(grad),
+        view::<B>(r),
+        Some(view_mut::<B>(grad)),
         ws,
     )
 }
@@ -226,22 +227,30 @@ impl<B: Backend> GemmFloor<B> {
 
     /// Runs the three GEMMs once, in the step's order (`dR` before `dX`, so `X` is read twice
     /// in a row while it may be cached).
+    ///
+    /// # Errors
+    /// Lengths that do not fit `shape`; backend failures.
     pub fn run(&mut self, b: &B, inp: &StepInputs<B>, s: &StepShape) -> Result<()> {
-        use simbal_core::Gemm;
-        b.gemm(&Gemm::new(s.n, s.e, s.d), &inp.x, &inp.r, &mut self.z)?;
-        b.gemm(
-            &Gemm::new(s.d, s.e, s.n).ta(),
-            &inp.x,
-            &self.z,
-            &mut self.dr,
-        )?;
-        b.gemm(
-            &Gemm::new(s.n, s.d, s.e).tb(),
-            &self.z,
-            &inp.r,
-            &mut self.dx,
-        )
+        let (x, r) = (view::<B>(&inp.x), view::<B>(&inp.r));
+        let Self { z, dx, dr } = self;
+        gemm(b, Gemm::new(s.n, s.e, s.d), x, r, view_mut::<B>(z))?;
+        let z = view::<B>(z);
+        gemm(b, Gemm::new(s.d, s.e, s.n).ta(), x, z, view_mut::<B>(dr))?;
+        gemm(b, Gemm::new(s.n, s.d, s.e).tb(), z, r, view_mut::<B>(dx))
     }
+}
+
+/// `c = op(a) op(b)` through the backend's checked GEMM.
+fn gemm<B: Backend>(b: &B, g: Gemm, a: &B::View, bb: &B::View, c: &mut B::View) -> Result<()> {
+    b.gemm(
+        GemmArgs {
+            gemm: g,
+            a,
+            b: bb,
+            c,
+        }
+        .check(b)?,
+    )
 }
 
 /// The memory floor of a step: the bytes [`step_bytes`] counts, moved at this machine's rate on

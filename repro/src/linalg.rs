@@ -63,6 +63,23 @@ pub(crate) fn gemm_nt<T: Scalar>(n: usize, p: usize, a: &[T], b: &[T], c: &mut [
     }
 }
 
+/// `dst += src`, element-wise.
+pub(crate) fn add_into<T: Scalar>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = *d + s;
+    }
+}
+
+/// `dst += sum of the rows of src` (rows as long as `dst`).
+pub(crate) fn add_rows<T: Scalar>(dst: &mut [T], src: &[T]) {
+    if dst.is_empty() {
+        return;
+    }
+    for row in src.chunks_exact(dst.len()) {
+        add_into(dst, row);
+    }
+}
+
 /// `<a, b>` with four partial sums (vectorises without reassociation licence).
 pub(crate) fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
     let mut s = [T::zero(); 4];

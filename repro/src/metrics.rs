@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// One logged point of a run: training loss since the previous point and metrics on the fixed
 /// validation sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct LogPoint {
     /// Optimiser steps taken.
     pub step: usize,

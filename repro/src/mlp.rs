@@ -1,7 +1,7 @@
 //! An expert: a two-layer MLP `y = relu(x W1 + b1) W2 + b2` with its hand-written backward.
 
 use crate::adam::Param;
-use crate::linalg::{gemm_nn, gemm_nt, gemm_tn};
+use crate::linalg::{add_rows, gemm_nn, gemm_nt, gemm_tn};
 use simbal_core::shape::check_len;
 use simbal_core::{Result, Rng, Scalar, SimbalError};
 
@@ -126,11 +126,7 @@ impl<T: Scalar> Mlp<T> {
         let (din, hid, dout) = (self.d_in, self.hidden, self.d_out);
         // dW2 += H^T dY, db2 += sum dY
         gemm_tn(hid, dout, &cache.h, dy, &mut self.w2.g, true);
-        for row in dy.chunks_exact(dout) {
-            for (g, &v) in self.b2.g.iter_mut().zip(row) {
-                *g = *g + v;
-            }
-        }
+        add_rows(&mut self.b2.g, dy);
         // dH = dY W2^T, masked by relu'(A) (h > 0)
         cache.dh.resize(rows * hid, T::zero());
         gemm_nt(hid, dout, dy, &self.w2.w, &mut cache.dh, false);
@@ -140,11 +136,7 @@ impl<T: Scalar> Mlp<T> {
             }
         }
         gemm_tn(din, hid, &cache.x, &cache.dh, &mut self.w1.g, true);
-        for row in cache.dh.chunks_exact(hid) {
-            for (g, &v) in self.b1.g.iter_mut().zip(row) {
-                *g = *g + v;
-            }
-        }
+        add_rows(&mut self.b1.g, &cache.dh);
         if let Some(dx) = dx {
             gemm_nt(din, hid, &cache.dh, &self.w1.w, dx, false);
         }

@@ -304,21 +304,13 @@ mod tests {
             .map(|(i, &v)| LogPoint {
                 step: i,
                 tokens: i * 100,
-                train_loss: None,
                 val_loss: v,
                 max_vio: 0.1,
-                max_vio_train: None,
-                cv: 0.0,
                 load_entropy: 1.0,
-                dead_experts: 0,
                 seu: 0.5,
                 pes: 0.2,
-                orth_mean_sq: 0.0,
-                orth_max: 0.0,
                 routing_entropy: 1.0,
-                consistency: None,
-                aux_simbal: 0.0,
-                aux_lbl: 0.0,
+                ..LogPoint::default()
             })
             .collect();
         RunLog {

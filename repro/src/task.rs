@@ -289,12 +289,7 @@ impl TextTask {
         seq_len: usize,
         batch: &mut Batch<T>,
     ) -> Result<()> {
-        if seq_len > self.train.len() {
-            return Err(ReproError::Config(format!(
-                "text task: seq_len {seq_len} exceeds the training split ({} bytes)",
-                self.train.len()
-            )));
-        }
+        window_fits("training", &self.train, seq_len)?;
         batch.reset(seqs, seq_len);
         for _ in 0..seqs {
             let start = rng.below(self.train.len() - seq_len + 1);
@@ -305,12 +300,7 @@ impl TextTask {
 
     /// Up to `seqs` evenly spaced windows of the validation split (at least one).
     pub fn validation<T: Scalar>(&self, seqs: usize, seq_len: usize) -> Result<Batch<T>> {
-        if seq_len > self.val.len() {
-            return Err(ReproError::Config(format!(
-                "text task: seq_len {seq_len} exceeds the validation split ({} bytes)",
-                self.val.len()
-            )));
-        }
+        window_fits("validation", &self.val, seq_len)?;
         let fit = self.val.len() / seq_len;
         let seqs = seqs.min(fit).max(1);
         let mut batch = Batch::default();
@@ -322,6 +312,17 @@ impl TextTask {
         }
         Ok(batch)
     }
+}
+
+/// A window of `seq_len` bytes fits in the `which` split.
+fn window_fits(which: &str, split: &[u8], seq_len: usize) -> Result<()> {
+    if seq_len > split.len() {
+        return Err(ReproError::Config(format!(
+            "text task: seq_len {seq_len} exceeds the {which} split ({} bytes)",
+            split.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A task of the experiment.

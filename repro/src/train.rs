@@ -4,10 +4,13 @@ use crate::adam::Adam;
 use crate::error::{ReproError, Result};
 use crate::methods::{Coefficients, InitPolicy, Method};
 use crate::metrics::{routing_consistency, LogPoint, RunLog};
-use crate::model::{Model, ModelState, MoeConfig, MoeLayer, RouterRunner};
+use crate::model::{HostBackend, Model, ModelState, MoeConfig, MoeLayer};
 use crate::task::{Batch, Task};
 use serde::Serialize;
-use simbal_core::{orthogonality_error, pes, seu, Backend, Rng, Scalar, WeightLayout};
+use simbal_core::{
+    orthogonality_error, pes, seu, update_bias, LoadMetrics, Rng, Router, RoutingStats, Scalar,
+    WeightLayout,
+};
 
 /// Sizes and schedule of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -131,32 +134,34 @@ pub fn build_model<T: Scalar>(task: &Task, cfg: &TrainConfig, spec: &RunSpec) ->
 struct Evaluator<T> {
     val: Batch<T>,
     st: ModelState<T>,
+    stats: RoutingStats,
     pes_tokens: usize,
     synthetic: bool,
 }
 
 impl<T: Scalar> Evaluator<T> {
-    fn point<B: Backend<Elem = T>>(
+    fn point<B: HostBackend<T>>(
         &mut self,
         model: &mut Model<T>,
-        rr: &mut RouterRunner<B>,
+        router: &mut Router<B>,
     ) -> Result<LogPoint> {
-        let val_loss = model.evaluate(rr, &self.val, &mut self.st)?;
+        let val_loss = model.evaluate(router, &self.val, &mut self.st)?;
         let mc = *model.moe.config();
         let n = self.val.tokens();
-        let load = rr.load_metrics()?;
-        let routing_entropy = rr.router().routing_entropy()?.to_f64_lossy();
-        let moe = &self.st.moe;
+        let load = load_metrics(router, &mut self.stats)?;
+        let routing_entropy = router.routing_entropy()?.to_f64_lossy();
+        let routing = router.routing()?;
+        let idx = routing.indices();
         let seu = seu(
             n,
             mc.k,
             mc.experts,
             self.val.seq_len,
-            &moe.idx,
-            Some(&moe.dropped),
+            idx,
+            Some(routing.dropped()),
         )?;
         let consistency = if self.synthetic {
-            routing_consistency(mc.k, mc.experts, &moe.idx, &self.val.cluster)
+            routing_consistency(mc.k, mc.experts, idx, &self.val.cluster)
         } else {
             None
         };
@@ -167,13 +172,10 @@ impl<T: Scalar> Evaluator<T> {
         let pes = pes(mc.experts, np, mc.d_out, &outs)?.to_f64_lossy();
         let (oms, omax) =
             orthogonality_error(WeightLayout::DxE, mc.d_in, mc.experts, &model.moe.router.w)?;
+        // Step, tokens and the training-side fields are the caller's to fill in.
         Ok(LogPoint {
-            step: 0,
-            tokens: 0,
-            train_loss: None,
             val_loss,
             max_vio: load.max_vio,
-            max_vio_train: None,
             cv: load.cv,
             load_entropy: load.load_entropy,
             dead_experts: load.dead_experts,
@@ -183,10 +185,18 @@ impl<T: Scalar> Evaluator<T> {
             orth_max: omax.to_f64_lossy(),
             routing_entropy,
             consistency,
-            aux_simbal: 0.0,
-            aux_lbl: 0.0,
+            ..LogPoint::default()
         })
     }
+}
+
+/// Load metrics of the router's last forward pass, through `stats` (no allocation once sized).
+fn load_metrics<B: HostBackend<T>, T: Scalar>(
+    router: &Router<B>,
+    stats: &mut RoutingStats,
+) -> Result<LoadMetrics> {
+    router.stats_into(stats)?;
+    Ok(LoadMetrics::from_counts(&stats.counts))
 }
 
 /// Trains `spec` on `task` with `backend`; `progress` is told the number of steps done.
@@ -198,43 +208,45 @@ pub fn train_run<B, T>(
     progress: &mut dyn FnMut(usize),
 ) -> Result<RunLog>
 where
-    B: Backend<Elem = T> + Clone,
+    B: HostBackend<T> + Clone,
     T: Scalar,
 {
     cfg.validate()?;
     let started = std::time::Instant::now();
     let mut model = build_model::<T>(task, cfg, spec)?;
     let mc = *model.moe.config();
-    let mut rr_train = RouterRunner::new(backend.clone(), mc.router())?;
-    let mut rr_eval = RouterRunner::new(backend, mc.router())?;
+    let mut router_train = Router::new(backend.clone(), mc.router())?;
+    let mut router_eval = Router::new(backend, mc.router())?;
     let losses = spec.method.losses(&spec.coefs);
     let bias_update = spec.method.bias_update(&spec.coefs);
     let mut eval = Evaluator {
         val: task.validation(cfg.val_seqs, cfg.seq_len, sub_seed(spec.seed, 4))?,
         st: ModelState::default(),
+        stats: RoutingStats::default(),
         pes_tokens: cfg.pes_tokens,
         synthetic: matches!(task, Task::Synthetic(_)),
     };
     let run_name = format!("{}/seed {}", spec.method.name(), spec.seed);
-    let mut points = vec![eval.point(&mut model, &mut rr_eval)?];
+    let mut points = vec![eval.point(&mut model, &mut router_eval)?];
     let mut rng = Rng::new(sub_seed(spec.seed, 5));
     let mut adam = Adam::new(cfg.lr);
     let mut batch = Batch::default();
     let mut st = ModelState::default();
+    let mut stats = RoutingStats::default();
     let (mut loss_sum, mut vio_sum, mut since) = (0.0, 0.0, 0usize);
     for step in 1..=cfg.steps {
         task.sample(&mut rng, cfg.batch_seqs, cfg.seq_len, &mut batch)?;
         model.zero_grad();
-        let (loss, aux) = model.train_step(&mut rr_train, &batch, &mut st, &losses)?;
+        let (loss, aux) = model.train_step(&mut router_train, &batch, &mut st, &losses)?;
         if !loss.is_finite() {
             return Err(ReproError::Diverged {
                 run: run_name,
                 step,
             });
         }
-        let load = rr_train.load_metrics()?;
+        let load = load_metrics(&router_train, &mut stats)?;
         if let Some(bu) = &bias_update {
-            model.moe.update_bias(&mut rr_train, bu)?;
+            update_bias(router_train.backend(), bu, &stats, &mut model.moe.bias)?;
         }
         adam.begin_step();
         for p in model.params_mut() {
@@ -244,7 +256,7 @@ where
         vio_sum += load.max_vio;
         since += 1;
         if step % cfg.eval_every == 0 || step == cfg.steps {
-            let mut p = eval.point(&mut model, &mut rr_eval)?;
+            let mut p = eval.point(&mut model, &mut router_eval)?;
             if !p.val_loss.is_finite() {
                 return Err(ReproError::Diverged {
                     run: run_name,
@@ -271,7 +283,7 @@ where
             "gaussian"
         }
         .to_string(),
-        backend: rr_train.backend_name(),
+        backend: router_train.backend().name(),
         points,
         wall_secs: started.elapsed().as_secs_f64(),
     })

@@ -1,9 +1,9 @@
 //! The whole model's analytic gradient (experts, gates through simbal's router backward, SimBal,
 //! LBL, embeddings through the router's dX) against central differences, in f64.
 
-use simbal_core::Reference;
+use simbal_core::{Reference, Router};
 use simbal_repro::methods::{Coefficients, InitPolicy, Method};
-use simbal_repro::model::{Model, ModelState, RouterRunner};
+use simbal_repro::model::{Model, ModelState};
 use simbal_repro::task::{Batch, SyntheticConfig, SyntheticTask, Task, TextTask};
 use simbal_repro::train::{build_model, RunSpec, TrainConfig};
 
@@ -28,9 +28,11 @@ fn small_train() -> TrainConfig {
 /// Objective = task loss + auxiliary losses, as the training step computes it.
 fn objective(model: &Model<f64>, task_losses: &simbal_core::LossConfig, batch: &Batch<f64>) -> f64 {
     let mut m = model.clone();
-    let mut rr = RouterRunner::new(Reference::<f64>::new(), m.moe.config().router()).unwrap();
+    let mut router = Router::new(Reference::<f64>::new(), m.moe.config().router()).unwrap();
     let mut st = ModelState::default();
-    let (loss, aux) = m.train_step(&mut rr, batch, &mut st, task_losses).unwrap();
+    let (loss, aux) = m
+        .train_step(&mut router, batch, &mut st, task_losses)
+        .unwrap();
     loss + aux.total
 }
 
@@ -58,10 +60,12 @@ fn check_model(task: &Task, method: Method) {
         &mut batch,
     )
     .unwrap();
-    let mut rr = RouterRunner::new(Reference::<f64>::new(), model.moe.config().router()).unwrap();
+    let mut router = Router::new(Reference::<f64>::new(), model.moe.config().router()).unwrap();
     let mut st = ModelState::default();
     model.zero_grad();
-    model.train_step(&mut rr, &batch, &mut st, &losses).unwrap();
+    model
+        .train_step(&mut router, &batch, &mut st, &losses)
+        .unwrap();
     let grads: Vec<Vec<f64>> = model.params_mut().iter().map(|p| p.g.clone()).collect();
     let h = 1e-6;
     let mut checked = 0;

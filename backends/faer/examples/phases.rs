@@ -2,12 +2,22 @@
 //!
 //! `cargo run --release -p simbal-faer --example phases -- N D E K [f32|f64]`
 //! (defaults: 4096 768 64 4 f32). Also times faer's own parallel GEMM on the step's three
-//! GEMM shapes, for comparison with the backend's row/column split.
+//! GEMM shapes, for comparison with the backend's row/column split. Each kernel is timed with
+//! core's argument check included (an index scan for dispatch and backward rows).
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef};
+use simbal_core::lbl::kernels::GroupSums;
+use simbal_core::router::kernels::{
+    BackwardRequest, Dispatch, Logits, Route, RouteRequest, RouterBackward,
+};
+use simbal_core::zloss::LseSqSum;
 use simbal_core::{
-    orthogonal_init, Backend, Gemm, LossConfig, Rng, Router, RouterConfig, WeightLayout,
+    orthogonal_init, Backend, Gemm, GemmArgs, LblConfig, LossConfig, Reference, Rng, Router,
+    RouterConfig, WeightLayout, ZLossConfig,
 };
 use simbal_faer::{Faer, FaerElem, Par};
+use std::hint::black_box;
 use std::time::Instant;
 
 /// Median seconds of `reps` runs of `f` after one warm-up run.
@@ -24,6 +34,43 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     t[reps / 2]
 }
 
+/// `c = gemm(a, b)` on a host backend.
+fn gemm<T, B: Backend<Elem = T, View = [T]>>(be: &B, g: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
+    be.gemm(GemmArgs { gemm: *g, a, b, c }.check(be).expect("gemm args"))
+        .expect("gemm");
+}
+
+/// What the forward rows write: scores, indices, gates.
+type Routed<'a, T> = (&'a mut [T], &'a mut [u32], &'a mut [T]);
+
+/// The forward rows of `z` (given logits) on a host backend.
+fn route<T, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
+    be: &B,
+    cfg: &RouterConfig,
+    n: usize,
+    z: &mut [T],
+    (p, idx, gates): Routed<'_, T>,
+) {
+    let a = Route {
+        cfg,
+        n,
+        logits: Logits::Given,
+        bias: None,
+        z,
+        p,
+        idx,
+        gates,
+        request: RouteRequest::default(),
+    };
+    be.route(a.check(be).expect("route args")).expect("route");
+}
+
+/// faer's own parallel GEMM `c = lhs rhs` (`c` row-major `m x n`).
+fn native<T: FaerElem>(c: &mut [T], m: usize, n: usize, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>) {
+    let dst = MatMut::from_row_major_slice_mut(c, m, n);
+    matmul(dst, Accum::Replace, lhs, rhs, T::one(), Par::rayon(0));
+}
+
 fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
     let reps = 21;
     let mut rng = Rng::new(1);
@@ -34,37 +81,29 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
     rng.fill_normal(1.0, &mut dw);
     let be = Faer::<T>::new();
     let cfg = RouterConfig::new(e, k).with_check_finite(false);
-    let losses = LossConfig::simbal();
     println!(
         "N={n} D={d} E={e} k={k} {} threads={}",
         T::NAME,
         rayon::current_num_threads()
     );
     let ms = |s: f64| s * 1e3;
-    let mut router = Router::new(be, cfg).expect("router");
-    let step = time(reps, || {
-        router
-            .step(&x, &r, None, &dw, &losses, None, n, d)
-            .expect("step");
-    });
-    println!("  step (no finite check)   {:8.3} ms", ms(step));
-    let mut router = Router::new(be, cfg.with_check_finite(true)).expect("router");
-    let step_fc = time(reps, || {
-        router
-            .step(&x, &r, None, &dw, &losses, None, n, d)
-            .expect("step");
-    });
-    println!("  step (finite check)      {:8.3} ms", ms(step_fc));
     // The benchmark's objective: SimBal + LBL + z-loss.
     let all = LossConfig::simbal()
-        .with_lbl(simbal_core::LblConfig::default())
-        .with_z_loss(simbal_core::ZLossConfig::default());
-    let step_all = time(reps, || {
-        router
-            .step(&x, &r, None, &dw, &all, None, n, d)
-            .expect("step");
-    });
-    println!("  step (+LBL, z-loss)      {:8.3} ms", ms(step_all));
+        .with_lbl(LblConfig::default())
+        .with_z_loss(ZLossConfig::default());
+    let steps = [
+        ("step (no finite check)", false, LossConfig::simbal()),
+        ("step (finite check)", true, LossConfig::simbal()),
+        ("step (+LBL, z-loss)", true, all),
+    ];
+    for (what, check, losses) in steps {
+        let mut router = Router::new(be, cfg.with_check_finite(check)).expect("router");
+        let t = time(reps, || {
+            let mut pass = router.forward(&x, &r, None).expect("forward");
+            black_box(pass.backward(&dw, &losses, None).expect("backward").losses);
+        });
+        println!("  {what:<24} {:8.3} ms", ms(t));
+    }
 
     let mut z = vec![T::zero(); n * e];
     let mut dx = vec![T::zero(); n * d];
@@ -84,67 +123,111 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
     let gz = Gemm::new(n, e, d);
     let gdx = Gemm::new(n, d, e).tb();
     let gdr = Gemm::new(d, e, n).ta();
-    let t_z = time(reps, || be.gemm(&gz, &x, &r, &mut z).expect("gemm"));
-    let t_route = time(reps, || {
-        be.route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut gates)
-            .expect("route")
-    });
-    let t_disp = time(reps, || {
-        be.dispatch(
-            &cfg,
+    let t_z = time(reps, || gemm(&be, &gz, &x, &r, &mut z));
+    let t_fused = time(reps, || {
+        let a = Route {
+            cfg: &cfg,
             n,
-            &idx,
-            &mut gates,
-            &mut dropped,
-            &mut counts,
-            &mut order,
-            &mut offsets,
-        )
-        .expect("dispatch")
+            logits: Logits::Tokens {
+                gemm: gz,
+                x: &x[..],
+                r: &r[..],
+            },
+            bias: None,
+            z: &mut z[..],
+            p: &mut p[..],
+            idx: &mut idx[..],
+            gates: &mut gates[..],
+            request: RouteRequest::default(),
+        };
+        be.route(a.check(&be).expect("route args")).expect("route");
     });
-    // Backward rows without and with the z-loss term (z_coef = 0 and 1e-3).
+    let mut rows = |be: &dyn Fn(&mut [T], Routed<'_, T>)| {
+        time(reps, || be(&mut z, (&mut p, &mut idx, &mut gates)))
+    };
+    let seq = Faer::<T>::with_par(Par::Seq);
+    let reference = Reference::<T>::new();
+    let t_route = rows(&|z, out| route(&be, &cfg, n, z, out));
+    let t_route_seq = rows(&|z, out| route(&seq, &cfg, n, z, out));
+    let t_route_ref = rows(&|z, out| route(&reference, &cfg, n, z, out));
+    let t_disp = time(reps, || {
+        let a = Dispatch {
+            cfg: &cfg,
+            n,
+            idx: &idx[..],
+            gates: &mut gates[..],
+            dropped: &mut dropped[..],
+            counts: &mut counts[..],
+            order: &mut order[..],
+            offsets: &mut offsets[..],
+        };
+        be.dispatch(a.check(&be).expect("dispatch args"))
+            .expect("dispatch");
+    });
+    // Backward rows without and with the z-loss term (z_coef = 0 and 1e-3) and its sum.
     let mut bwd = |z_coef: T| {
         time(reps, || {
-            be.router_backward_rows(
-                &cfg, n, &z, &p, &idx, &gates, &dropped, &dw, None, z_coef, &mut dz,
-            )
-            .expect("backward rows")
+            let a = RouterBackward {
+                cfg: &cfg,
+                n,
+                z: &z[..],
+                p: &p[..],
+                idx: &idx[..],
+                gates: &gates[..],
+                dropped: &dropped[..],
+                dw: &dw[..],
+                lbl: None,
+                z_coef,
+                dz: &mut dz[..],
+                request: BackwardRequest {
+                    lse_sq_sum: z_coef != T::zero(),
+                    max_abs_dz: false,
+                },
+            };
+            black_box(
+                be.router_backward(a.check(&be).expect("args"))
+                    .expect("backward rows"),
+            );
         })
     };
     let (t_bwd, t_bwd_z) = (bwd(T::zero()), bwd(T::of(1e-3)));
     let t_lse = time(reps, || {
-        std::hint::black_box(be.lse_sq_sum(n, e, &z).expect("lse"));
+        let a = LseSqSum {
+            n,
+            e,
+            z: &z[..],
+            scores: None,
+        };
+        black_box(be.lse_sq_sum(a.check(&be).expect("args")).expect("lse"));
     });
     let mut sums = vec![T::zero(); e];
     let t_sums = time(reps, || {
-        be.group_column_sums(n, e, n, &p, &mut sums).expect("sums");
+        let a = GroupSums {
+            n,
+            cols: e,
+            group_len: n,
+            a: &p[..],
+            out: &mut sums[..],
+        };
+        be.group_column_sums(a.check(&be).expect("args"))
+            .expect("sums");
     });
     let t_maxabs = time(reps, || {
-        std::hint::black_box(be.max_abs(&z).expect("max"));
+        black_box(be.max_abs(&z).expect("max"));
     });
-    let t_dx = time(reps, || be.gemm(&gdx, &dz, &r, &mut dx).expect("gemm"));
-    let t_dr = time(reps, || be.gemm(&gdr, &x, &dz, &mut dr).expect("gemm"));
+    let t_dx = time(reps, || gemm(&be, &gdx, &dz, &r, &mut dx));
+    let t_dr = time(reps, || gemm(&be, &gdr, &x, &dz, &mut dr));
     let t_fin = time(reps, || be.check_finite("X", d, &x).expect("finite"));
-    let seq = Faer::<T>::with_par(Par::Seq);
-    let t_route_seq = time(reps, || {
-        seq.route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut gates)
-            .expect("route")
-    });
-    let reference = simbal_core::Reference::<T>::new();
-    let t_route_ref = time(reps, || {
-        reference
-            .route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut gates)
-            .expect("route")
-    });
     println!("  Z = X R                  {:8.3} ms", ms(t_z));
+    println!("  Z = X R fused with route {:8.3} ms", ms(t_fused));
     println!(
-        "  route_rows sequential    {:8.3} ms (reference kernel {:.3} ms)",
+        "  route rows sequential    {:8.3} ms (reference kernel {:.3} ms)",
         ms(t_route_seq),
         ms(t_route_ref)
     );
-    println!("  route_rows               {:8.3} ms", ms(t_route));
+    println!("  route rows               {:8.3} ms", ms(t_route));
     println!("  dispatch                 {:8.3} ms", ms(t_disp));
-    println!("  router_backward_rows     {:8.3} ms", ms(t_bwd));
+    println!("  router backward rows     {:8.3} ms", ms(t_bwd));
     println!("  backward rows + z-loss   {:8.3} ms", ms(t_bwd_z));
     println!("  lse_sq_sum               {:8.3} ms", ms(t_lse));
     println!("  column sums of P         {:8.3} ms", ms(t_sums));
@@ -159,38 +242,26 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
     );
 
     // faer's own parallel GEMM on the same shapes, for comparison.
-    use faer::linalg::matmul::matmul;
-    use faer::{Accum, MatMut, MatRef};
-    let par = Par::rayon(0);
     let native_z = time(reps, || {
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut z, n, e),
-            Accum::Replace,
+        let (a, b) = (
             MatRef::from_row_major_slice(&x, n, d),
             MatRef::from_row_major_slice(&r, d, e),
-            T::one(),
-            par,
-        )
+        );
+        native(&mut z, n, e, a, b)
     });
     let native_dx = time(reps, || {
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut dx, n, d),
-            Accum::Replace,
+        let (a, b) = (
             MatRef::from_row_major_slice(&dz, n, e),
             MatRef::from_column_major_slice(&r, e, d),
-            T::one(),
-            par,
-        )
+        );
+        native(&mut dx, n, d, a, b)
     });
     let native_dr = time(reps, || {
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut dr, d, e),
-            Accum::Replace,
+        let (a, b) = (
             MatRef::from_column_major_slice(&x, d, n),
             MatRef::from_row_major_slice(&dz, n, e),
-            T::one(),
-            par,
-        )
+        );
+        native(&mut dr, d, e, a, b)
     });
     println!(
         "  faer native par: Z {:.3} ms, dX {:.3} ms, dR {:.3} ms",

@@ -16,7 +16,8 @@ const MIN_BLOCK_WORK: usize = 1 << 17;
 /// Block boundaries are rounded to this many rows (or columns) to keep faer's micro-kernels full.
 pub(crate) const ALIGN: usize = 16;
 
-/// `C = alpha op(A) op(B) + beta C` on row-major slices whose lengths were checked.
+/// `C = alpha op(A) op(B) + beta C` on row-major slices of the lengths of `Gemm::lens` (checked
+/// by core).
 pub(crate) fn gemm<T: FaerElem>(g: &Gemm, threads: usize, a: &[T], b: &[T], c: &mut [T]) {
     let (m, n, k) = (g.m, g.n, g.k);
     if m == 0 || n == 0 {
@@ -70,8 +71,15 @@ pub(crate) fn gemm<T: FaerElem>(g: &Gemm, threads: usize, a: &[T], b: &[T], c: &
         return;
     }
     if skinny::applies(m, n, k, g.trans_a, g.trans_b) {
-        let add = matches!(accum, Accum::Add);
-        skinny::gemm(threads, m, n, k, T::of(g.alpha), add, a, b, c);
+        let s = skinny::Skinny {
+            m,
+            k,
+            alpha: T::of(g.alpha),
+            accumulate: matches!(accum, Accum::Add),
+            a,
+            b,
+        };
+        skinny::gemm(threads, n, s, c);
         return;
     }
     let dst = MatMut::from_row_major_slice_mut(c, m, n);

@@ -30,23 +30,25 @@ pub(crate) fn applies(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool
     (1..=MAX_N).contains(&n) && m >= MIN_DIM && k >= MIN_DIM && !trans_a && !trans_b
 }
 
-/// `C = alpha A B` (`accumulate`: `C += ...`) for a skinny `C`. Needs [`applies`] and checked
-/// lengths.
-pub(crate) fn gemm<T: FaerElem>(
-    threads: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T,
-    accumulate: bool,
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
-) {
+/// The operands of a skinny product: `C = alpha A B` (`accumulate`: `C += ...`), `A` row-major
+/// `m x k`, `B` row-major `k x n`.
+#[derive(Clone, Copy)]
+pub(crate) struct Skinny<'a, T> {
+    pub m: usize,
+    pub k: usize,
+    pub alpha: T,
+    pub accumulate: bool,
+    pub a: &'a [T],
+    pub b: &'a [T],
+}
+
+/// `C = alpha A B` (`accumulate`: `C += ...`) for a skinny `C` of `n` columns. Needs
+/// [`applies`] and checked lengths.
+pub(crate) fn gemm<T: FaerElem>(threads: usize, n: usize, s: Skinny<'_, T>, c: &mut [T]) {
     macro_rules! by_width {
         ($($w:literal)*) => {
             match n {
-                $($w => run::<T, $w>(threads, m, k, alpha, accumulate, a, b, c),)*
+                $($w => run::<T, $w>(threads, s, c),)*
                 // `applies` bounds n to 1..=MAX_N.
                 _ => {}
             }
@@ -55,31 +57,11 @@ pub(crate) fn gemm<T: FaerElem>(
     by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
 }
 
-fn run<T: FaerElem, const N: usize>(
-    threads: usize,
-    m: usize,
-    k: usize,
-    alpha: T,
-    accumulate: bool,
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
-) {
-    let blocks = threads.min(m / MIN_TASK_ROWS).max(1);
+fn run<T: FaerElem, const N: usize>(threads: usize, s: Skinny<'_, T>, c: &mut [T]) {
+    let blocks = threads.min(s.m / MIN_TASK_ROWS).max(1);
     // Rows of C per task, a multiple of ROWS so only the last task has a remainder.
-    let rows = m.div_ceil(blocks).div_ceil(ROWS) * ROWS;
-    let task = |r0: usize, c: &mut [T]| {
-        let kernel = Kernel::<T, N> {
-            k,
-            r0,
-            alpha,
-            accumulate,
-            a,
-            b,
-            c,
-        };
-        Arch::new().dispatch(kernel);
-    };
+    let rows = s.m.div_ceil(blocks).div_ceil(ROWS) * ROWS;
+    let task = |r0: usize, c: &mut [T]| Arch::new().dispatch(Kernel::<T, N> { s, r0, c });
     if blocks <= 1 {
         task(0, c);
     } else {
@@ -91,12 +73,8 @@ fn run<T: FaerElem, const N: usize>(
 
 /// One task: rows `[r0, r0 + c.len() / N)` of `C`.
 struct Kernel<'a, T, const N: usize> {
-    k: usize,
+    s: Skinny<'a, T>,
     r0: usize,
-    alpha: T,
-    accumulate: bool,
-    a: &'a [T],
-    b: &'a [T],
     c: &'a mut [T],
 }
 
@@ -104,15 +82,7 @@ impl<T: FaerElem, const N: usize> WithSimd for Kernel<'_, T, N> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        nn::<T, N>(
-            self.k,
-            self.r0,
-            self.alpha,
-            self.accumulate,
-            self.a,
-            self.b,
-            self.c,
-        )
+        nn::<T, N>(self.s, self.r0, self.c)
     }
 }
 
@@ -132,15 +102,15 @@ fn store<T: FaerElem, const N: usize>(c: &mut [T], acc: &[T; N], alpha: T, accum
 
 /// `C[r0.., :] = alpha A[r0.., :] B`, `A` row-major `m x k`, `B` row-major `k x N`.
 #[inline(always)]
-fn nn<T: FaerElem, const N: usize>(
-    k: usize,
-    r0: usize,
-    alpha: T,
-    accumulate: bool,
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
-) {
+fn nn<T: FaerElem, const N: usize>(s: Skinny<'_, T>, r0: usize, c: &mut [T]) {
+    let Skinny {
+        k,
+        alpha,
+        accumulate,
+        a,
+        b,
+        ..
+    } = s;
     let rows = c.len() / N;
     let a = &a[r0 * k..(r0 + rows) * k];
     let b = &b[..k * N];

@@ -1,19 +1,19 @@
 //! A training step of a shape seen before allocates nothing: a counting global allocator around
-//! the second and later `Router::step`s, for f32 and f64, with every loss, capacity and a
-//! selection bias, run sequentially and split across rayon blocks.
-//!
-//! `Router::stats_into` is measured with micro-batch and global-batch LBL only: core's workspace
-//! resizes its LBL group buffers whenever sequence-level LBL (`N / seq_len` groups) and
-//! `stats_into` (one group) alternate, which allocates in core, whatever the backend.
+//! the later steps `router.forward(..)?.backward(..)?` (and the router's statistics, through the
+//! backend's `routing_stats`), for f32 and f64, with every loss, capacity and a selection bias,
+//! run sequentially and split across rayon blocks.
 //!
 //! This binary holds a single test so no other test's allocations are counted. The steps run on
 //! a worker of a dedicated rayon pool: rayon itself allocates now and then (a block of its global
 //! injector queue every 63 jobs) when work is injected from a thread outside the pool, which is
 //! rayon's cost, not this backend's.
 
+mod common;
+
+use common::gemm;
 use simbal_core::{
-    orthogonal_init, Backend, DropPolicy, Gemm, LblConfig, LblLevel, LossConfig, Router,
-    RouterConfig, RoutingStats, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
+    orthogonal_init, DropPolicy, Gemm, LblConfig, LblLevel, LossConfig, Router, RouterConfig,
+    RoutingStats, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
 };
 use simbal_faer::{Faer, FaerElem, Par};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -65,9 +65,7 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
             LossConfig::none().with_simbal(scale_free).with_lbl(global),
         ),
     ];
-    for (ci, (cfg, losses)) in cases.into_iter().enumerate() {
-        // Statistics alongside the step where core does not resize for them (see module docs).
-        let with_stats = ci == 1;
+    for (cfg, losses) in cases {
         let r: Vec<T> = orthogonal_init(cfg.layout, d, e, 3).unwrap();
         let mut router = Router::new(Faer::<T>::with_par(par), cfg).unwrap();
         let mut stats = RoutingStats::empty(e);
@@ -79,11 +77,11 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
         };
         let mut step = || {
             router
-                .step(&x, &r, Some(&bias), &dw, &losses, Some(&global), n, d)
+                .forward(&x, &r, Some(&bias))
+                .unwrap()
+                .backward(&dw, &losses, Some(&global))
                 .unwrap();
-            if with_stats {
-                router.stats_into(&mut stats).unwrap();
-            }
+            router.stats_into(&mut stats).unwrap();
         };
         // First steps size the workspace and warm rayon and faer's per-thread packing buffers.
         for _ in 0..3 {
@@ -109,10 +107,10 @@ fn gram_allocates_nothing<T: FaerElem>(par: Par) {
     let r = vec![T::one(); d * e];
     let mut c = vec![T::zero(); e * e];
     let g = Gemm::new(e, e, d).ta();
-    be.gemm(&g, &r, &r, &mut c).unwrap();
+    gemm(&be, &g, &r, &r, &mut c).unwrap();
     let n = allocations(|| {
         for _ in 0..3 {
-            be.gemm(&g, &r, &r, &mut c).unwrap();
+            gemm(&be, &g, &r, &r, &mut c).unwrap();
         }
     });
     assert_eq!(n, 0, "Gram GEMM {} {par:?} allocated {n} times", T::NAME);
@@ -124,7 +122,7 @@ fn warm_gemm<T: FaerElem>() {
     let be = Faer::<T>::with_par(Par::Seq);
     let a = vec![T::one(); 128 * 128];
     let mut c = vec![T::zero(); 128 * 128];
-    be.gemm(&Gemm::new(128, 128, 128), &a, &a, &mut c).unwrap();
+    gemm(&be, &Gemm::new(128, 128, 128), &a, &a, &mut c).unwrap();
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! `Faer::gemm` against the reference GEMM: every transpose flag, alpha/beta, odd and empty
-//! shapes, sequential and split across blocks; bad lengths are typed errors.
+//! shapes, sequential and split across blocks; bad lengths are typed errors (core's check).
 
 mod common;
 
-use common::{assert_close, normal};
-use simbal_core::{Backend, Gemm, Reference, Scalar, SimbalError};
+use common::{assert_close, gemm, normal};
+use simbal_core::{Gemm, Memory, Reference, Scalar, SimbalError};
 use simbal_faer::{Faer, FaerElem, Par};
 
 fn backends<T: FaerElem>() -> Vec<Faer<T>> {
@@ -57,10 +57,10 @@ fn check_shape<T: FaerElem>(m: usize, n: usize, k: usize, seed: u64) {
                 let b = normal::<T>(seed + 1, k * n, 1.0);
                 let c0 = normal::<T>(seed + 2, m * n, 1.0);
                 let mut want = c0.clone();
-                reference.gemm(&g, &a, &b, &mut want).unwrap();
+                gemm(&reference, &g, &a, &b, &mut want).unwrap();
                 for be in backends::<T>() {
                     let mut got = c0.clone();
-                    be.gemm(&g, &a, &b, &mut got).unwrap();
+                    gemm(&be, &g, &a, &b, &mut got).unwrap();
                     assert_close(
                         &format!("gemm {m}x{n}x{k} {g:?} {:?}", be.par()),
                         &got,
@@ -94,11 +94,16 @@ fn beta_zero_ignores_nan<T: FaerElem>() {
             let a = normal::<T>(1, m * k, 1.0);
             let b = normal::<T>(2, k * n, 1.0);
             let mut want = vec![T::zero(); m * n];
-            Reference::<T>::new()
-                .gemm(&Gemm::new(m, n, k), &a, &b, &mut want)
-                .unwrap();
+            gemm(
+                &Reference::<T>::new(),
+                &Gemm::new(m, n, k),
+                &a,
+                &b,
+                &mut want,
+            )
+            .unwrap();
             let mut c = vec![T::nan(); m * n];
-            be.gemm(&Gemm::new(m, n, k), &a, &b, &mut c).unwrap();
+            gemm(&be, &Gemm::new(m, n, k), &a, &b, &mut c).unwrap();
             assert_close("beta = 0 over NaN", &c, &want);
         }
     }
@@ -114,19 +119,15 @@ fn empty_shapes<T: FaerElem>() {
     for be in backends::<T>() {
         // k = 0: C = beta C (0 with beta = 0).
         let mut c = vec![T::of(3.0); 6];
-        be.gemm(&Gemm::new(2, 3, 0), &vec![], &vec![], &mut c)
-            .unwrap();
+        gemm(&be, &Gemm::new(2, 3, 0), &[], &[], &mut c).unwrap();
         assert!(c.iter().all(|&v| v == T::zero()));
         let mut c = vec![T::of(3.0); 6];
-        be.gemm(&Gemm::new(2, 3, 0).beta(0.5), &vec![], &vec![], &mut c)
-            .unwrap();
+        gemm(&be, &Gemm::new(2, 3, 0).beta(0.5), &[], &[], &mut c).unwrap();
         assert!(c.iter().all(|&v| v == T::of(1.5)));
         // m = 0 or n = 0: nothing to write.
         let mut c: Vec<T> = vec![];
-        be.gemm(&Gemm::new(0, 3, 4), &vec![], &vec![T::one(); 12], &mut c)
-            .unwrap();
-        be.gemm(&Gemm::new(3, 0, 4), &vec![T::one(); 12], &vec![], &mut c)
-            .unwrap();
+        gemm(&be, &Gemm::new(0, 3, 4), &[], &[T::one(); 12], &mut c).unwrap();
+        gemm(&be, &Gemm::new(3, 0, 4), &[T::one(); 12], &[], &mut c).unwrap();
     }
 }
 
@@ -143,8 +144,8 @@ fn bad_lengths_are_typed_errors() {
     let b = vec![0.0f32; 12];
     let mut c = vec![0.0f32; 8];
     let g = Gemm::new(2, 4, 3);
-    assert!(be.gemm(&g, &a, &b, &mut c).is_ok());
-    let err = be.gemm(&g, &a[..5].to_vec(), &b, &mut c).unwrap_err();
+    assert!(gemm(&be, &g, &a, &b, &mut c).is_ok());
+    let err = gemm(&be, &g, &a[..5], &b, &mut c).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch {
@@ -153,7 +154,7 @@ fn bad_lengths_are_typed_errors() {
             got: 5
         }
     ));
-    let err = be.gemm(&g.ta(), &a, &vec![0.0; 11], &mut c).unwrap_err();
+    let err = gemm(&be, &g.ta(), &a, &[0.0; 11], &mut c).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch {
@@ -161,7 +162,7 @@ fn bad_lengths_are_typed_errors() {
             ..
         }
     ));
-    let err = be.gemm(&g, &a, &b, &mut vec![0.0; 9]).unwrap_err();
+    let err = gemm(&be, &g, &a, &b, &mut [0.0; 9]).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch {
@@ -171,7 +172,7 @@ fn bad_lengths_are_typed_errors() {
     ));
     // Sizes whose product overflows are refused, not a panic.
     let huge = Gemm::new(usize::MAX / 2, 3, 3);
-    assert!(be.gemm(&huge, &a, &b, &mut c).is_err());
+    assert!(gemm(&be, &huge, &a, &b, &mut c).is_err());
 }
 
 #[test]
@@ -179,18 +180,23 @@ fn name_and_host_views() {
     let be = Faer::<f64>::with_par(Par::Seq);
     assert_eq!(be.name(), "faer-f64");
     assert_eq!(Faer::<f32>::new().name(), "faer-f32");
-    assert!(be.is_host());
     let mut buf = be.upload(&[1.0, 2.0]).unwrap();
     be.host_mut(&mut buf).unwrap()[1] = 5.0;
     assert_eq!(be.host(&buf).unwrap(), &[1.0, 5.0]);
+    assert_eq!(be.len(&buf), 2);
     let mut out = [0.0; 2];
     be.download(&buf, &mut out).unwrap();
     assert_eq!(out, [1.0, 5.0]);
     assert!(be.download(&buf, &mut [0.0; 3]).is_err());
     assert!(be.write(&mut buf, &[1.0]).is_err());
+    be.write(&mut buf, &[3.0, 4.0]).unwrap();
+    assert_eq!(buf, [3.0, 4.0]);
     let mut idx = be.idx_zeros(3).unwrap();
     be.idx_host_mut(&mut idx).unwrap()[2] = 7;
     assert_eq!(be.idx_host(&idx).unwrap(), &[0, 0, 7]);
+    assert!(be.idx_all_below(&idx, 8).unwrap());
+    assert!(!be.idx_all_below(&idx, 7).unwrap());
+    assert_eq!(be.zeros(4).unwrap(), [0.0; 4]);
     assert_eq!(<f64 as Scalar>::NAME, "f64");
 }
 
@@ -207,10 +213,10 @@ fn check_gram<T: FaerElem>() {
             g.trans_a = ta;
             g.trans_b = !ta;
             let mut want = vec![T::zero(); e * e];
-            reference.gemm(&g, &a, &a, &mut want).unwrap();
+            gemm(&reference, &g, &a, &a, &mut want).unwrap();
             for be in backends::<T>() {
                 let mut got = vec![T::one(); e * e];
-                be.gemm(&g, &a, &a, &mut got).unwrap();
+                gemm(&be, &g, &a, &a, &mut got).unwrap();
                 let what = format!("gram {e}x{d} ta {ta} alpha {alpha} {:?}", be.par());
                 assert_close(&what, &got, &want);
                 for i in 0..e {

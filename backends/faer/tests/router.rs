@@ -5,11 +5,19 @@
 
 mod common;
 
-use common::{assert_close, assert_close_as, assert_close_scalar, normal};
+use common::{
+    assert_close, assert_close_as, assert_close_scalar, assert_losses, normal, route_given,
+};
+use simbal_core::lbl::kernels::GroupSums;
+use simbal_core::router::kernels::{
+    BackwardRequest, LblCoef, Logits, Route, RouteRequest, RouterBackward,
+};
+use simbal_core::stats::CollectStats;
+use simbal_core::zloss::LseSqSum;
 use simbal_core::{
-    Backend, DropPolicy, LblConfig, LblLevel, LblNormalization, LossConfig, Reference, Router,
-    RouterConfig, RoutingStats, Scalar, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
-    ZLossConfig,
+    simbal_loss, Backend, DropPolicy, Gemm, LblConfig, LblLevel, LblNormalization, LogitsPass,
+    LossConfig, Reference, Router, RouterConfig, Routing, RoutingStats, Scalar, ScoreFn,
+    SimBalConfig, SimBalNorm, SimbalError, SimbalWorkspace, WeightLayout, ZLossConfig,
 };
 use simbal_faer::{Faer, FaerElem, Par};
 
@@ -95,9 +103,8 @@ fn logits<T: Scalar>(n: usize, e: usize, seed: u64) -> Vec<T> {
     z
 }
 
-/// Global statistics of the current batch merged with another shard's.
-fn global_stats<B: Backend>(router: &mut Router<B>, e: usize) -> RoutingStats {
-    let mut g = router.stats().unwrap();
+/// Global statistics: this batch's merged with another shard's.
+fn global_stats(mut g: RoutingStats, e: usize) -> RoutingStats {
     let other = RoutingStats {
         counts: (0..e as u64).map(|c| 3 * c + 1).collect(),
         score_sums: (0..e).map(|c| 0.5 + c as f64).collect(),
@@ -108,38 +115,29 @@ fn global_stats<B: Backend>(router: &mut Router<B>, e: usize) -> RoutingStats {
     g
 }
 
-fn compare_forward<T: FaerElem>(what: &str, fa: &Router<Faer<T>>, rf: &Router<Reference<T>>) {
+/// Statistics of a pass (through the backend's `routing_stats`).
+fn stats_of<B: Backend>(pass: &LogitsPass<'_, B>) -> RoutingStats {
+    let mut s = RoutingStats::default();
+    pass.stats_into(&mut s).unwrap();
+    s
+}
+
+fn compare_forward<T: FaerElem>(what: &str, fa: &Routing<Faer<T>>, rf: &Routing<Reference<T>>) {
+    assert_eq!(fa.indices(), rf.indices(), "{what}: indices");
+    assert_eq!(fa.dropped(), rf.dropped(), "{what}: dropped");
+    assert_eq!(fa.counts(), rf.counts(), "{what}: counts");
     assert_eq!(
-        fa.indices().unwrap(),
-        rf.indices().unwrap(),
-        "{what}: indices"
-    );
-    assert_eq!(
-        fa.dropped().unwrap(),
-        rf.dropped().unwrap(),
-        "{what}: dropped"
-    );
-    assert_eq!(fa.counts().unwrap(), rf.counts().unwrap(), "{what}: counts");
-    assert_eq!(
-        fa.dispatch_order().unwrap(),
-        rf.dispatch_order().unwrap(),
+        fa.dispatch_order(),
+        rf.dispatch_order(),
         "{what}: dispatch order"
     );
     assert_eq!(
-        fa.dispatch_offsets().unwrap(),
-        rf.dispatch_offsets().unwrap(),
+        fa.dispatch_offsets(),
+        rf.dispatch_offsets(),
         "{what}: offsets"
     );
-    assert_close(
-        &format!("{what}: scores"),
-        fa.scores().unwrap(),
-        rf.scores().unwrap(),
-    );
-    assert_close(
-        &format!("{what}: gates"),
-        fa.gates().unwrap(),
-        rf.gates().unwrap(),
-    );
+    assert_close(&format!("{what}: scores"), fa.scores(), rf.scores());
+    assert_close(&format!("{what}: gates"), fa.gates(), rf.gates());
 }
 
 fn logits_path<T: FaerElem>() {
@@ -150,17 +148,20 @@ fn logits_path<T: FaerElem>() {
         let k = cfg.k;
         let dw = normal::<T>(13 + ci as u64, n * k, 1.0);
         for with_bias in [false, true] {
-            let bias = with_bias.then_some(&bias);
+            let bias = with_bias.then_some(bias.as_slice());
             let mut rf = Router::new(Reference::<T>::new(), cfg).unwrap();
-            rf.forward_logits(&z, bias, n).unwrap();
+            let mut rp = rf.forward_logits(&z, bias).unwrap();
+            let sr = stats_of(&rp);
+            let global = global_stats(sr.clone(), e);
             for be in backends::<T>() {
                 let what = format!("config {ci} bias {with_bias} {:?}", be.par());
                 let mut fa = Router::new(be, cfg).unwrap();
-                fa.forward_logits(&z, bias, n).unwrap();
-                compare_forward(&what, &fa, &rf);
-                let (sf, sr) = (fa.stats().unwrap(), rf.stats().unwrap());
+                let mut fp = fa.forward_logits(&z, bias).unwrap();
+                compare_forward(&what, &fp, &rp);
+                let sf = stats_of(&fp);
                 assert_eq!(sf.counts, sr.counts, "{what}: stats counts");
                 assert_eq!(sf.dropped, sr.dropped, "{what}: stats dropped");
+                assert_eq!(sf.tokens, sr.tokens, "{what}: stats tokens");
                 assert_close_as::<T>(
                     &format!("{what}: score sums"),
                     &sf.score_sums,
@@ -168,13 +169,10 @@ fn logits_path<T: FaerElem>() {
                 );
                 for (li, losses) in dense_losses().into_iter().enumerate() {
                     let what = format!("{what} losses {li}");
-                    let global = global_stats(&mut rf, e);
-                    let vr = rf.backward_logits(&dw, &losses, Some(&global)).unwrap();
-                    let vf = fa.backward_logits(&dw, &losses, Some(&global)).unwrap();
-                    assert_close(&format!("{what}: dz"), fa.dz().unwrap(), rf.dz().unwrap());
-                    assert_close_scalar(&format!("{what}: lbl"), vf.lbl, vr.lbl, 1e-30);
-                    assert_close_scalar(&format!("{what}: z-loss"), vf.z_loss, vr.z_loss, 1e-30);
-                    assert_close_scalar(&format!("{what}: total"), vf.total, vr.total, 1e-30);
+                    let gr = rp.backward(&dw, &losses, Some(&global)).unwrap();
+                    let gf = fp.backward(&dw, &losses, Some(&global)).unwrap();
+                    assert_close(&format!("{what}: dz"), gf.dz, gr.dz);
+                    assert_losses(&what, &gf.losses, &gr.losses);
                 }
             }
         }
@@ -198,15 +196,15 @@ fn large_k_falls_back_to_core_selection() {
     let z = logits::<f64>(n, e, 5);
     let cfg = RouterConfig::new(e, k);
     let mut rf = Router::new(Reference::<f64>::new(), cfg).unwrap();
-    rf.forward_logits(&z, None, n).unwrap();
+    let rp = rf.forward_logits(&z, None).unwrap();
     for be in backends::<f64>() {
         let mut fa = Router::new(be, cfg).unwrap();
-        fa.forward_logits(&z, None, n).unwrap();
-        compare_forward("k = 70", &fa, &rf);
+        let fp = fa.forward_logits(&z, None).unwrap();
+        compare_forward("k = 70", &fp, &rp);
     }
 }
 
-/// Non-finite logits straight into the row kernel (the router's finite check is bypassed):
+/// Non-finite logits straight into the route kernel (the router's finite check is bypassed):
 /// NaN ranks below every number, infinities order as numbers, indices agree exactly.
 #[test]
 fn non_finite_logits_select_like_reference() {
@@ -222,15 +220,9 @@ fn non_finite_logits_select_like_reference() {
     }
     for score in [ScoreFn::Sigmoid, ScoreFn::Softmax] {
         let cfg = RouterConfig::new(e, k).with_score(score);
-        let run = |be: &dyn Backend<Elem = f32, Buf = Vec<f32>, IdxBuf = Vec<u32>>| {
-            let (mut p, mut idx, mut w) = (vec![0.0; n * e], vec![0; n * k], vec![0.0; n * k]);
-            be.route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut w)
-                .unwrap();
-            (p, idx, w)
-        };
-        let want = run(&Reference::<f32>::new());
+        let want = route_given(&Reference::<f32>::new(), &cfg, n, &z, None).unwrap();
         for be in backends::<f32>() {
-            let got = run(&be);
+            let got = route_given(&be, &cfg, n, &z, None).unwrap();
             assert_eq!(got.1, want.1, "{score:?}: indices");
             // Scores and gates lie in [0, 1] (scale 1): NaN where the reference has NaN,
             // otherwise within the SPEC's f32 tolerance (the vectorised exp is not bitwise
@@ -274,9 +266,8 @@ fn clear_tokens(n: usize, d: usize, e: usize, k: usize, r: &[f64], bias: &[f64])
         let mut router = Router::new(Reference::<f64>::new(), cfg).unwrap();
         let mut redraw = vec![false; n];
         for b in [None, Some(bias)] {
-            let b = b.map(|v| v.to_vec());
-            router.forward(&x, &r.to_vec(), b.as_ref(), n, d).unwrap();
-            let gaps = topk_gaps(router.scores().unwrap(), e, k, b.as_deref());
+            let pass = router.forward(&x, r, b).unwrap();
+            let gaps = topk_gaps(pass.scores(), e, k, b);
             for (t, g) in gaps.iter().enumerate() {
                 redraw[t] |= *g < min_gap;
             }
@@ -340,25 +331,16 @@ fn token_path<T: FaerElem>() {
         let cfg = RouterConfig::new(e, k).with_layout(layout);
         // Fixture check in f64: every row's top-k is clear of rounding, and |G_ab| is too.
         let mut r64_router = Router::new(Reference::<f64>::new(), cfg).unwrap();
-        r64_router.forward(&x64, &r64, Some(&b64), n, d).unwrap();
-        let gap = topk_gaps(r64_router.scores().unwrap(), e, k, Some(&b64))
+        let pass = r64_router.forward(&x64, &r64, Some(&b64)).unwrap();
+        let gap = topk_gaps(pass.scores(), e, k, Some(&b64))
             .into_iter()
             .fold(f64::INFINITY, f64::min);
         assert!(gap >= 1e-4, "fixture: top-k gap {gap} too small for f32");
-        let mut ws = simbal_core::SimbalWorkspace::new(&Reference::<f64>::new(), d, e).unwrap();
-        simbal_core::simbal_loss(
-            &Reference::<f64>::new(),
-            &SimBalConfig::default(),
-            layout,
-            d,
-            e,
-            &r64,
-            None,
-            &mut ws,
-        )
-        .unwrap();
+        let r64be = Reference::<f64>::new();
+        let mut ws = SimbalWorkspace::new(&r64be, layout, d, e).unwrap();
+        simbal_loss(&r64be, &SimBalConfig::default(), &r64, None, &mut ws).unwrap();
         let kink = ws
-            .gram()
+            .multiplier()
             .iter()
             .map(|g| g.abs())
             .fold(f64::INFINITY, f64::min);
@@ -368,39 +350,26 @@ fn token_path<T: FaerElem>() {
         );
 
         for with_bias in [false, true] {
-            let bias = with_bias.then_some(&bias);
+            let bias = with_bias.then_some(bias.as_slice());
             for (li, losses) in full_losses().into_iter().enumerate() {
                 let mut rf = Router::new(Reference::<T>::new(), cfg).unwrap();
-                let vr = rf.step(&x, &r, bias, &dw, &losses, None, n, d).unwrap();
+                let mut rp = rf.forward(&x, &r, bias).unwrap();
+                let gr = rp.backward(&dw, &losses, None).unwrap();
+                let (vr, rdz, rdx, rdr) =
+                    (gr.losses, gr.dz.to_vec(), gr.dx.to_vec(), gr.dr.to_vec());
                 for be in backends::<T>() {
                     let what = format!("{layout:?} bias {with_bias} losses {li} {:?}", be.par());
                     let mut fa = Router::new(be, cfg).unwrap();
                     // Twice: the second step reuses the workspace.
                     for _ in 0..2 {
-                        let vf = fa.step(&x, &r, bias, &dw, &losses, None, n, d).unwrap();
-                        compare_forward(&what, &fa, &rf);
-                        assert_close(
-                            &format!("{what}: logits"),
-                            fa.logits().unwrap(),
-                            rf.logits().unwrap(),
-                        );
-                        assert_close(&format!("{what}: dz"), fa.dz().unwrap(), rf.dz().unwrap());
-                        assert_close(&format!("{what}: dx"), fa.dx().unwrap(), rf.dx().unwrap());
-                        assert_close(&format!("{what}: dr"), fa.dr().unwrap(), rf.dr().unwrap());
-                        assert_close_scalar(
-                            &format!("{what}: simbal"),
-                            vf.simbal,
-                            vr.simbal,
-                            1e-30,
-                        );
-                        assert_close_scalar(&format!("{what}: lbl"), vf.lbl, vr.lbl, 1e-30);
-                        assert_close_scalar(
-                            &format!("{what}: z-loss"),
-                            vf.z_loss,
-                            vr.z_loss,
-                            1e-30,
-                        );
-                        assert_close_scalar(&format!("{what}: total"), vf.total, vr.total, 1e-30);
+                        let mut fp = fa.forward(&x, &r, bias).unwrap();
+                        compare_forward(&what, &fp, &rp);
+                        assert_close(&format!("{what}: logits"), fp.logits(), rp.logits());
+                        let gf = fp.backward(&dw, &losses, None).unwrap();
+                        assert_close(&format!("{what}: dz"), gf.dz, &rdz);
+                        assert_close(&format!("{what}: dx"), gf.dx, &rdx);
+                        assert_close(&format!("{what}: dr"), gf.dr, &rdr);
+                        assert_losses(&what, &gf.losses, &vr);
                     }
                 }
             }
@@ -418,28 +387,24 @@ fn token_path_f32() {
     token_path::<f32>();
 }
 
-/// The overridden kernels refuse bad input with core's typed errors, never a panic.
+/// Bad input to the overridden kernels is refused with core's typed errors by the arguments'
+/// checks, before any kernel runs: never a panic.
 #[test]
 fn kernels_refuse_bad_input() {
-    use simbal_core::SimbalError;
     let be = Faer::<f32>::with_par(Par::rayon(4));
     let (n, e, k) = (8, 4, 2);
     let cfg = RouterConfig::new(e, k);
     let z = vec![0.0f32; n * e];
-    let (mut p, mut idx, mut w) = (vec![0.0; n * e], vec![0u32; n * k], vec![0.0; n * k]);
-    assert!(be
-        .route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut w)
-        .is_ok());
-    let err = be
-        .route_rows(&cfg, n + 1, &z, None, &mut p, &mut idx, &mut w)
-        .unwrap_err();
+    let (p, idx, w) = route_given(&be, &cfg, n, &z, None).unwrap();
+    let route = |cfg: &RouterConfig, n: usize, z: &[f32], bias: Option<&[f32]>| {
+        route_given(&be, cfg, n, z, bias).map(|_| ())
+    };
+    let err = route(&cfg, n, &z[e..], None).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch { what: "logits", .. }
     ));
-    let err = be
-        .route_rows(&cfg, n, &z, Some(&vec![0.0; 3]), &mut p, &mut idx, &mut w)
-        .unwrap_err();
+    let err = route(&cfg, n, &z, Some(&[0.0; 3])).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch {
@@ -447,56 +412,67 @@ fn kernels_refuse_bad_input() {
             ..
         }
     ));
-    // An invalid configuration handed straight to the kernel (E = 0, k = 0) is an error.
-    let zero = RouterConfig::new(0, 1);
-    let err = be
-        .route_rows(
-            &zero,
-            0,
-            &vec![],
-            None,
-            &mut vec![],
-            &mut vec![],
-            &mut vec![],
-        )
-        .unwrap_err();
+    // An invalid configuration (E = 0, k = 0) is an error.
+    let err = route(&RouterConfig::new(0, 1), 0, &[], None).unwrap_err();
     assert!(matches!(err, SimbalError::ZeroDim { what: "E" }));
-    let kz = RouterConfig::new(4, 0);
-    assert!(be
-        .route_rows(&kz, 0, &vec![], None, &mut vec![], &mut vec![], &mut vec![])
-        .is_err());
+    assert!(route(&RouterConfig::new(4, 0), 0, &[], None).is_err());
+    let err = Route::<Faer<f32>> {
+        cfg: &cfg,
+        n,
+        logits: Logits::Tokens {
+            gemm: Gemm::new(n, e, 3),
+            x: &[0.0; 3 * 8],
+            r: &[0.0; 11],
+        },
+        bias: None,
+        z: &mut vec![0.0; n * e],
+        p: &mut vec![0.0; n * e],
+        idx: &mut vec![0; n * k],
+        gates: &mut vec![0.0; n * k],
+        request: RouteRequest::default(),
+    }
+    .check(&be)
+    .map(|_| ())
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        SimbalError::LengthMismatch {
+            what: "router weight",
+            ..
+        }
+    ));
 
     let dropped = vec![0u32; n * k];
     let dw = vec![1.0f32; n * k];
     let mut dz = vec![0.0f32; n * e];
+    let coef = vec![0.0f32; e];
+    let mut backward = |idx: &[u32], dw: &[f32], group_len: Option<usize>| {
+        RouterBackward {
+            cfg: &cfg,
+            n,
+            z: &z[..],
+            p: &p[..],
+            idx,
+            gates: &w[..],
+            dropped: &dropped[..],
+            dw,
+            lbl: group_len.map(|group_len| LblCoef {
+                coef: &coef[..],
+                group_len,
+            }),
+            z_coef: 0.0,
+            dz: &mut dz[..],
+            request: BackwardRequest::default(),
+        }
+        .check(&be)
+        .map(|a| be.router_backward(a).map(|_| ()))
+    };
+    assert!(backward(&idx, &dw, None).is_ok());
     let mut bad_idx = idx.clone();
     bad_idx[3] = e as u32;
-    let err = be
-        .router_backward_rows(
-            &cfg, n, &z, &p, &bad_idx, &w, &dropped, &dw, None, 0.0, &mut dz,
-        )
-        .unwrap_err();
+    let err = backward(&bad_idx, &dw, None).unwrap_err();
     assert!(matches!(err, SimbalError::Backend { .. }));
-    let coef = vec![0.0f32; e];
-    let lbl = simbal_core::LblCoef {
-        coef: &coef,
-        group_len: 3,
-    };
-    let err = be
-        .router_backward_rows(
-            &cfg,
-            n,
-            &z,
-            &p,
-            &idx,
-            &w,
-            &dropped,
-            &dw,
-            Some(lbl),
-            0.0,
-            &mut dz,
-        )
-        .unwrap_err();
+    let err = backward(&idx, &dw, Some(3)).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::SequenceLength {
@@ -504,25 +480,7 @@ fn kernels_refuse_bad_input() {
             tokens: 8
         }
     ));
-    let lbl = simbal_core::LblCoef {
-        coef: &coef,
-        group_len: 4,
-    };
-    let err = be
-        .router_backward_rows(
-            &cfg,
-            n,
-            &z,
-            &p,
-            &idx,
-            &w,
-            &dropped,
-            &dw,
-            Some(lbl),
-            0.0,
-            &mut dz,
-        )
-        .unwrap_err();
+    let err = backward(&idx, &dw, Some(4)).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch {
@@ -530,21 +488,7 @@ fn kernels_refuse_bad_input() {
             ..
         }
     ));
-    let err = be
-        .router_backward_rows(
-            &cfg,
-            n,
-            &z,
-            &p,
-            &idx,
-            &w,
-            &dropped,
-            &dw[1..].to_vec(),
-            None,
-            0.0,
-            &mut dz,
-        )
-        .unwrap_err();
+    let err = backward(&idx, &dw[1..], None).unwrap_err();
     assert!(matches!(
         err,
         SimbalError::LengthMismatch {
@@ -553,13 +497,10 @@ fn kernels_refuse_bad_input() {
         }
     ));
 
-    assert!(be.lse_sq_sum(n, e, &z[1..].to_vec()).is_err());
-    assert!(be
-        .group_column_sums(n, e, 3, &z, &mut vec![0.0; e])
-        .is_err());
-    assert!(be
-        .group_column_sums(n, e, 4, &z, &mut vec![0.0; e])
-        .is_err());
+    assert!(lse_sq_sum(&be, n, e, &z[1..], None).is_err());
+    assert!(lse_sq_sum(&be, n, e, &z, Some(&p[1..])).is_err());
+    assert!(group_sums(&be, n, e, 3, &z, &mut [0.0; 4]).is_err());
+    assert!(group_sums(&be, n, e, 4, &z, &mut [0.0; 4]).is_err());
     let mut x = vec![1.0f32; 3 * 50_000];
     assert!(be.check_finite("X", 50_000, &x).is_ok());
     x[2 * 50_000 + 777] = f32::NAN;
@@ -574,36 +515,104 @@ fn kernels_refuse_bad_input() {
     );
 }
 
+/// `sum lse^2` of `n x e` logits through the backend's kernel (from the scores when given).
+fn lse_sq_sum<T: Scalar, B: Backend<Elem = T, View = [T]>>(
+    be: &B,
+    n: usize,
+    e: usize,
+    z: &[T],
+    softmax: Option<&[T]>,
+) -> simbal_core::Result<T> {
+    let scores = softmax.map(|p| (ScoreFn::Softmax, p));
+    be.lse_sq_sum(LseSqSum { n, e, z, scores }.check(be)?)
+}
+
+/// Per-group column sums through the backend's kernel.
+fn group_sums<T: Scalar, B: Backend<Elem = T, View = [T]>>(
+    be: &B,
+    n: usize,
+    cols: usize,
+    group_len: usize,
+    a: &[T],
+    out: &mut [T],
+) -> simbal_core::Result<()> {
+    be.group_column_sums(
+        GroupSums {
+            n,
+            cols,
+            group_len,
+            a,
+            out,
+        }
+        .check(be)?,
+    )
+}
+
 /// Kernels called directly agree with the reference on their own, including reductions over
-/// many sequences (parallel over groups) and the fixed-split logsumexp sum.
+/// many sequences (parallel over groups), the fixed-split logsumexp sums (from the logits and
+/// from their softmax) and the routing statistics; the reductions do not depend on the thread
+/// count.
 #[test]
 fn reductions_match_reference() {
     let (n, e) = (4096, 8);
     let z = logits::<f64>(n, e, 3);
+    let mut p = vec![0.0; n * e];
+    simbal_core::metrics::softmax_rows(e, &z, &mut p).unwrap();
     let rf = Reference::<f64>::new();
     for be in backends::<f64>() {
         for group_len in [n, 512, 64, 1] {
             let mut want = vec![0.0; (n / group_len) * e];
             let mut got = vec![f64::NAN; (n / group_len) * e];
-            rf.group_column_sums(n, e, group_len, &z, &mut want)
-                .unwrap();
-            be.group_column_sums(n, e, group_len, &z, &mut got).unwrap();
+            group_sums(&rf, n, e, group_len, &z, &mut want).unwrap();
+            group_sums(&be, n, e, group_len, &z, &mut got).unwrap();
             assert_close(&format!("group sums {group_len}"), &got, &want);
         }
         for rows in [n, 1000, 65, 3, 1, 0] {
-            let want = rf.lse_sq_sum(rows, e, &z[..rows * e].to_vec()).unwrap();
-            let got = be.lse_sq_sum(rows, e, &z[..rows * e].to_vec()).unwrap();
+            let (z, p) = (&z[..rows * e], &p[..rows * e]);
+            let want = lse_sq_sum(&rf, rows, e, z, None).unwrap();
+            let got = lse_sq_sum(&be, rows, e, z, None).unwrap();
             assert_close_scalar(&format!("lse^2 sum {rows}"), got, want, 1e-300);
+            let got = lse_sq_sum(&be, rows, e, z, Some(p)).unwrap();
+            assert_close_scalar(&format!("lse^2 sum from p {rows}"), got, want, 1e-300);
         }
     }
-    // The sum does not depend on the thread count.
-    let a = Faer::<f64>::with_par(Par::Seq)
-        .lse_sq_sum(n, e, &z)
-        .unwrap();
-    let b = Faer::<f64>::with_par(Par::rayon(3))
-        .lse_sq_sum(n, e, &z)
-        .unwrap();
-    assert_eq!(a.to_bits(), b.to_bits());
+    let stats = |be: &Faer<f64>| {
+        let counts = vec![3u32; e];
+        let mut out = RoutingStats::default();
+        let a = CollectStats {
+            n,
+            k: 2,
+            p: &p[..],
+            counts: &counts[..],
+            out: &mut out,
+        };
+        be.routing_stats(a.check(be).unwrap()).unwrap();
+        out
+    };
+    let want = {
+        let mut s = RoutingStats::empty(e);
+        for row in p.chunks(e) {
+            s.score_sums.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        s
+    };
+    // The sums do not depend on the thread count.
+    let (seq, par) = (
+        Faer::<f64>::with_par(Par::Seq),
+        Faer::<f64>::with_par(Par::rayon(3)),
+    );
+    let (a, b) = (stats(&seq), stats(&par));
+    assert_eq!(a, b);
+    assert_close_as::<f64>("score sums", &a.score_sums, &want.score_sums);
+    assert_eq!(
+        (a.counts, a.tokens, a.dropped),
+        (vec![3; e], n as u64, 2 * n as u64 - 24)
+    );
+    for softmax in [None, Some(&p[..])] {
+        let a = lse_sq_sum(&seq, n, e, &z, softmax).unwrap();
+        let b = lse_sq_sum(&par, n, e, &z, softmax).unwrap();
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
 }
 
 /// Logits of magnitude 1e30 in f32 route to finite scores and gates, like the reference.
@@ -615,13 +624,13 @@ fn huge_logits_stay_finite() {
     for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
         let cfg = RouterConfig::new(e, k).with_score(score);
         let mut rf = Router::new(Reference::<f32>::new(), cfg).unwrap();
-        rf.forward_logits(&z, None, n).unwrap();
+        let rp = rf.forward_logits(&z, None).unwrap();
         for be in backends::<f32>() {
             let mut fa = Router::new(be, cfg).unwrap();
-            fa.forward_logits(&z, None, n).unwrap();
-            assert!(fa.scores().unwrap().iter().all(|v| v.is_finite()));
-            assert!(fa.gates().unwrap().iter().all(|v| v.is_finite()));
-            compare_forward(&format!("1e30 {score:?}"), &fa, &rf);
+            let fp = fa.forward_logits(&z, None).unwrap();
+            assert!(fp.scores().iter().all(|v| v.is_finite()));
+            assert!(fp.gates().iter().all(|v| v.is_finite()));
+            compare_forward(&format!("1e30 {score:?}"), &fp, &rp);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `cargo run --release -p simbal-benches --bin compare -- --threads 2 --out target/compare/simbal.json`
 
 use simbal_benches::*;
-use simbal_core::{Backend, SimbalWorkspace};
+use simbal_core::{Memory, SimbalWorkspace, WeightLayout};
 use simbal_faer::Faer;
 use std::time::Instant;
 
@@ -142,7 +142,7 @@ fn body(args: &Args) {
             let mut router = step_router(b, s)?;
             let mut router2 = step_router(b, s)?;
             let mut floor = GemmFloor::new(&b, s)?;
-            let x_host = b.host(&inp.x).expect("faer buffers are host memory");
+            let x_host: &[f32] = &inp.x; // faer buffers are host vectors
             let mut bytes = ByteFloor::<f32>::new(s);
             // The four ops take turns, one call each per round, so a burst of load from a
             // neighbour hits all of them alike and their ratios stay meaningful.
@@ -150,13 +150,13 @@ fn body(args: &Args) {
                 (
                     "step",
                     Box::new(|| {
-                        run_step(&mut router, &inp, s, &losses).expect("step");
+                        run_step(&mut router, &inp, &losses).expect("step");
                     }),
                 ),
                 (
                     "forward",
                     Box::new(|| {
-                        run_forward(&mut router2, &inp, s).expect("forward");
+                        run_forward(&mut router2, &inp).expect("forward");
                     }),
                 ),
                 (
@@ -193,11 +193,11 @@ fn body(args: &Args) {
             };
             let inp = inputs(&b, &s, args, 1)?;
             let mut grad = b.zeros(d * e)?;
-            let mut ws = SimbalWorkspace::new(&b, *d, *e)?;
+            let mut ws = SimbalWorkspace::new(&b, WeightLayout::DxE, *d, *e)?;
             let mut ops: [NamedOp<'_, '_>; 1] = [(
                 "simbal",
                 Box::new(|| {
-                    run_simbal(&b, *d, *e, &inp.r, &mut grad, &mut ws).expect("simbal");
+                    run_simbal(&b, &inp.r, &mut grad, &mut ws).expect("simbal");
                 }),
             )];
             for (op, (med, min)) in time_interleaved(args.warmup, args.iters, &mut ops) {

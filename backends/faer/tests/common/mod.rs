@@ -1,7 +1,9 @@
 //! Helpers shared by the faer backend's tests.
 #![allow(dead_code)]
 
-use simbal_core::{Rng, Scalar};
+use simbal_core::config::RouterConfig;
+use simbal_core::router::kernels::{Logits, Route, RouteRequest};
+use simbal_core::{Backend, Gemm, GemmArgs, LossValues, Result, Rng, Scalar};
 
 /// `n` normal samples of standard deviation `std` from `seed`.
 pub fn normal<T: Scalar>(seed: u64, n: usize, std: f64) -> Vec<T> {
@@ -11,26 +13,15 @@ pub fn normal<T: Scalar>(seed: u64, n: usize, std: f64) -> Vec<T> {
 }
 
 /// Largest absolute value (the output's scale), at least `floor`.
-pub fn scale<T: Scalar>(x: &[T], floor: f64) -> f64 {
-    x.iter()
-        .map(|v| v.to_f64_lossy().abs())
-        .fold(floor, f64::max)
+pub fn scale(x: &[f64], floor: f64) -> f64 {
+    x.iter().map(|v| v.abs()).fold(floor, f64::max)
 }
 
 /// Asserts `got` matches `want` elementwise to `T::CONFORMANCE_TOL` relative to `want`'s scale.
 #[track_caller]
 pub fn assert_close<T: Scalar>(what: &str, got: &[T], want: &[T]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let s = scale(want, f64::MIN_POSITIVE);
-    let tol = T::CONFORMANCE_TOL * s;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g.to_f64_lossy(), w.to_f64_lossy());
-        assert!(
-            (g - w).abs() <= tol,
-            "{what} [{}]: element {i}: got {g}, want {w} (scale {s}, tol {tol})",
-            T::NAME
-        );
-    }
+    let f64s = |v: &[T]| v.iter().map(|x| x.to_f64_lossy()).collect::<Vec<f64>>();
+    assert_close_as::<T>(what, &f64s(got), &f64s(want));
 }
 
 /// Asserts two scalars agree to `T::CONFORMANCE_TOL` relative to `max(|want|, floor)`.
@@ -45,8 +36,8 @@ pub fn assert_close_scalar<T: Scalar>(what: &str, got: T, want: T, floor: f64) {
     );
 }
 
-/// Asserts `f64` statistics of a `T` computation match to `T::CONFORMANCE_TOL` relative to
-/// `want`'s scale (the statistics are exact sums of `T` values, so `T`'s tolerance applies).
+/// Asserts `f64` values of a `T` computation match to `T::CONFORMANCE_TOL` relative to `want`'s
+/// scale (statistics are exact sums of `T` values, so `T`'s tolerance applies).
 #[track_caller]
 pub fn assert_close_as<T: Scalar>(what: &str, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -59,4 +50,53 @@ pub fn assert_close_as<T: Scalar>(what: &str, got: &[f64], want: &[f64]) {
             T::NAME
         );
     }
+}
+
+/// `c = gemm(a, b)` on a host backend, through core's argument check.
+pub fn gemm<T, B: Backend<Elem = T, View = [T]>>(
+    be: &B,
+    g: &Gemm,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+) -> Result<()> {
+    be.gemm(GemmArgs { gemm: *g, a, b, c }.check(be)?)
+}
+
+/// Scores, indices and gates of `n` tokens' logits `z` from a host backend's `route` kernel, the
+/// arguments checked by core (`z` may have a wrong length).
+pub fn route_given<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
+    be: &B,
+    cfg: &RouterConfig,
+    n: usize,
+    z: &[T],
+    bias: Option<&[T]>,
+) -> Result<(Vec<T>, Vec<u32>, Vec<T>)> {
+    let (ne, nk) = (n * cfg.experts, n * cfg.k);
+    let mut z = z.to_vec();
+    let (mut p, mut idx, mut gates) = (vec![T::zero(); ne], vec![0u32; nk], vec![T::zero(); nk]);
+    be.route(
+        Route {
+            cfg,
+            n,
+            logits: Logits::Given,
+            bias,
+            z: &mut z[..],
+            p: &mut p[..],
+            idx: &mut idx[..],
+            gates: &mut gates[..],
+            request: RouteRequest::default(),
+        }
+        .check(be)?,
+    )?;
+    Ok((p, idx, gates))
+}
+
+/// Asserts every loss value agrees (see [`assert_close_scalar`]).
+#[track_caller]
+pub fn assert_losses<T: Scalar>(what: &str, got: &LossValues<T>, want: &LossValues<T>) {
+    assert_close_scalar(&format!("{what}: simbal"), got.simbal, want.simbal, 1e-30);
+    assert_close_scalar(&format!("{what}: lbl"), got.lbl, want.lbl, 1e-30);
+    assert_close_scalar(&format!("{what}: z-loss"), got.z_loss, want.z_loss, 1e-30);
+    assert_close_scalar(&format!("{what}: total"), got.total, want.total, 1e-30);
 }

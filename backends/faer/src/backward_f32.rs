@@ -8,10 +8,10 @@
 //! chosen expert); only the row reductions are split into lanes, and the z-loss term is added
 //! before the chosen experts' gate terms instead of after.
 
-use crate::fastexp::lse_from_softmax;
+use crate::backward::BackwardRows;
+use crate::exp_f32::lse_from_softmax;
 use pulp::{Arch, Simd, WithSimd};
-use simbal_core::config::RouterConfig;
-use simbal_core::ops::select::renorm_eps;
+use simbal_core::router::select::renorm_eps;
 
 /// Lanes of the row reductions.
 const LANES: usize = 8;
@@ -34,37 +34,28 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Inputs of one block of rows; `coef_row(r)` is the LBL coefficient row of block row `r`.
-pub(crate) struct BackwardRows<'a, C> {
-    pub cfg: &'a RouterConfig,
-    pub z: &'a [f32],
-    pub p: &'a [f32],
-    pub idx: &'a [u32],
-    pub gates: &'a [f32],
-    pub dropped: &'a [u32],
-    pub dw: &'a [f32],
-    pub coef_row: C,
-    pub z_coef: f32,
-    pub dz: &'a mut [f32],
-    /// Also sum `lse(z_t)^2` over the rows (returned; 0 otherwise).
-    pub lse_sq: bool,
+/// One block of rows and its output.
+struct Sweep<'r, 'a> {
+    x: &'r BackwardRows<'a, f32>,
+    dz: &'r mut [f32],
 }
 
-impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
+impl WithSimd for Sweep<'_, '_> {
     type Output = f32;
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) -> f32 {
+        let x = self.x;
         let mut lse_sq = 0.0f32;
-        let (e, k) = (self.cfg.experts, self.cfg.k);
-        let s = self.cfg.scale as f32;
+        let (e, k) = (x.cfg.experts, x.cfg.k);
+        let s = x.cfg.scale as f32;
         let eps = renorm_eps::<f32>();
         for (r, dzr) in self.dz.chunks_exact_mut(e).enumerate() {
-            let zr = &self.z[r * e..(r + 1) * e];
-            let pr = &self.p[r * e..(r + 1) * e];
-            let ir = &self.idx[r * k..(r + 1) * k];
-            let wr = &self.gates[r * k..(r + 1) * k];
-            let dr = &self.dropped[r * k..(r + 1) * k];
-            let gr = &self.dw[r * k..(r + 1) * k];
+            let zr = &x.z[r * e..(r + 1) * e];
+            let pr = &x.p[r * e..(r + 1) * e];
+            let ir = &x.idx[r * k..(r + 1) * k];
+            let wr = &x.gates[r * k..(r + 1) * k];
+            let dr = &x.dropped[r * k..(r + 1) * k];
+            let gr = &x.dw[r * k..(r + 1) * k];
             let kept_dw = |j: usize| if dr[j] == 0 { gr[j] } else { 0.0 };
             let mut sum = 0.0f32;
             let mut dot_w = 0.0f32;
@@ -78,14 +69,14 @@ impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
             for j in 0..k {
                 m += a(j) * (pr[ir[j] as usize] * inv);
             }
-            let zc = if self.z_coef != 0.0 || self.lse_sq {
+            let zc = if x.z_coef != 0.0 || x.lse_sq {
                 let lse = lse_from_softmax(zr, pr);
                 lse_sq += lse * lse;
-                self.z_coef * lse
+                x.z_coef * lse
             } else {
                 0.0
             };
-            match (self.coef_row)(r) {
+            match x.coef_row(r) {
                 Some(c) => {
                     let dp = dot(c, pr);
                     for ((d, &pc), &cc) in dzr.iter_mut().zip(pr).zip(c) {
@@ -107,14 +98,8 @@ impl<'c, C: Fn(usize) -> Option<&'c [f32]>> WithSimd for BackwardRows<'_, C> {
     }
 }
 
-/// Runs [`BackwardRows`] with the widest instruction set the CPU has; returns the rows'
-/// `sum lse^2` when asked. Needs softmax scores, renormalised gates and validated lengths and
-/// indices.
-pub(crate) fn backward_rows<'c, C: Fn(usize) -> Option<&'c [f32]>>(
-    rows: BackwardRows<'_, C>,
-) -> f32 {
-    if rows.cfg.experts == 0 {
-        return 0.0;
-    }
-    Arch::new().dispatch(rows)
+/// The sweep over the rows of `x` into `dz` with the widest instruction set the CPU has; returns
+/// the rows' `sum lse^2` when `x.lse_sq` (else 0). Needs softmax scores and renormalised gates.
+pub(crate) fn backward_rows(x: &BackwardRows<'_, f32>, dz: &mut [f32]) -> f32 {
+    Arch::new().dispatch(Sweep { x, dz })
 }

@@ -63,19 +63,19 @@ fn row_max(z: &[f32]) -> f32 {
     m
 }
 
-/// Sum of a row in [`LANES`] partial sums.
+/// `sum_i f(x_i)` in [`LANES`] partial sums.
 #[inline(always)]
-fn row_sum(p: &[f32]) -> f32 {
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let mut chunks = p.chunks_exact(LANES);
+    let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+            *a += f(v);
         }
     }
     let mut s = acc.iter().sum::<f32>();
     for &v in chunks.remainder() {
-        s += v;
+        s += f(v);
     }
     s
 }
@@ -87,7 +87,7 @@ pub(crate) fn softmax_row(z: &[f32], p: &mut [f32]) {
     for (pi, &zi) in p.iter_mut().zip(z) {
         *pi = exp(zi - m);
     }
-    let sum = row_sum(p);
+    let sum = lane_sum(p, |v| v);
     let inv = 1.0 / sum;
     for pi in p.iter_mut() {
         *pi *= inv;
@@ -106,18 +106,7 @@ pub(crate) fn lse_from_softmax(z: &[f32], p: &[f32]) -> f32 {
 #[inline(always)]
 pub(crate) fn logsumexp_row(z: &[f32]) -> f32 {
     let m = row_max(z);
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = z.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += exp(v - m);
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for &v in chunks.remainder() {
-        s += exp(v - m);
-    }
-    m + s.ln()
+    m + lane_sum(z, |v| exp(v - m)).ln()
 }
 
 /// Softmax of every row of width `e` of `z` into `p`.
@@ -231,7 +220,7 @@ mod tests {
         assert_eq!(lse.len(), 5);
         for (row, (zr, pr)) in z.chunks(e).zip(p.chunks(e)).enumerate() {
             let mut q = vec![0.0f32; e];
-            let l = simbal_core::ops::score::softmax_row(zr, &mut q);
+            let l = simbal_core::router::score::softmax_row(zr, &mut q);
             for (a, b) in pr.iter().zip(&q) {
                 assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
             }
@@ -246,7 +235,7 @@ mod tests {
         let mut p = [0.0f32; 4];
         softmax_rows(4, &z, &mut p);
         let mut q = [0.0f32; 4];
-        simbal_core::ops::score::softmax_row(&z, &mut q);
+        simbal_core::router::score::softmax_row(&z, &mut q);
         for (a, b) in p.iter().zip(&q) {
             assert_eq!(a.is_nan(), b.is_nan());
             if !b.is_nan() {
@@ -258,7 +247,7 @@ mod tests {
         lse_rows(3, &all_inf, |_, v| l = v);
         assert_eq!(
             l.is_nan(),
-            simbal_core::ops::score::logsumexp_row(&all_inf).is_nan()
+            simbal_core::router::score::logsumexp_row(&all_inf).is_nan()
         );
     }
 }

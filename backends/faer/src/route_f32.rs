@@ -8,11 +8,12 @@
 //! (the insertion top-k mispredicts on every entry). Keys are distinct, so each pick is the
 //! largest key below the previous pick.
 
-use crate::fastexp::softmax_row;
+use crate::exp_f32::softmax_row;
+use crate::route_generic::ForwardRows;
 use pulp::{Arch, Simd, WithSimd};
-use simbal_core::config::{RouterConfig, ScoreFn};
-use simbal_core::ops::score::score_row;
-use simbal_core::ops::select::gates_row;
+use simbal_core::config::ScoreFn;
+use simbal_core::router::score::score_row;
+use simbal_core::router::select::gates_row;
 
 /// Largest `E` whose packed keys live on the stack.
 pub(crate) const MAX_PACKED_E: usize = 512;
@@ -105,63 +106,35 @@ fn max_below(keys: &[i64], bound: i64) -> i64 {
     }
 }
 
-struct RouteRows<'a> {
-    cfg: &'a RouterConfig,
-    z: &'a [f32],
-    bias: Option<&'a [f32]>,
-    p: &'a mut [f32],
-    idx: &'a mut [u32],
-    gates: &'a mut [f32],
-}
+/// A block of rows for [`Arch::dispatch`].
+struct Packed<'a>(ForwardRows<'a, f32>);
 
-impl WithSimd for RouteRows<'_> {
+impl WithSimd for Packed<'_> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let (e, k) = (self.cfg.experts, self.cfg.k);
-        let softmax = self.cfg.score == ScoreFn::Softmax;
+        let Packed(x) = self;
+        let (cfg, bias) = (x.cfg, x.bias);
+        let softmax = cfg.score == ScoreFn::Softmax;
         // Scratch for the whole block: filling 4 KiB per row would cost more than the top-k.
         let mut keys = [0i64; MAX_PACKED_E];
-        let keys = &mut keys[..e];
-        for (((zr, pr), ir), wr) in self
-            .z
-            .chunks_exact(e)
-            .zip(self.p.chunks_exact_mut(e))
-            .zip(self.idx.chunks_exact_mut(k))
-            .zip(self.gates.chunks_exact_mut(k))
-        {
+        let keys = &mut keys[..cfg.experts];
+        for (zr, pr, ir, wr) in x.rows() {
             if softmax {
                 softmax_row(zr, pr);
             } else {
-                score_row(self.cfg.score, zr, pr);
+                score_row(cfg.score, zr, pr);
             }
-            top_k_packed(pr, self.bias, keys, ir);
-            gates_row(self.cfg, pr, ir, wr);
+            top_k_packed(pr, bias, keys, ir);
+            gates_row(cfg, pr, ir, wr);
         }
     }
 }
 
 /// Forward rows of a block (same contract and results as core's `route_rows`) for a config
-/// without an effective group limit and `1 <= E <= MAX_PACKED_E`.
-pub(crate) fn route_rows(
-    cfg: &RouterConfig,
-    z: &[f32],
-    bias: Option<&[f32]>,
-    p: &mut [f32],
-    idx: &mut [u32],
-    gates: &mut [f32],
-) {
-    if cfg.experts == 0 {
-        return;
-    }
-    Arch::new().dispatch(RouteRows {
-        cfg,
-        z,
-        bias,
-        p,
-        idx,
-        gates,
-    });
+/// without an effective group limit and `E <= MAX_PACKED_E`.
+pub(crate) fn route_rows(x: ForwardRows<'_, f32>) {
+    Arch::new().dispatch(Packed(x));
 }
 
 #[cfg(test)]
