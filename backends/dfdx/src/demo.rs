@@ -9,7 +9,7 @@
 //! position selects, so the student must learn both its experts and its routing.
 
 use crate::backend::{dx, Dfdx};
-use crate::interop::{add_to_gradients_cpu, RouterTensors};
+use crate::interop::{add_to_gradients_cpu, PassTensors, RouterTensors, RoutingTensors};
 use dfdx::nn::builders::{Linear, ReLU, UnbiasedLinear};
 use dfdx::nn::{DeviceBuildExt, Module};
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
@@ -19,7 +19,7 @@ use dfdx::tensor_ops::{
     BroadcastTo, GatherTo, MeanTo, PermuteTo, ReshapeTo, SumTo, TryMul, TryStack, TrySub,
 };
 use simbal_core::{
-    orthogonal_init, Backend, LblConfig, LossConfig, Rng, Router, RouterConfig, SimBalConfig,
+    orthogonal_init, LblConfig, LossConfig, Memory, Rng, Router, RouterConfig, SimBalConfig,
     SimbalError, WeightLayout,
 };
 
@@ -157,7 +157,7 @@ pub fn train_demo_with(cfg: &DemoConfig) -> simbal_core::Result<Summary> {
     );
 
     let rcfg = RouterConfig::new(EXPERTS, cfg.k).with_layout(WeightLayout::ExD);
-    let mut router = Router::new(be, rcfg)?;
+    let mut router = Router::new(be.clone(), rcfg)?;
     let mut losses = LossConfig::none();
     if cfg.simbal_lambda > 0.0 {
         losses = losses.with_simbal(SimBalConfig {
@@ -174,43 +174,48 @@ pub fn train_demo_with(cfg: &DemoConfig) -> simbal_core::Result<Summary> {
 
     let mut log = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        // 1. Route with simbal.
-        router.forward_tensors(&xs, &model.0.weight, None)?;
-        let dense = router.dense_gates_tensor()?; // n x E, constant to the router
+        // The inputs share the weight's memory; they are gone before Adam writes it.
+        let (task_loss, values, grads) = {
+            // 1. Route with simbal.
+            let inputs = router.tensor_inputs(&xs, &model.0.weight)?;
+            let mut pass = router.forward_tensors(&inputs, None)?;
+            let dense = pass.dense_gates_tensor()?; // n x E, constant to the router
 
-        // 2. Experts and combine on dfdx's tape; the gates are a leaf so the tape yields dL/dG.
-        let experts = &model.1;
-        let outs = [
-            dx(experts.0.try_forward(xs.leaky_trace()))?,
-            dx(experts.1.try_forward(xs.leaky_trace()))?,
-            dx(experts.2.try_forward(xs.leaky_trace()))?,
-            dx(experts.3.try_forward(xs.leaky_trace()))?,
-        ];
-        let stacked = dx(outs.try_stack())?; // E x n x D_OUT
-        let shape3 = (Const::<EXPERTS>, n, Const::<D_OUT>);
-        let g = dx(dense.leaky_trace().try_permute::<_, Axes2<1, 0>>())?;
-        let g = dx(g.try_reshape_like(&(Const::<EXPERTS>, n)))?;
-        let g = dx(g.try_broadcast_like::<_, Axis<2>>(&shape3))?;
-        let pred: Tensor<(usize, Const<D_OUT>), f32, Cpu, _> =
-            dx(dx(g.try_mul(stacked))?.try_sum::<_, Axis<0>>())?;
-        let task = dx(dx(dx(pred.try_sub(ys.clone()))?.try_square())?.try_mean::<(), _>())?;
-        let task_loss = task.as_vec()[0];
-        let mut grads: Gradients<f32, Cpu> = dx(dfdx::tensor_ops::Backward::try_backward(task))?;
+            // 2. Experts and combine on dfdx's tape; the gates are a leaf so the tape yields
+            // dL/dG.
+            let experts = &model.1;
+            let outs = [
+                dx(experts.0.try_forward(xs.leaky_trace()))?,
+                dx(experts.1.try_forward(xs.leaky_trace()))?,
+                dx(experts.2.try_forward(xs.leaky_trace()))?,
+                dx(experts.3.try_forward(xs.leaky_trace()))?,
+            ];
+            let stacked = dx(outs.try_stack())?; // E x n x D_OUT
+            let shape3 = (Const::<EXPERTS>, n, Const::<D_OUT>);
+            let g = dx(dense.leaky_trace().try_permute::<_, Axes2<1, 0>>())?;
+            let g = dx(g.try_reshape_like(&(Const::<EXPERTS>, n)))?;
+            let g = dx(g.try_broadcast_like::<_, Axis<2>>(&shape3))?;
+            let pred: Tensor<(usize, Const<D_OUT>), f32, Cpu, _> =
+                dx(dx(g.try_mul(stacked))?.try_sum::<_, Axis<0>>())?;
+            let task = dx(dx(dx(pred.try_sub(ys.clone()))?.try_square())?.try_mean::<(), _>())?;
+            let task_loss = task.as_vec()[0];
+            let mut grads: Gradients<f32, Cpu> =
+                dx(dfdx::tensor_ops::Backward::try_backward(task))?;
 
-        // 3. dL/dW_tj = dL/dG[t, i_tj]; simbal's backward gives the router weight's gradient.
-        let dgate = grads.get(&dense);
-        let dw = dx(dgate.try_gather(router.indices_tensor()?))?;
-        let values = router.backward_tensors(&xs, &model.0.weight, &dw, &losses, None)?;
-        let mut dr = vec![0f32; EXPERTS * D_IN];
-        router.backend().download(router.dr()?, &mut dr)?;
-        add_to_gradients_cpu(&mut grads, &model.0.weight, &dr)?;
-        let max_vio = router.load_metrics()?.max_vio;
+            // 3. dL/dW_tj = dL/dG[t, i_tj]; simbal's backward gives the router weight's gradient.
+            let dw = dx(grads.get(&dense).try_gather(pass.indices_tensor()?))?;
+            let g = pass.backward_tensors(&dw, &losses, None)?;
+            let mut dr = vec![0f32; EXPERTS * D_IN];
+            be.download(g.dr, &mut dr)?;
+            add_to_gradients_cpu(&mut grads, &model.0.weight, &dr)?;
+            (task_loss, g.losses, grads)
+        };
         log.push(DemoStep {
             step,
             task_loss,
             simbal: values.simbal,
             lbl: values.lbl,
-            max_vio,
+            max_vio: router.load_metrics()?.max_vio,
         });
 
         // 4. One Adam step over experts and router.

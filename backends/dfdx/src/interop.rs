@@ -1,21 +1,57 @@
-//! dfdx tensors in and out: the router weight as a dfdx tensor in either layout, gates and
-//! indices as tensors, and simbal's gradients added into a dfdx [`Gradients`] so a dfdx optimiser
-//! (Adam, SGD, RMSprop) applies them.
+//! dfdx tensors in and out: the router weight as a dfdx tensor in either layout, the routing as
+//! tensors for the expert combine, and simbal's gradients added into a dfdx [`Gradients`] so a
+//! dfdx optimiser (Adam, SGD, RMSprop) applies them.
+//!
+//! A step on tensors: [`RouterTensors::tensor_inputs`] checks `X` and the weight against the
+//! router's configuration and holds them as buffers, [`RouterTensors::forward_tensors`] routes
+//! them into a [`Pass`] (its routing as tensors through [`RoutingTensors`]),
+//! [`PassTensors::backward_tensors`] takes the gate gradient as a tensor, and the returned
+//! gradients come back as tensors through [`GradientTensors`].
 //!
 //! Shapes are checked at run time and reported as [`SimbalError`]s, so const-shaped tensors (a
 //! module's `Rank2<O, I>` weight) and run-time-shaped ones work alike.
+//!
+//! ```
+//! use dfdx::shapes::HasShape;
+//! use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
+//! use simbal_core::{LossConfig, Router, RouterConfig, WeightLayout};
+//! use simbal_dfdx::{Dfdx, GradientTensors, PassTensors, RouterTensors, RoutingTensors};
+//! let be = Dfdx::<f64>::cpu();
+//! let dev = be.device().clone();
+//! let (n, d, e, k) = (4, 3, 3, 2);
+//! let x: Tensor<(usize, usize), f64, Cpu> =
+//!     dev.tensor_from_vec((0..n * d).map(|i| (i as f64 * 0.7).sin()).collect(), (n, d));
+//! // An `E x D` weight, as dfdx's `Linear` stores it: the identity is orthogonal.
+//! let w: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(
+//!     (0..e * d).map(|i| if i / d == i % d { 1.0 } else { 0.0 }).collect(),
+//!     (e, d),
+//! );
+//! let cfg = RouterConfig::new(e, k).with_layout(WeightLayout::ExD);
+//! let mut router = Router::new(be, cfg)?;
+//! let inputs = router.tensor_inputs(&x, &w)?;
+//! let mut pass = router.forward_tensors(&inputs, None)?;
+//! assert_eq!(pass.dense_gates_tensor()?.as_vec().len(), n * e);
+//! let dw: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(vec![1.0; n * k], (n, k));
+//! let g = pass.backward_tensors(&dw, &LossConfig::simbal(), None)?;
+//! assert!(g.losses.simbal.abs() < 1e-12);
+//! assert_eq!(g.dr_like(&w)?.shape(), w.shape());
+//! # Ok::<(), simbal_core::SimbalError>(())
+//! ```
 
 use crate::backend::{dx, Dfdx, Matrix, Vector};
 use dfdx::shapes::{Dim, Dtype, HasShape, Shape};
 use dfdx::tensor::{Cpu, Gradients, NoneTape, Tensor, Trace};
 use dfdx::tensor_ops::{Backward, Device, ReshapeTo, SumTo, TryMul};
 use simbal_core::{
-    simbal_loss, Backend, LossConfig, LossValues, Result, Router, RoutingStats, Scalar,
-    SimBalConfig, SimbalError, SimbalWorkspace, WeightLayout,
+    simbal_loss, Gradients as SimbalGradients, LossConfig, Memory, Pass, Result, Router, Routing,
+    RoutingStats, Scalar, SimBalConfig, SimbalError, SimbalWorkspace, WeightLayout,
 };
 
 /// A 2-D tensor of dims `R x C` (a router weight or its gradient), const or run-time.
 pub type Weight<E, D, R, C> = Tensor<(R, C), E, D>;
+
+/// An index tensor (`rows x cols` of `usize`), as dfdx's `gather` and `select` take.
+pub type IndexMatrix<D> = Tensor<(usize, usize), usize, D>;
 
 /// `(rows, cols)` of a `d x e` router weight stored in `layout`: `(d, e)` for
 /// [`WeightLayout::DxE`], `(e, d)` for [`WeightLayout::ExD`] (PyTorch's and dfdx's `Linear`).
@@ -26,35 +62,50 @@ pub fn weight_shape(layout: WeightLayout, d: usize, e: usize) -> (usize, usize) 
     }
 }
 
+/// Any tensor flattened row-major into a buffer (shares a contiguous tensor's memory).
+fn to_vector<S: Shape, E: Scalar + Dtype, D: Device<E>, T>(
+    t: &Tensor<S, E, D, T>,
+) -> Result<Vector<E, D>> {
+    Dfdx::flat(t.retaped::<NoneTape>())
+}
+
+/// A buffer as a tensor of `shape`; its element count must match.
+fn reshaped<S: Shape, E: Scalar + Dtype, D: Device<E>>(
+    buf: &Vector<E, D>,
+    shape: S,
+) -> Result<Tensor<S, E, D>> {
+    simbal_core::shape::check_len("tensor", shape.num_elements(), buf.shape().0)?;
+    dx(buf.clone().try_reshape_like(&shape))
+}
+
 impl<E: Scalar + Dtype, D: Device<E>> Dfdx<E, D> {
     /// Any dfdx tensor (any shape, any tape) as a backend buffer, flattened row-major. Shares the
     /// tensor's memory when it is contiguous; a strided view (permuted, broadcast) is copied.
+    ///
+    /// # Errors
+    /// A dfdx failure while copying a strided view.
     pub fn buf_from_tensor<S: Shape, T>(&self, t: &Tensor<S, E, D, T>) -> Result<Vector<E, D>> {
-        Self::flat(t.retaped::<NoneTape>())
+        to_vector(t)
     }
 
-    /// A backend buffer as a tensor of `shape` (its element count must match). Shares memory.
+    /// A backend buffer as a tensor of `shape`. Shares memory.
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] when `shape` does not hold the buffer's length.
     pub fn tensor_from_buf<S: Shape>(
         &self,
         buf: &Vector<E, D>,
         shape: S,
     ) -> Result<Tensor<S, E, D>> {
-        simbal_core::shape::check_len("tensor", shape.num_elements(), buf.shape().0)?;
-        dx(buf.clone().try_reshape_like(&shape))
+        reshaped(buf, shape)
     }
 
     /// An index buffer (`rows x cols`) as a dfdx `usize` tensor, ready for `gather` / `select`.
-    pub fn index_tensor(
-        &self,
-        idx: &[u32],
-        rows: usize,
-        cols: usize,
-    ) -> Result<Tensor<(usize, usize), usize, D>> {
-        let len = rows.checked_mul(cols).ok_or(SimbalError::LengthMismatch {
-            what: "index tensor",
-            expected: usize::MAX,
-            got: idx.len(),
-        })?;
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] unless `idx` holds `rows x cols`.
+    pub fn index_tensor(&self, idx: &[u32], rows: usize, cols: usize) -> Result<IndexMatrix<D>> {
+        let len = simbal_core::shape::product("index tensor", rows, cols)?;
         simbal_core::shape::check_len("index tensor", len, idx.len())?;
         dx(self
             .device()
@@ -72,6 +123,9 @@ impl<E: Scalar + Dtype, D: Device<E>> Dfdx<E, D> {
 /// otherwise dfdx drops the new gradient as a temporary; with leaky gradients the temporaries of
 /// this call stay in the map. On the [`Cpu`] device prefer [`add_to_gradients_cpu`], which adds
 /// in place. If the device fails midway, `grads` is left empty.
+///
+/// # Errors
+/// [`SimbalError::Backend`] when the shapes differ or dfdx fails.
 pub fn add_to_gradients<S: Shape, E: Dtype, D: Device<E>, T>(
     grads: &mut Gradients<E, D>,
     param: &Tensor<S, E, D, T>,
@@ -97,6 +151,10 @@ pub fn add_to_gradients<S: Shape, E: Dtype, D: Device<E>, T>(
 /// Adds `g` (row-major, `param`'s element count) into the gradient `grads` holds for `param` on
 /// the [`Cpu`] device, in place through `Gradients::get_or_alloc_mut` (allocating a zero gradient
 /// first if there is none). `param` must be contiguous, as every dfdx module parameter is.
+///
+/// # Errors
+/// [`SimbalError::LengthMismatch`] unless `g` has `param`'s element count;
+/// [`SimbalError::Backend`] for a non-contiguous `param` or a dfdx failure.
 pub fn add_to_gradients_cpu<S: Shape, E: Dtype, T>(
     grads: &mut Gradients<E, Cpu>,
     param: &Tensor<S, E, Cpu, T>,
@@ -121,6 +179,9 @@ pub fn add_to_gradients_cpu<S: Shape, E: Dtype, T>(
 /// SimBal of a router weight given as a dfdx tensor stored in `layout` (`d x e` or `e x d`):
 /// returns the loss and `dL/dW` as a tensor of the weight's shape, ready for
 /// [`add_to_gradients`] or [`add_to_gradients_cpu`].
+///
+/// # Errors
+/// As [`simbal_loss`]; [`SimbalError::ZeroDim`] for an empty weight.
 pub fn simbal_loss_tensor<E: Scalar + Dtype, D: Device<E>, R: Dim, C: Dim, T>(
     be: &Dfdx<E, D>,
     cfg: &SimBalConfig,
@@ -132,169 +193,214 @@ pub fn simbal_loss_tensor<E: Scalar + Dtype, D: Device<E>, R: Dim, C: Dim, T>(
         WeightLayout::DxE => (rows, cols),
         WeightLayout::ExD => (cols, rows),
     };
-    let wb = be.buf_from_tensor(w)?;
+    let wb = to_vector(w)?;
     let mut grad = be.zeros(rows * cols)?;
-    let mut ws = SimbalWorkspace::new(be, d, e)?;
-    let loss = simbal_loss(be, cfg, layout, d, e, &wb, Some(&mut grad), &mut ws)?;
-    Ok((loss, be.tensor_from_buf(&grad, *w.shape())?))
+    let mut ws = SimbalWorkspace::new(be, layout, d, e)?;
+    let loss = simbal_loss(be, cfg, &wb, Some(&mut grad), &mut ws)?;
+    Ok((loss, reshaped(&grad, *w.shape())?))
 }
 
-/// A [`Router`] on the dfdx backend driven by dfdx tensors: forward and backward take the tokens
-/// `X` (`n x d`) and the router weight (`d x E` or `E x d` per the router's
-/// [`simbal_core::RouterConfig::layout`]) as tensors, and the results come back as tensors.
-pub trait RouterTensors<E: Dtype, D: Device<E>> {
-    /// [`Router::forward`] from tensors; the weight's shape is checked against the layout.
-    fn forward_tensors<N: Dim, K: Dim, R: Dim, C: Dim, T1, T2>(
-        &mut self,
-        x: &Tensor<(N, K), E, D, T1>,
-        w: &Tensor<(R, C), E, D, T2>,
-        bias: Option<&Vector<E, D>>,
-    ) -> Result<()>;
-
-    /// [`Router::backward`] from tensors, with the gate gradient `dw` (`n x k`).
-    fn backward_tensors<N: Dim, K: Dim, R: Dim, C: Dim, A: Dim, B: Dim, T1, T2, T3>(
-        &mut self,
-        x: &Tensor<(N, K), E, D, T1>,
-        w: &Tensor<(R, C), E, D, T2>,
-        dw: &Tensor<(A, B), E, D, T3>,
-        losses: &LossConfig,
-        global: Option<&RoutingStats>,
-    ) -> Result<LossValues<E>>;
-
-    /// Gates of the last forward pass, `n x k`.
-    fn gates_tensor(&self) -> Result<Matrix<E, D>>;
-    /// Scores of the last forward pass, `n x E`.
-    fn scores_tensor(&self) -> Result<Matrix<E, D>>;
-    /// Chosen experts of the last forward pass, `n x k`, as `usize` for dfdx's `gather`.
-    fn indices_tensor(&self) -> Result<Tensor<(usize, usize), usize, D>>;
-    /// The gates scattered into an `n x E` matrix (zero where an expert was not chosen or the
-    /// assignment was dropped): `y = sum_e G[:, e] * expert_e(X)` combines dense expert outputs.
-    fn dense_gates_tensor(&self) -> Result<Matrix<E, D>>;
-    /// `dL/dX` of the last backward pass, `n x d`.
-    fn dx_tensor(&self) -> Result<Matrix<E, D>>;
-    /// `dL/dW` of the last backward pass in the shape (and type) of the weight `w`.
-    fn dw_like<R: Dim, C: Dim, T>(
-        &self,
-        w: &Tensor<(R, C), E, D, T>,
-    ) -> Result<Tensor<(R, C), E, D>>;
-    /// Adds `dL/dW` of the last backward pass into `grads` for the weight `w` (see
-    /// [`add_to_gradients`] for dfdx's rules on which gradients survive).
-    fn add_weight_grad<R: Dim, C: Dim, T>(
-        &self,
-        grads: &mut Gradients<E, D>,
-        w: &Tensor<(R, C), E, D, T>,
-    ) -> Result<()>;
+/// Tokens `X` (`n x d`) and the router weight as backend buffers, their shapes checked against
+/// a router's configuration: what [`RouterTensors::forward_tensors`] routes. Holding them here
+/// lets the returned [`Pass`] borrow them until its backward.
+#[derive(Debug, Clone)]
+pub struct RouterInputs<E: Dtype, D: Device<E>> {
+    x: Vector<E, D>,
+    w: Vector<E, D>,
 }
 
-/// `(n, k)` of the router's last forward pass.
-fn nk<E: Scalar + Dtype, D: Device<E>>(router: &Router<Dfdx<E, D>>) -> Result<(usize, usize)> {
-    let k = router.config().k;
-    Ok((router.indices()?.len() / k.max(1), k))
-}
-
-/// Checks `x` is `n x d` and `w` matches the router's layout; returns `(n, d)`.
-fn check_xw<E: Scalar + Dtype, D: Device<E>, N: Dim, K: Dim, R: Dim, C: Dim, T1, T2>(
-    router: &Router<Dfdx<E, D>>,
-    x: &Tensor<(N, K), E, D, T1>,
-    w: &Tensor<(R, C), E, D, T2>,
-) -> Result<(usize, usize)> {
-    let (n, d) = (x.shape().0.size(), x.shape().1.size());
-    let e = router.config().experts;
-    let want = weight_shape(router.config().layout, d, e);
-    let got = (w.shape().0.size(), w.shape().1.size());
-    if want != got {
-        return Err(SimbalError::LengthMismatch {
-            what: "router weight (rows x cols for the configured layout and X's width)",
-            expected: want.0 * want.1,
-            got: got.0 * got.1,
-        });
+impl<E: Dtype, D: Device<E>> RouterInputs<E, D> {
+    /// The tokens, flattened row-major.
+    pub fn x(&self) -> &Vector<E, D> {
+        &self.x
     }
-    Ok((n, d))
+    /// The router weight, flattened in its layout.
+    pub fn w(&self) -> &Vector<E, D> {
+        &self.w
+    }
+}
+
+/// A [`Router`] on the dfdx backend driven by dfdx tensors.
+pub trait RouterTensors<E: Scalar + Dtype, D: Device<E>> {
+    /// Tokens `x` (`n x d`) and the router weight `w` (`d x E` or `E x d` per the router's
+    /// [`simbal_core::RouterConfig::layout`]) as buffers (shared when contiguous).
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] when `w`'s shape is not the configured layout's for
+    /// `x`'s width; a dfdx failure while copying a strided tensor.
+    fn tensor_inputs<N: Dim, K: Dim, R: Dim, C: Dim, T1, T2>(
+        &self,
+        x: &Tensor<(N, K), E, D, T1>,
+        w: &Tensor<(R, C), E, D, T2>,
+    ) -> Result<RouterInputs<E, D>>;
+
+    /// [`Router::forward`] of checked tensor inputs.
+    ///
+    /// # Errors
+    /// As [`Router::forward`].
+    fn forward_tensors<'a>(
+        &'a mut self,
+        inputs: &'a RouterInputs<E, D>,
+        bias: Option<&Vector<E, D>>,
+    ) -> Result<Pass<'a, Dfdx<E, D>>>;
 }
 
 impl<E: Scalar + Dtype, D: Device<E>> RouterTensors<E, D> for Router<Dfdx<E, D>> {
-    fn forward_tensors<N: Dim, K: Dim, R: Dim, C: Dim, T1, T2>(
-        &mut self,
+    fn tensor_inputs<N: Dim, K: Dim, R: Dim, C: Dim, T1, T2>(
+        &self,
         x: &Tensor<(N, K), E, D, T1>,
         w: &Tensor<(R, C), E, D, T2>,
+    ) -> Result<RouterInputs<E, D>> {
+        let d = x.shape().1.size();
+        let cfg = self.config();
+        let want = weight_shape(cfg.layout, d, cfg.experts);
+        let got = (w.shape().0.size(), w.shape().1.size());
+        if want != got {
+            return Err(SimbalError::LengthMismatch {
+                what: "router weight (rows x cols for the configured layout and X's width)",
+                expected: want.0.saturating_mul(want.1),
+                got: got.0.saturating_mul(got.1),
+            });
+        }
+        Ok(RouterInputs {
+            x: to_vector(x)?,
+            w: to_vector(w)?,
+        })
+    }
+
+    fn forward_tensors<'a>(
+        &'a mut self,
+        inputs: &'a RouterInputs<E, D>,
         bias: Option<&Vector<E, D>>,
-    ) -> Result<()> {
-        let (n, d) = check_xw(self, x, w)?;
-        let be = self.backend();
-        let xb = be.buf_from_tensor(x)?;
-        let wb = be.buf_from_tensor(w)?;
-        self.forward(&xb, &wb, bias, n, d)
+    ) -> Result<Pass<'a, Dfdx<E, D>>> {
+        self.forward(&inputs.x, &inputs.w, bias)
     }
+}
 
-    fn backward_tensors<N: Dim, K: Dim, R: Dim, C: Dim, A: Dim, B: Dim, T1, T2, T3>(
-        &mut self,
-        x: &Tensor<(N, K), E, D, T1>,
-        w: &Tensor<(R, C), E, D, T2>,
-        dw: &Tensor<(A, B), E, D, T3>,
-        losses: &LossConfig,
-        global: Option<&RoutingStats>,
-    ) -> Result<LossValues<E>> {
-        check_xw(self, x, w)?;
-        let be = self.backend();
-        let xb = be.buf_from_tensor(x)?;
-        let wb = be.buf_from_tensor(w)?;
-        let dwb = be.buf_from_tensor(dw)?;
-        self.backward(&xb, &wb, &dwb, losses, global)
-    }
+/// The routing of a pass as dfdx tensors (a [`Pass`] derefs to its [`Routing`]).
+pub trait RoutingTensors<E: Scalar + Dtype, D: Device<E>> {
+    /// Gates, `n x k`.
+    ///
+    /// # Errors
+    /// A dfdx failure.
+    fn gates_tensor(&self) -> Result<Matrix<E, D>>;
+    /// Scores, `n x E`.
+    ///
+    /// # Errors
+    /// A dfdx failure.
+    fn scores_tensor(&self) -> Result<Matrix<E, D>>;
+    /// Chosen experts, `n x k`, as `usize` for dfdx's `gather`.
+    ///
+    /// # Errors
+    /// A dfdx failure.
+    fn indices_tensor(&self) -> Result<IndexMatrix<D>>;
+    /// The gates scattered into an `n x E` matrix (zero where an expert was not chosen or the
+    /// assignment was dropped): `y = sum_e G[:, e] * expert_e(X)` combines dense expert outputs.
+    ///
+    /// # Errors
+    /// A dfdx failure.
+    fn dense_gates_tensor(&self) -> Result<Matrix<E, D>>;
+}
 
+impl<E: Scalar + Dtype, D: Device<E>> RoutingTensors<E, D> for Routing<Dfdx<E, D>> {
     fn gates_tensor(&self) -> Result<Matrix<E, D>> {
-        let (n, k) = nk(self)?;
-        self.backend().tensor_from_buf(self.gates()?, (n, k))
+        let s = self.shape();
+        reshaped(self.gates(), (s.n, s.k))
     }
 
     fn scores_tensor(&self) -> Result<Matrix<E, D>> {
-        let (n, _) = nk(self)?;
-        let e = self.config().experts;
-        self.backend().tensor_from_buf(self.scores()?, (n, e))
+        let s = self.shape();
+        reshaped(self.scores(), (s.n, s.e))
     }
 
-    fn indices_tensor(&self) -> Result<Tensor<(usize, usize), usize, D>> {
-        let (n, k) = nk(self)?;
-        self.backend().index_tensor(self.indices()?, n, k)
+    fn indices_tensor(&self) -> Result<IndexMatrix<D>> {
+        let s = self.shape();
+        let dev = self.gates().device();
+        dx(dev.try_tensor_from_vec(
+            self.indices().iter().map(|&i| i as usize).collect(),
+            (s.n, s.k),
+        ))
     }
 
     fn dense_gates_tensor(&self) -> Result<Matrix<E, D>> {
-        let (n, k) = nk(self)?;
-        let e = self.config().experts;
-        let be = self.backend();
-        let mut gates = vec![E::zero(); n * k];
-        be.download(self.gates()?, &mut gates)?;
-        let idx = self.indices()?;
-        let dropped = self.dropped()?;
+        let s = self.shape();
+        let (n, e, k) = (s.n, s.e, s.k);
+        let gates = crate::backend::host_vec(self.gates());
         let mut dense = vec![E::zero(); n * e];
-        for (a, (&i, &w)) in idx.iter().zip(&gates).enumerate() {
-            if dropped[a] == 0 && (i as usize) < e {
+        let kept = self.indices().iter().zip(self.dropped()).zip(&gates);
+        for (a, ((&i, &dropped), &w)) in kept.enumerate() {
+            if dropped == 0 && (i as usize) < e {
                 dense[(a / k) * e + i as usize] = w;
             }
         }
-        dx(be.device().try_tensor_from_vec(dense, (n, e)))
+        dx(self.gates().device().try_tensor_from_vec(dense, (n, e)))
     }
+}
 
-    fn dx_tensor(&self) -> Result<Matrix<E, D>> {
-        let (n, _) = nk(self)?;
-        let g = self.dx()?;
-        let d = g.shape().0 / n.max(1);
-        self.backend().tensor_from_buf(g, (n, d))
+/// [`Pass::backward`] with the gate gradient as a tensor.
+pub trait PassTensors<E: Scalar + Dtype, D: Device<E>> {
+    /// Backward from the gate gradient `dw` (`n x k`, any dims) and the configured losses.
+    ///
+    /// # Errors
+    /// As [`Pass::backward`].
+    fn backward_tensors<A: Dim, B: Dim, T>(
+        &mut self,
+        dw: &Tensor<(A, B), E, D, T>,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+    ) -> Result<SimbalGradients<'_, Dfdx<E, D>>>;
+}
+
+impl<E: Scalar + Dtype, D: Device<E>> PassTensors<E, D> for Pass<'_, Dfdx<E, D>> {
+    fn backward_tensors<A: Dim, B: Dim, T>(
+        &mut self,
+        dw: &Tensor<(A, B), E, D, T>,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+    ) -> Result<SimbalGradients<'_, Dfdx<E, D>>> {
+        let dwb = to_vector(dw)?;
+        self.backward(&dwb, losses, global)
     }
+}
 
-    fn dw_like<R: Dim, C: Dim, T>(
-        &self,
-        w: &Tensor<(R, C), E, D, T>,
-    ) -> Result<Tensor<(R, C), E, D>> {
-        self.backend().tensor_from_buf(self.dr()?, *w.shape())
-    }
-
-    fn add_weight_grad<R: Dim, C: Dim, T>(
+/// The gradients of a backward pass as dfdx tensors.
+pub trait GradientTensors<E: Scalar + Dtype, D: Device<E>> {
+    /// `dL/dX` in the shape of the tokens `x`.
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] when `x` is not the pass's tokens' shape.
+    fn dx_like<S: Shape, T>(&self, x: &Tensor<S, E, D, T>) -> Result<Tensor<S, E, D>>;
+    /// `dL/dW` (SimBal's gradient included) in the shape of the weight `w`.
+    ///
+    /// # Errors
+    /// [`SimbalError::LengthMismatch`] when `w` is not the pass's weight's shape.
+    fn dr_like<S: Shape, T>(&self, w: &Tensor<S, E, D, T>) -> Result<Tensor<S, E, D>>;
+    /// Adds `dL/dW` into `grads` for the weight `w` (see [`add_to_gradients`] for dfdx's rules
+    /// on which gradients survive).
+    ///
+    /// # Errors
+    /// As [`GradientTensors::dr_like`] and [`add_to_gradients`].
+    fn add_weight_grad<S: Shape, T>(
         &self,
         grads: &mut Gradients<E, D>,
-        w: &Tensor<(R, C), E, D, T>,
+        w: &Tensor<S, E, D, T>,
+    ) -> Result<()>;
+}
+
+impl<E: Scalar + Dtype, D: Device<E>> GradientTensors<E, D> for SimbalGradients<'_, Dfdx<E, D>> {
+    fn dx_like<S: Shape, T>(&self, x: &Tensor<S, E, D, T>) -> Result<Tensor<S, E, D>> {
+        reshaped(self.dx, *x.shape())
+    }
+
+    fn dr_like<S: Shape, T>(&self, w: &Tensor<S, E, D, T>) -> Result<Tensor<S, E, D>> {
+        reshaped(self.dr, *w.shape())
+    }
+
+    fn add_weight_grad<S: Shape, T>(
+        &self,
+        grads: &mut Gradients<E, D>,
+        w: &Tensor<S, E, D, T>,
     ) -> Result<()> {
-        let g = self.dw_like(w)?;
-        add_to_gradients(grads, w, &g)
+        add_to_gradients(grads, w, &self.dr_like(w)?)
     }
 }

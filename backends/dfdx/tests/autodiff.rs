@@ -8,6 +8,9 @@
 //! objective `sum(W * dW) + losses`. simbal's `dX` and `dR` (its [`Router`] on the dfdx backend)
 //! must equal the tape's gradients to 1e-9 relative, and the loss values must agree too.
 
+mod common;
+
+use common::NORMS;
 use dfdx::shapes::{Axes2, Axis};
 use dfdx::tensor::{Cpu, OwnedTape, Tensor, TensorFromVec, Trace, WithEmptyTape};
 use dfdx::tensor_ops::{
@@ -16,7 +19,7 @@ use dfdx::tensor_ops::{
 };
 use proptest::prelude::*;
 use simbal_core::{
-    Backend, Capacity, DropPolicy, LblConfig, LblLevel, LblNormalization, LossConfig, LossValues,
+    Capacity, DropPolicy, LblConfig, LblLevel, LblNormalization, LossConfig, LossValues, Memory,
     Rng, Router, RouterConfig, RoutingStats, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
     ZLossConfig,
 };
@@ -56,28 +59,42 @@ struct Side {
 struct Routing {
     idx: Vec<u32>,
     dropped: Vec<u32>,
+    /// The smallest renormalisation denominator `sum_j p_{i_j}` over tokens (1 without
+    /// renormalisation): the gate gradient's terms scale with its inverse.
+    min_denominator: f64,
 }
 
 fn simbal_side(c: &Case) -> (Side, Routing) {
     let be = Dfdx::<f64>::cpu();
     let mut router = Router::new(be.clone(), c.cfg).unwrap();
-    let x = be.upload(&c.x).unwrap();
-    let r = be.upload(&c.r).unwrap();
-    let dw = be.upload(&c.dw).unwrap();
+    let [x, r, dw] = [&c.x, &c.r, &c.dw].map(|v| be.upload(v).unwrap());
     let bias = c.bias.as_ref().map(|b| be.upload(b).unwrap());
-    router.forward(&x, &r, bias.as_ref(), c.n, c.d).unwrap();
-    let v: LossValues<f64> = router
-        .backward(&x, &r, &dw, &c.losses, c.global.as_ref())
-        .unwrap();
-    let down = |b: &simbal_dfdx::Vector<f64>| b.as_vec();
-    let side = Side {
-        values: [v.simbal, v.lbl, v.z_loss],
-        dx: down(router.dx().unwrap()),
-        dr: down(router.dr().unwrap()),
+    let mut pass = router.forward(&x, &r, bias.as_ref()).unwrap();
+    let (e, k) = (c.cfg.experts, c.cfg.k);
+    let p = pass.scores().as_vec();
+    let idx = pass.indices().to_vec();
+    let min_denominator = if c.cfg.renormalize {
+        (0..c.n)
+            .map(|t| {
+                (0..k)
+                    .map(|j| p[t * e + idx[t * k + j] as usize])
+                    .sum::<f64>()
+            })
+            .fold(f64::INFINITY, f64::min)
+    } else {
+        1.0
     };
     let routing = Routing {
-        idx: router.indices().unwrap().clone(),
-        dropped: router.dropped().unwrap().clone(),
+        idx,
+        dropped: pass.dropped().to_vec(),
+        min_denominator,
+    };
+    let g = pass.backward(&dw, &c.losses, c.global.as_ref()).unwrap();
+    let v: LossValues<f64> = g.losses;
+    let side = Side {
+        values: [v.simbal, v.lbl, v.z_loss],
+        dx: g.dx.as_vec(),
+        dr: g.dr.as_vec(),
     };
     (side, routing)
 }
@@ -260,13 +277,13 @@ fn lbl_tape(dev: &Cpu, c: &Case, rt: &Routing, lc: LblConfig, p: M2) -> S0 {
         .unwrap()
 }
 
-/// `max |a - b| <= TOL * max(max |b|, 1e-6)`. The floor covers gradients that are zero
+/// `max |a - b| <= TOL * max(max |b|, floor)`. The floor covers gradients that are zero
 /// analytically (a renormalised gate with k = 1 is the constant `s`; an LBL whose scores sum to
-/// one with uniform counts): both sides then carry rounding noise of their O(1) intermediates,
-/// about 1e-16.
-fn assert_close(what: &str, got: &[f64], want: &[f64]) -> Result<(), TestCaseError> {
+/// one with uniform counts): both sides then carry rounding noise of the intermediates that
+/// cancel, about 1e-16 of their size; `floor` is 1e-6 of that size (see [`cancel_scale`]).
+fn assert_close(what: &str, got: &[f64], want: &[f64], floor: f64) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len(), "{} lengths", what);
-    let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
     let err = got
         .iter()
         .zip(want)
@@ -283,45 +300,40 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) -> Result<(), TestCaseErr
     Ok(())
 }
 
+/// `R[i, a]` of the case's weight, whichever layout stores it.
+fn weight_at(c: &Case, i: usize, a: usize) -> f64 {
+    let (d, e) = (c.d, c.cfg.experts);
+    match c.cfg.layout {
+        WeightLayout::DxE => c.r[i * e + a],
+        WeightLayout::ExD => c.r[a * d + i],
+    }
+}
+
 /// Rejects cases at SimBal's L1 kink (`G_ab` within 1e-8 of 0), where the two gradients may
 /// legitimately differ.
 fn away_from_l1_kink(c: &Case) -> bool {
-    let Some(sc) = c.losses.simbal else {
-        return true;
-    };
-    if sc.norm != SimBalNorm::L1 {
+    if c.losses.simbal.map(|s| s.norm) != Some(SimBalNorm::L1) {
         return true;
     }
     let (d, e) = (c.d, c.cfg.experts);
-    let at = |i: usize, a: usize| match c.cfg.layout {
-        WeightLayout::DxE => c.r[i * e + a],
-        WeightLayout::ExD => c.r[a * d + i],
+    let column_dot = |a: usize, b: usize| -> f64 {
+        (0..d)
+            .map(|i| weight_at(c, i, a) * weight_at(c, i, b))
+            .sum()
     };
-    (0..e).all(|a| {
-        (0..e).all(|b| {
-            let g: f64 =
-                (0..d).map(|i| at(i, a) * at(i, b)).sum::<f64>() - if a == b { 1.0 } else { 0.0 };
-            g.abs() > 1e-8
-        })
-    })
+    (0..e).all(|a| (0..e).all(|b| (column_dot(a, b) - f64::from(a == b)).abs() > 1e-8))
 }
 
 /// Rejects ScaleFree cases where the column normalisation is degenerate: `D = 1` (every unit
 /// column is +-1, so the gradient is zero analytically and both sides return rounding noise) or a
 /// column shorter than 0.1 (the normalisation's singularity at 0 amplifies that noise).
 fn scale_free_well_posed(c: &Case) -> bool {
-    let Some(sc) = c.losses.simbal else {
-        return true;
-    };
-    if sc.norm != SimBalNorm::ScaleFree {
+    if c.losses.simbal.map(|s| s.norm) != Some(SimBalNorm::ScaleFree) {
         return true;
     }
     let (d, e) = (c.d, c.cfg.experts);
-    let at = |i: usize, a: usize| match c.cfg.layout {
-        WeightLayout::DxE => c.r[i * e + a],
-        WeightLayout::ExD => c.r[a * d + i],
-    };
-    d >= 2 && (0..e).all(|a| (0..d).map(|i| at(i, a) * at(i, a)).sum::<f64>() >= 0.01)
+    let sq_norm = |a: usize| -> f64 { (0..d).map(|i| weight_at(c, i, a).powi(2)).sum() };
+    d >= 2 && (0..e).all(|a| sq_norm(a) >= 0.01)
 }
 
 fn check(c: &Case) -> Result<(), TestCaseError> {
@@ -334,11 +346,22 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
             &format!("{name} value"),
             &[ours.values[i]],
             &[tape.values[i]],
+            1e-6,
         )?;
     }
-    assert_close("dX", &ours.dx, &tape.dx)?;
-    assert_close("dR", &ours.dr, &tape.dr)?;
+    let floor = 1e-6 * cancel_scale(c, &routing);
+    assert_close("dX", &ours.dx, &tape.dx, floor)?;
+    assert_close("dR", &ours.dr, &tape.dr, floor)?;
     Ok(())
+}
+
+/// The size of the gradient terms that cancel where a gradient is zero analytically, at least
+/// 1: the gate term's `s dW / sum_j p_{i_j}` (renormalised) times the larger of `|X|` and `|R|`,
+/// which the chain rule multiplies it by.
+fn cancel_scale(c: &Case, rt: &Routing) -> f64 {
+    let max_abs = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let gate = c.cfg.scale.abs() * max_abs(&c.dw) / rt.min_denominator;
+    (gate * max_abs(&c.x).max(max_abs(&c.r))).max(1.0)
 }
 
 /// Sizes, data and a router configuration; `extra` picks options.
@@ -433,7 +456,7 @@ proptest! {
     /// SimBal L1, FrobeniusSq and ScaleFree alone (zero gate gradient), either layout.
     #[test]
     fn simbal_variants_match_tape(p in case_strategy(), which in 0usize..3, lambda in 0.01f64..2.0) {
-        let norm = [SimBalNorm::L1, SimBalNorm::FrobeniusSq, SimBalNorm::ScaleFree][which];
+        let norm = NORMS[which];
         check(&build(p, |_, _| LossConfig::none().with_simbal(SimBalConfig { lambda, norm }), true))?;
     }
 
@@ -460,7 +483,7 @@ proptest! {
     /// The combined objective sum(W * dW) + SimBal + LBL + z-loss.
     #[test]
     fn combined_objective_matches_tape(p in case_strategy(), which in 0usize..3, seq in any::<bool>()) {
-        let norm = [SimBalNorm::L1, SimBalNorm::FrobeniusSq, SimBalNorm::ScaleFree][which];
+        let norm = NORMS[which];
         check(&build(p, |_, t| {
             LossConfig::none()
                 .with_simbal(SimBalConfig { lambda: 0.1, norm })
@@ -480,7 +503,8 @@ fn cross_check_detects_a_wrong_gradient() {
     let c = build((2, 3, 4, 5, 1, 11, 0), |_, _| LossConfig::simbal(), false);
     let (mut ours, routing) = simbal_side(&c);
     let tape = tape_side(&c, &routing);
-    assert!(assert_close("dR", &ours.dr, &tape.dr).is_ok());
+    let floor = 1e-6 * cancel_scale(&c, &routing);
+    assert!(assert_close("dR", &ours.dr, &tape.dr, floor).is_ok());
     ours.dr[3] += 1e-6;
-    assert!(assert_close("dR", &ours.dr, &tape.dr).is_err());
+    assert!(assert_close("dR", &ours.dr, &tape.dr, floor).is_err());
 }

@@ -1,47 +1,28 @@
 //! The dfdx backend against the scalar reference, kernel by kernel and through whole router steps,
 //! at the SPEC's tolerances (f64 1e-10, f32 1e-4, relative to the output's scale).
 
+mod common;
+
+use common::{close, close_scalar, down, rand_vec, refused, NORMS};
 use dfdx::tensor::Cpu;
 use dfdx::tensor_ops::Device;
-use simbal_core::ops::gemm::gemm_reference;
+use simbal_core::gemm::gemm_reference;
+use simbal_core::lbl::kernels::GroupSums;
+use simbal_core::metrics::Entropy;
+use simbal_core::router::kernels::{BackwardRequest, Logits, Route, RouteRequest, RouterBackward};
+use simbal_core::zloss::LseSqSum;
 use simbal_core::{
-    Backend, DropPolicy, Gemm, LblConfig, LblLevel, LblNormalization, LossConfig, Reference, Rng,
-    Router, RouterConfig, RoutingStats, Scalar, ScoreFn, SimBalConfig, SimBalNorm, SimbalError,
-    SimbalWorkspace, WeightLayout, ZLossConfig,
+    Backend, DropPolicy, Gemm, GemmArgs, Gradients, LblConfig, LblLevel, LblNormalization,
+    LossConfig, Memory, Reference, Rng, Router, RouterConfig, Routing, RoutingStats, Scalar,
+    ScoreFn, SimBalConfig, SimBalNorm, SimbalError, SimbalWorkspace, WeightLayout, ZLossConfig,
 };
 use simbal_dfdx::Dfdx;
 
-fn rand_vec<T: Scalar>(rng: &mut Rng, len: usize) -> Vec<T> {
-    let mut v = vec![T::zero(); len];
-    rng.fill_normal(1.0, &mut v);
-    v
-}
+/// Element types the backend runs in on dfdx's `Cpu`.
+trait Elem: Scalar + dfdx::shapes::Dtype {}
+impl<T: Scalar + dfdx::shapes::Dtype> Elem for T where Cpu: Device<T> {}
 
-/// `max |a - b| <= tol * max(1, max |b|)`.
-fn close<T: Scalar>(what: &str, a: &[T], b: &[T]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.to_f64_lossy().abs()));
-    let err = a.iter().zip(b).fold(0.0f64, |m, (x, y)| {
-        m.max((x.to_f64_lossy() - y.to_f64_lossy()).abs())
-    });
-    assert!(
-        err <= T::CONFORMANCE_TOL * scale,
-        "{what}: max error {err:e} over scale {scale:e} (tol {:e})",
-        T::CONFORMANCE_TOL
-    );
-}
-
-fn close_scalar<T: Scalar>(what: &str, a: T, b: T) {
-    close(what, &[a], &[b]);
-}
-
-fn down<B: Backend>(b: &B, buf: &B::Buf) -> Vec<B::Elem> {
-    let mut v = vec![B::Elem::of(0.0); b.len(buf)];
-    b.download(buf, &mut v).expect("download");
-    v
-}
-
-fn check_gemm<T: Scalar + dfdx::shapes::Dtype>()
+fn check_gemm<T: Elem>()
 where
     Cpu: Device<T>,
 {
@@ -61,13 +42,14 @@ where
                         c[0] = T::nan(); // beta = 0 ignores C, even NaN
                     }
                     let mut cd = be.upload(&c).unwrap();
-                    be.gemm(
-                        &g,
-                        &be.upload(&a).unwrap(),
-                        &be.upload(&b).unwrap(),
-                        &mut cd,
-                    )
-                    .unwrap();
+                    let (ad, bd) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+                    let args = GemmArgs {
+                        gemm: g,
+                        a: &ad,
+                        b: &bd,
+                        c: &mut cd,
+                    };
+                    be.gemm(args.check(&be).unwrap()).unwrap();
                     gemm_reference(&g, &a, &b, &mut c);
                     close(
                         &format!("gemm {m}x{n}x{k} ta={ta} tb={tb} a={alpha} b={beta}"),
@@ -79,45 +61,89 @@ where
         }
     }
     // Wrong operand lengths are errors, not panics.
-    let mut c = be.zeros(4).unwrap();
-    let err = be
-        .gemm(
-            &Gemm::new(2, 2, 2),
-            &be.zeros(3).unwrap(),
-            &be.zeros(4).unwrap(),
-            &mut c,
-        )
-        .unwrap_err();
+    let (a, b, mut c) = (
+        be.zeros(3).unwrap(),
+        be.zeros(4).unwrap(),
+        be.zeros(4).unwrap(),
+    );
+    let args = GemmArgs {
+        gemm: Gemm::new(2, 2, 2),
+        a: &a,
+        b: &b,
+        c: &mut c,
+    };
+    let err = refused(args.check(&be));
     assert!(matches!(err, SimbalError::LengthMismatch { .. }), "{err:?}");
 }
 
-#[test]
-fn gemm_matches_reference_f64() {
-    check_gemm::<f64>();
+/// Every buffer of a dfdx routing against the reference's: index buffers exactly, element
+/// buffers to tolerance.
+fn compare_routing<T: Elem>(
+    tag: &str,
+    be: &Dfdx<T>,
+    d: &Routing<Dfdx<T>>,
+    r: &Routing<Reference<T>>,
+) where
+    Cpu: Device<T>,
+{
+    assert_eq!(d.shape(), r.shape(), "shape {tag}");
+    for (what, got, want) in [
+        ("indices", d.indices(), r.indices()),
+        ("dropped", d.dropped(), r.dropped()),
+        ("counts", d.counts(), r.counts()),
+        ("dispatch order", d.dispatch_order(), r.dispatch_order()),
+        (
+            "dispatch offsets",
+            d.dispatch_offsets(),
+            r.dispatch_offsets(),
+        ),
+    ] {
+        assert_eq!(got, want, "{what} {tag}");
+    }
+    for (what, got, want) in [
+        ("logits", d.logits(), r.logits()),
+        ("scores", d.scores(), r.scores()),
+        ("gates", d.gates(), r.gates()),
+    ] {
+        close(&format!("{what} {tag}"), &down(be, got), want);
+    }
 }
 
-#[test]
-fn gemm_matches_reference_f32() {
-    check_gemm::<f32>();
+/// The loss values and gradients of a dfdx backward against the reference's.
+fn compare_gradients<T: Elem>(
+    tag: &str,
+    be: &Dfdx<T>,
+    d: &Gradients<'_, Dfdx<T>>,
+    r: &Gradients<'_, Reference<T>>,
+) where
+    Cpu: Device<T>,
+{
+    let (ld, lr) = (d.losses, r.losses);
+    close(
+        &format!("loss values {tag}"),
+        &[ld.simbal, ld.lbl, ld.z_loss, ld.total],
+        &[lr.simbal, lr.lbl, lr.z_loss, lr.total],
+    );
+    for (what, got, want) in [("dz", d.dz, r.dz), ("dx", d.dx, r.dx), ("dr", d.dr, r.dr)] {
+        close(&format!("{what} {tag}"), &down(be, got), want);
+    }
 }
 
 /// One router configuration and loss set, run on both backends and compared.
-fn check_step<T: Scalar + dfdx::shapes::Dtype>(
+fn check_step<T: Elem>(
     cfg: RouterConfig,
     losses: LossConfig,
-    n: usize,
-    d: usize,
+    (n, d): (usize, usize),
     seed: u64,
     with_bias: bool,
 ) where
     Cpu: Device<T>,
 {
     let e = cfg.experts;
-    let k = cfg.k;
     let mut rng = Rng::new(seed);
     let x: Vec<T> = rand_vec(&mut rng, n * d);
     let r: Vec<T> = rand_vec(&mut rng, d * e);
-    let dw: Vec<T> = rand_vec(&mut rng, n * k);
+    let dw: Vec<T> = rand_vec(&mut rng, n * cfg.k);
     let bias: Vec<T> = rand_vec::<T>(&mut rng, e)
         .iter()
         .map(|v| *v * T::of(0.05))
@@ -129,89 +155,32 @@ fn check_step<T: Scalar + dfdx::shapes::Dtype>(
         dropped: 0,
     };
 
-    let rb = Reference::<T>::new();
     let db = Dfdx::<T>::cpu();
-    let mut rr = Router::new(rb, cfg).unwrap();
+    let mut rr = Router::new(Reference::<T>::new(), cfg).unwrap();
     let mut dr = Router::new(db.clone(), cfg).unwrap();
-    let (xr, rr_w, dwr, br) = (x.clone(), r.clone(), dw.clone(), bias.clone());
-    let (xd, rd_w, dwd, bd) = (
-        db.upload(&x).unwrap(),
-        db.upload(&r).unwrap(),
-        db.upload(&dw).unwrap(),
-        db.upload(&bias).unwrap(),
-    );
-    rr.forward(&xr, &rr_w, with_bias.then_some(&br), n, d)
+    let [xd, rd, dwd, bd] = [&x, &r, &dw, &bias].map(|v| db.upload(v).unwrap());
+    let mut pr = rr
+        .forward(&x, &r, with_bias.then_some(bias.as_slice()))
         .unwrap();
-    dr.forward(&xd, &rd_w, with_bias.then_some(&bd), n, d)
-        .unwrap();
+    let mut pd = dr.forward(&xd, &rd, with_bias.then_some(&bd)).unwrap();
     let tag = format!("{cfg:?} {losses:?} n={n} d={d}");
-    assert_eq!(
-        rr.indices().unwrap(),
-        dr.indices().unwrap(),
-        "indices {tag}"
-    );
-    assert_eq!(
-        rr.dropped().unwrap(),
-        dr.dropped().unwrap(),
-        "dropped {tag}"
-    );
-    assert_eq!(rr.counts().unwrap(), dr.counts().unwrap(), "counts {tag}");
-    assert_eq!(
-        rr.dispatch_offsets().unwrap(),
-        dr.dispatch_offsets().unwrap(),
-        "offsets {tag}"
-    );
-    close(
-        &format!("logits {tag}"),
-        &down(&db, dr.logits().unwrap()),
-        rr.logits().unwrap(),
-    );
-    close(
-        &format!("scores {tag}"),
-        &down(&db, dr.scores().unwrap()),
-        rr.scores().unwrap(),
-    );
-    close(
-        &format!("gates {tag}"),
-        &down(&db, dr.gates().unwrap()),
-        rr.gates().unwrap(),
-    );
+    compare_routing(&tag, &db, &pd, &pr);
     close_scalar(
         &format!("entropy {tag}"),
-        dr.routing_entropy().unwrap(),
-        rr.routing_entropy().unwrap(),
+        pd.routing_entropy().unwrap(),
+        pr.routing_entropy().unwrap(),
     );
-    let lr = rr
-        .backward(&xr, &rr_w, &dwr, &losses, Some(&global))
-        .unwrap();
-    let ld = dr
-        .backward(&xd, &rd_w, &dwd, &losses, Some(&global))
-        .unwrap();
-    close_scalar(&format!("simbal {tag}"), ld.simbal, lr.simbal);
-    close_scalar(&format!("lbl {tag}"), ld.lbl, lr.lbl);
-    close_scalar(&format!("z-loss {tag}"), ld.z_loss, lr.z_loss);
-    close(
-        &format!("dz {tag}"),
-        &down(&db, dr.dz().unwrap()),
-        rr.dz().unwrap(),
-    );
-    close(
-        &format!("dx {tag}"),
-        &down(&db, dr.dx().unwrap()),
-        rr.dx().unwrap(),
-    );
-    close(
-        &format!("dr {tag}"),
-        &down(&db, dr.dr().unwrap()),
-        rr.dr().unwrap(),
-    );
-    let (sr, sd) = (rr.stats().unwrap(), dr.stats().unwrap());
+    let (sr, sd) = (pr.stats().unwrap(), pd.stats().unwrap());
     assert_eq!(sr.counts, sd.counts);
+    let in_t = |v: &[f64]| v.iter().map(|&s| T::of(s)).collect::<Vec<T>>();
     close(
         &format!("score sums {tag}"),
-        &sd.score_sums.iter().map(|&v| T::of(v)).collect::<Vec<T>>(),
-        &sr.score_sums.iter().map(|&v| T::of(v)).collect::<Vec<T>>(),
+        &in_t(&sd.score_sums),
+        &in_t(&sr.score_sums),
     );
+    let gr = pr.backward(&dw, &losses, Some(&global)).unwrap();
+    let gd = pd.backward(&dwd, &losses, Some(&global)).unwrap();
+    compare_gradients(&tag, &db, &gd, &gr);
 }
 
 fn configs(e: usize, k: usize) -> Vec<RouterConfig> {
@@ -260,7 +229,7 @@ fn loss_sets(n: usize) -> Vec<LossConfig> {
     ]
 }
 
-fn check_all<T: Scalar + dfdx::shapes::Dtype>()
+fn check_all<T: Elem>()
 where
     Cpu: Device<T>,
 {
@@ -269,36 +238,43 @@ where
     for cfg in configs(e, k) {
         for losses in loss_sets(n) {
             seed += 1;
-            check_step::<T>(cfg, losses, n, d, seed, seed % 2 == 0);
+            check_step::<T>(cfg, losses, (n, d), seed, seed % 2 == 0);
         }
     }
     // k = E and E = 1.
     check_step::<T>(
         RouterConfig::new(3, 3),
         LossConfig::simbal(),
-        5,
-        4,
+        (5, 4),
         99,
         false,
     );
     check_step::<T>(
         RouterConfig::new(1, 1),
         LossConfig::switch(),
-        5,
-        4,
+        (5, 4),
         98,
         true,
     );
 }
 
-#[test]
-fn router_steps_match_reference_f64() {
-    check_all::<f64>();
+/// A `#[test]` per element type of each generic check.
+macro_rules! in_f64_and_f32 {
+    ($($check:ident => $f64:ident, $f32:ident;)*) => {$(
+        #[test]
+        fn $f64() {
+            $check::<f64>();
+        }
+        #[test]
+        fn $f32() {
+            $check::<f32>();
+        }
+    )*};
 }
 
-#[test]
-fn router_steps_match_reference_f32() {
-    check_all::<f32>();
+in_f64_and_f32! {
+    check_gemm => gemm_matches_reference_f64, gemm_matches_reference_f32;
+    check_all => router_steps_match_reference_f64, router_steps_match_reference_f32;
 }
 
 /// SimBal composed from dfdx ops against the independent direct formula, every variant, both
@@ -309,11 +285,7 @@ fn simbal_matches_direct_formula() {
     let mut rng = Rng::new(5);
     for &(d, e) in &[(6, 4), (3, 5), (1, 1), (8, 8)] {
         for layout in [WeightLayout::DxE, WeightLayout::ExD] {
-            for norm in [
-                SimBalNorm::L1,
-                SimBalNorm::FrobeniusSq,
-                SimBalNorm::ScaleFree,
-            ] {
+            for norm in NORMS {
                 let cfg = SimBalConfig { lambda: 0.3, norm };
                 let mut r: Vec<f64> = rand_vec(&mut rng, d * e);
                 if norm == SimBalNorm::ScaleFree && e > 1 {
@@ -328,7 +300,7 @@ fn simbal_matches_direct_formula() {
                 }
                 let init: Vec<f64> = rand_vec(&mut rng, d * e);
                 let mut want = init.clone();
-                let lw = simbal_core::ops::simbal::simbal_direct(
+                let lw = simbal_core::simbal::reference::simbal_direct(
                     &cfg,
                     layout,
                     d,
@@ -338,10 +310,8 @@ fn simbal_matches_direct_formula() {
                 );
                 let rb = be.upload(&r).unwrap();
                 let mut g = be.upload(&init).unwrap();
-                let mut ws = SimbalWorkspace::new(&be, d, e).unwrap();
-                let l =
-                    simbal_core::simbal_loss(&be, &cfg, layout, d, e, &rb, Some(&mut g), &mut ws)
-                        .unwrap();
+                let mut ws = SimbalWorkspace::new(&be, layout, d, e).unwrap();
+                let l = simbal_core::simbal_loss(&be, &cfg, &rb, Some(&mut g), &mut ws).unwrap();
                 let tag = format!("{norm:?} {layout:?} d={d} e={e}");
                 close_scalar(&format!("loss {tag}"), l, lw);
                 close(&format!("grad {tag}"), &down(&be, &g), &want);
@@ -350,130 +320,49 @@ fn simbal_matches_direct_formula() {
     }
 }
 
+/// Routes `z` (`n x E`) from logits on both backends, compares the routing, then runs the LBL
+/// backward on both and returns the dfdx `dZ` after comparing it too.
+fn logits_step(cfg: RouterConfig, n: usize, z: &[f32], dw: &[f32]) -> Vec<f32> {
+    let be = Dfdx::<f32>::cpu();
+    let mut dr = Router::new(be.clone(), cfg).unwrap();
+    let mut rr = Router::new(Reference::<f32>::new(), cfg).unwrap();
+    let zd = be.upload(z).unwrap();
+    let mut pd = dr.forward_logits(&zd, None).unwrap();
+    let mut pr = rr.forward_logits(z, None).unwrap();
+    assert_eq!(pd.tokens(), n);
+    let tag = format!("{cfg:?}");
+    compare_routing(&tag, &be, &pd, &pr);
+    let p = down(&be, pd.scores());
+    assert!(p.iter().all(|v| v.is_finite()), "{tag}: {p:?}");
+    let losses = LossConfig::none().with_lbl(LblConfig::default());
+    let gd = pd.backward(&be.upload(dw).unwrap(), &losses, None).unwrap();
+    let gr = pr.backward(dw, &losses, None).unwrap();
+    let dz = down(&be, gd.dz);
+    assert!(dz.iter().all(|v| v.is_finite()), "{tag}: {dz:?}");
+    close(&format!("dz {tag}"), &dz, gr.dz);
+    close_scalar(&format!("lbl {tag}"), gd.losses.lbl, gr.losses.lbl);
+    dz
+}
+
 /// SPEC: finite logits never give non-finite outputs, even at 1e30 in f32.
 #[test]
 fn huge_logits_stay_finite_f32() {
-    let be = Dfdx::<f32>::cpu();
-    let (n, e, k) = (3, 4, 2);
     let z: Vec<f32> = vec![
         1e30, 1e30, -1e30, 0.0, //
         -1e30, 5e29, 1e30, -3e29, //
         0.0, 0.0, 0.0, 0.0,
     ];
     for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
-        let cfg = RouterConfig::new(e, k).with_score(score);
-        let mut dr = Router::new(be.clone(), cfg).unwrap();
-        let mut rr = Router::new(Reference::<f32>::new(), cfg).unwrap();
-        dr.forward_logits(&be.upload(&z).unwrap(), None, n).unwrap();
-        rr.forward_logits(&z, None, n).unwrap();
-        let p = down(&be, dr.scores().unwrap());
-        assert!(p.iter().all(|v| v.is_finite()), "{score:?}: {p:?}");
-        close(&format!("{score:?} scores"), &p, rr.scores().unwrap());
-        assert_eq!(dr.indices().unwrap(), rr.indices().unwrap());
+        let cfg = RouterConfig::new(4, 2).with_score(score);
+        logits_step(cfg, 3, &z, &[1.0; 6]);
         // Ties go to the lower index: row 0 picks experts 0 and 1.
-        assert_eq!(&dr.indices().unwrap()[..2], &[0, 1]);
-        let dw = vec![1.0f32; n * k];
-        let losses = LossConfig::none().with_lbl(LblConfig::default());
-        dr.backward_logits(&be.upload(&dw).unwrap(), &losses, None)
+        let be = Dfdx::<f32>::cpu();
+        let mut router = Router::new(be.clone(), cfg).unwrap();
+        let pass = router
+            .forward_logits(&be.upload(&z).unwrap(), None)
             .unwrap();
-        rr.backward_logits(&dw, &losses, None).unwrap();
-        let dz = down(&be, dr.dz().unwrap());
-        assert!(dz.iter().all(|v| v.is_finite()));
-        close(&format!("{score:?} dz"), &dz, rr.dz().unwrap());
+        assert_eq!(&pass.indices()[..2], &[0, 1]);
     }
-}
-
-#[test]
-fn kernels_refuse_bad_lengths() {
-    let be = Dfdx::<f64>::cpu();
-    let cfg = RouterConfig::new(4, 2);
-    let z = be.zeros(8).unwrap();
-    let mut p = be.zeros(7).unwrap();
-    let mut idx = be.idx_zeros(4).unwrap();
-    let mut gates = be.zeros(4).unwrap();
-    let err = be
-        .route_rows(&cfg, 2, &z, None, &mut p, &mut idx, &mut gates)
-        .unwrap_err();
-    assert!(
-        matches!(err, SimbalError::LengthMismatch { what: "scores", .. }),
-        "{err:?}"
-    );
-    let mut buf = be.zeros(3).unwrap();
-    assert!(be.write(&mut buf, &[1.0, 2.0]).is_err());
-    assert!(be.download(&buf, &mut [0.0; 4]).is_err());
-    let mut out = be.zeros(4).unwrap();
-    let err = be
-        .group_column_sums(6, 2, 4, &be.zeros(12).unwrap(), &mut out)
-        .unwrap_err();
-    assert!(matches!(err, SimbalError::SequenceLength { .. }), "{err:?}");
-    // An out-of-range index reaches the backward kernel: an error, not a dfdx panic.
-    let p = be.upload(&[0.25; 8]).unwrap();
-    let idx = vec![0, 9, 1, 2];
-    let mut dz = be.zeros(8).unwrap();
-    let err = be
-        .router_backward_rows(
-            &cfg,
-            2,
-            &z,
-            &p,
-            &idx,
-            &be.zeros(4).unwrap(),
-            &vec![0; 4],
-            &be.zeros(4).unwrap(),
-            None,
-            0.0,
-            &mut dz,
-        )
-        .unwrap_err();
-    assert!(matches!(err, SimbalError::Backend { .. }), "{err:?}");
-    assert!(!be.is_host());
-    assert_eq!(be.name(), "dfdx-cpu-f64");
-    assert_eq!(Dfdx::<f32>::cpu().name(), "dfdx-cpu-f32");
-}
-
-#[test]
-fn routing_entropy_and_lse_match_reference() {
-    let be = Dfdx::<f64>::cpu();
-    let rb = Reference::<f64>::new();
-    let (n, e) = (5, 3);
-    // Row 1 all zero (skipped), row 2 has zeros (0 ln 0 = 0), rows unnormalised (sigmoid-like).
-    let p = vec![
-        0.2, 0.3, 0.5, 0.0, 0.0, 0.0, 0.0, 0.7, 0.1, 0.9, 0.9, 0.9, 1e-300, 0.5, 0.25,
-    ];
-    let a = be.routing_entropy(n, e, &be.upload(&p).unwrap()).unwrap();
-    let b = rb.routing_entropy(n, e, &p).unwrap();
-    close_scalar("entropy", a, b);
-    assert!(matches!(
-        be.routing_entropy(0, e, &be.zeros(0).unwrap()),
-        Err(SimbalError::ZeroDim { .. })
-    ));
-    let z = vec![
-        1.0, -2.0, 3.0, 700.0, 700.0, -700.0, 0.0, 0.0, 0.0, 1e-3, 2e-3, 3e-3, -5.0, -6.0, -7.0,
-    ];
-    close_scalar(
-        "lse^2 sum",
-        be.lse_sq_sum(n, e, &be.upload(&z).unwrap()).unwrap(),
-        rb.lse_sq_sum(n, e, &z).unwrap(),
-    );
-}
-
-#[test]
-fn max_abs_sees_nan_and_infinity() {
-    let be = Dfdx::<f64>::cpu();
-    let rb = Reference::<f64>::new();
-    for v in [
-        vec![],
-        vec![-3.0, 2.0, 1.0],
-        vec![0.5, f64::NEG_INFINITY, 1.0],
-        vec![1.0, f64::NAN, f64::INFINITY],
-    ] {
-        let a = be.max_abs(&be.upload(&v).unwrap()).unwrap();
-        let b = rb.max_abs(&v).unwrap();
-        assert!(a == b || (a.is_nan() && b.is_nan()), "{v:?}: {a} vs {b}");
-    }
-    assert_eq!(be.max_abs(&be.zeros(0).unwrap()).unwrap(), 0.0);
-    // Empty buffers download without touching dfdx's iterator.
-    be.download(&be.zeros(0).unwrap(), &mut []).unwrap();
 }
 
 /// Saturated sigmoid rows (every chosen score 0) with renormalisation and a large scale: the
@@ -484,19 +373,224 @@ fn saturated_sigmoid_rows_give_finite_gradients() {
         let cfg = RouterConfig::new(4, 2)
             .with_score(ScoreFn::Sigmoid)
             .with_scale(scale);
-        let z = vec![-1e30f32, -1e30, -1e30, -1e30, 0.3, -0.2, 0.1, 0.0];
-        let dw = vec![0.5f32, -1.0, 0.25, 2.0];
-        let be = Dfdx::<f32>::cpu();
-        let mut dr = Router::new(be.clone(), cfg).unwrap();
-        let mut rr = Router::new(Reference::<f32>::new(), cfg).unwrap();
-        dr.forward_logits(&be.upload(&z).unwrap(), None, 2).unwrap();
-        rr.forward_logits(&z, None, 2).unwrap();
-        let losses = LossConfig::none().with_lbl(LblConfig::default());
-        dr.backward_logits(&be.upload(&dw).unwrap(), &losses, None)
-            .unwrap();
-        rr.backward_logits(&dw, &losses, None).unwrap();
-        let dz = down(&be, dr.dz().unwrap());
-        assert!(dz.iter().all(|v| v.is_finite()), "{dz:?}");
-        close("saturated dz", &dz, rr.dz().unwrap());
+        let z = [-1e30f32, -1e30, -1e30, -1e30, 0.3, -0.2, 0.1, 0.0];
+        logits_step(cfg, 2, &z, &[0.5, -1.0, 0.25, 2.0]);
     }
+}
+
+/// The reductions `route` and `router_backward` return are there exactly when asked, and equal
+/// the reference's; `dZ` does not depend on what was asked.
+#[test]
+fn kernel_sums_follow_the_request() {
+    let (n, d, e, k) = (6, 3, 5, 2);
+    let be = Dfdx::<f64>::cpu();
+    let mut rng = Rng::new(21);
+    let (x, r, dw): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        rand_vec(&mut rng, n * d),
+        rand_vec(&mut rng, d * e),
+        rand_vec(&mut rng, n * k),
+    );
+    let [xd, rd, dwd] = [&x, &r, &dw].map(|v| be.upload(v).unwrap());
+    for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+        let cfg = RouterConfig::new(e, k).with_score(score);
+        let mut z_ref = vec![0.0; n * e];
+        gemm_reference(&Gemm::new(n, e, d), &x, &r, &mut z_ref);
+        let mut dz_first: Option<Vec<f64>> = None;
+        for (asked, z_coef) in [(false, 0.0), (true, 0.0), (true, 0.01)] {
+            let (mut z, mut p, mut gates) = (
+                be.zeros(n * e).unwrap(),
+                be.zeros(n * e).unwrap(),
+                be.zeros(n * k).unwrap(),
+            );
+            let (mut idx, dropped) = (vec![0u32; n * k], vec![0u32; n * k]);
+            let sums = be
+                .route(
+                    Route {
+                        cfg: &cfg,
+                        n,
+                        logits: Logits::Tokens {
+                            gemm: Gemm::new(n, e, d),
+                            x: &xd,
+                            r: &rd,
+                        },
+                        bias: None,
+                        z: &mut z,
+                        p: &mut p,
+                        idx: &mut idx[..],
+                        gates: &mut gates,
+                        request: RouteRequest { max_abs_z: asked },
+                    }
+                    .check(&be)
+                    .unwrap(),
+                )
+                .unwrap();
+            close("logits", &down(&be, &z), &z_ref);
+            let want_max_z = simbal_core::validate::max_abs(&z_ref);
+            assert_eq!(sums.max_abs_z.is_some(), asked);
+            if let Some(m) = sums.max_abs_z {
+                close_scalar("max |Z|", m, want_max_z);
+            }
+            let mut dz = be.zeros(n * e).unwrap();
+            let sums = be
+                .router_backward(
+                    RouterBackward {
+                        cfg: &cfg,
+                        n,
+                        z: &z,
+                        p: &p,
+                        idx: &idx[..],
+                        gates: &gates,
+                        dropped: &dropped[..],
+                        dw: &dwd,
+                        lbl: None,
+                        z_coef,
+                        dz: &mut dz,
+                        request: BackwardRequest {
+                            lse_sq_sum: asked,
+                            max_abs_dz: asked,
+                        },
+                    }
+                    .check(&be)
+                    .unwrap(),
+                )
+                .unwrap();
+            let dzh = down(&be, &dz);
+            assert_eq!(sums.lse_sq_sum.is_some(), asked);
+            assert_eq!(sums.max_abs_dz.is_some(), asked);
+            if let (Some(l), Some(m)) = (sums.lse_sq_sum, sums.max_abs_dz) {
+                close_scalar("lse^2 sum", l, simbal_core::zloss::lse_sq_sum(e, &z_ref));
+                close_scalar("max |dZ|", m, simbal_core::validate::max_abs(&dzh));
+            }
+            if z_coef == 0.0 {
+                match &dz_first {
+                    None => dz_first = Some(dzh),
+                    Some(first) => close("dZ without and with sums", &dzh, first),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn memory_and_kernel_checks() {
+    let be = Dfdx::<f64>::cpu();
+    let cfg = RouterConfig::new(4, 2);
+    // Core's checks refuse bad lengths before the kernel runs.
+    let mut z = be.zeros(8).unwrap();
+    let (mut p, mut gates, mut idx) = (be.zeros(7).unwrap(), be.zeros(4).unwrap(), vec![0u32; 4]);
+    let route = Route {
+        cfg: &cfg,
+        n: 2,
+        logits: Logits::Given,
+        bias: None,
+        z: &mut z,
+        p: &mut p,
+        idx: &mut idx[..],
+        gates: &mut gates,
+        request: RouteRequest::default(),
+    };
+    let err = refused(route.check(&be));
+    assert!(
+        matches!(err, SimbalError::LengthMismatch { what: "scores", .. }),
+        "{err:?}"
+    );
+    let (a, mut out) = (be.zeros(12).unwrap(), be.zeros(4).unwrap());
+    let sums = GroupSums {
+        n: 6,
+        cols: 2,
+        group_len: 4,
+        a: &a,
+        out: &mut out,
+    };
+    let err = refused(sums.check(&be));
+    assert!(matches!(err, SimbalError::SequenceLength { .. }), "{err:?}");
+    // An out-of-range index is found in the host index buffer: an error, not a dfdx panic.
+    let p = be.upload(&[0.25; 8]).unwrap();
+    let (zeros4, mut dz) = (be.zeros(4).unwrap(), be.zeros(8).unwrap());
+    let backward = RouterBackward {
+        cfg: &cfg,
+        n: 2,
+        z: &z,
+        p: &p,
+        idx: &[0, 9, 1, 2][..],
+        gates: &zeros4,
+        dropped: &[0; 4][..],
+        dw: &zeros4,
+        lbl: None,
+        z_coef: 0.0,
+        dz: &mut dz,
+        request: BackwardRequest::default(),
+    };
+    let err = refused(backward.check(&be));
+    assert!(matches!(err, SimbalError::Backend { .. }), "{err:?}");
+    // Transfers check their lengths; element buffers lend no host view, index buffers do.
+    let mut buf = be.zeros(3).unwrap();
+    assert!(be.write(&mut buf, &[1.0, 2.0]).is_err());
+    assert!(be.download(&buf, &mut [0.0; 4]).is_err());
+    assert!(be.host(&buf).is_none());
+    let mut ib = be.idx_upload(&[1, 2]).unwrap();
+    assert_eq!(be.idx_host(&ib), Some(&[1, 2][..]));
+    be.idx_write(&mut ib, &[3, 4]).unwrap();
+    assert!(be.idx_write(&mut ib, &[3]).is_err());
+    assert_eq!(ib, [3, 4]);
+    assert_eq!(be.name(), "dfdx-cpu-f64");
+    assert_eq!(Dfdx::<f32>::cpu().name(), "dfdx-cpu-f32");
+}
+
+#[test]
+fn routing_entropy_and_lse_match_reference() {
+    let be = Dfdx::<f64>::cpu();
+    let (n, e) = (5, 3);
+    // Row 1 all zero (skipped), row 2 has zeros (0 ln 0 = 0), rows unnormalised (sigmoid-like).
+    let p = vec![
+        0.2, 0.3, 0.5, 0.0, 0.0, 0.0, 0.0, 0.7, 0.1, 0.9, 0.9, 0.9, 1e-300, 0.5, 0.25,
+    ];
+    let pd = be.upload(&p).unwrap();
+    let entropy = Entropy { n, e, p: &pd };
+    let a = be.routing_entropy(entropy.check(&be).unwrap()).unwrap();
+    close_scalar(
+        "entropy",
+        a,
+        simbal_core::routing_entropy(n, e, &p).unwrap(),
+    );
+    let empty = be.zeros(0).unwrap();
+    assert!(matches!(
+        Entropy { n: 0, e, p: &empty }.check(&be),
+        Err(SimbalError::ZeroDim { .. })
+    ));
+    let z = vec![
+        1.0, -2.0, 3.0, 700.0, 700.0, -700.0, 0.0, 0.0, 0.0, 1e-3, 2e-3, 3e-3, -5.0, -6.0, -7.0,
+    ];
+    let zd = be.upload(&z).unwrap();
+    for scores in [None, Some((ScoreFn::Softmax, &pd))] {
+        let args = LseSqSum {
+            n,
+            e,
+            z: &zd,
+            scores,
+        };
+        close_scalar(
+            "lse^2 sum",
+            be.lse_sq_sum(args.check(&be).unwrap()).unwrap(),
+            simbal_core::zloss::lse_sq_sum(e, &z),
+        );
+    }
+}
+
+#[test]
+fn max_abs_sees_nan_and_infinity() {
+    let be = Dfdx::<f64>::cpu();
+    for v in [
+        vec![],
+        vec![-3.0, 2.0, 1.0],
+        vec![0.5, f64::NEG_INFINITY, 1.0],
+        vec![1.0, f64::NAN, f64::INFINITY],
+    ] {
+        let a = be.max_abs(&be.upload(&v).unwrap()).unwrap();
+        let b = simbal_core::validate::max_abs(&v);
+        assert!(a == b || (a.is_nan() && b.is_nan()), "{v:?}: {a} vs {b}");
+    }
+    assert_eq!(be.max_abs(&be.zeros(0).unwrap()).unwrap(), 0.0);
+    // Empty buffers download without touching dfdx's iterator.
+    be.download(&be.zeros(0).unwrap(), &mut []).unwrap();
 }

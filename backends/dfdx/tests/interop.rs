@@ -1,33 +1,27 @@
 //! dfdx tensors in and out: conversions, the tensor-driven router in both layouts, gradients
 //! added into dfdx `Gradients` and applied by dfdx optimisers.
 
+mod common;
+
+use common::{close, rand_vec, NORMS};
 use dfdx::nn::builders::UnbiasedLinear;
 use dfdx::nn::{DeviceBuildExt, ZeroGrads};
 use dfdx::optim::{Optimizer, Sgd, SgdConfig};
 use dfdx::shapes::{Axes2, Axis, Const, HasShape, Rank2};
 use dfdx::tensor::{AsArray, Cpu, Gradients, Tensor, TensorFrom, TensorFromVec};
 use dfdx::tensor_ops::{BroadcastTo, PermuteTo};
-use simbal_core::ops::simbal::simbal_direct;
+use simbal_core::simbal::reference::simbal_direct;
 use simbal_core::{
-    Backend, DropPolicy, LossConfig, Rng, Router, RouterConfig, SimBalConfig, SimBalNorm,
-    SimbalError, WeightLayout,
+    DropPolicy, LossConfig, Memory, Rng, Router, RouterConfig, SimBalConfig, SimbalError,
+    WeightLayout,
 };
 use simbal_dfdx::{
-    add_to_gradients, add_to_gradients_cpu, simbal_loss_tensor, weight_shape, Dfdx, RouterTensors,
+    add_to_gradients, add_to_gradients_cpu, simbal_loss_tensor, weight_shape, Dfdx,
+    GradientTensors, PassTensors, RouterTensors, RoutingTensors,
 };
 
 fn normal(rng: &mut Rng, len: usize) -> Vec<f64> {
-    let mut v = vec![0.0; len];
-    rng.fill_normal(1.0, &mut v);
-    v
-}
-
-fn assert_close(what: &str, a: &[f64], b: &[f64]) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() <= 1e-10 * scale, "{what}: {a:?} vs {b:?}");
-    }
+    rand_vec(rng, len)
 }
 
 #[test]
@@ -84,46 +78,32 @@ fn router_tensors_match_buffers_in_both_layouts() {
             .with_capacity(0.7, DropPolicy::Probs);
         let losses = LossConfig::simbal().with_lbl(Default::default());
         let mut plain = Router::new(be.clone(), cfg).unwrap();
-        let (xb, rb, dwb) = (
-            be.upload(&x).unwrap(),
-            be.upload(&r).unwrap(),
-            be.upload(&dw).unwrap(),
-        );
-        plain.forward(&xb, &rb, None, n, d).unwrap();
-        let lp = plain.backward(&xb, &rb, &dwb, &losses, None).unwrap();
+        let [xb, rb, dwb] = [&x, &r, &dw].map(|v| be.upload(v).unwrap());
+        let mut pp = plain.forward(&xb, &rb, None).unwrap();
 
         let mut tr = Router::new(be.clone(), cfg).unwrap();
         let xt: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(x.clone(), (n, d));
         let wt: Tensor<(usize, usize), f64, Cpu> =
             dev.tensor_from_vec(r.clone(), weight_shape(layout, d, e));
         let dwt: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(dw.clone(), (n, k));
-        tr.forward_tensors(&xt, &wt, None).unwrap();
-        let lt = tr.backward_tensors(&xt, &wt, &dwt, &losses, None).unwrap();
-        assert_eq!(lp, lt, "{layout:?}");
-        assert_eq!(
-            tr.gates_tensor().unwrap().as_vec(),
-            plain.gates().unwrap().as_vec()
-        );
-        assert_eq!(tr.scores_tensor().unwrap().shape(), &(n, e));
-        let idx: Vec<usize> = plain
-            .indices()
-            .unwrap()
-            .iter()
-            .map(|&i| i as usize)
-            .collect();
-        assert_eq!(tr.indices_tensor().unwrap().as_vec(), idx);
-        assert_eq!(
-            tr.dx_tensor().unwrap().as_vec(),
-            plain.dx().unwrap().as_vec()
-        );
-        let g = tr.dw_like(&wt).unwrap();
-        assert_eq!(g.shape(), &weight_shape(layout, d, e));
-        assert_eq!(g.as_vec(), plain.dr().unwrap().as_vec());
+
+        // The other layout's shape is refused.
+        let (rr, cc) = weight_shape(layout, d, e);
+        let wrong: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(r.clone(), (cc, rr));
+        let err = tr.tensor_inputs(&xt, &wrong).unwrap_err();
+        assert!(matches!(err, SimbalError::LengthMismatch { .. }), "{err:?}");
+
+        let inputs = tr.tensor_inputs(&xt, &wt).unwrap();
+        let mut tp = tr.forward_tensors(&inputs, None).unwrap();
+        assert_eq!(tp.gates_tensor().unwrap().as_vec(), pp.gates().as_vec());
+        assert_eq!(tp.scores_tensor().unwrap().shape(), &(n, e));
+        let idx: Vec<usize> = pp.indices().iter().map(|&i| i as usize).collect();
+        assert_eq!(tp.indices_tensor().unwrap().as_vec(), idx);
 
         // Dense gates: each row holds its kept gates at the chosen experts, zeros elsewhere.
-        let dense = tr.dense_gates_tensor().unwrap().as_vec();
-        let gates = plain.gates().unwrap().as_vec();
-        let dropped = plain.dropped().unwrap();
+        let dense = tp.dense_gates_tensor().unwrap().as_vec();
+        let gates = pp.gates().as_vec();
+        let dropped = pp.dropped().to_vec();
         assert!(dropped.contains(&1), "capacity should drop something");
         for t in 0..n {
             for j in 0..k {
@@ -138,11 +118,19 @@ fn router_tensors_match_buffers_in_both_layouts() {
             assert!(nonzero <= k);
         }
 
-        // The other layout's shape is refused.
-        let (rr, cc) = weight_shape(layout, d, e);
-        let wrong: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(r.clone(), (cc, rr));
-        let err = tr.forward_tensors(&xt, &wrong, None).unwrap_err();
-        assert!(matches!(err, SimbalError::LengthMismatch { .. }), "{err:?}");
+        let gp = pp.backward(&dwb, &losses, None).unwrap();
+        let gt = tp.backward_tensors(&dwt, &losses, None).unwrap();
+        assert_eq!(gp.losses, gt.losses, "{layout:?}");
+        let gx = gt.dx_like(&xt).unwrap();
+        assert_eq!(gx.shape(), &(n, d));
+        assert_eq!(gx.as_vec(), gp.dx.as_vec());
+        let g = gt.dr_like(&wt).unwrap();
+        assert_eq!(g.shape(), &weight_shape(layout, d, e));
+        assert_eq!(g.as_vec(), gp.dr.as_vec());
+        assert!(matches!(
+            gt.dr_like(&xt),
+            Err(SimbalError::LengthMismatch { .. })
+        ));
     }
 }
 
@@ -153,11 +141,7 @@ fn simbal_loss_tensor_matches_the_direct_formula() {
     let mut rng = Rng::new(9);
     let (d, e) = (6, 3);
     for layout in [WeightLayout::DxE, WeightLayout::ExD] {
-        for norm in [
-            SimBalNorm::L1,
-            SimBalNorm::FrobeniusSq,
-            SimBalNorm::ScaleFree,
-        ] {
+        for norm in NORMS {
             let cfg = SimBalConfig { lambda: 0.2, norm };
             let r = normal(&mut rng, d * e);
             let w: Tensor<(usize, usize), f64, Cpu> =
@@ -165,8 +149,8 @@ fn simbal_loss_tensor_matches_the_direct_formula() {
             let (l, g) = simbal_loss_tensor(&be, &cfg, layout, &w).unwrap();
             let mut want = vec![0.0; d * e];
             let lw = simbal_direct(&cfg, layout, d, e, &r, Some(&mut want));
-            assert_close("loss", &[l], &[lw]);
-            assert_close("grad", &g.as_vec(), &want);
+            close("loss", &[l], &[lw]);
+            close("grad", &g.as_vec(), &want);
         }
     }
 }
@@ -226,7 +210,7 @@ fn gradients_reach_a_dfdx_optimiser() {
         .zip(g.as_vec())
         .map(|(w, gv)| w - 0.5 * 2.0 * gv)
         .collect();
-    assert_close("sgd step", &model.weight.as_vec(), &want);
+    close("sgd step", &model.weight.as_vec(), &want);
 
     // Errors: wrong length, a broadcast (non-contiguous) parameter.
     let mut grads = model.alloc_grads();
@@ -257,14 +241,16 @@ fn router_gradient_drives_an_sgd_step() {
     let dw: Tensor<(usize, usize), f64, Cpu> = dev.tensor_from_vec(normal(&mut rng, n * 2), (n, 2));
     let mut router =
         Router::new(be, RouterConfig::new(E, 2).with_layout(WeightLayout::ExD)).unwrap();
-    router.forward_tensors(&x, &model.weight, None).unwrap();
-    router
-        .backward_tensors(&x, &model.weight, &dw, &LossConfig::simbal(), None)
+    let inputs = router.tensor_inputs(&x, &model.weight).unwrap();
+    let mut pass = router.forward_tensors(&inputs, None).unwrap();
+    let g = pass
+        .backward_tensors(&dw, &LossConfig::simbal(), None)
         .unwrap();
     let mut grads = model.alloc_grads();
-    router.add_weight_grad(&mut grads, &model.weight).unwrap();
-    let dr = router.dw_like(&model.weight).unwrap().as_vec();
+    g.add_weight_grad(&mut grads, &model.weight).unwrap();
+    let dr = g.dr_like(&model.weight).unwrap().as_vec();
     assert!(dr.iter().any(|v| v.abs() > 1e-6));
+    drop(inputs); // it shares the weight's memory, which SGD is about to write
     let w0 = model.weight.as_vec();
     let mut sgd = Sgd::new(
         &model,
@@ -276,5 +262,5 @@ fn router_gradient_drives_an_sgd_step() {
     );
     sgd.update(&mut model, &grads).unwrap();
     let want: Vec<f64> = w0.iter().zip(&dr).map(|(w, g)| w - 0.1 * g).collect();
-    assert_close("weight after SGD", &model.weight.as_vec(), &want);
+    close("weight after SGD", &model.weight.as_vec(), &want);
 }
