@@ -1,10 +1,18 @@
 //! The suite must catch real bugs: each mutant is the reference backend with one deliberate
 //! defect, and each listed check must fail on it (a check that cannot fail is a defect).
 
-use simbal_conformance::{agree, errors, fd, invariants, kernels};
-use simbal_core::config::{RouterConfig, SimBalConfig, WeightLayout};
-use simbal_core::ops::lbl::LblScales;
-use simbal_core::{Backend, Gemm, LblCoef, LblConfig, LblNormalization, Reference, Result, Scalar};
+use simbal_conformance::{gemm, lbl, router, simbal, stats, validation};
+use simbal_core::lbl::kernels::{GroupSums, LblCoefficients};
+use simbal_core::metrics::Entropy;
+use simbal_core::router::kernels::{
+    route_rows_staged, Dispatch, Logits, Route, RouteSums, RouterBackward,
+};
+use simbal_core::simbal::kernels::{NormalizeColumns, SimbalResidual};
+use simbal_core::stats::CollectStats;
+use simbal_core::validate::max_abs;
+use simbal_core::{
+    Backend, Checked, GemmArgs, LblNormalization, Memory, Reference, Result, Scalar,
+};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +39,8 @@ enum Bug {
     Norms,
     /// LBL coefficients always under the Switch normalisation (HuggingFace's factor `k` lost).
     LblSwitchOnly,
+    /// Routing statistics' score sums miss the last token.
+    StatsSums,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,102 +49,125 @@ struct Mutant<T> {
     r: Reference<T>,
 }
 
-impl<T: Scalar> Backend for Mutant<T> {
-    type Elem = T;
-    type Buf = Vec<T>;
-    type IdxBuf = Vec<u32>;
+impl<T: Scalar> Memory for Mutant<T> {
+    simbal_core::host_vec_memory!(T);
     fn name(&self) -> String {
         format!("mutant-{:?}", self.bug)
     }
-    simbal_core::host_vec_memory!(T);
-    fn gemm(&self, g: &Gemm, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>) -> Result<()> {
-        let mut g = *g;
+}
+
+/// Each override changes its arguments or its result, and runs the reference kernel through
+/// the same checks (`Args::check` on the reference backend, whose buffers are the same slices).
+impl<T: Scalar> Backend for Mutant<T> {
+    fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
+        let GemmArgs { mut gemm, a, b, c } = a.into_inner();
         if self.bug == Bug::Gemm {
-            g.alpha *= 1.001;
+            gemm.alpha *= 1.001;
         }
-        self.r.gemm(&g, a, b, c)
+        self.r.gemm(GemmArgs { gemm, a, b, c }.check(&self.r)?)
     }
-    fn route_rows(
-        &self,
-        cfg: &RouterConfig,
-        n: usize,
-        z: &Vec<T>,
-        bias: Option<&Vec<T>>,
-        p: &mut Vec<T>,
-        idx: &mut Vec<u32>,
-        gates: &mut Vec<T>,
-    ) -> Result<()> {
+    fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<T>> {
+        let a = a.into_inner();
+        if let Logits::Tokens { gemm, x, r } = a.logits {
+            self.gemm(
+                GemmArgs {
+                    gemm,
+                    a: x,
+                    b: r,
+                    c: &mut *a.z,
+                }
+                .check(self)?,
+            )?;
+        }
+        let max_abs_z = a.request.max_abs_z.then(|| max_abs(a.z));
         if self.bug != Bug::TieHigh {
-            return self.r.route_rows(cfg, n, z, bias, p, idx, gates);
+            route_rows_staged(self, a.cfg, a.z, a.bias, a.p, a.idx, a.gates)?;
+            return Ok(RouteSums { max_abs_z });
         }
         // Reverse the expert order, route, and map back: ties now go to the higher index.
-        let e = cfg.experts;
+        let e = a.cfg.experts;
         let rev =
-            |v: &Vec<T>| -> Vec<T> { v.chunks(e).flat_map(|r| r.iter().rev().copied()).collect() };
-        let zr = rev(z);
-        let br = bias.map(|b| b.iter().rev().copied().collect::<Vec<T>>());
-        self.r.route_rows(cfg, n, &zr, br.as_ref(), p, idx, gates)?;
-        *p = rev(p);
-        for i in idx.iter_mut() {
+            |v: &[T]| -> Vec<T> { v.chunks(e).flat_map(|r| r.iter().rev().copied()).collect() };
+        let zr = rev(a.z);
+        let br = a.bias.map(rev);
+        route_rows_staged(self, a.cfg, &zr, br.as_deref(), a.p, a.idx, a.gates)?;
+        let p = rev(a.p);
+        a.p.copy_from_slice(&p);
+        for i in a.idx.iter_mut() {
             *i = (e - 1) as u32 - *i;
         }
-        Ok(())
+        Ok(RouteSums { max_abs_z })
     }
-    fn dispatch(
-        &self,
-        cfg: &RouterConfig,
-        n: usize,
-        idx: &Vec<u32>,
-        gates: &mut Vec<T>,
-        dropped: &mut Vec<u32>,
-        counts: &mut Vec<u32>,
-        order: &mut Vec<u32>,
-        offsets: &mut Vec<u32>,
-    ) -> Result<()> {
-        let mut cfg = *cfg;
+    fn dispatch(&self, a: Checked<Dispatch<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        let mut cfg = *a.cfg;
         if self.bug == Bug::NoCapacity {
             cfg.capacity = None;
         }
-        self.r
-            .dispatch(&cfg, n, idx, gates, dropped, counts, order, offsets)
+        let d = Dispatch {
+            cfg: &cfg,
+            n: a.n,
+            idx: a.idx,
+            gates: a.gates,
+            dropped: a.dropped,
+            counts: a.counts,
+            order: a.order,
+            offsets: a.offsets,
+        };
+        self.r.dispatch(d.check(&self.r)?)
     }
-    fn router_backward_rows(
+    fn router_backward(
         &self,
-        cfg: &RouterConfig,
-        n: usize,
-        z: &Vec<T>,
-        p: &Vec<T>,
-        idx: &Vec<u32>,
-        gates: &Vec<T>,
-        dropped: &Vec<u32>,
-        dw: &Vec<T>,
-        lbl: Option<LblCoef<'_, Vec<T>>>,
-        z_coef: T,
-        dz: &mut Vec<T>,
-    ) -> Result<()> {
+        a: Checked<RouterBackward<'_, Self>>,
+    ) -> Result<simbal_core::router::kernels::BackwardSums<T>> {
+        let a = a.into_inner();
         let z_coef = if self.bug == Bug::NoZLossGrad {
             T::of(0.0)
         } else {
-            z_coef
+            a.z_coef
         };
-        let none = vec![0; dropped.len()];
+        let none = vec![0; a.dropped.len()];
         let dropped = if self.bug == Bug::DroppedLeak {
             &none
         } else {
-            dropped
+            a.dropped
         };
-        self.r
-            .router_backward_rows(cfg, n, z, p, idx, gates, dropped, dw, lbl, z_coef, dz)
+        let lbl = a.lbl.map(|l| simbal_core::router::kernels::LblCoef {
+            coef: l.coef,
+            group_len: l.group_len,
+        });
+        let b = RouterBackward {
+            cfg: a.cfg,
+            n: a.n,
+            z: a.z,
+            p: a.p,
+            idx: a.idx,
+            gates: a.gates,
+            dropped,
+            dw: a.dw,
+            lbl,
+            z_coef,
+            dz: a.dz,
+            request: a.request,
+        };
+        self.r.router_backward(b.check(&self.r)?)
     }
-    fn group_column_sums(
-        &self,
-        n: usize,
-        cols: usize,
-        gl: usize,
-        a: &Vec<T>,
-        out: &mut Vec<T>,
-    ) -> Result<()> {
-        self.r.group_column_sums(n, cols, gl, a, out)?;
+    fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
+        let GroupSums {
+            n,
+            cols,
+            group_len,
+            a,
+            out,
+        } = a.into_inner();
+        let g = GroupSums {
+            n,
+            cols,
+            group_len,
+            a,
+            out: &mut *out,
+        };
+        self.r.group_column_sums(g.check(&self.r)?)?;
         if self.bug == Bug::GroupSums && n > 1 {
             for (o, v) in out.iter_mut().zip(&a[..cols]) {
                 *o = *o - *v;
@@ -142,52 +175,96 @@ impl<T: Scalar> Backend for Mutant<T> {
         }
         Ok(())
     }
-    fn lbl_coefficients(
-        &self,
-        cfg: &LblConfig,
-        e: usize,
-        scales: &LblScales,
-        counts: &Vec<u32>,
-        sums: &Vec<T>,
-        coef: &mut Vec<T>,
-    ) -> Result<T> {
-        let mut cfg = *cfg;
+    fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<T> {
+        let a = a.into_inner();
+        let mut cfg = *a.cfg;
         if self.bug == Bug::LblSwitchOnly {
             cfg.normalization = LblNormalization::Switch;
         }
-        self.r.lbl_coefficients(&cfg, e, scales, counts, sums, coef)
+        let l = LblCoefficients {
+            cfg: &cfg,
+            e: a.e,
+            scales: a.scales,
+            counts: a.counts,
+            sums: a.sums,
+            coef: a.coef,
+        };
+        self.r.lbl_coefficients(l.check(&self.r)?)
     }
-    fn simbal_residual(&self, cfg: &SimBalConfig, e: usize, gram: &mut Vec<T>) -> Result<T> {
-        let l = self.r.simbal_residual(cfg, e, gram)?;
+    fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<T> {
+        let SimbalResidual { cfg, e, gram } = a.into_inner();
+        let s = SimbalResidual {
+            cfg,
+            e,
+            gram: &mut *gram,
+        };
+        let l = self.r.simbal_residual(s.check(&self.r)?)?;
         if self.bug == Bug::SimbalScale {
             gram.iter_mut().for_each(|v| *v = *v * T::of(1.01));
         }
         Ok(l)
     }
-    fn normalize_columns(
-        &self,
-        layout: WeightLayout,
-        d: usize,
-        e: usize,
-        r: &Vec<T>,
-        norms: &mut Vec<T>,
-        rn: &mut Vec<T>,
-    ) -> Result<()> {
-        self.r.normalize_columns(layout, d, e, r, norms, rn)?;
+    fn normalize_columns(&self, a: Checked<NormalizeColumns<'_, Self>>) -> Result<()> {
+        let NormalizeColumns {
+            layout,
+            d,
+            e,
+            r,
+            norms,
+            rn,
+        } = a.into_inner();
+        let c = NormalizeColumns {
+            layout,
+            d,
+            e,
+            r,
+            norms: &mut *norms,
+            rn,
+        };
+        self.r.normalize_columns(c.check(&self.r)?)?;
         if self.bug == Bug::Norms {
             norms.iter_mut().for_each(|v| *v = *v * T::of(1.001));
         }
         Ok(())
     }
-    fn routing_entropy(&self, n: usize, e: usize, p: &Vec<T>) -> Result<T> {
-        let h = self.r.routing_entropy(n, e, p)?;
+    fn routing_stats(&self, a: Checked<CollectStats<'_, Self>>) -> Result<()> {
+        let CollectStats {
+            n,
+            k,
+            p,
+            counts,
+            out,
+        } = a.into_inner();
+        let e = counts.len();
+        let p = if self.bug == Bug::StatsSums && n > 1 {
+            &p[..p.len() - e]
+        } else {
+            p
+        };
+        let s = CollectStats {
+            n: p.len() / e.max(1),
+            k,
+            p,
+            counts,
+            out: &mut *out,
+        };
+        self.r.routing_stats(s.check(&self.r)?)?;
+        out.tokens = n as u64; // only the sums are wrong
+        out.dropped = ((n * k) as u64).saturating_sub(out.counts.iter().sum());
+        Ok(())
+    }
+    fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<T> {
+        let Entropy { n, e, p } = a.into_inner();
+        let h = self
+            .r
+            .routing_entropy(Entropy { n, e, p }.check(&self.r)?)?;
         Ok(if self.bug == Bug::Entropy {
             h + T::of(1e-3)
         } else {
             h
         })
     }
-    fn check_finite(&self, what: &'static str, cols: usize, buf: &Vec<T>) -> Result<()> {
+    fn check_finite(&self, what: &'static str, cols: usize, buf: &[T]) -> Result<()> {
         if self.bug == Bug::NoFiniteCheck {
             return Ok(());
         }
@@ -210,141 +287,71 @@ fn must_fail(bug: Bug, checks: &[(&str, Check)]) {
     }
 }
 
-#[test]
-fn gemm_bug_is_caught() {
-    must_fail(
-        Bug::Gemm,
-        &[
-            ("kernels::gemm", kernels::gemm),
-            ("agree::forward", agree::forward),
-            ("agree::backward", agree::backward),
-            ("agree::simbal", agree::simbal),
-        ],
-    );
+/// One test per mutant: every check listed must fail on it.
+macro_rules! caught {
+    ($($test:ident: $bug:ident => [$($check:path),+ $(,)?];)*) => {
+        $(
+            #[test]
+            fn $test() {
+                must_fail(Bug::$bug, &[$((stringify!($check), $check as Check)),+]);
+            }
+        )*
+    };
 }
 
-#[test]
-fn tie_bug_is_caught() {
-    must_fail(Bug::TieHigh, &[("invariants::ties", invariants::ties)]);
-}
-
-#[test]
-fn capacity_bug_is_caught() {
-    must_fail(
-        Bug::NoCapacity,
-        &[
-            ("agree::forward", agree::forward),
-            (
-                "invariants::dropped_get_no_gradient",
-                invariants::dropped_get_no_gradient,
-            ),
-            ("invariants::ties", invariants::ties),
-        ],
-    );
-}
-
-#[test]
-fn z_loss_gradient_bug_is_caught() {
-    must_fail(
-        Bug::NoZLossGrad,
-        &[
-            ("fd::router_objective", fd::router_objective),
-            ("fd::logits_objective", fd::logits_objective),
-            ("agree::backward", agree::backward),
-            (
-                "kernels::router_backward_rows",
-                kernels::router_backward_rows,
-            ),
-        ],
-    );
-}
-
-#[test]
-fn dropped_leak_is_caught() {
-    must_fail(
-        Bug::DroppedLeak,
-        &[
-            (
-                "invariants::dropped_get_no_gradient",
-                invariants::dropped_get_no_gradient,
-            ),
-            ("fd::router_objective", fd::router_objective),
-        ],
-    );
-}
-
-#[test]
-fn simbal_bug_is_caught() {
-    must_fail(
-        Bug::SimbalScale,
-        &[
-            ("fd::simbal_loss", fd::simbal_loss),
-            ("agree::simbal", agree::simbal),
-            ("kernels::simbal_residual", kernels::simbal_residual),
-        ],
-    );
-}
-
-#[test]
-fn lbl_bug_is_caught() {
-    must_fail(
-        Bug::GroupSums,
-        &[
-            (
-                "invariants::lbl_alpha_at_balance",
-                invariants::lbl_alpha_at_balance,
-            ),
-            ("agree::backward", agree::backward),
-            ("kernels::group_reductions", kernels::group_reductions),
-            ("agree::stats_and_metrics", agree::stats_and_metrics),
-        ],
-    );
-}
-
-#[test]
-fn lbl_normalisation_bug_is_caught() {
-    must_fail(
-        Bug::LblSwitchOnly,
-        &[
-            ("kernels::lbl_coefficients", kernels::lbl_coefficients),
-            ("agree::backward", agree::backward),
-        ],
-    );
-}
-
-#[test]
-fn finite_check_bug_is_caught() {
-    must_fail(
-        Bug::NoFiniteCheck,
-        &[
-            ("errors::non_finite", errors::non_finite),
-            ("kernels::check_finite", kernels::check_finite),
-        ],
-    );
-}
-
-#[test]
-fn entropy_bug_is_caught() {
-    must_fail(
-        Bug::Entropy,
-        &[
-            ("kernels::routing_entropy", kernels::routing_entropy),
-            ("agree::stats_and_metrics", agree::stats_and_metrics),
-        ],
-    );
-}
-
-#[test]
-fn scale_free_bug_is_caught() {
-    must_fail(
-        Bug::Norms,
-        &[
-            (
-                "kernels::column_normalisation",
-                kernels::column_normalisation,
-            ),
-            ("agree::simbal", agree::simbal),
-            ("fd::simbal_loss", fd::simbal_loss),
-        ],
-    );
+caught! {
+    gemm_bug_is_caught: Gemm => [
+        gemm::kernel_gemm,
+        router::agree::forward,
+        router::agree::backward,
+        simbal::agree::loss,
+    ];
+    tie_bug_is_caught: TieHigh => [router::invariants::ties];
+    capacity_bug_is_caught: NoCapacity => [
+        router::agree::forward,
+        router::invariants::dropped_get_no_gradient,
+        router::invariants::ties,
+    ];
+    z_loss_gradient_bug_is_caught: NoZLossGrad => [
+        router::fd::router_objective,
+        router::fd::logits_objective,
+        router::agree::backward,
+        router::kernels::router_backward,
+    ];
+    dropped_leak_is_caught: DroppedLeak => [
+        router::invariants::dropped_get_no_gradient,
+        router::fd::router_objective,
+    ];
+    simbal_bug_is_caught: SimbalScale => [
+        simbal::fd::loss,
+        simbal::agree::loss,
+        simbal::kernels::residual,
+    ];
+    lbl_bug_is_caught: GroupSums => [
+        lbl::invariants::alpha_at_balance,
+        router::agree::backward,
+        lbl::kernels::group_reductions,
+    ];
+    stats_bug_is_caught: StatsSums => [
+        stats::kernels::routing_stats,
+        stats::agree::stats_and_metrics,
+        stats::invariants::merged_stats,
+    ];
+    lbl_normalisation_bug_is_caught: LblSwitchOnly => [
+        lbl::kernels::coefficients,
+        router::agree::backward,
+    ];
+    finite_check_bug_is_caught: NoFiniteCheck => [
+        validation::error_non_finite,
+        validation::kernel_check_finite,
+    ];
+    entropy_bug_is_caught: Entropy => [
+        stats::kernels::routing_entropy,
+        stats::agree::stats_and_metrics,
+    ];
+    scale_free_bug_is_caught: Norms => [
+        simbal::kernels::column_normalisation,
+        simbal::agree::loss,
+        simbal::fd::loss,
+    ];
 }

@@ -89,9 +89,7 @@ impl<B: Backend> Router<B> {
         if cfg.experts != self.cfg.experts || cfg.k != self.cfg.k || cfg.layout != self.cfg.layout {
             self.ws = None;
         }
-        if let Some(ws) = self.ws.as_mut() {
-            ws.routed = false;
-        }
+        self.forget_routing();
         self.cfg = cfg;
         Ok(())
     }
@@ -112,6 +110,7 @@ impl<B: Backend> Router<B> {
         r: &'a B::View,
         bias: Option<&B::View>,
     ) -> Result<Pass<'a, B>> {
+        self.forget_routing();
         let shape = self.token_shape(x, r)?;
         let (b, cfg) = (&self.backend, &self.cfg);
         let ws = prepare(b, cfg, &mut self.ws, shape)?;
@@ -175,6 +174,7 @@ impl<B: Backend> Router<B> {
         z: &B::View,
         bias: Option<&B::View>,
     ) -> Result<LogitsPass<'_, B>> {
+        self.forget_routing();
         let e = self.cfg.experts;
         let n = rows_of(&self.backend, "logits", z, e)?;
         check_dims(n, 1, e)?;
@@ -280,6 +280,13 @@ impl<B: Backend> Router<B> {
     /// As [`Router::stats_into`].
     pub fn routing_entropy(&self) -> Result<B::Elem> {
         routing_entropy(&self.backend, self.routing()?)
+    }
+
+    /// A forward that fails leaves no routing behind (not even the previous one).
+    fn forget_routing(&mut self) {
+        if let Some(ws) = self.ws.as_mut() {
+            ws.routed = false;
+        }
     }
 
     /// `N x D` from the lengths of `x` and `r`.

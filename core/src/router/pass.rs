@@ -36,6 +36,11 @@ impl<B: Backend> Deref for Pass<'_, B> {
 }
 
 impl<'a, B: Backend> Pass<'a, B> {
+    /// The router's backend (for reading the pass's buffers on a device backend).
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
     /// Backward from the gate gradient `dw` (`N x k`) and the configured losses: returns the
     /// loss values and `dZ`, `dX`, `dR` (SimBal's gradient included). `global` carries the
     /// merged statistics a global-batch LBL needs. May be called again (another `dw`).
@@ -162,7 +167,12 @@ impl<B: Backend> Deref for LogitsPass<'_, B> {
     }
 }
 
-impl<B: Backend> LogitsPass<'_, B> {
+impl<'a, B: Backend> LogitsPass<'a, B> {
+    /// The router's backend (for reading the pass's buffers on a device backend).
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
     /// Backward to `dZ` from the gate gradient `dw` (`N x k`) and the configured losses. SimBal
     /// needs the weight, so it is refused here: call [`simbal_loss`] on the weight instead.
     ///

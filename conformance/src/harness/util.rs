@@ -3,7 +3,8 @@
 
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
-use simbal_core::{Backend, Result as SResult, Scalar};
+use simbal_core::{Backend, Memory, Result as SResult, Scalar};
+use std::borrow::Borrow;
 use std::fmt::Debug;
 
 /// What every check's proptest body returns.
@@ -80,22 +81,34 @@ pub fn rounded<T: Scalar>(v: &[f64]) -> Vec<f64> {
 }
 
 /// Uploads `f64` data as the backend's elements.
-pub fn up<B: Backend>(b: &B, v: &[f64]) -> SResult<B::Buf> {
-    b.upload(&to_elems::<B::Elem>(v))
+pub fn up<M: Memory>(b: &M, v: &[f64]) -> SResult<M::Buf> {
+    b.upload(&to_elems::<M::Elem>(v))
 }
 
-/// Downloads a buffer to `f64`.
-pub fn down<B: Backend>(b: &B, buf: &B::Buf) -> SResult<Vec<f64>> {
-    let mut host = vec![B::Elem::of(0.0); b.len(buf)];
+/// Uploads optional `f64` data.
+pub fn up_opt<M: Memory>(b: &M, v: Option<&[f64]>) -> SResult<Option<M::Buf>> {
+    v.map(|v| up(b, v)).transpose()
+}
+
+/// Downloads a buffer (owned or a view) to `f64`.
+pub fn down<M: Memory, V: Borrow<M::View> + ?Sized>(b: &M, buf: &V) -> SResult<Vec<f64>> {
+    let buf = buf.borrow();
+    let mut host = vec![M::Elem::of(0.0); b.len(buf)];
     b.download(buf, &mut host)?;
     Ok(to_f64(&host))
 }
 
-/// Downloads an index buffer.
-pub fn down_idx<B: Backend>(b: &B, buf: &B::IdxBuf) -> SResult<Vec<u32>> {
+/// Downloads an index buffer (owned or a view).
+pub fn down_idx<M: Memory, V: Borrow<M::IdxView> + ?Sized>(b: &M, buf: &V) -> SResult<Vec<u32>> {
+    let buf = buf.borrow();
     let mut host = vec![0u32; b.idx_len(buf)];
     b.idx_download(buf, &mut host)?;
     Ok(host)
+}
+
+/// An optional owned buffer as an optional view.
+pub fn opt_view<M: Memory>(b: &Option<M::Buf>) -> Option<&M::View> {
+    b.as_ref().map(|b| b.borrow())
 }
 
 /// The scale a tolerance is relative to: `max(1, max |want|)` (SPEC: "relative to the output's
@@ -153,6 +166,17 @@ pub fn same<T: PartialEq + Debug>(what: &str, got: &[T], want: &[T]) -> CaseResu
             want.len()
         )))
     }
+}
+
+/// Runs the comparison `f` against the reference in the backend's element type and against the
+/// `f64` reference, each with its tag (`"reference"`, `"f64 reference"`).
+pub fn vs_refs<T: ?Sized>(
+    want: &T,
+    want64: &T,
+    mut f: impl FnMut(&str, &T) -> CaseResult,
+) -> CaseResult {
+    f("reference", want)?;
+    f("f64 reference", want64)
 }
 
 /// A condition that must hold.

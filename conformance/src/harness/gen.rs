@@ -54,7 +54,7 @@ pub struct Case {
     pub seed: u64,
 }
 
-/// The data of a case, in `f64` (round with [`crate::util::rounded`] for the backend's type).
+/// The data of a case, in `f64` (round with [`crate::harness::util::rounded`] for the backend's type).
 #[derive(Debug, Clone)]
 pub struct Data {
     /// Tokens `N x D`, `N(0, 1)`.

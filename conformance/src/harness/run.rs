@@ -1,10 +1,16 @@
 //! Runs a [`Router`] on a backend and downloads everything it produced, widened to `f64`, so
 //! backends of any element type compare with one another and with the references.
+//!
+//! A pass borrows its router (and so its backend) until it is dropped; its buffers are read
+//! through `io`, a second instance of the same backend from the check's `make`, which shares
+//! the router's memory (a clone of one client).
 
-use crate::gen::{Case, Data};
-use crate::util::{down, down_idx, up};
+use crate::harness::gen::{Case, Data};
+use crate::harness::util::{down, down_idx, opt_view, up, up_opt};
+use simbal_core::memory::view;
 use simbal_core::{
-    Backend, LoadMetrics, LossValues, Result, Router, RouterConfig, RoutingStats, Scalar,
+    Backend, Gradients, LoadMetrics, LogitGradients, LossValues, Memory, Result, Router,
+    RouterConfig, Routing, RoutingStats, Scalar,
 };
 
 /// Everything a forward pass produced.
@@ -51,22 +57,42 @@ pub fn loss_array<T: Scalar>(v: &LossValues<T>) -> [f64; 4] {
     ]
 }
 
-/// Downloads the forward outputs of `router`.
-pub fn read_forward<B: Backend>(router: &Router<B>) -> Result<Forward> {
-    let b = router.backend();
-    let offsets = down_idx(b, router.dispatch_offsets()?)?;
-    let mut order = down_idx(b, router.dispatch_order()?)?;
+/// Downloads a routing (what a forward pass wrote) through `io`, an instance of the same
+/// backend that shares its memory.
+pub fn read_forward<M: Memory>(io: &M, routing: &Routing<M>) -> Result<Forward> {
+    let offsets = down_idx(io, routing.dispatch_offsets())?;
+    let mut order = down_idx(io, routing.dispatch_order())?;
     let kept = offsets.last().copied().unwrap_or(0) as usize;
     order.truncate(kept.min(order.len()));
     Ok(Forward {
-        z: down(b, router.logits()?)?,
-        p: down(b, router.scores()?)?,
-        gates: down(b, router.gates()?)?,
-        idx: down_idx(b, router.indices()?)?,
-        dropped: down_idx(b, router.dropped()?)?,
-        counts: down_idx(b, router.counts()?)?,
+        z: down(io, routing.logits())?,
+        p: down(io, routing.scores())?,
+        gates: down(io, routing.gates())?,
+        idx: down_idx(io, routing.indices())?,
+        dropped: down_idx(io, routing.dropped())?,
+        counts: down_idx(io, routing.counts())?,
         offsets,
         order,
+    })
+}
+
+/// Downloads the result of a backward pass from tokens.
+pub fn read_backward<M: Memory>(io: &M, g: &Gradients<'_, M>) -> Result<Backward> {
+    Ok(Backward {
+        losses: loss_array(&g.losses),
+        dz: down(io, g.dz)?,
+        dx: down(io, g.dx)?,
+        dr: down(io, g.dr)?,
+    })
+}
+
+/// Downloads the result of a backward pass from logits (`dX`, `dR` empty).
+pub fn read_logit_backward<M: Memory>(io: &M, g: &LogitGradients<'_, M>) -> Result<Backward> {
+    Ok(Backward {
+        losses: loss_array(&g.losses),
+        dz: down(io, g.dz)?,
+        dx: Vec::new(),
+        dr: Vec::new(),
     })
 }
 
@@ -92,60 +118,81 @@ impl<B: Backend> Inputs<B> {
             r: up(b, &data.r)?,
             z: up(b, &data.z)?,
             dw: up(b, &data.dw)?,
-            bias: match &data.bias {
-                Some(v) => Some(up(b, v)?),
-                None => None,
-            },
+            bias: up_opt(b, data.bias.as_deref())?,
         })
+    }
+    /// Tokens.
+    pub fn x(&self) -> &B::View {
+        view::<B>(&self.x)
+    }
+    /// Router weight.
+    pub fn r(&self) -> &B::View {
+        view::<B>(&self.r)
+    }
+    /// Logits.
+    pub fn z(&self) -> &B::View {
+        view::<B>(&self.z)
+    }
+    /// Gate gradient.
+    pub fn dw(&self) -> &B::View {
+        view::<B>(&self.dw)
+    }
+    /// Selection bias.
+    pub fn bias(&self) -> Option<&B::View> {
+        opt_view::<B>(&self.bias)
     }
 }
 
-/// Forward from tokens, then backward with the case's losses.
-pub fn step<B: Backend>(
-    router: &mut Router<B>,
-    case: &Case,
-    data: &Data,
-    inp: &Inputs<B>,
-) -> Result<(Forward, Backward)> {
-    router.forward(&inp.x, &inp.r, inp.bias.as_ref(), case.n, case.d)?;
-    let fwd = read_forward(router)?;
-    let v = router.backward(&inp.x, &inp.r, &inp.dw, &case.losses, case.global(data))?;
-    let b = router.backend();
-    Ok((
-        fwd,
-        Backward {
-            losses: loss_array(&v),
-            dz: down(b, router.dz()?)?,
-            dx: down(b, router.dx()?)?,
-            dr: down(b, router.dr()?)?,
-        },
-    ))
+/// Which router path a check drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// From tokens, then the backward of the forward's pass.
+    Tokens,
+    /// From tokens; then, the forward's pass gone, the backward through [`Router::resume`].
+    Resumed,
+    /// From logits, then the backward of that pass (no SimBal).
+    Logits,
 }
 
-/// Forward from logits, then backward from logits with the case's losses (no SimBal).
-pub fn step_logits<B: Backend>(
+/// A forward and backward along `path` with the case's losses: what both wrote.
+pub fn step<B: Backend>(
+    path: Path,
+    io: &B,
     router: &mut Router<B>,
     case: &Case,
     data: &Data,
     inp: &Inputs<B>,
 ) -> Result<(Forward, Backward)> {
-    router.forward_logits(&inp.z, inp.bias.as_ref(), case.n)?;
-    let fwd = read_forward(router)?;
-    let v = router.backward_logits(&inp.dw, &case.losses, case.global(data))?;
-    let b = router.backend();
-    Ok((
-        fwd,
-        Backward {
-            losses: loss_array(&v),
-            dz: down(b, router.dz()?)?,
-            dx: Vec::new(),
-            dr: Vec::new(),
-        },
-    ))
+    let (dw, global) = (inp.dw(), case.global(data));
+    let (x, r, bias) = (inp.x(), inp.r(), inp.bias());
+    match path {
+        Path::Tokens => {
+            let mut pass = router.forward(x, r, bias)?;
+            let fwd = read_forward(io, &pass)?;
+            let g = pass.backward(dw, &case.losses, global)?;
+            Ok((fwd, read_backward(io, &g)?))
+        }
+        Path::Resumed => {
+            router.forward(x, r, bias)?;
+            let fwd = read_forward(io, router.routing()?)?;
+            let mut pass = router.resume(x, r)?;
+            let g = pass.backward(dw, &case.losses, global)?;
+            Ok((fwd, read_backward(io, &g)?))
+        }
+        Path::Logits => {
+            let mut pass = router.forward_logits(inp.z(), bias)?;
+            let fwd = read_forward(io, &pass)?;
+            let g = pass.backward(dw, &case.losses, global)?;
+            Ok((fwd, read_logit_backward(io, &g)?))
+        }
+    }
 }
+
+/// Statistics, load metrics and routing entropy of one forward pass.
+pub type StatsOf = (RoutingStats, LoadMetrics, f64);
 
 /// Statistics, load metrics and routing entropy of the last forward pass.
-pub fn stats<B: Backend>(router: &mut Router<B>) -> Result<(RoutingStats, LoadMetrics, f64)> {
+pub fn stats<B: Backend>(router: &Router<B>) -> Result<StatsOf> {
     let s = router.stats()?;
     let m = router.load_metrics()?;
     let h = router.routing_entropy()?.to_f64_lossy();

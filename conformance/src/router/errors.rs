@@ -1,0 +1,418 @@
+//! The router's errors (see [`crate::harness::errors`]): shapes, configurations, lengths, a
+//! pass asked for before any forward, SimBal on the logits path, and out-of-range indices.
+
+use super::kernels::{bwd_dz_run, dispatch_run, BwdIn};
+use crate::harness::errors::{check, new_router, refused, setup, start};
+use crate::harness::util::*;
+use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
+use simbal_core::router::kernels::{
+    BackwardRequest, Dispatch, Logits, Route, RouteRequest, RouterBackward,
+};
+use simbal_core::{
+    Backend, DropPolicy, Gemm, LossConfig, Router, RouterConfig, Scalar, SimbalError,
+};
+
+/// The `LengthMismatch` a check expects.
+fn lm(what: &'static str, expected: usize, got: usize) -> impl Fn(&SimbalError) -> bool {
+    move |e: &SimbalError| {
+        *e == SimbalError::LengthMismatch {
+            what,
+            expected,
+            got,
+        }
+    }
+}
+
+/// `ZeroDim`: `N = 0`, `D = 0`, `E = 0`.
+pub fn zero_dim<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::zero_dim";
+    start!("router::errors::zero_dim", make);
+    let mut s = setup(make, RouterConfig::new(3, 1), 2, 2);
+    let x0 = s.up(&[]);
+    check(N, "N = 0", s.forward(Some(&x0), None, None), |e| {
+        *e == SimbalError::ZeroDim { what: "N" }
+    });
+    s.still_works(N);
+    check(N, "D = 0", s.forward(Some(&x0), Some(&x0), None), |e| {
+        *e == SimbalError::ZeroDim { what: "D" }
+    });
+    check(N, "E = 0", new_router(make, RouterConfig::new(0, 1)), |e| {
+        *e == SimbalError::ZeroDim { what: "E" }
+    });
+    check(
+        N,
+        "logits N = 0",
+        s.router.forward_logits(view::<B>(&x0), None).map(|_| ()),
+        |e| *e == SimbalError::ZeroDim { what: "N" },
+    );
+}
+
+/// `KZero`: `k = 0`.
+pub fn k_zero<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    start!("router::errors::k_zero", make);
+    check(
+        "router::errors::k_zero",
+        "k = 0",
+        new_router(make, RouterConfig::new(4, 0)),
+        |e| *e == SimbalError::KZero,
+    );
+}
+
+/// `KTooLarge`: `k > E`, at construction and in `set_config`.
+pub fn k_too_large<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::k_too_large";
+    start!("router::errors::k_too_large", make);
+    let want = |e: &SimbalError| *e == SimbalError::KTooLarge { k: 5, experts: 4 };
+    check(
+        N,
+        "k = 5 > E = 4",
+        new_router(make, RouterConfig::new(4, 5)),
+        want,
+    );
+    let mut s = setup(make, RouterConfig::new(4, 2), 3, 2);
+    check(
+        N,
+        "set_config k = 5",
+        s.router.set_config(RouterConfig::new(4, 5)),
+        want,
+    );
+    s.still_works(N);
+}
+
+/// `LengthMismatch` from the router's entry points: tokens not a multiple of `D`, a weight not
+/// a multiple of `E`, logits not a multiple of `E`, a bias or gate gradient of the wrong
+/// length; and from the precondition functions of the router's kernels.
+pub fn length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::length_mismatch";
+    start!(N, make);
+    let mut s = setup(make, RouterConfig::new(3, 2), 4, 2);
+    let (x5, r5, bias2, dw3, z6) = (
+        s.up(&[0.0; 5]),
+        s.up(&[0.0; 5]),
+        s.up(&[0.0; 2]),
+        s.up(&[0.0; 3]),
+        s.up(&[0.0; 6]),
+    );
+    // D = 2 from the weight: 5 tokens' worth is not a multiple (the next one is 6).
+    check(
+        N,
+        "X",
+        s.forward(Some(&x5), None, None),
+        lm("tokens X", 6, 5),
+    );
+    check(
+        N,
+        "R",
+        s.forward(None, Some(&r5), None),
+        lm("router weight", 6, 5),
+    );
+    check(
+        N,
+        "bias",
+        s.forward(None, None, Some(&bias2)),
+        lm("selection bias", 3, 2),
+    );
+    check(
+        N,
+        "logits",
+        s.router.forward_logits(view::<B>(&x5), None).map(|_| ()),
+        lm("logits", 6, 5),
+    );
+    check(
+        N,
+        "logits bias",
+        s.router
+            .forward_logits(view::<B>(&z6), Some(view::<B>(&bias2)))
+            .map(|_| ()),
+        lm("selection bias", 3, 2),
+    );
+    check(
+        N,
+        "dW",
+        s.step(Some(&dw3), &LossConfig::none(), None),
+        lm("gate gradient", 8, 3),
+    );
+    s.still_works(N);
+    kernel_lengths(N, &s.io);
+}
+
+/// The router's kernels refuse buffers of the wrong length in their precondition functions.
+fn kernel_lengths<B: Backend>(name: &str, c: &B) {
+    let (n, d, e, k) = (2usize, 2usize, 3usize, 2usize);
+    let cfg = RouterConfig::new(e, k);
+    let buf = |len: usize| c.zeros(len).expect("zeros");
+    let ibuf = |len: usize| c.idx_zeros(len).expect("idx_zeros");
+    let (x, r, bad) = (buf(n * d), buf(d * e), buf(5));
+    let (mut z, mut p, mut gates) = (buf(n * e), buf(n * e), buf(n * k));
+    let (mut idx, mut dropped, mut counts) = (ibuf(n * k), ibuf(n * k), ibuf(e));
+    let (mut order, mut offsets) = (ibuf(n * k), ibuf(e));
+    let given = Route {
+        cfg: &cfg,
+        n,
+        logits: Logits::Given,
+        bias: None,
+        z: view_mut::<B>(&mut z),
+        p: view_mut::<B>(&mut gates), // n k, not n E
+        idx: idx_view_mut::<B>(&mut idx),
+        gates: view_mut::<B>(&mut p),
+        request: RouteRequest::default(),
+    };
+    refused(name, "route (given logits)", given.check(c));
+    let tokens = Route {
+        cfg: &cfg,
+        n,
+        logits: Logits::Tokens {
+            gemm: Gemm::new(n, e, d),
+            x: view::<B>(&bad),
+            r: view::<B>(&r),
+        },
+        bias: None,
+        z: view_mut::<B>(&mut z),
+        p: view_mut::<B>(&mut p),
+        idx: idx_view_mut::<B>(&mut idx),
+        gates: view_mut::<B>(&mut gates),
+        request: RouteRequest::default(),
+    };
+    refused(name, "route (logits from tokens)", tokens.check(c));
+    let dispatch = Dispatch {
+        cfg: &cfg,
+        n,
+        idx: idx_view::<B>(&idx),
+        gates: view_mut::<B>(&mut gates),
+        dropped: idx_view_mut::<B>(&mut dropped),
+        counts: idx_view_mut::<B>(&mut counts),
+        order: idx_view_mut::<B>(&mut order),
+        offsets: idx_view_mut::<B>(&mut offsets), // E, not E + 1
+    };
+    refused(name, "dispatch", dispatch.check(c));
+    let backward = RouterBackward {
+        cfg: &cfg,
+        n,
+        z: view::<B>(&x), // n D, not n E
+        p: view::<B>(&p),
+        idx: idx_view::<B>(&idx),
+        gates: view::<B>(&gates),
+        dropped: idx_view::<B>(&dropped),
+        dw: view::<B>(&gates),
+        lbl: None,
+        z_coef: B::Elem::of(0.0),
+        dz: view_mut::<B>(&mut z),
+        request: BackwardRequest::default(),
+    };
+    refused(name, "router_backward", backward.check(c));
+}
+
+/// `GroupsDoNotDivide`: 4 groups of 6 experts, 0 groups.
+pub fn groups_do_not_divide<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::groups_do_not_divide";
+    start!("router::errors::groups_do_not_divide", make);
+    for groups in [4, 0] {
+        check(
+            N,
+            &format!("{groups} groups of 6"),
+            new_router(make, RouterConfig::new(6, 1).with_groups(groups, 1)),
+            |e| *e == SimbalError::GroupsDoNotDivide { groups, experts: 6 },
+        );
+    }
+}
+
+/// `TooManyGroups`: 512 groups of 512 experts.
+pub fn too_many_groups<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    start!("router::errors::too_many_groups", make);
+    check(
+        "router::errors::too_many_groups",
+        "512 groups",
+        new_router(make, RouterConfig::new(512, 1).with_groups(512, 1)),
+        |e| matches!(e, SimbalError::TooManyGroups { groups: 512, max } if *max < 512),
+    );
+}
+
+/// `InvalidTopGroups`: `top_groups` 0 and more than the groups.
+pub fn invalid_top_groups<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    start!("router::errors::invalid_top_groups", make);
+    for top_groups in [0, 3] {
+        check(
+            "router::errors::invalid_top_groups",
+            &format!("top_groups = {top_groups} of 2"),
+            new_router(make, RouterConfig::new(4, 1).with_groups(2, top_groups)),
+            |e| {
+                *e == SimbalError::InvalidTopGroups {
+                    top_groups,
+                    groups: 2,
+                }
+            },
+        );
+    }
+}
+
+/// `GroupSelectionTooSmall`: one group of 2 experts kept, `k = 3`.
+pub fn group_selection_too_small<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    start!("router::errors::group_selection_too_small", make);
+    check(
+        "router::errors::group_selection_too_small",
+        "k = 3, 2 experts kept",
+        new_router(make, RouterConfig::new(8, 3).with_groups(4, 1)),
+        |e| *e == SimbalError::GroupSelectionTooSmall { k: 3, available: 2 },
+    );
+}
+
+/// `InvalidCapacityFactor`: 0, negative, NaN, infinite.
+pub fn invalid_capacity_factor<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    start!("router::errors::invalid_capacity_factor", make);
+    for cf in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        check(
+            "router::errors::invalid_capacity_factor",
+            &format!("cf = {cf}"),
+            new_router(
+                make,
+                RouterConfig::new(4, 1).with_capacity(cf, DropPolicy::Probs),
+            ),
+            |e| matches!(e, SimbalError::InvalidCapacityFactor { value } if value.to_bits() == cf.to_bits()),
+        );
+    }
+}
+
+/// `InvalidCoefficient`: a gate scale that is NaN, or not finite in the element type.
+pub fn invalid_coefficient<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::invalid_coefficient";
+    start!(N, make);
+    check(
+        N,
+        "scale NaN",
+        new_router(make, RouterConfig::new(4, 1).with_scale(f64::NAN)),
+        |e| matches!(e, SimbalError::InvalidCoefficient { what: "scale", .. }),
+    );
+    if !is_f64::<B::Elem>() {
+        check(
+            N,
+            "scale 1e300 in f32",
+            new_router(make, RouterConfig::new(4, 1).with_scale(1e300)),
+            |e| matches!(e, SimbalError::InvalidCoefficient { what: "scale", .. }),
+        );
+    }
+    let mut s = setup(make, RouterConfig::new(3, 1), 3, 2);
+    check(
+        N,
+        "set_config scale inf",
+        s.router
+            .set_config(RouterConfig::new(3, 1).with_scale(f64::INFINITY)),
+        |e| matches!(e, SimbalError::InvalidCoefficient { what: "scale", .. }),
+    );
+    s.still_works(N);
+}
+
+/// `NoForward`: the routing, a resumed pass, statistics and entropy before any forward; after a
+/// forward that failed; a resumed token pass after a forward from logits (or of another
+/// shape); and everything after `set_config`.
+pub fn no_forward<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::no_forward";
+    start!("router::errors::no_forward", make);
+    let io = fresh(make);
+    let x = up(&io, &[0.5; 6]).unwrap();
+    let x4 = up(&io, &[0.5; 4]).unwrap();
+    let r = up(&io, &[0.5; 6]).unwrap();
+    let nan = up(&io, &[f64::NAN; 6]).unwrap();
+    let mut router = Router::new(fresh(make), RouterConfig::new(3, 1)).unwrap();
+    let (xv, rv) = (view::<B>(&x), view::<B>(&r));
+    let nf = |e: &SimbalError| *e == SimbalError::NoForward;
+    let asks = |router: &mut Router<B>, when: &str| {
+        check(
+            N,
+            &format!("routing {when}"),
+            router.routing().map(|_| ()),
+            nf,
+        );
+        check(N, &format!("stats {when}"), router.stats().map(|_| ()), nf);
+        check(
+            N,
+            &format!("load_metrics {when}"),
+            router.load_metrics().map(|_| ()),
+            nf,
+        );
+        check(
+            N,
+            &format!("routing_entropy {when}"),
+            router.routing_entropy().map(|_| ()),
+            nf,
+        );
+        check(
+            N,
+            &format!("resume {when}"),
+            router.resume(xv, rv).map(|_| ()),
+            nf,
+        );
+    };
+    asks(&mut router, "before any forward");
+    router.forward(xv, rv, None).unwrap();
+    router.routing().expect("routing after a forward");
+    check(
+        N,
+        "resume with tokens of another shape",
+        router.resume(view::<B>(&x4), rv).map(|_| ()),
+        nf,
+    );
+    assert!(router.forward(view::<B>(&nan), rv, None).is_err());
+    asks(&mut router, "after a failed forward");
+    let z = up(&io, &[0.5; 9]).unwrap();
+    router.forward_logits(view::<B>(&z), None).unwrap();
+    router
+        .routing()
+        .expect("routing after a forward from logits");
+    check(
+        N,
+        "resume a token pass after forward_logits",
+        router.resume(xv, rv).map(|_| ()),
+        nf,
+    );
+    router.forward(xv, rv, None).unwrap();
+    router.set_config(RouterConfig::new(3, 1)).unwrap();
+    asks(&mut router, "after set_config");
+}
+
+/// `Unsupported`: SimBal in the backward of a pass from logits.
+pub fn unsupported<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::unsupported";
+    start!("router::errors::unsupported", make);
+    let b = fresh(make);
+    let z = up(&b, &[0.5, 0.1, 0.2, 0.3]).unwrap();
+    let dw = up(&b, &[1.0; 2]).unwrap();
+    let mut router = Router::new(b, RouterConfig::new(2, 1)).unwrap();
+    let mut pass = router.forward_logits(view::<B>(&z), None).unwrap();
+    check(
+        N,
+        "SimBal on the logits path",
+        pass.backward(view::<B>(&dw), &LossConfig::simbal(), None)
+            .map(|_| ()),
+        |e| matches!(e, SimbalError::Unsupported { .. }),
+    );
+    pass.backward(view::<B>(&dw), &LossConfig::switch(), None)
+        .unwrap_or_else(|e| panic!("{N}: unusable after Unsupported: {e:?}"));
+}
+/// `Backend`: out-of-range expert indices refused by the precondition functions of
+/// `dispatch` and `router_backward` (their index scan).
+pub fn backend_error<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const NAME: &str = "router::errors::backend_error";
+    let Some(b) = acquire(make, NAME) else { return };
+    let cfg = RouterConfig::new(3, 1);
+    let idx = [0u32, 3];
+    let gates = [0.5, 0.5];
+    match dispatch_run(&b, &cfg, 2, &idx, &gates) {
+        Err(SimbalError::Backend { .. }) => {}
+        other => panic!("{NAME}: dispatch with index 3 of 3 experts gave {other:?}"),
+    }
+    let x = BwdIn {
+        n: 2,
+        z: vec![0.0; 6],
+        p: vec![1.0 / 3.0; 6],
+        idx: idx.to_vec(),
+        gates: gates.to_vec(),
+        dropped: vec![0; 2],
+        dw: vec![1.0; 2],
+        lbl: None,
+        z_coef: 0.0,
+    };
+    match bwd_dz_run(&b, &cfg, &x) {
+        Err(SimbalError::Backend { .. }) => {}
+        other => panic!("{NAME}: router_backward with index 3 of 3 experts gave {other:?}"),
+    }
+}

@@ -1,0 +1,31 @@
+//! SimBal ([`simbal_core::simbal_loss`] and its kernel family): the loss against finite
+//! differences ([`fd`]) and the references ([`agree`]), its kernels on their own ([`kernels`]),
+//! its zero at orthogonality ([`invariants`]), its errors ([`errors`]) and arbitrary input
+//! ([`fuzz`]).
+
+pub mod agree;
+pub mod errors;
+pub mod fd;
+pub mod fuzz;
+pub mod invariants;
+pub mod kernels;
+
+/// SimBal's tests, as a module `simbal` of `#[test]`s on the backend `$make` builds (see
+/// [`crate::conformance_suite!`]).
+#[macro_export]
+macro_rules! conformance_simbal {
+    ($make:expr) => {
+        $crate::__conformance_tests! { $make; simbal;
+            fd_loss => fd::loss,
+            agree_loss => agree::loss,
+            kernel_residual => kernels::residual,
+            kernel_column_normalisation => kernels::column_normalisation,
+            invariant_zero_at_orthogonality => invariants::zero_at_orthogonality,
+            error_length_mismatch => errors::length_mismatch,
+            error_overflow => errors::overflow,
+            error_invalid_coefficient => errors::invalid_coefficient,
+            fuzz_loss => fuzz::loss,
+            fuzz_kernels => fuzz::kernels,
+        }
+    };
+}

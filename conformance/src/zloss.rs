@@ -1,0 +1,179 @@
+//! The router z-loss (its kernel in [`simbal_core::zloss`]): `lse_sq_sum` on its own (the
+//! z-loss gradient is checked through the router's finite differences and agreement checks),
+//! its errors and the kernel on arbitrary input.
+
+use crate::harness::errors::{check, invalid, refused, setup, start};
+use crate::harness::fuzz::{dims, guard, mul, pool, Filler, CASES as FUZZ_CASES};
+use crate::harness::gen;
+use crate::harness::kernel::{three, CASES, R};
+use crate::harness::util::*;
+use proptest::prelude::*;
+use proptest::sample::select;
+use simbal_core::memory::view;
+use simbal_core::router::score::score_row;
+use simbal_core::zloss::LseSqSum;
+use simbal_core::{
+    Backend, LossConfig, Rng, Router, RouterConfig, Scalar, ScoreFn, SimbalError, ZLossConfig,
+};
+
+/// The z-loss's tests, as a module `zloss` of `#[test]`s on the backend `$make` builds (see
+/// [`crate::conformance_suite!`]).
+#[macro_export]
+macro_rules! conformance_zloss {
+    ($make:expr) => {
+        $crate::__conformance_tests! { $make; zloss;
+            kernel_lse_sq_sum => kernel_lse_sq_sum,
+            error_overflow => error_overflow,
+            error_invalid_coefficient => error_invalid_coefficient,
+            error_length_mismatch => error_length_mismatch,
+            fuzz_kernels => fuzz_kernels,
+        }
+    };
+}
+
+/// `lse_sq_sum` of `n x e` logits `z`, with the scores when given.
+fn lse_run<C: Backend>(
+    c: &C,
+    n: usize,
+    e: usize,
+    z: &[f64],
+    scores: Option<(ScoreFn, &[f64])>,
+) -> R<f64> {
+    let zb = up(c, z)?;
+    let pb = up_opt(c, scores.map(|s| s.1))?;
+    let a = LseSqSum {
+        n,
+        e,
+        z: view::<C>(&zb),
+        scores: scores.zip(opt_view::<C>(&pb)).map(|((f, _), p)| (f, p)),
+    };
+    Ok(c.lse_sq_sum(a.check(c)?)?.to_f64_lossy())
+}
+
+/// `lse_sq_sum` from the logits alone (`scores: None`), logits of moderate and large
+/// magnitude; and given the scores (`Some`) of either score function (as `route` writes them,
+/// rounded to the element type), against the reference's sum from the logits.
+pub fn kernel_lse_sq_sum<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const NAME: &str = "zloss::kernel_lse_sq_sum";
+    let Some(b) = acquire(make, NAME) else { return };
+    let tol = B::Elem::CONFORMANCE_TOL;
+    let strategy = (
+        1..=8usize,
+        1..=8usize,
+        select(vec![1.0, 10.0, 1e3]),
+        any::<u64>(),
+    );
+    run_prop(NAME, CASES, strategy, |(n, e, std, seed)| {
+        let z = rounded::<B::Elem>(&gen::normal(&mut Rng::new(seed), n * e, std));
+        let (got, want, want64) = three!(&b, lse_run(n, e, &z, None));
+        vs_refs(&want, &want64, |tag, w| {
+            close1(&format!("lse_sq_sum vs {tag}"), got, *w, tol)
+        })?;
+        for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+            let mut p = vec![0.0; n * e];
+            for (zr, pr) in z.chunks(e).zip(p.chunks_mut(e)) {
+                score_row(score, zr, pr);
+            }
+            let p = rounded::<B::Elem>(&p);
+            let got =
+                lse_run(&b, n, e, &z, Some((score, &p))).ctx("lse_sq_sum scored (backend)")?;
+            vs_refs(&want, &want64, |tag, w| {
+                close1(
+                    &format!("lse_sq_sum scored ({score:?}) vs {tag}"),
+                    got,
+                    *w,
+                    tol,
+                )
+            })?;
+        }
+        Ok(())
+    });
+}
+
+/// `Overflow`: z-loss of logits beyond `sqrt(max)` (1e30 in f32, 1e200 in f64) is refused,
+/// never returned as inf/NaN.
+pub fn error_overflow<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "zloss::error_overflow";
+    start!(N, make);
+    let big = if is_f64::<B::Elem>() { 1e200 } else { 1e30 };
+    let b = fresh(make);
+    let z = up(&b, &[big, 0.0, -big, 1.0, big, big]).unwrap();
+    let dw = up(&b, &[0.0; 2]).unwrap();
+    let mut router = Router::new(b, RouterConfig::new(3, 1)).unwrap();
+    let mut pass = router.forward_logits(view::<B>(&z), None).unwrap();
+    let l = LossConfig::none().with_z_loss(ZLossConfig::default());
+    check(
+        N,
+        "z-loss",
+        pass.backward(view::<B>(&dw), &l, None).map(|_| ()),
+        |e| matches!(e, SimbalError::Overflow { .. }),
+    );
+}
+
+/// `InvalidCoefficient`: a negative `beta`.
+pub fn error_invalid_coefficient<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "zloss::error_invalid_coefficient";
+    start!(N, make);
+    let mut s = setup(make, RouterConfig::new(3, 1), 3, 2);
+    let z = LossConfig::none().with_z_loss(ZLossConfig { beta: -1.0 });
+    check(
+        N,
+        "beta < 0",
+        s.backward(&z, None),
+        invalid("z-loss beta", -1.0),
+    );
+    s.still_works(N);
+}
+
+/// `LengthMismatch` from `lse_sq_sum`'s precondition function: logits, or scores, of the wrong
+/// length.
+pub fn error_length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "zloss::error_length_mismatch";
+    let Some(c) = acquire(make, N) else { return };
+    let (n, e) = (2, 3);
+    let (z, bad) = (c.zeros(n * e).unwrap(), c.zeros(5).unwrap());
+    for (zb, scores) in [
+        (&bad, None),
+        (&z, Some((ScoreFn::Softmax, view::<B>(&bad)))),
+    ] {
+        let lse = LseSqSum {
+            n,
+            e,
+            z: view::<B>(zb),
+            scores,
+        };
+        refused(N, "lse_sq_sum", lse.check(&c));
+    }
+}
+
+/// `lse_sq_sum` on arbitrary shapes, lengths and values, without and with either score
+/// function's scores, through its precondition function.
+pub fn fuzz_kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const NAME: &str = "zloss::fuzz_kernels";
+    let Some(b) = acquire(make, NAME) else { return };
+    run_prop(NAME, FUZZ_CASES, (dims(), pool()), |input| {
+        let ((n, _, e), pool) = &input;
+        let (n, e) = (*n, *e);
+        let f = Filler::new(pool);
+        let z = up(&b, &f.vals(mul(n, e))).ctx("upload")?;
+        let p = up(&b, &f.vals(mul(n, e))).ctx("upload")?;
+        for scores in [
+            None,
+            Some((ScoreFn::Softmax, view::<B>(&p))),
+            Some((ScoreFn::Sigmoid, view::<B>(&p))),
+        ] {
+            guard("lse_sq_sum", &input, || {
+                LseSqSum {
+                    n,
+                    e,
+                    z: view::<B>(&z),
+                    scores,
+                }
+                .check(&b)
+                .and_then(|a| b.lse_sq_sum(a))
+            })?
+            .ok();
+        }
+        Ok(())
+    });
+}
