@@ -13,11 +13,15 @@ use std::time::Instant;
 
 use cubecl::prelude::Runtime;
 use simbal_core::config::{LblConfig, ZLossConfig};
-use simbal_core::ops::gemm::Gemm;
-use simbal_core::{
-    orthogonal_init, Backend, LossConfig, Router, RouterConfig, SimBalConfig, WeightLayout,
+use simbal_core::router::kernels::{
+    BackwardRequest, Dispatch, Logits, Route, RouteRequest, RouterBackward,
 };
-use simbal_cubecl::CubeclBackend;
+use simbal_core::simbal::kernels::SimbalResidual;
+use simbal_core::{
+    orthogonal_init, Backend, Gemm, GemmArgs, LossConfig, Memory, Router, RouterConfig,
+    SimBalConfig, WeightLayout,
+};
+use simbal_cubecl::{CubeclBackend, DevBuf};
 
 const SHAPES: [(usize, usize, usize, usize); 4] = [
     (4096, 768, 32, 4),
@@ -78,8 +82,8 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
             .with_z_loss(ZLossConfig::default());
         let mut router = Router::new(be.clone(), cfg).unwrap();
         let step = time(&be, iters, || {
-            router.forward(&x, &r, None, n, d).unwrap();
-            router.backward(&x, &r, &dw, &losses, None).unwrap();
+            let mut pass = router.forward(&x, &r, None).unwrap();
+            pass.backward(&dw, &losses, None).unwrap();
         });
 
         // Kernels alone, on the router's buffers.
@@ -95,45 +99,72 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
         let mut dx = be.zeros(n * d).unwrap();
         let mut dr = be.zeros(d * e).unwrap();
         let mut gram = be.zeros(e * e).unwrap();
-        let t_z = time(&be, iters, || {
-            be.gemm(&Gemm::new(n, e, d), &x, &r, &mut z).unwrap()
-        });
-        let t_route = time(&be, iters, || {
-            be.route_rows(&cfg, n, &z, None, &mut p, &mut idx, &mut gates)
+        // One GEMM through core's O(1) check, as the router calls it.
+        let gemm = |g: Gemm, a: &DevBuf<f32>, b: &DevBuf<f32>, c: &mut DevBuf<f32>| {
+            be.gemm(GemmArgs { gemm: g, a, b, c }.check(&be).unwrap())
                 .unwrap()
+        };
+        let t_z = time(&be, iters, || gemm(Gemm::new(n, e, d), &x, &r, &mut z));
+        let t_route = time(&be, iters, || {
+            let a = Route {
+                cfg: &cfg,
+                n,
+                logits: Logits::Given,
+                bias: None,
+                z: &mut z,
+                p: &mut p,
+                idx: &mut idx,
+                gates: &mut gates,
+                request: RouteRequest::default(),
+            };
+            be.route(a.check(&be).unwrap()).unwrap();
         });
         let t_disp = time(&be, iters, || {
-            be.dispatch(
-                &cfg,
+            let a = Dispatch {
+                cfg: &cfg,
                 n,
-                &idx,
-                &mut gates,
-                &mut dropped,
-                &mut counts,
-                &mut order,
-                &mut offsets,
-            )
-            .unwrap()
+                idx: &idx,
+                gates: &mut gates,
+                dropped: &mut dropped,
+                counts: &mut counts,
+                order: &mut order,
+                offsets: &mut offsets,
+            };
+            be.dispatch(a.check(&be).unwrap()).unwrap();
         });
         let t_bwd = time(&be, iters, || {
-            be.router_backward_rows(
-                &cfg, n, &z, &p, &idx, &gates, &dropped, &dw, None, 1e-3, &mut dz,
-            )
-            .unwrap()
+            let a = RouterBackward {
+                cfg: &cfg,
+                n,
+                z: &z,
+                p: &p,
+                idx: &idx,
+                gates: &gates,
+                dropped: &dropped,
+                dw: &dw,
+                lbl: None,
+                z_coef: 1e-3,
+                dz: &mut dz,
+                request: BackwardRequest::default(),
+            };
+            be.router_backward(a.check(&be).unwrap()).unwrap();
         });
         let t_dx = time(&be, iters, || {
-            be.gemm(&Gemm::new(n, d, e).tb(), &dz, &r, &mut dx).unwrap()
+            gemm(Gemm::new(n, d, e).tb(), &dz, &r, &mut dx)
         });
         let t_dr = time(&be, iters, || {
-            be.gemm(&Gemm::new(d, e, n).ta(), &x, &dz, &mut dr).unwrap()
+            gemm(Gemm::new(d, e, n).ta(), &x, &dz, &mut dr)
         });
         let sc = SimBalConfig::default();
         let t_sb = time(&be, iters, || {
-            be.gemm(&Gemm::new(e, e, d).ta(), &r, &r, &mut gram)
-                .unwrap();
-            be.simbal_residual(&sc, e, &mut gram).unwrap();
-            be.gemm(&Gemm::new(d, e, e).beta(1.0), &r, &gram, &mut dr)
-                .unwrap();
+            gemm(Gemm::new(e, e, d).ta(), &r, &r, &mut gram);
+            let a = SimbalResidual {
+                cfg: &sc,
+                e,
+                gram: &mut gram,
+            };
+            be.simbal_residual(a.check(&be).unwrap()).unwrap();
+            gemm(Gemm::new(d, e, e).beta(1.0), &r, &gram, &mut dr);
         });
         let gf = |ms: f64| 2.0 * (n * d * e) as f64 / (ms * 1e-3) / 1e9;
         println!(

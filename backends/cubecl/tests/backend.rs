@@ -1,26 +1,14 @@
 //! The `Backend` implementation against the core's `Reference<f32>` through the core's `Router`:
 //! whole forward/backward steps, every output compared.
 mod common;
-use common::Rng;
+use common::{gpu, Rng};
 use simbal_core::config::{LblLevel, LblNormalization};
+use simbal_core::memory::view;
+use simbal_core::router::kernels::Dispatch;
 use simbal_core::{
-    Backend, DropPolicy, LblConfig, LossConfig, Reference, Router, RouterConfig, ScoreFn,
-    SimBalConfig, SimBalNorm, SimbalError, WeightLayout, ZLossConfig,
+    Backend, DropPolicy, LblConfig, LossConfig, Memory, Reference, Router, RouterConfig,
+    RoutingStats, ScoreFn, SimBalConfig, SimBalNorm, SimbalError, WeightLayout, ZLossConfig,
 };
-use simbal_cubecl::CubeclBackend;
-
-type Wgpu = cubecl::wgpu::WgpuRuntime;
-
-fn gpu() -> Option<CubeclBackend<Wgpu>> {
-    match CubeclBackend::<Wgpu>::try_new(&Default::default()) {
-        Some(b) => Some(b),
-        None if std::env::var_os("CI").is_some() => panic!("no wgpu adapter and CI is set"),
-        None => {
-            eprintln!("SKIPPED: no wgpu adapter");
-            None
-        }
-    }
-}
 
 #[derive(Debug, PartialEq)]
 struct Out {
@@ -36,58 +24,66 @@ struct Out {
     dr: Vec<f32>,
     losses: [f32; 4],
     entropy: f32,
+    stats: RoutingStats,
 }
 
-fn f<B: Backend<Elem = f32>>(b: &B, x: &B::Buf) -> Vec<f32> {
+fn f<B: Memory<Elem = f32>>(b: &B, x: &B::View) -> Vec<f32> {
     let mut h = vec![0.0; b.len(x)];
     b.download(x, &mut h).unwrap();
     h
 }
-fn u<B: Backend<Elem = f32>>(b: &B, x: &B::IdxBuf) -> Vec<u32> {
+fn u<B: Memory<Elem = f32>>(b: &B, x: &B::IdxView) -> Vec<u32> {
     let mut h = vec![0; b.idx_len(x)];
     b.idx_download(x, &mut h).unwrap();
     h
 }
 
-#[allow(clippy::too_many_arguments)]
-fn step<B: Backend<Elem = f32>>(
+/// One forward and backward through the core's router; every output read back.
+fn step<B: Backend<Elem = f32> + Clone>(
     b: B,
     cfg: RouterConfig,
     losses: &LossConfig,
-    n: usize,
-    d: usize,
     x: &[f32],
     r: &[f32],
     bias: Option<&[f32]>,
     dw: &[f32],
 ) -> Out {
-    let (dx_, dr_, dw_) = (
+    let (xb, rb, dwb) = (
         b.upload(x).unwrap(),
         b.upload(r).unwrap(),
         b.upload(dw).unwrap(),
     );
     let db = bias.map(|v| b.upload(v).unwrap());
-    let mut router = Router::new(b, cfg).unwrap();
-    router.forward(&dx_, &dr_, db.as_ref(), n, d).unwrap();
-    let l = router.backward(&dx_, &dr_, &dw_, losses, None).unwrap();
-    let b = router.backend();
-    let kept = router
-        .dispatch_offsets()
-        .map(|o| u(b, o)[cfg.experts] as usize)
-        .unwrap();
+    let mut router = Router::new(b.clone(), cfg).unwrap();
+    let (xv, rv) = (view::<B>(&xb), view::<B>(&rb));
+    let mut pass = router.forward(xv, rv, db.as_ref().map(view::<B>)).unwrap();
+    let offsets = u(&b, pass.dispatch_offsets());
+    let kept = offsets[cfg.experts] as usize;
+    let (idx, dropped, counts) = (
+        u(&b, pass.indices()),
+        u(&b, pass.dropped()),
+        u(&b, pass.counts()),
+    );
+    let order = u(&b, pass.dispatch_order())[..kept].to_vec();
+    let (p, gates) = (f(&b, pass.scores()), f(&b, pass.gates()));
+    let stats = pass.stats().unwrap();
+    let entropy = pass.routing_entropy().unwrap();
+    let g = pass.backward(view::<B>(&dwb), losses, None).unwrap();
+    let l = g.losses;
     Out {
-        idx: u(b, router.indices().unwrap()),
-        dropped: u(b, router.dropped().unwrap()),
-        counts: u(b, router.counts().unwrap()),
-        order: u(b, router.dispatch_order().unwrap())[..kept].to_vec(),
-        offsets: u(b, router.dispatch_offsets().unwrap()),
-        p: f(b, router.scores().unwrap()),
-        gates: f(b, router.gates().unwrap()),
-        dz: f(b, router.dz().unwrap()),
-        dx: f(b, router.dx().unwrap()),
-        dr: f(b, router.dr().unwrap()),
+        idx,
+        dropped,
+        counts,
+        order,
+        offsets,
+        p,
+        gates,
+        dz: f(&b, g.dz),
+        dx: f(&b, g.dx),
+        dr: f(&b, g.dr),
         losses: [l.simbal, l.lbl, l.z_loss, l.total],
-        entropy: router.routing_entropy().unwrap(),
+        entropy,
+        stats,
     }
 }
 
@@ -120,6 +116,14 @@ fn compare(tag: &str, got: &Out, want: &Out) {
         &[want.entropy],
         1e-5,
     );
+    let (gs, ws) = (&got.stats, &want.stats);
+    assert_eq!(
+        (&gs.counts, gs.tokens, gs.dropped),
+        (&ws.counts, ws.tokens, ws.dropped),
+        "{tag}: stats"
+    );
+    let sums = |s: &RoutingStats| s.score_sums.iter().map(|&v| v as f32).collect::<Vec<_>>();
+    close(&format!("{tag}: score sums"), &sums(gs), &sums(ws), 1e-5);
 }
 
 #[test]
@@ -182,18 +186,8 @@ fn router_steps_match_reference() {
         let dw = rng.vec(n * cfg.k);
         let bias: Vec<f32> = (0..e).map(|_| rng.below(3) as f32 * 0.01).collect();
         let bias = (i % 2 == 1).then_some(&bias[..]);
-        let want = step(
-            Reference::<f32>::new(),
-            cfg,
-            &losses,
-            n,
-            d,
-            &x,
-            &r,
-            bias,
-            &dw,
-        );
-        let got = step(g.clone(), cfg, &losses, n, d, &x, &r, bias, &dw);
+        let want = step(Reference::<f32>::new(), cfg, &losses, &x, &r, bias, &dw);
+        let got = step(g.clone(), cfg, &losses, &x, &r, bias, &dw);
         compare(&format!("case {i}: {cfg:?} {losses:?}"), &got, &want);
     }
 }
@@ -201,9 +195,12 @@ fn router_steps_match_reference() {
 #[test]
 fn errors_are_typed() {
     let Some(g) = gpu() else { return };
-    // Out-of-range indices reach the kernels only through user buffers.
+    // Out-of-range indices reach the kernels only through user buffers: core's check asks the
+    // device (`idx_all_below`) and refuses them.
     let cfg = RouterConfig::new(3, 1);
     let idx = g.idx_upload(&[0, 3]).unwrap();
+    assert!(!g.idx_all_below(&idx, 3).unwrap());
+    assert!(g.idx_all_below(&idx, 4).unwrap());
     let mut gates = g.upload(&[0.5, 0.5]).unwrap();
     let (mut dr, mut c, mut o, mut off) = (
         g.idx_zeros(2).unwrap(),
@@ -211,10 +208,28 @@ fn errors_are_typed() {
         g.idx_zeros(2).unwrap(),
         g.idx_zeros(4).unwrap(),
     );
-    let r = g.dispatch(&cfg, 2, &idx, &mut gates, &mut dr, &mut c, &mut o, &mut off);
+    let r = Dispatch {
+        cfg: &cfg,
+        n: 2,
+        idx: &idx,
+        gates: &mut gates,
+        dropped: &mut dr,
+        counts: &mut c,
+        order: &mut o,
+        offsets: &mut off,
+    }
+    .check(&g)
+    .and_then(|a| g.dispatch(a));
     assert!(matches!(r, Err(SimbalError::Backend { .. })), "{r:?}");
-    // Non-finite values are located.
+    // Indices the router's own forward wrote pass without a device reduction (their bound).
     let x = g.upload(&[1.0, 2.0, 3.0, f32::NAN, 5.0, 6.0]).unwrap();
+    let mut router = Router::new(g.clone(), RouterConfig::new(3, 1)).unwrap();
+    let w = g.upload(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]).unwrap();
+    let ok = g.upload(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let pass = router.forward(&ok, &w, None).unwrap();
+    assert_eq!(pass.indices().bound, Some(3));
+    assert!(g.idx_all_below(pass.indices(), 3).unwrap());
+    // Non-finite values are located.
     match g.check_finite("x", 2, &x) {
         Err(SimbalError::NonFinite { row: 1, col: 1, .. }) => {}
         other => panic!("{other:?}"),

@@ -1,25 +1,34 @@
 //! `CubeclBackend::lbl_coefficients` (the `kernels::lbl` kernels) against the core's host formula
-//! `ops::lbl::lbl_value_and_coef` in f64: both normalisations, one to many groups, counts and score
+//! `lbl::reference::lbl_value_and_coef` in f64: both normalisations, one to many groups, counts and score
 //! tokens equal (micro-batch, sequence) or not (global-batch style).
 mod common;
-use common::Rng;
+use common::{gpu, Rng, R};
 use simbal_core::config::{LblLevel, LblNormalization};
-use simbal_core::ops::lbl::{lbl_value_and_coef, LblScales};
-use simbal_core::{Backend, LblConfig, SimbalError};
+use simbal_core::lbl::kernels::LblCoefficients;
+use simbal_core::lbl::reference::{lbl_value_and_coef, LblScales};
+use simbal_core::{Backend, LblConfig, Memory, SimbalError};
 use simbal_cubecl::kernels::{lbl, DevBuf, KernelError};
 use simbal_cubecl::CubeclBackend;
 
-type Wgpu = cubecl::wgpu::WgpuRuntime;
-
-fn gpu() -> Option<CubeclBackend<Wgpu>> {
-    match CubeclBackend::<Wgpu>::try_new(&Default::default()) {
-        Some(b) => Some(b),
-        None if std::env::var_os("CI").is_some() => panic!("no wgpu adapter and CI is set"),
-        None => {
-            eprintln!("SKIPPED: no wgpu adapter");
-            None
-        }
-    }
+/// `lbl_coefficients` through core's check, as the router calls it.
+fn coefficients(
+    b: &CubeclBackend<R>,
+    cfg: &LblConfig,
+    e: usize,
+    scales: LblScales,
+    counts: &DevBuf<u32>,
+    sums: &DevBuf<f32>,
+    coef: &mut DevBuf<f32>,
+) -> simbal_core::Result<f32> {
+    let a = LblCoefficients {
+        cfg,
+        e,
+        scales,
+        counts,
+        sums,
+        coef,
+    };
+    b.lbl_coefficients(a.check(b)?)
 }
 
 /// Random kept counts (at most `k T_f` per group) and score sums (in `[0, T_p)`), `groups x e`.
@@ -74,9 +83,7 @@ fn lbl_coefficients_match_host_formula() {
                 let cb = b.idx_upload(&counts).unwrap();
                 let sb = b.upload(&sums).unwrap();
                 let mut coef = b.upload(&vec![f32::NAN; groups * e]).unwrap();
-                let got_v = b
-                    .lbl_coefficients(&cfg, e, &s, &cb, &sb, &mut coef)
-                    .unwrap();
+                let got_v = coefficients(&b, &cfg, e, s, &cb, &sb, &mut coef).unwrap();
                 let mut got = vec![0.0f32; groups * e];
                 b.download(&coef, &mut got).unwrap();
 
@@ -126,9 +133,7 @@ fn lbl_coefficients_known_value() {
     let cb = b.idx_upload(&[1, 1, 1, 1]).unwrap();
     let sb = b.upload(&[1.0; 4]).unwrap();
     let mut coef = b.zeros(4).unwrap();
-    let v = b
-        .lbl_coefficients(&cfg, 4, &s, &cb, &sb, &mut coef)
-        .unwrap();
+    let v = coefficients(&b, &cfg, 4, s, &cb, &sb, &mut coef).unwrap();
     let mut got = [0.0f32; 4];
     b.download(&coef, &mut got).unwrap();
     assert_eq!(got, [0.125; 4]);
@@ -160,15 +165,15 @@ fn lbl_coefficients_check_lengths() {
         other => panic!("{what}: {other:?}"),
     };
     is_len(
-        b.lbl_coefficients(&cfg, 3, &s, &short_counts, &sums, &mut coef),
+        coefficients(&b, &cfg, 3, s, &short_counts, &sums, &mut coef),
         "LBL group counts",
     );
     is_len(
-        b.lbl_coefficients(&cfg, 3, &s, &counts, &short_sums, &mut coef),
+        coefficients(&b, &cfg, 3, s, &counts, &short_sums, &mut coef),
         "LBL group sums",
     );
     is_len(
-        b.lbl_coefficients(&cfg, 3, &s, &counts, &sums, &mut short_coef),
+        coefficients(&b, &cfg, 3, s, &counts, &sums, &mut short_coef),
         "LBL coefficients",
     );
     // groups * e overflows: saturates, a mismatch rather than a panic.
@@ -177,7 +182,7 @@ fn lbl_coefficients_check_lengths() {
         ..s
     };
     assert!(matches!(
-        b.lbl_coefficients(&cfg, 3, &huge, &counts, &sums, &mut coef),
+        coefficients(&b, &cfg, 3, huge, &counts, &sums, &mut coef),
         Err(SimbalError::LengthMismatch {
             expected: usize::MAX,
             ..
@@ -188,8 +193,7 @@ fn lbl_coefficients_check_lengths() {
     let (c0, s0) = (b.idx_zeros(0).unwrap(), b.zeros(0).unwrap());
     let mut k0 = b.zeros(0).unwrap();
     assert_eq!(
-        b.lbl_coefficients(&cfg, 3, &none, &c0, &s0, &mut k0)
-            .unwrap(),
+        coefficients(&b, &cfg, 3, none, &c0, &s0, &mut k0).unwrap(),
         0.0
     );
     // The launcher itself refuses mismatched buffers and a missing output slot.

@@ -120,31 +120,16 @@ fn forward_rejects_bad_config() {
     let p = DevBuf::<f32>::empty(&c, 8);
     let idx = DevBuf::<u32>::empty(&c, 2);
     let g = DevBuf::<f32>::empty(&c, 2);
-    let o = RouteOptions {
+    let opts = |k, groups| RouteOptions {
         e: 4,
-        k: 5,
+        k,
         softmax: true,
         renorm: true,
         scale: 1.0,
-        groups: None,
+        groups,
     };
-    assert!(route_rows(&c, &o, 2, &z, None, &p, &idx, &g).is_err());
-    let o = RouteOptions {
-        e: 4,
-        k: 1,
-        softmax: true,
-        renorm: true,
-        scale: 1.0,
-        groups: Some((3, 1)),
-    };
-    assert!(route_rows(&c, &o, 2, &z, None, &p, &idx, &g).is_err());
-    let o = RouteOptions {
-        e: 4,
-        k: 1,
-        softmax: true,
-        renorm: true,
-        scale: 1.0,
-        groups: None,
-    };
-    assert!(route_rows(&c, &o, 3, &z, None, &p, &idx, &g).is_err());
+    // k > E; groups that do not divide E; logits of 2 rows routed as 3.
+    assert!(route_rows(&c, &opts(5, None), 2, &z, None, &p, &idx, &g).is_err());
+    assert!(route_rows(&c, &opts(1, Some((3, 1))), 2, &z, None, &p, &idx, &g).is_err());
+    assert!(route_rows(&c, &opts(1, None), 3, &z, None, &p, &idx, &g).is_err());
 }

@@ -52,6 +52,28 @@ fn histogram_kernel(
     }
 }
 
+/// Whether assignment `a` (of `nk`) exists, goes to expert `x` and (`use_dropped`) was kept.
+#[cube]
+fn is_hit(
+    idx: &Array<u32>,
+    dropped: &Array<u32>,
+    a: usize,
+    nk: u32,
+    x: u32,
+    #[comptime] use_dropped: bool,
+) -> bool {
+    let mut hit = false;
+    if a < nk as usize {
+        hit = idx[a] == x;
+        if use_dropped {
+            if dropped[a] != 0 {
+                hit = false;
+            }
+        }
+    }
+    hit
+}
+
 /// One cube per expert: offsets and the stable, expert-sorted assignment ids.
 #[cube(launch_unchecked)]
 fn plan_kernel(
@@ -88,34 +110,17 @@ fn plan_kernel(
             let base = t0 + lane * CHUNK;
             let mut cnt = 0u32;
             for q in 0..CHUNK {
-                let a = base + q;
-                if a < nk as usize {
-                    let mut hit = idx[a] == xu;
-                    if use_dropped {
-                        if dropped[a] != 0 {
-                            hit = false;
-                        }
-                    }
-                    if hit {
-                        cnt += 1;
-                    }
+                if is_hit(idx, dropped, base + q, nk, xu, use_dropped) {
+                    cnt += 1;
                 }
             }
             let (ex, total) = block_scan_u32(&mut s, lane, cnt);
             let mut pos = (run + ex) as usize;
             for q in 0..CHUNK {
                 let a = base + q;
-                if a < nk as usize {
-                    let mut hit = idx[a] == xu;
-                    if use_dropped {
-                        if dropped[a] != 0 {
-                            hit = false;
-                        }
-                    }
-                    if hit {
-                        order[pos] = a as u32;
-                        pos += 1;
-                    }
+                if is_hit(idx, dropped, a, nk, xu, use_dropped) {
+                    order[pos] = a as u32;
+                    pos += 1;
                 }
             }
             run += total;

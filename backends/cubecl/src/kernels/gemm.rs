@@ -40,7 +40,7 @@ const SK_LANES: usize = 32;
 /// Output rows (nn) or token lanes (tn) per skinny cube.
 const SK_ROWS: usize = 8;
 
-/// GEMM description (mirrors `simbal_core::ops::gemm::Gemm`).
+/// GEMM description (mirrors `simbal_core::Gemm`, in f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GemmDims {
     /// Rows of `op(A)` and `C`.
@@ -57,6 +57,16 @@ pub struct GemmDims {
     pub alpha: f32,
     /// Scale of the old `C` (0 overwrites, ignoring NaN in `C`).
     pub beta: f32,
+}
+
+/// `c[o] = alpha v + beta c[o]`; `beta_zero` overwrites (an old NaN in `C` is ignored).
+#[cube]
+fn store(c: &mut Array<f32>, o: usize, v: f32, alpha: f32, beta: f32, #[comptime] beta_zero: bool) {
+    if beta_zero {
+        c[o] = alpha * v;
+    } else {
+        c[o] = alpha * v + beta * c[o];
+    }
 }
 
 #[cube(launch_unchecked)]
@@ -172,13 +182,42 @@ fn gemm_kernel(
             if i < m && j < n {
                 if split {
                     c[slice + i * n + j] = acc[r * MT + q];
-                } else if beta_zero {
-                    c[i * n + j] = alpha * acc[r * MT + q];
                 } else {
-                    c[i * n + j] = alpha * acc[r * MT + q] + beta * c[i * n + j];
+                    store(c, i * n + j, acc[r * MT + q], alpha, beta, beta_zero);
                 }
             }
         }
+    }
+}
+
+/// Fixed-order tree over `count` threads of their `n` accumulators each: thread `me` stores
+/// `acc` at `s[base..base + n]`, and its partner `stride` threads on sits `stride * step` slots
+/// further; the total ends in the slots of thread 0. All threads of the cube must call it.
+#[cube]
+fn sum_accumulators(
+    acc: &Array<f32>,
+    s: &mut SharedMemory<f32>,
+    base: usize,
+    me: usize,
+    #[comptime] n: usize,
+    #[comptime] count: usize,
+    #[comptime] step: usize,
+) {
+    #[unroll]
+    for j in 0..n {
+        s[base + j] = acc[j];
+    }
+    sync_cube();
+    let mut stride = comptime!(count / 2).runtime();
+    while stride > 0 {
+        if me < stride {
+            #[unroll]
+            for j in 0..n {
+                s[base + j] = s[base + j] + s[base + stride * step + j];
+            }
+        }
+        sync_cube();
+        stride /= 2;
     }
 }
 
@@ -224,30 +263,16 @@ fn skinny_nn_kernel(
     }
     let mut s = SharedMemory::<f32>::new(comptime!(SK_LANES * SK_ROWS * n));
     let base = (y * SK_LANES + lane) * n;
-    #[unroll]
-    for j in 0..n {
-        s[base + j] = acc[j];
-    }
-    sync_cube();
-    let mut stride = comptime!(SK_LANES / 2).runtime();
-    while stride > 0 {
-        if lane < stride {
-            #[unroll]
-            for j in 0..n {
-                s[base + j] = s[base + j] + s[base + stride * n + j];
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    sum_accumulators(&acc, &mut s, base, lane, n, SK_LANES, n);
     if row < m && lane < n {
-        let v = alpha * s[y * SK_LANES * n + lane];
-        let o = row * n + lane;
-        if beta_zero {
-            c[o] = v;
-        } else {
-            c[o] = v + beta * c[o];
-        }
+        store(
+            c,
+            row * n + lane,
+            s[y * SK_LANES * n + lane],
+            alpha,
+            beta,
+            beta_zero,
+        );
     }
 }
 
@@ -299,22 +324,7 @@ fn skinny_tn_kernel(
     }
     let mut s = SharedMemory::<f32>::new(comptime!(SK_LANES * SK_ROWS * n));
     let base = (y * SK_LANES + lane) * n;
-    #[unroll]
-    for j in 0..n {
-        s[base + j] = acc[j];
-    }
-    sync_cube();
-    let mut stride = comptime!(SK_ROWS / 2).runtime();
-    while stride > 0 {
-        if y < stride {
-            #[unroll]
-            for j in 0..n {
-                s[base + j] = s[base + j] + s[base + stride * SK_LANES * n + j];
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    sum_accumulators(&acc, &mut s, base, y, n, SK_ROWS, comptime!(SK_LANES * n));
     if y == 0 && col < m {
         let slice = CUBE_POS_Y as usize * m * n;
         #[unroll]
@@ -323,10 +333,8 @@ fn skinny_tn_kernel(
             let o = col * n + j;
             if split {
                 c[slice + o] = v;
-            } else if beta_zero {
-                c[o] = alpha * v;
             } else {
-                c[o] = alpha * v + beta * c[o];
+                store(c, o, v, alpha, beta, beta_zero);
             }
         }
     }
@@ -350,11 +358,7 @@ fn split_reduce_kernel(
         for z in 0..splits as usize {
             s += work[z * len + i];
         }
-        if beta_zero {
-            c[i] = alpha * s;
-        } else {
-            c[i] = alpha * s + beta * c[i];
-        }
+        store(c, i, s, alpha, beta, beta_zero);
     }
 }
 
@@ -399,10 +403,11 @@ pub fn gemm<R: Runtime>(
     );
     fits_u32("GEMM operand A", a.len)?;
     fits_u32("GEMM operand B", b.len)?;
-    if g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM && !g.trans_a {
+    let skinny = g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM;
+    if skinny && !g.trans_a {
         return skinny_nn(client, g, a, b, c);
     }
-    if g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM && !g.trans_b {
+    if skinny && !g.trans_b {
         return skinny_tn(client, g, a, b, c);
     }
     let gx = g.n.div_ceil(BN);
@@ -414,43 +419,17 @@ pub fn gemm<R: Runtime>(
         )));
     }
     let splits = choose_splits(gx * gy, g.k);
-    let beta_zero = g.beta == 0.0;
-    let dim = CubeDim::new_2d(TS as u32, TS as u32);
-    if splits == 1 {
-        unsafe {
-            gemm_kernel::launch_unchecked::<R>(
-                client,
-                CubeCount::Static(gx as u32, gy as u32, 1),
-                dim,
-                a.arg(),
-                b.arg(),
-                c.arg(),
-                m,
-                n,
-                k,
-                k,
-                g.alpha,
-                g.beta,
-                g.trans_a,
-                g.trans_b,
-                beta_zero,
-                false,
-            );
-        }
-        return Ok(());
-    }
     let chunk = g.k.div_ceil(splits).div_ceil(BK) * BK;
     let splits = g.k.div_ceil(chunk);
-    let work = DevBuf::<f32>::empty(client, splits * g.m * g.n);
-    fits_u32("GEMM split workspace", work.len)?;
+    let work = SplitWork::new(client, g, splits)?;
     unsafe {
         gemm_kernel::launch_unchecked::<R>(
             client,
             CubeCount::Static(gx as u32, gy as u32, splits as u32),
-            dim,
+            CubeDim::new_2d(TS as u32, TS as u32),
             a.arg(),
             b.arg(),
-            work.arg(),
+            work.target(c).arg(),
             m,
             n,
             k,
@@ -459,11 +438,54 @@ pub fn gemm<R: Runtime>(
             g.beta,
             g.trans_a,
             g.trans_b,
-            beta_zero,
-            true,
+            g.beta == 0.0,
+            work.is_split(),
         );
     }
-    reduce_splits(client, g, splits, &work, c)
+    work.finish(client, g, c)
+}
+
+/// The split-K workspace of a product split `splits` ways: one `m x n` slice per split, summed
+/// in slice order after; none (the kernel writes `C`) for one split.
+struct SplitWork {
+    splits: usize,
+    work: Option<DevBuf<f32>>,
+}
+
+impl SplitWork {
+    fn new<R: Runtime>(
+        client: &ComputeClient<R>,
+        g: &GemmDims,
+        splits: usize,
+    ) -> Result<Self, KernelError> {
+        let work = if splits > 1 {
+            let w = DevBuf::<f32>::empty(client, splits * g.m * g.n);
+            fits_u32("GEMM split workspace", w.len)?;
+            Some(w)
+        } else {
+            None
+        };
+        Ok(Self { splits, work })
+    }
+    fn is_split(&self) -> bool {
+        self.work.is_some()
+    }
+    /// Where the kernel writes: the workspace, or `C` itself.
+    fn target<'a>(&'a self, c: &'a DevBuf<f32>) -> &'a DevBuf<f32> {
+        self.work.as_ref().unwrap_or(c)
+    }
+    /// `C = alpha (sum of the slices) + beta C` for a split product.
+    fn finish<R: Runtime>(
+        self,
+        client: &ComputeClient<R>,
+        g: &GemmDims,
+        c: &DevBuf<f32>,
+    ) -> Result<(), KernelError> {
+        match &self.work {
+            Some(w) => reduce_splits(client, g, self.splits, w, c),
+            None => Ok(()),
+        }
+    }
 }
 
 /// [`skinny_nn_kernel`] over all rows (sizes checked by [`gemm`]).
@@ -517,50 +539,26 @@ fn skinny_tn<R: Runtime>(
         .clamp(1, 64);
     let chunk = g.k.div_ceil(splits);
     let splits = g.k.div_ceil(chunk);
-    let dim = CubeDim::new_2d(SK_LANES as u32, SK_ROWS as u32);
-    let beta_zero = g.beta == 0.0;
-    if splits == 1 {
-        unsafe {
-            skinny_tn_kernel::launch_unchecked::<R>(
-                client,
-                CubeCount::Static(gx as u32, 1, 1),
-                dim,
-                a.arg(),
-                b.arg(),
-                c.arg(),
-                g.m as u32,
-                g.k as u32,
-                g.k as u32,
-                g.alpha,
-                g.beta,
-                g.n,
-                beta_zero,
-                false,
-            );
-        }
-        return Ok(());
-    }
-    let work = DevBuf::<f32>::empty(client, splits * g.m * g.n);
-    fits_u32("GEMM split workspace", work.len)?;
+    let work = SplitWork::new(client, g, splits)?;
     unsafe {
         skinny_tn_kernel::launch_unchecked::<R>(
             client,
             CubeCount::Static(gx as u32, splits as u32, 1),
-            dim,
+            CubeDim::new_2d(SK_LANES as u32, SK_ROWS as u32),
             a.arg(),
             b.arg(),
-            work.arg(),
+            work.target(c).arg(),
             g.m as u32,
             g.k as u32,
             chunk as u32,
             g.alpha,
             g.beta,
             g.n,
-            beta_zero,
-            true,
+            g.beta == 0.0,
+            work.is_split(),
         );
     }
-    reduce_splits(client, g, splits, &work, c)
+    work.finish(client, g, c)
 }
 
 /// `C = alpha (sum of the `splits` slices of `work`, in slice order) + beta C`.

@@ -162,7 +162,7 @@ pub fn check_len2(
 pub const MAX_GRID_DIM: usize = 65535;
 
 /// A grid of at least `cubes` cubes, laid out in 2D when one dimension is not enough.
-/// Kernels recover the linear cube id with [`linear_cube`] and skip ids `>= cubes`.
+/// Kernels recover the linear cube id with [`linear_cube()`] and skip ids `>= cubes`.
 pub fn grid(cubes: usize) -> Result<CubeCount, KernelError> {
     let cubes = cubes.max(1);
     if cubes <= MAX_GRID_DIM {

@@ -6,7 +6,7 @@
 
 use cubecl::prelude::*;
 
-use super::router_forward::row_layout;
+use super::router_forward::{row_layout, row_thread};
 use super::util::{fits_u32, is_nan_bits, is_non_finite_bits, sum_all, tree_max, tree_sum};
 use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError};
 
@@ -92,6 +92,48 @@ pub fn group_column_sums<R: Runtime>(
     Ok(())
 }
 
+/// `(max, sum exp(x - max))` of the `e` elements of a row from `x[start]` (those of an invalid
+/// row read as 0), shared by the row's `lanes` lanes through `rs[rb..rb + lanes]`. All threads
+/// of the cube must call it.
+#[cube]
+pub fn row_max_exp_sum(
+    x: &Array<f32>,
+    rs: &mut SharedMemory<f32>,
+    start: usize,
+    valid: bool,
+    rb: usize,
+    lane: usize,
+    ninf: f32,
+    #[comptime] e: usize,
+    #[comptime] lanes: usize,
+) -> (f32, f32) {
+    let mut mx = ninf;
+    let mut c = lane;
+    while c < e {
+        let mut v = 0.0f32;
+        if valid {
+            v = x[start + c];
+        }
+        if v > mx {
+            mx = v;
+        }
+        c += lanes;
+    }
+    mx = tree_max(rs, rb, lane, mx, lanes);
+    let mut sum = 0.0f32;
+    c = lane;
+    while c < e {
+        let mut v = 0.0f32;
+        if valid {
+            v = x[start + c];
+        }
+        sum += f32::exp(v - mx);
+        c += lanes;
+    }
+    sum = tree_sum(rs, rb, lane, sum, lanes);
+    (mx, sum)
+}
+
 /// Per-row statistic, one row per group of `lanes` threads: `lse(x_t)^2` (`entropy = false`) or
 /// the entropy of the row normalised to sum 1 (0 for a row whose sum is not positive).
 #[cube(launch_unchecked)]
@@ -105,9 +147,7 @@ fn row_stat_kernel(
     #[comptime] rows: usize,
     #[comptime] entropy: bool,
 ) {
-    let lane = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
-    let row = linear_cube() * rows + ty;
+    let (lane, ty, row) = row_thread(rows);
     let valid = row < n as usize;
     let mut rs = SharedMemory::<f32>::new(comptime!(lanes * rows));
     let rb = ty * lanes;
@@ -139,27 +179,7 @@ fn row_stat_kernel(
             out[row] = h;
         }
     } else {
-        let mut mx = ninf;
-        let mut c = lane;
-        while c < e {
-            if valid {
-                let v = x[row * e + c];
-                if v > mx {
-                    mx = v;
-                }
-            }
-            c += lanes;
-        }
-        mx = tree_max(&mut rs, rb, lane, mx, lanes);
-        let mut sum = 0.0f32;
-        c = lane;
-        while c < e {
-            if valid {
-                sum += f32::exp(x[row * e + c] - mx);
-            }
-            c += lanes;
-        }
-        sum = tree_sum(&mut rs, rb, lane, sum, lanes);
+        let (mx, sum) = row_max_exp_sum(x, &mut rs, row * e, valid, rb, lane, ninf, e, lanes);
         let l = mx + f32::ln(sum);
         if valid && lane == 0 {
             out[row] = l * l;

@@ -11,9 +11,10 @@
 
 use cubecl::prelude::*;
 
-use super::router_forward::row_layout;
-use super::util::{fits_u32, tree_max, tree_sum};
-use super::{check_len2, grid, linear_cube, DevBuf, KernelError};
+use super::reduce::row_max_exp_sum;
+use super::router_forward::{row_layout, row_thread};
+use super::util::{fits_u32, tree_sum};
+use super::{check_len2, grid, DevBuf, KernelError};
 
 /// Compile-time shape and options of the backward row kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +54,42 @@ pub struct BackOptions {
     pub z_coef: f32,
 }
 
+/// The gate gradient of assignment `at`, 0 when it was dropped.
+#[cube]
+fn kept_dw(dw: &Array<f32>, dropped: &Array<u32>, at: usize) -> f32 {
+    let mut g = dw[at];
+    if dropped[at] != 0 {
+        g = 0.0;
+    }
+    g
+}
+
+/// The renormalised gates' shared terms of the row whose assignments start at `base`:
+/// `1 / (sum_l p_{i_l} + tiny)` and `sum_l dW_l w_l`.
+#[cube]
+fn renorm_terms(
+    idx: &Array<u32>,
+    gates: &Array<f32>,
+    dropped: &Array<u32>,
+    dw: &Array<f32>,
+    ps: &SharedMemory<f32>,
+    base: usize,
+    pb: usize,
+    #[comptime] e: usize,
+    #[comptime] k: usize,
+) -> (f32, f32) {
+    let mut sum = 0.0f32;
+    let mut dot = 0.0f32;
+    for j in 0..k {
+        let i = idx[base + j] as usize;
+        if i < e {
+            sum += ps[pb + i];
+        }
+        dot += kept_dw(dw, dropped, base + j) * gates[base + j];
+    }
+    (1.0 / (sum + f32::MIN_POSITIVE), dot)
+}
+
 #[cube(launch_unchecked)]
 fn router_backward_kernel(
     z: &Array<f32>,
@@ -73,9 +110,7 @@ fn router_backward_kernel(
     let e = comptime!(cfg.e);
     let k = comptime!(cfg.k);
     let lanes = comptime!(cfg.lanes);
-    let lane = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
-    let row = linear_cube() * comptime!(cfg.rows) + ty;
+    let (lane, ty, row) = row_thread(cfg.rows);
     let valid = row < n as usize;
 
     let mut ds = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
@@ -106,10 +141,7 @@ fn router_backward_kernel(
             let base = row * k;
             for j in 0..k {
                 let i = idx[base + j] as usize;
-                let mut g = dw[base + j];
-                if dropped[base + j] != 0 {
-                    g = 0.0;
-                }
+                let g = kept_dw(dw, dropped, base + j);
                 if i < e {
                     ds[pb + i] = ds[pb + i] + scale * g;
                 }
@@ -150,26 +182,10 @@ fn router_backward_kernel(
             let mut m = 0.0f32;
             if valid && cfg.softmax {
                 let base = row * k;
-                let mut sum = 0.0f32;
-                let mut dot = 0.0f32;
+                let (inv, dot) = renorm_terms(idx, gates, dropped, dw, &ps, base, pb, e, k);
                 for j in 0..k {
                     let i = idx[base + j] as usize;
-                    if i < e {
-                        sum += ps[pb + i];
-                    }
-                    let mut g = dw[base + j];
-                    if dropped[base + j] != 0 {
-                        g = 0.0;
-                    }
-                    dot += g * gates[base + j];
-                }
-                let inv = 1.0 / (sum + f32::MIN_POSITIVE);
-                for j in 0..k {
-                    let i = idx[base + j] as usize;
-                    let mut g = dw[base + j];
-                    if dropped[base + j] != 0 {
-                        g = 0.0;
-                    }
+                    let g = kept_dw(dw, dropped, base + j);
                     if i < e {
                         m += (scale * g - dot) * (ps[pb + i] * inv);
                     }
@@ -189,26 +205,10 @@ fn router_backward_kernel(
         }
         if valid && lane == 0 {
             let base = row * k;
-            let mut sum = 0.0f32;
-            let mut dot = 0.0f32;
+            let (inv, dot) = renorm_terms(idx, gates, dropped, dw, &ps, base, pb, e, k);
             for j in 0..k {
                 let i = idx[base + j] as usize;
-                if i < e {
-                    sum += ps[pb + i];
-                }
-                let mut g = dw[base + j];
-                if dropped[base + j] != 0 {
-                    g = 0.0;
-                }
-                dot += g * gates[base + j];
-            }
-            let inv = 1.0 / (sum + f32::MIN_POSITIVE);
-            for j in 0..k {
-                let i = idx[base + j] as usize;
-                let mut g = dw[base + j];
-                if dropped[base + j] != 0 {
-                    g = 0.0;
-                }
+                let g = kept_dw(dw, dropped, base + j);
                 if i < e {
                     let pi = ps[pb + i];
                     let q = pi * inv;
@@ -225,30 +225,7 @@ fn router_backward_kernel(
 
     if cfg.has_z {
         // lse and softmax of the logits (recomputed: P is not the softmax under sigmoid).
-        let mut mx = ninf;
-        c = lane;
-        while c < e {
-            let mut v = 0.0f32;
-            if valid {
-                v = z[row * e + c];
-            }
-            if v > mx {
-                mx = v;
-            }
-            c += lanes;
-        }
-        mx = tree_max(&mut rs, rb, lane, mx, lanes);
-        let mut sum = 0.0f32;
-        c = lane;
-        while c < e {
-            let mut v = 0.0f32;
-            if valid {
-                v = z[row * e + c];
-            }
-            sum += f32::exp(v - mx);
-            c += lanes;
-        }
-        sum = tree_sum(&mut rs, rb, lane, sum, lanes);
+        let (mx, sum) = row_max_exp_sum(z, &mut rs, row * e, valid, rb, lane, ninf, e, lanes);
         let cz = z_coef * (mx + f32::ln(sum));
         c = lane;
         while c < e {

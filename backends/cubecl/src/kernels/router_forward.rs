@@ -12,7 +12,7 @@
 
 use cubecl::prelude::*;
 
-use super::util::{before, fits_u32, is_nan_bits, tree_argmax, tree_max, tree_sum};
+use super::util::{after, before, fits_u32, is_nan_bits, tree_argmax, tree_max, tree_sum};
 use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError, NONE};
 
 /// Compile-time shape and options of the forward row kernel.
@@ -55,6 +55,14 @@ pub struct RouteOptions {
     pub scale: f32,
     /// `(groups, top_groups)` of the group limit.
     pub groups: Option<(usize, usize)>,
+}
+
+/// `(lane, row slot in the cube, row)` of a thread of a row kernel: `lanes` threads (x) per
+/// row, `rows` rows (y) per cube.
+#[cube]
+pub fn row_thread(#[comptime] rows: usize) -> (usize, usize, usize) {
+    let ty = UNIT_POS_Y as usize;
+    (UNIT_POS_X as usize, ty, linear_cube() * rows + ty)
 }
 
 /// Logistic sigmoid without overflow for either sign (as the reference).
@@ -131,9 +139,7 @@ fn route_rows_kernel(
     let k = comptime!(cfg.k);
     let lanes = comptime!(cfg.lanes);
     let ng = comptime!(cfg.groups);
-    let lane = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
-    let row = linear_cube() * comptime!(cfg.rows) + ty;
+    let (lane, ty, row) = row_thread(cfg.rows);
     let valid = row < n as usize;
 
     let mut ps = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
@@ -197,7 +203,7 @@ fn route_rows_kernel(
                 for cc in start..start + glen {
                     let s = ks[pb + cc];
                     let ci = cc as u32;
-                    let ok = prev_i == NONE || before(prev_s, prev_i, s, ci);
+                    let ok = after(prev_s, prev_i, s, ci);
                     if ok && before(s, ci, bs, bi) {
                         bs = s;
                         bi = ci;
@@ -223,7 +229,7 @@ fn route_rows_kernel(
             while g < ng {
                 let s = gs[gb + g];
                 let gi = g as u32;
-                let ok = prev_i == NONE || before(prev_s, prev_i, s, gi);
+                let ok = after(prev_s, prev_i, s, gi);
                 if ok && before(s, gi, bs, bi) {
                     bs = s;
                     bi = gi;
@@ -252,7 +258,7 @@ fn route_rows_kernel(
         while c < e {
             let s = ks[pb + c];
             let ci = c as u32;
-            let mut ok = prev_i == NONE || before(prev_s, prev_i, s, ci);
+            let mut ok = after(prev_s, prev_i, s, ci);
             if comptime!(ng > 0) {
                 let glen = comptime!(cfg.e / cfg.groups.max(1));
                 if adm[ty * ng + c / glen] == 0 {

@@ -8,7 +8,7 @@
 
 use cubecl::prelude::*;
 
-use super::util::{fits_u32, sum_all, tree_max, tree_sum};
+use super::util::{fits_u32, max_all, sum_all, tree_max, tree_sum};
 use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError};
 
 /// Elements of the Gram matrix per cube of the element-wise passes.
@@ -37,6 +37,16 @@ fn sign0(g: f32) -> f32 {
     s
 }
 
+/// Element `i` of `G = gram - I` (`E x E`).
+#[cube]
+fn residual_at(gram: &Array<f32>, i: usize, e: usize) -> f32 {
+    let mut g = gram[i];
+    if i / e == i % e {
+        g -= 1.0;
+    }
+    g
+}
+
 /// In place: Gram `R^T R` to the multiplier `M`; per-cube partial of `sum |G|` or `sum G^2`.
 #[cube(launch_unchecked)]
 fn residual_kernel(
@@ -55,10 +65,7 @@ fn residual_kernel(
     let mut acc = 0.0f32;
     let mut i = start + lane;
     while i < start + BLOCK && i < len {
-        let mut g = gram[i];
-        if i / e == i % e {
-            g -= 1.0;
-        }
+        let g = residual_at(gram, i, e);
         match norm {
             Norm::L1 => {
                 acc += f32::abs(g);
@@ -126,10 +133,7 @@ fn ortho_kernel(gram: &Array<f32>, psum: &mut Array<f32>, pmax: &mut Array<f32>,
     let mut mx = 0.0f32;
     let mut i = start + lane;
     while i < start + BLOCK && i < len {
-        let mut g = gram[i];
-        if i / e == i % e {
-            g -= 1.0;
-        }
+        let g = residual_at(gram, i, e);
         acc += g * g;
         let a = f32::abs(g);
         if a > mx {
@@ -142,25 +146,6 @@ fn ortho_kernel(gram: &Array<f32>, psum: &mut Array<f32>, pmax: &mut Array<f32>,
     if lane == 0 {
         psum[cube] = total;
         pmax[cube] = top;
-    }
-}
-
-#[cube(launch_unchecked)]
-fn max_all_kernel(x: &Array<f32>, out: &mut Array<f32>, len: u32, at: u32) {
-    let lane = UNIT_POS as usize;
-    let mut s = SharedMemory::<f32>::new(256usize);
-    let mut mx = 0.0f32;
-    let mut i = lane;
-    while i < len as usize {
-        let v = x[i];
-        if v > mx {
-            mx = v;
-        }
-        i += 256usize;
-    }
-    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
-    if lane == 0 {
-        out[at as usize] = top;
     }
 }
 
@@ -191,17 +176,41 @@ pub fn ortho_error<R: Runtime>(
             pmax.arg(),
             e as u32,
         );
-        max_all_kernel::launch_unchecked::<R>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(256),
-            pmax.arg(),
-            out.arg(),
-            cubes as u32,
-            1,
-        );
     }
+    max_all(client, &pmax, out, 1)?;
     sum_all(client, &psum, out, 0, 1.0 / (e * e) as f32)
+}
+
+/// `sum_i a[at] b[at]` down column `c` (`at = i rs + c cs`, `i < d`), over the cube's 256 lanes.
+#[cube]
+fn column_dot(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    s: &mut SharedMemory<f32>,
+    c: usize,
+    lane: usize,
+    d: u32,
+    rs: u32,
+    cs: u32,
+) -> f32 {
+    let mut acc = 0.0f32;
+    let mut i = lane;
+    while i < d as usize {
+        let at = i * rs as usize + c * cs as usize;
+        acc += a[at] * b[at];
+        i += 256usize;
+    }
+    tree_sum(s, 0usize, lane, acc, 256usize)
+}
+
+/// `1 / nrm`, 0 for a zero column.
+#[cube]
+fn inv_norm(nrm: f32) -> f32 {
+    let mut inv = 0.0f32;
+    if nrm > 0.0 {
+        inv = 1.0 / nrm;
+    }
+    inv
 }
 
 /// Column norms and unit columns, one cube per column; `(rs, cs)` are the strides of `(d, e)`.
@@ -219,22 +228,12 @@ fn normalize_kernel(
     let lane = UNIT_POS as usize;
     let mut s = SharedMemory::<f32>::new(256usize);
     if c < e as usize {
-        let mut acc = 0.0f32;
-        let mut i = lane;
-        while i < d as usize {
-            let v = r[i * rs as usize + c * cs as usize];
-            acc += v * v;
-            i += 256usize;
-        }
-        let nrm = f32::sqrt(tree_sum(&mut s, 0usize, lane, acc, 256usize));
+        let nrm = f32::sqrt(column_dot(r, r, &mut s, c, lane, d, rs, cs));
         if lane == 0 {
             norms[c] = nrm;
         }
-        let mut inv = 0.0f32;
-        if nrm > 0.0 {
-            inv = 1.0 / nrm;
-        }
-        i = lane;
+        let inv = inv_norm(nrm);
+        let mut i = lane;
         while i < d as usize {
             let at = i * rs as usize + c * cs as usize;
             rn[at] = r[at] * inv;
@@ -259,20 +258,9 @@ fn project_kernel(
     let lane = UNIT_POS as usize;
     let mut s = SharedMemory::<f32>::new(256usize);
     if c < e as usize {
-        let mut acc = 0.0f32;
+        let dot = column_dot(rn, g, &mut s, c, lane, d, rs, cs);
+        let inv = inv_norm(norms[c]);
         let mut i = lane;
-        while i < d as usize {
-            let at = i * rs as usize + c * cs as usize;
-            acc += rn[at] * g[at];
-            i += 256usize;
-        }
-        let dot = tree_sum(&mut s, 0usize, lane, acc, 256usize);
-        let nrm = norms[c];
-        let mut inv = 0.0f32;
-        if nrm > 0.0 {
-            inv = 1.0 / nrm;
-        }
-        i = lane;
         while i < d as usize {
             let at = i * rs as usize + c * cs as usize;
             grad[at] = grad[at] + (g[at] - rn[at] * dot) * inv;
@@ -281,13 +269,23 @@ fn project_kernel(
     }
 }
 
-/// Strides of `(d, e)` for a weight stored `D x E` (`row_major_de`) or `E x D`.
-fn strides(row_major_de: bool, d: usize, e: usize) -> (u32, u32) {
-    if row_major_de {
+/// The grid (one cube per column) and the strides of `(d, e)` of a launch over the columns of
+/// a weight stored `D x E` (`row_major_de`) or `E x D`; `None` without columns.
+fn column_launch(
+    row_major_de: bool,
+    d: usize,
+    e: usize,
+) -> Result<Option<(CubeCount, u32, u32)>, KernelError> {
+    fits_u32("router weight", d.saturating_mul(e))?;
+    if e == 0 {
+        return Ok(None);
+    }
+    let (rs, cs) = if row_major_de {
         (e as u32, 1)
     } else {
         (1, d as u32)
-    }
+    };
+    Ok(Some((grid(e)?, rs, cs)))
 }
 
 /// Enqueues column norms (`E`) and the column-normalised weight `rn` (same layout as `r`).
@@ -303,15 +301,13 @@ pub fn normalize_columns<R: Runtime>(
     check_len2("router weight", d, e, r.len)?;
     check_len("column norms", e, norms.len)?;
     check_len2("normalised weight", d, e, rn.len)?;
-    fits_u32("router weight", d * e)?;
-    if e == 0 {
+    let Some((cubes, rs, cs)) = column_launch(row_major_de, d, e)? else {
         return Ok(());
-    }
-    let (rs, cs) = strides(row_major_de, d, e);
+    };
     unsafe {
         normalize_kernel::launch_unchecked::<R>(
             client,
-            grid(e)?,
+            cubes,
             CubeDim::new_1d(256),
             r.arg(),
             norms.arg(),
@@ -341,15 +337,13 @@ pub fn scale_free_project<R: Runtime>(
     check_len("column norms", e, norms.len)?;
     check_len2("normalised gradient", d, e, g.len)?;
     check_len2("router gradient", d, e, grad.len)?;
-    fits_u32("router weight", d * e)?;
-    if e == 0 {
+    let Some((cubes, rs, cs)) = column_launch(row_major_de, d, e)? else {
         return Ok(());
-    }
-    let (rs, cs) = strides(row_major_de, d, e);
+    };
     unsafe {
         project_kernel::launch_unchecked::<R>(
             client,
-            grid(e)?,
+            cubes,
             CubeDim::new_1d(256),
             rn.arg(),
             norms.arg(),

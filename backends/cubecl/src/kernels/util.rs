@@ -5,21 +5,14 @@
 
 use cubecl::prelude::*;
 
-use super::{grid, linear_cube, DevBuf, KernelError};
+use super::{grid, linear_cube, DevBuf, KernelError, NONE};
 
 /// Threads of the 1D helper kernels.
 pub const THREADS: u32 = 256;
 
+/// Writes the 32-bit word `value` into every element (an f32 fill passes its bits).
 #[cube(launch_unchecked)]
-fn fill_f32_kernel(out: &mut Array<f32>, value: f32, len: u32) {
-    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
-    if i < len as usize {
-        out[i] = value;
-    }
-}
-
-#[cube(launch_unchecked)]
-fn fill_u32_kernel(out: &mut Array<u32>, value: u32, len: u32) {
+fn fill_kernel(out: &mut Array<u32>, value: u32, len: u32) {
     let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
     if i < len as usize {
         out[i] = value;
@@ -33,28 +26,42 @@ pub fn fits_u32(what: &'static str, len: usize) -> Result<u32, KernelError> {
     })
 }
 
-/// Sets every element of `out` to `value`.
-pub fn fill_f32<R: Runtime>(
+/// Sets every element of `out` (of a 4-byte type) to the bits `bits`.
+fn fill_words<R: Runtime, T: CubeElement>(
     client: &ComputeClient<R>,
-    out: &DevBuf<f32>,
-    value: f32,
+    out: &DevBuf<T>,
+    bits: u32,
 ) -> Result<(), KernelError> {
+    if core::mem::size_of::<T>() != 4 {
+        return Err(KernelError::Unsupported(
+            "fills of elements that are not 4 bytes wide".into(),
+        ));
+    }
     if out.len == 0 {
         return Ok(());
     }
     let len = fits_u32("buffer", out.len)?;
     let cubes = out.len.div_ceil(THREADS as usize);
     unsafe {
-        fill_f32_kernel::launch_unchecked::<R>(
+        fill_kernel::launch_unchecked::<R>(
             client,
             grid(cubes)?,
             CubeDim::new_1d(THREADS),
             out.arg(),
-            value,
+            bits,
             len,
         );
     }
     Ok(())
+}
+
+/// Sets every element of `out` to `value`.
+pub fn fill_f32<R: Runtime>(
+    client: &ComputeClient<R>,
+    out: &DevBuf<f32>,
+    value: f32,
+) -> Result<(), KernelError> {
+    fill_words(client, out, value.to_bits())
 }
 
 /// Sets every element of `out` to `value`.
@@ -63,40 +70,107 @@ pub fn fill_u32<R: Runtime>(
     out: &DevBuf<u32>,
     value: u32,
 ) -> Result<(), KernelError> {
-    if out.len == 0 {
-        return Ok(());
-    }
-    let len = fits_u32("buffer", out.len)?;
-    let cubes = out.len.div_ceil(THREADS as usize);
-    unsafe {
-        fill_u32_kernel::launch_unchecked::<R>(
-            client,
-            grid(cubes)?,
-            CubeDim::new_1d(THREADS),
-            out.arg(),
-            value,
-            len,
-        );
-    }
-    Ok(())
+    fill_words(client, out, value)
 }
 
-/// Sum of a whole array by one cube, in a fixed order (deterministic): thread `t` adds elements
-/// `t, t + 256, ...`, then a tree over the threads. Writes `out[at]`.
+/// Zeroes `out` (all-zero bits: `0` and `0.0`); elements must be 4 bytes wide.
+pub fn fill_zero<R: Runtime, T: CubeElement>(
+    client: &ComputeClient<R>,
+    out: &DevBuf<T>,
+) -> Result<(), KernelError> {
+    fill_words(client, out, 0)
+}
+
+/// What [`reduce_all_kernel`] computes of a whole buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Whole {
+    /// `sum x`.
+    Sum,
+    /// `sum x y`.
+    Dot,
+    /// `max x`, NaN-skipping, at least 0.
+    Max,
+}
+
+/// A whole array reduced by one cube, in a fixed order (deterministic): thread `t` takes
+/// elements `t, t + 256, ...`, then a tree over the threads. Writes `out[at] = factor * total`.
 #[cube(launch_unchecked)]
-fn sum_all_kernel(x: &Array<f32>, out: &mut Array<f32>, len: u32, at: u32, factor: f32) {
+fn reduce_all_kernel(
+    x: &Array<f32>,
+    y: &Array<f32>,
+    out: &mut Array<f32>,
+    len: u32,
+    at: u32,
+    factor: f32,
+    #[comptime] op: Whole,
+) {
     let tx = UNIT_POS as usize;
     let mut s = SharedMemory::<f32>::new(256usize);
     let mut acc = 0.0f32;
     let mut i = tx;
     while i < len as usize {
-        acc += x[i];
+        match op {
+            Whole::Sum => {
+                acc += x[i];
+            }
+            Whole::Dot => {
+                acc += x[i] * y[i];
+            }
+            Whole::Max => {
+                let v = x[i];
+                if v > acc {
+                    acc = v;
+                }
+            }
+        }
         i += 256usize;
     }
-    let total = tree_sum(&mut s, 0usize, tx, acc, 256usize);
+    let max = comptime!(op == Whole::Max);
+    let total = tree_reduce(&mut s, 0usize, tx, acc, 256usize, max);
     if tx == 0 {
         out[at as usize] = factor * total;
     }
+}
+
+/// `at` as a kernel argument, when `out` has a slot there.
+pub fn check_slot(what: &'static str, out: &DevBuf<f32>, at: usize) -> Result<u32, KernelError> {
+    if at >= out.len {
+        return Err(KernelError::Length {
+            what,
+            expected: at.saturating_add(1),
+            actual: out.len,
+        });
+    }
+    fits_u32(what, at)
+}
+
+/// Enqueues [`reduce_all_kernel`] over the first `x.len` elements (of `y` too for a dot).
+fn reduce_all<R: Runtime>(
+    client: &ComputeClient<R>,
+    op: Whole,
+    x: &DevBuf<f32>,
+    y: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+    factor: f32,
+) -> Result<(), KernelError> {
+    let at = check_slot("reduction output", out, at)?;
+    let len = fits_u32("reduced buffer", x.len)?;
+    unsafe {
+        reduce_all_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(256),
+            x.arg(),
+            y.arg(),
+            out.arg(),
+            len,
+            at,
+            factor,
+            op,
+        );
+    }
+    Ok(())
 }
 
 /// `out[at] = factor * sum(x)`, deterministic.
@@ -107,27 +181,68 @@ pub fn sum_all<R: Runtime>(
     at: usize,
     factor: f32,
 ) -> Result<(), KernelError> {
-    if at >= out.len {
+    reduce_all(client, Whole::Sum, x, x, out, at, factor)
+}
+
+/// `out[at] = sum_i a[i] b[i]`, deterministic; `b` holds at least as many elements as `a`.
+pub fn dot_all<R: Runtime>(
+    client: &ComputeClient<R>,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+) -> Result<(), KernelError> {
+    if b.len < a.len {
         return Err(KernelError::Length {
-            what: "sum output",
-            expected: at + 1,
-            actual: out.len,
+            what: "dot operand",
+            expected: a.len,
+            actual: b.len,
         });
     }
-    let len = fits_u32("summed buffer", x.len)?;
-    unsafe {
-        sum_all_kernel::launch_unchecked::<R>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(256),
-            x.arg(),
-            out.arg(),
-            len,
-            at as u32,
-            factor,
-        );
+    reduce_all(client, Whole::Dot, a, b, out, at, 1.0)
+}
+
+/// `out[at] = max(0, max x)` over the non-NaN elements of `x`.
+pub fn max_all<R: Runtime>(
+    client: &ComputeClient<R>,
+    x: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+) -> Result<(), KernelError> {
+    reduce_all(client, Whole::Max, x, x, out, at, 1.0)
+}
+
+/// [`tree_sum`], or with `max` [`tree_max`]: one fixed-order tree for both.
+#[cube]
+fn tree_reduce(
+    s: &mut SharedMemory<f32>,
+    base: usize,
+    lane: usize,
+    value: f32,
+    #[comptime] width: usize,
+    #[comptime] max: bool,
+) -> f32 {
+    s[base + lane] = value;
+    sync_cube();
+    let mut stride = comptime!(width / 2).runtime();
+    while stride > 0 {
+        if lane < stride {
+            let other = s[base + lane + stride];
+            if max {
+                if other > s[base + lane] {
+                    s[base + lane] = other;
+                }
+            } else {
+                let v = s[base + lane] + other;
+                s[base + lane] = v;
+            }
+        }
+        sync_cube();
+        stride /= 2;
     }
-    Ok(())
+    let total = s[base];
+    sync_cube();
+    total
 }
 
 /// Sum over the `width` lanes `s[base .. base + width]` of a cube (`width` a power of two); every
@@ -140,24 +255,11 @@ pub fn tree_sum(
     value: f32,
     #[comptime] width: usize,
 ) -> f32 {
-    s[base + lane] = value;
-    sync_cube();
-    let mut stride = comptime!(width / 2).runtime();
-    while stride > 0 {
-        if lane < stride {
-            let v = s[base + lane] + s[base + lane + stride];
-            s[base + lane] = v;
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = s[base];
-    sync_cube();
-    total
+    tree_reduce(s, base, lane, value, width, false)
 }
 
 /// Maximum over lanes, NaN-skipping (a NaN never replaces a number, as in the reference's
-/// `if x > m`). See [`tree_sum`] for the calling convention.
+/// `if x > m`). See [`tree_sum()`] for the calling convention.
 #[cube]
 pub fn tree_max(
     s: &mut SharedMemory<f32>,
@@ -166,22 +268,7 @@ pub fn tree_max(
     value: f32,
     #[comptime] width: usize,
 ) -> f32 {
-    s[base + lane] = value;
-    sync_cube();
-    let mut stride = comptime!(width / 2).runtime();
-    while stride > 0 {
-        if lane < stride {
-            let other = s[base + lane + stride];
-            if other > s[base + lane] {
-                s[base + lane] = other;
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = s[base];
-    sync_cube();
-    total
+    tree_reduce(s, base, lane, value, width, true)
 }
 
 /// Whether `v` is NaN, from its bits (immune to fast-math assumptions of shader compilers).
@@ -203,8 +290,15 @@ pub fn before(sa: f32, a: u32, sb: f32, b: u32) -> bool {
     sa > sb || (sa == sb && a < b)
 }
 
-/// Arg-max over lanes under [`before`]; lanes pass `(score, index)` (index [`super::NONE`] for
-/// none) and all get the winner. See [`tree_sum`] for the calling convention.
+/// Whether `(s, i)` ranks strictly after the previous pick `(prev_s, prev_i)` under [`before()`]
+/// (any candidate does when there is no previous pick, `prev_i` = [`super::NONE`]).
+#[cube]
+pub fn after(prev_s: f32, prev_i: u32, s: f32, i: u32) -> bool {
+    prev_i == NONE || before(prev_s, prev_i, s, i)
+}
+
+/// Arg-max over lanes under [`before()`]; lanes pass `(score, index)` (index [`super::NONE`] for
+/// none) and all get the winner. See [`tree_sum()`] for the calling convention.
 #[cube]
 pub fn tree_argmax(
     s: &mut SharedMemory<f32>,

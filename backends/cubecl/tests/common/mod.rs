@@ -1,27 +1,32 @@
-//! Shared helpers of the kernel tests: a wgpu client (or a loud failure under CI), a small
-//! deterministic RNG and comparison helpers.
+//! Shared helpers of the kernel tests: a wgpu backend or client (or a loud failure under CI), a
+//! small deterministic RNG, comparison helpers and naive CPU versions of the row kernels.
 #![allow(dead_code, clippy::type_complexity, clippy::too_many_arguments)]
 
 use cubecl::prelude::*;
-use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use cubecl::wgpu::WgpuRuntime;
 use simbal_cubecl::kernels::DevBuf;
+use simbal_cubecl::CubeclBackend;
 
 pub type R = WgpuRuntime;
 
-/// The wgpu client, or `None` (with a message) when no adapter exists. Under `CI=true` a missing
+/// The wgpu backend, or `None` (with a message) when no adapter exists. With `CI` set a missing
 /// adapter fails the test instead of skipping it.
-pub fn client() -> Option<ComputeClient<R>> {
-    let made = std::panic::catch_unwind(|| WgpuRuntime::client(&WgpuDevice::DefaultDevice));
-    match made {
-        Ok(c) => Some(c),
-        Err(_) => {
-            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-                panic!("no wgpu adapter found and CI=true: install mesa-vulkan-drivers (lavapipe)");
-            }
+pub fn gpu() -> Option<CubeclBackend<R>> {
+    match CubeclBackend::<R>::try_new(&Default::default()) {
+        Some(b) => Some(b),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("no wgpu adapter found and CI is set: install mesa-vulkan-drivers (lavapipe)")
+        }
+        None => {
             eprintln!("SKIPPED: no wgpu adapter on this machine");
             None
         }
     }
+}
+
+/// The wgpu client of [`gpu`].
+pub fn client() -> Option<ComputeClient<R>> {
+    gpu().map(|b| b.client().clone())
 }
 
 /// xorshift64* generator, deterministic across platforms.
@@ -81,6 +86,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     }
 }
 
+/// Softmax of the row `z` into `p` (max-subtracted); returns the row's log-sum-exp.
+pub fn softmax_row(z: &[f32], p: &mut [f32]) -> f32 {
+    let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut s = 0.0;
+    for (pi, &zi) in p.iter_mut().zip(z) {
+        *pi = (zi - m).exp();
+        s += *pi;
+    }
+    for pi in p.iter_mut() {
+        *pi *= 1.0 / s;
+    }
+    m + s.ln()
+}
+
 /// Naive CPU router forward (independent of the kernels): returns `(p, idx, gates)`.
 pub fn route_reference(
     n: usize,
@@ -100,17 +119,7 @@ pub fn route_reference(
         let zr = &z[t * e..(t + 1) * e];
         let pr = &mut p[t * e..(t + 1) * e];
         if softmax {
-            let m = zr
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-            let mut s = 0.0;
-            for (pi, &zi) in pr.iter_mut().zip(zr) {
-                *pi = (zi - m).exp();
-                s += *pi;
-            }
-            for pi in pr.iter_mut() {
-                *pi *= 1.0 / s;
-            }
+            softmax_row(zr, pr);
         } else {
             for (pi, &zi) in pr.iter_mut().zip(zr) {
                 *pi = if zi >= 0.0 {
@@ -229,12 +238,10 @@ pub fn backward_reference(
             }
         }
         if z_coef != 0.0 {
-            let zr = &z[t * e..(t + 1) * e];
-            let m = zr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let s: f32 = zr.iter().map(|v| (v - m).exp()).sum();
-            let lse = m + s.ln();
-            for (di, &zi) in d.iter_mut().zip(zr) {
-                *di += z_coef * lse * ((zi - m).exp() / s);
+            let mut q = vec![0.0f32; e];
+            let lse = softmax_row(&z[t * e..(t + 1) * e], &mut q);
+            for (di, &qi) in d.iter_mut().zip(&q) {
+                *di += z_coef * lse * qi;
             }
         }
     }

@@ -1,0 +1,268 @@
+//! [`simbal_core::Backend`] for [`CubeclBackend`]: every kernel on the device. Core has checked
+//! each kernel's arguments before the call ([`Checked`]), so nothing here restates a length
+//! check; the launchers in [`crate::kernels`] keep their own, being public.
+
+use cubecl::prelude::*;
+use simbal_core::config::{DropPolicy, LblNormalization, RouterConfig, ScoreFn, SimBalNorm};
+use simbal_core::gemm::GemmArgs;
+use simbal_core::lbl::kernels::{GroupCounts, GroupSums, LblCoefficients};
+use simbal_core::metrics::Entropy;
+use simbal_core::router::kernels::{
+    BackwardSums, Dispatch, Logits, Route, RouteSums, RouterBackward,
+};
+use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
+use simbal_core::stats::{fill_counts, CollectStats};
+use simbal_core::zloss::LseSqSum;
+use simbal_core::{Backend, Checked, Result, SimbalError, WeightLayout};
+
+use crate::kernels::{
+    dispatch, gemm, lbl, reduce, router_backward, router_forward, simbal, util, DevBuf,
+};
+use crate::{map_err, CubeclBackend};
+
+/// The forward row kernel's options of a router configuration.
+fn route_options(cfg: &RouterConfig) -> router_forward::RouteOptions {
+    router_forward::RouteOptions {
+        e: cfg.experts,
+        k: cfg.k,
+        softmax: cfg.score == ScoreFn::Softmax,
+        renorm: cfg.renormalize,
+        scale: cfg.scale as f32,
+        groups: cfg.groups.map(|g| (g.groups, g.top_groups)),
+    }
+}
+
+/// The backward row kernel's options of a router configuration: the forward's, and the z-loss.
+fn back_options(cfg: &RouterConfig, z_coef: f32) -> router_backward::BackOptions {
+    let o = route_options(cfg);
+    router_backward::BackOptions {
+        e: o.e,
+        k: o.k,
+        softmax: o.softmax,
+        renorm: o.renorm,
+        scale: o.scale,
+        z_coef,
+    }
+}
+
+impl<R: Runtime> Backend for CubeclBackend<R> {
+    fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
+        let GemmArgs { gemm: g, a, b, c } = a.into_inner();
+        let dims = gemm::GemmDims {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            trans_a: g.trans_a,
+            trans_b: g.trans_b,
+            alpha: g.alpha as f32,
+            beta: g.beta as f32,
+        };
+        gemm::gemm(&self.client, &dims, a, b, c).map_err(map_err)
+    }
+
+    /// The logits GEMM (for [`Logits::Tokens`]), the forward row kernel, then `max |Z|` when
+    /// asked (queued behind the rows, so one wait covers both).
+    fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<f32>> {
+        let a = a.into_inner();
+        if let Logits::Tokens { gemm, x, r } = a.logits {
+            let z = &mut *a.z;
+            self.gemm(
+                GemmArgs {
+                    gemm,
+                    a: x,
+                    b: r,
+                    c: z,
+                }
+                .check(self)?,
+            )?;
+        }
+        let o = route_options(a.cfg);
+        router_forward::route_rows(&self.client, &o, a.n, a.z, a.bias, a.p, a.idx, a.gates)
+            .map_err(map_err)?;
+        // Every index the kernel writes is below E: later index checks are free.
+        a.idx.bound = u32::try_from(a.cfg.experts).ok();
+        let max_abs_z = a.request.max_abs_z.then(|| self.max_abs(a.z)).transpose()?;
+        Ok(RouteSums { max_abs_z })
+    }
+
+    fn dispatch(&self, a: Checked<Dispatch<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        let (n, e, k) = (a.n, a.cfg.experts, a.cfg.k);
+        let capacity = a.cfg.capacity.map(|c| dispatch::CapacityLimit {
+            per_expert: c.per_expert(n, e, k),
+            by_probs: c.policy == DropPolicy::Probs,
+        });
+        let (idx, gates, dropped) = (a.idx, a.gates, a.dropped);
+        let (counts, order, offsets) = (a.counts, a.order, a.offsets);
+        let c = &self.client;
+        dispatch::dispatch(
+            c, e, k, n, capacity, idx, gates, dropped, counts, order, offsets,
+        )
+        .map_err(map_err)?;
+        // Every id the plan writes is an assignment, below n k.
+        order.bound = u32::try_from(n * k).ok();
+        Ok(())
+    }
+
+    /// The backward row kernel, then the sums the request asks for: `sum lse^2` is queued
+    /// before `max |dZ|` waits, so one wait covers both.
+    fn router_backward(&self, a: Checked<RouterBackward<'_, Self>>) -> Result<BackwardSums<f32>> {
+        let a = a.into_inner();
+        let (n, e) = (a.n, a.cfg.experts);
+        let lbl = a.lbl.map(|l| (l.coef, l.group_len));
+        router_backward::router_backward_rows(
+            &self.client,
+            &back_options(a.cfg, a.z_coef),
+            n,
+            a.z,
+            a.p,
+            a.idx,
+            a.gates,
+            a.dropped,
+            a.dw,
+            lbl,
+            a.dz,
+        )
+        .map_err(map_err)?;
+        let lse = if a.request.lse_sq_sum {
+            let out = DevBuf::<f32>::empty(&self.client, 1);
+            reduce::lse_sq_sum(&self.client, n, e, a.z, &out, 0).map_err(map_err)?;
+            Some(out)
+        } else {
+            None
+        };
+        let max_abs_dz = a
+            .request
+            .max_abs_dz
+            .then(|| self.max_abs(a.dz))
+            .transpose()?;
+        Ok(BackwardSums {
+            lse_sq_sum: lse.map(|out| self.read_first(&out)).transpose()?,
+            max_abs_dz,
+        })
+    }
+
+    fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        reduce::group_column_sums(&self.client, a.n, a.cols, a.group_len, a.a, a.out)
+            .map_err(map_err)
+    }
+
+    fn group_counts(&self, a: Checked<GroupCounts<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        if a.k == 0 || a.n == 0 {
+            // No assignments: the histogram's group of `group_len k` would be empty.
+            return util::fill_u32(&self.client, a.out, 0).map_err(map_err);
+        }
+        let per = a.group_len * a.k;
+        dispatch::histogram(&self.client, a.e, per, a.idx, Some(a.dropped), a.out).map_err(map_err)
+    }
+
+    fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<f32> {
+        let a = a.into_inner();
+        let s = a.scales;
+        // As `lbl::reference::lbl_value_and_coef`: the scale in f64, rounded once to f32.
+        let mut ae = a.cfg.alpha * a.e as f64;
+        if a.cfg.normalization == LblNormalization::HuggingFace {
+            ae *= s.k as f64;
+        }
+        let c_scale = ae / (s.k as f64 * s.count_tokens * s.score_tokens * s.groups as f64);
+        self.scalar(|out| {
+            lbl::lbl_coefficients(
+                &self.client,
+                c_scale as f32,
+                a.counts,
+                a.sums,
+                a.coef,
+                out,
+                0,
+            )
+        })
+    }
+
+    /// From the logits alone (one row pass: the scores are not needed).
+    fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<f32> {
+        let a = a.into_inner();
+        self.scalar(|out| reduce::lse_sq_sum(&self.client, a.n, a.e, a.z, out, 0))
+    }
+
+    fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<f32> {
+        let a = a.into_inner();
+        let norm = match a.cfg.norm {
+            SimBalNorm::L1 => simbal::Norm::L1,
+            SimBalNorm::FrobeniusSq => simbal::Norm::FrobeniusSq,
+            SimBalNorm::ScaleFree => simbal::Norm::ScaleFree,
+        };
+        let lambda = a.cfg.lambda as f32;
+        self.scalar(|out| simbal::simbal_residual(&self.client, norm, lambda, a.e, a.gram, out, 0))
+    }
+
+    fn normalize_columns(&self, a: Checked<NormalizeColumns<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        let de = a.layout == WeightLayout::DxE;
+        simbal::normalize_columns(&self.client, de, a.d, a.e, a.r, a.norms, a.rn).map_err(map_err)
+    }
+
+    fn scale_free_project(&self, a: Checked<ScaleFreeProject<'_, Self>>) -> Result<()> {
+        let a = a.into_inner();
+        let de = a.layout == WeightLayout::DxE;
+        simbal::scale_free_project(&self.client, de, a.d, a.e, a.rn, a.norms, a.g, a.grad)
+            .map_err(map_err)
+    }
+
+    /// Column sums of the scores on the device (one group of `n` rows), then one `E`-long
+    /// download each of the sums and the counts.
+    fn routing_stats(&self, a: Checked<CollectStats<'_, Self>>) -> Result<()> {
+        let CollectStats {
+            n,
+            k,
+            p,
+            counts,
+            out,
+        } = a.into_inner();
+        let e = counts.len;
+        let mut sums = vec![0.0f32; e];
+        if n > 0 {
+            let dev = DevBuf::<f32>::empty(&self.client, e);
+            reduce::group_column_sums(&self.client, n, e, n, p, &dev).map_err(map_err)?;
+            sums = dev.read(&self.client).map_err(map_err)?;
+        }
+        let counts = counts.read(&self.client).map_err(map_err)?;
+        for (s, &v) in out.score_sums.iter_mut().zip(&sums) {
+            *s = f64::from(v);
+        }
+        fill_counts(out, n, k, &counts);
+        Ok(())
+    }
+
+    fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<f32> {
+        let a = a.into_inner();
+        let h = self.scalar(|out| reduce::routing_entropy(&self.client, a.n, a.e, a.p, out, 0))?;
+        if h.is_finite() {
+            Ok(h)
+        } else {
+            Err(SimbalError::Overflow {
+                what: "routing entropy",
+            })
+        }
+    }
+
+    fn max_abs(&self, buf: &DevBuf<f32>) -> Result<f32> {
+        reduce::max_abs(&self.client, buf).map_err(map_err)
+    }
+
+    fn check_finite(&self, what: &'static str, cols: usize, buf: &DevBuf<f32>) -> Result<()> {
+        let first = DevBuf::<u32>::empty(&self.client, 1);
+        reduce::first_non_finite(&self.client, buf, &first).map_err(map_err)?;
+        let at = self.read_first(&first)?;
+        if at == u32::MAX {
+            return Ok(());
+        }
+        let (at, cols) = (at as usize, cols.max(1));
+        Err(SimbalError::NonFinite {
+            what,
+            row: at / cols,
+            col: at % cols,
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! [`simbal_core::Memory`] for [`CubeclBackend`]: device buffers ([`DevBuf`]) for elements and
+//! indices alike, and the expert-index check answered on the device.
+
+use cubecl::prelude::*;
+use simbal_core::shape::check_len;
+use simbal_core::{Memory, Result};
+
+use crate::kernels::{reduce, util, DevBuf};
+use crate::{backend_err, map_err, CubeclBackend};
+
+impl<R: Runtime> CubeclBackend<R> {
+    /// Refuses an allocation of `len` 4-byte elements larger than one device allocation may be
+    /// (or than the kernels' `u32` indexing reaches).
+    fn check_alloc(&self, len: usize) -> Result<()> {
+        let max = self.client.properties().memory.max_page_size;
+        let ok = len <= u32::MAX as usize && (len as u64).checked_mul(4).is_some_and(|b| b <= max);
+        if ok {
+            Ok(())
+        } else {
+            Err(backend_err(format!(
+                "a buffer of {len} elements exceeds the device's largest allocation ({max} bytes)"
+            )))
+        }
+    }
+
+    /// `len` zeros (all-zero bits are 0 for both element types).
+    fn zeros_of<T: CubeElement>(&self, len: usize) -> Result<DevBuf<T>> {
+        self.check_alloc(len)?;
+        let b = DevBuf::empty(&self.client, len);
+        util::fill_zero(&self.client, &b).map_err(map_err)?;
+        Ok(b)
+    }
+
+    fn upload_of<T: CubeElement>(&self, host: &[T]) -> Result<DevBuf<T>> {
+        self.check_alloc(host.len())?;
+        Ok(DevBuf::upload(&self.client, host))
+    }
+
+    fn download_of<T: CubeElement>(&self, buf: &DevBuf<T>, host: &mut [T]) -> Result<()> {
+        check_len("download target", buf.len, host.len())?;
+        host.copy_from_slice(&buf.read(&self.client).map_err(map_err)?);
+        Ok(())
+    }
+
+    /// A new handle with `host` (the old one may still be read by queued kernels); whatever the
+    /// buffer's writer guaranteed about its contents (`bound`) is gone.
+    fn write_of<T: CubeElement>(&self, buf: &mut DevBuf<T>, host: &[T]) -> Result<()> {
+        check_len("write source", buf.len, host.len())?;
+        *buf = DevBuf::upload(&self.client, host);
+        Ok(())
+    }
+}
+
+impl<R: Runtime> Memory for CubeclBackend<R> {
+    type Elem = f32;
+    type Buf = DevBuf<f32>;
+    type View = DevBuf<f32>;
+    type IdxBuf = DevBuf<u32>;
+    type IdxView = DevBuf<u32>;
+
+    fn name(&self) -> String {
+        format!("cubecl-{}-f32", R::name(&self.client))
+    }
+
+    fn zeros(&self, len: usize) -> Result<DevBuf<f32>> {
+        self.zeros_of(len)
+    }
+    fn upload(&self, host: &[f32]) -> Result<DevBuf<f32>> {
+        self.upload_of(host)
+    }
+    fn download(&self, buf: &DevBuf<f32>, host: &mut [f32]) -> Result<()> {
+        self.download_of(buf, host)
+    }
+    fn write(&self, buf: &mut DevBuf<f32>, host: &[f32]) -> Result<()> {
+        self.write_of(buf, host)
+    }
+    fn len(&self, buf: &DevBuf<f32>) -> usize {
+        buf.len
+    }
+
+    fn idx_zeros(&self, len: usize) -> Result<DevBuf<u32>> {
+        self.zeros_of(len)
+    }
+    fn idx_upload(&self, host: &[u32]) -> Result<DevBuf<u32>> {
+        self.upload_of(host)
+    }
+    fn idx_download(&self, buf: &DevBuf<u32>, host: &mut [u32]) -> Result<()> {
+        self.download_of(buf, host)
+    }
+    fn idx_write(&self, buf: &mut DevBuf<u32>, host: &[u32]) -> Result<()> {
+        self.write_of(buf, host)
+    }
+    fn idx_len(&self, buf: &DevBuf<u32>) -> usize {
+        buf.len
+    }
+
+    /// Free for indices this backend's `route` wrote (their `bound` is `E`); otherwise one device
+    /// reduction and a 4-byte read.
+    fn idx_all_below(&self, buf: &DevBuf<u32>, bound: u32) -> Result<bool> {
+        if buf.bound.is_some_and(|b| b <= bound) || buf.len == 0 {
+            return Ok(true);
+        }
+        Ok(reduce::max_u32(&self.client, buf).map_err(map_err)? < bound)
+    }
+}
