@@ -69,8 +69,6 @@ macro_rules! host_vec_memory {
         type Elem = $t;
         type Buf = $crate::host::Vec<$t>;
         type View = [$t];
-        type IdxBuf = $crate::host::Vec<u32>;
-        type IdxView = [u32];
         fn zeros(&self, len: usize) -> $crate::Result<$crate::host::Vec<$t>> {
             $crate::host::zeros(len)
         }
@@ -92,6 +90,18 @@ macro_rules! host_vec_memory {
         fn host_mut<'a>(&self, buf: &'a mut [$t]) -> Option<&'a mut [$t]> {
             Some(buf)
         }
+        $crate::host_idx_memory!();
+    };
+}
+
+/// The index half of [`host_vec_memory!`](crate::host_vec_memory): `IdxBuf = Vec<u32>`,
+/// `IdxView = [u32]` and their primitives and host views, for a backend whose element buffers
+/// live elsewhere but whose index buffers are host memory (the dfdx backend).
+#[macro_export]
+macro_rules! host_idx_memory {
+    () => {
+        type IdxBuf = $crate::host::Vec<u32>;
+        type IdxView = [u32];
         fn idx_zeros(&self, len: usize) -> $crate::Result<$crate::host::Vec<u32>> {
             $crate::host::zeros(len)
         }

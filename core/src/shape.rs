@@ -55,13 +55,16 @@ pub fn product(what: &'static str, rows: usize, cols: usize) -> Result<usize> {
 pub fn check_finite<T: Scalar>(what: &'static str, cols: usize, data: &[T]) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(at) => {
-            let cols = cols.max(1);
-            Err(SimbalError::NonFinite {
-                what,
-                row: at / cols,
-                col: at % cols,
-            })
-        }
+        Some(at) => Err(non_finite_at(what, cols, at)),
+    }
+}
+
+/// The error for a non-finite value at flat position `at` of a `? x cols` row-major matrix.
+pub fn non_finite_at(what: &'static str, cols: usize, at: usize) -> SimbalError {
+    let cols = cols.max(1);
+    SimbalError::NonFinite {
+        what,
+        row: at / cols,
+        col: at % cols,
     }
 }

@@ -6,14 +6,12 @@ use crate::backend::{host_vec, Dfdx, Vector};
 use dfdx::shapes::{Dtype, HasShape};
 use dfdx::tensor_ops::Device;
 use simbal_core::shape::check_len;
-use simbal_core::{host, Memory, Result, Scalar};
+use simbal_core::{Memory, Result, Scalar};
 
 impl<E: Scalar + Dtype, D: Device<E>> Memory for Dfdx<E, D> {
     type Elem = E;
     type Buf = Vector<E, D>;
     type View = Vector<E, D>;
-    type IdxBuf = Vec<u32>;
-    type IdxView = [u32];
 
     fn name(&self) -> String {
         let dev = std::any::type_name::<D>();
@@ -42,25 +40,5 @@ impl<E: Scalar + Dtype, D: Device<E>> Memory for Dfdx<E, D> {
         buf.shape().0
     }
 
-    fn idx_zeros(&self, len: usize) -> Result<Vec<u32>> {
-        host::zeros(len)
-    }
-    fn idx_upload(&self, src: &[u32]) -> Result<Vec<u32>> {
-        host::upload(src)
-    }
-    fn idx_download(&self, buf: &[u32], dst: &mut [u32]) -> Result<()> {
-        host::copy("download target", buf, dst)
-    }
-    fn idx_write(&self, buf: &mut [u32], src: &[u32]) -> Result<()> {
-        host::copy("write source", src, buf)
-    }
-    fn idx_len(&self, buf: &[u32]) -> usize {
-        buf.len()
-    }
-    fn idx_host<'a>(&self, buf: &'a [u32]) -> Option<&'a [u32]> {
-        Some(buf)
-    }
-    fn idx_host_mut<'a>(&self, buf: &'a mut [u32]) -> Option<&'a mut [u32]> {
-        Some(buf)
-    }
+    simbal_core::host_idx_memory!();
 }

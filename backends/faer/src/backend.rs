@@ -15,7 +15,7 @@ use simbal_core::lbl::reference::group_column_sums;
 use simbal_core::router::kernels::{BackwardSums, Route, RouteSums, RouterBackward};
 use simbal_core::stats::{self, CollectStats};
 use simbal_core::zloss::LseSqSum;
-use simbal_core::{Backend, Checked, Result, ScoreFn, SimbalError};
+use simbal_core::{Backend, Checked, Result, ScoreFn};
 
 impl<T: FaerElem> Backend for Faer<T> {
     fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
@@ -122,14 +122,7 @@ impl<T: FaerElem> Backend for Faer<T> {
         };
         match bad {
             None => Ok(()),
-            Some(at) => {
-                let cols = cols.max(1);
-                Err(SimbalError::NonFinite {
-                    what,
-                    row: at / cols,
-                    col: at % cols,
-                })
-            }
+            Some(at) => Err(simbal_core::shape::non_finite_at(what, cols, at)),
         }
     }
 }

@@ -162,9 +162,8 @@ impl<'a, M: Memory + ?Sized> Dispatch<'a, M> {
     /// `dropped` and `order` hold `n x k`, `counts` `E` and `offsets` `E + 1`;
     /// [`SimbalError::Backend`] when an index is not below `E`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
-        let s = self.check_lengths(m)?.into_inner();
-        expert_indices(m, s.idx, s.cfg.experts)?;
-        Ok(Checked::new(s))
+        let s = self.check_lengths(m)?;
+        expert_indices(m, s.idx, s.cfg.experts).map(|()| s)
     }
 
     /// [`Dispatch::check`] without the index scan, for indices the same backend's `route` wrote.
@@ -280,9 +279,8 @@ impl<'a, M: Memory + ?Sized> RouterBackward<'a, M> {
     /// `(n / group_len) x E`; [`SimbalError::SequenceLength`] unless `group_len` divides
     /// `n`; [`SimbalError::Backend`] when an index is not below `E`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
-        let s = self.check_lengths(m)?.into_inner();
-        expert_indices(m, s.idx, s.cfg.experts)?;
-        Ok(Checked::new(s))
+        let s = self.check_lengths(m)?;
+        expert_indices(m, s.idx, s.cfg.experts).map(|()| s)
     }
 
     /// [`RouterBackward::check`] without the index scan, for indices the same backend's `route`

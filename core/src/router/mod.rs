@@ -24,9 +24,9 @@ use crate::metrics::LoadMetrics;
 use crate::scalar::Scalar;
 use crate::shape::{check_dims, check_len};
 use crate::stats::RoutingStats;
-use kernels::{Logits, Route, RouteRequest};
+use kernels::{Logits, Route, RouteRequest, RouteSums};
 use pass::{dispatch, routing_entropy, stats_into};
-pub use pass::{LogitsPass, Pass};
+pub use pass::{LogitsPass, Pass, Routed};
 pub use routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
 use workspace::{prepare, weight_cols, Workspace};
 
@@ -119,23 +119,11 @@ impl<B: Backend> Router<B> {
             WeightLayout::DxE => Gemm::new(shape.n, shape.e, shape.d),
             WeightLayout::ExD => Gemm::new(shape.n, shape.e, shape.d).tb(),
         };
-        let routing = &mut ws.routing;
-        let sums = b.route(
-            Route {
-                cfg,
-                n: shape.n,
-                logits: Logits::Tokens { gemm, x, r },
-                bias,
-                z: view_mut::<B>(&mut routing.z),
-                p: view_mut::<B>(&mut routing.p),
-                idx: idx_view_mut::<B>(&mut routing.idx),
-                gates: view_mut::<B>(&mut routing.gates),
-                request: RouteRequest {
-                    max_abs_z: cfg.check_finite,
-                },
-            }
-            .check(b)?,
-        )?;
+        let request = RouteRequest {
+            max_abs_z: cfg.check_finite,
+        };
+        let logits = Logits::Tokens { gemm, x, r };
+        let sums = route_rows(b, cfg, &mut ws.routing, logits, bias, request)?;
         if sums
             .max_abs_z
             .is_some_and(|m| !num_traits::Float::is_finite(m))
@@ -151,12 +139,8 @@ impl<B: Backend> Router<B> {
                 what: "logits Z = X R",
             });
         }
-        dispatch(b, cfg, routing)?;
-        ws.routed = true;
         Ok(Pass {
-            backend: b,
-            cfg,
-            ws,
+            routed: dispatched(b, cfg, ws)?,
             x,
             r,
         })
@@ -190,28 +174,11 @@ impl<B: Backend> Router<B> {
         let (b, cfg) = (&self.backend, &self.cfg);
         let ws = prepare(b, cfg, &mut self.ws, shape)?;
         check_bias(b, cfg, bias)?;
-        let routing = &mut ws.routing;
-        copy_buffer(b, z, view_mut::<B>(&mut routing.z))?;
-        b.route(
-            Route {
-                cfg,
-                n,
-                logits: Logits::Given,
-                bias,
-                z: view_mut::<B>(&mut routing.z),
-                p: view_mut::<B>(&mut routing.p),
-                idx: idx_view_mut::<B>(&mut routing.idx),
-                gates: view_mut::<B>(&mut routing.gates),
-                request: RouteRequest::default(),
-            }
-            .check(b)?,
-        )?;
-        dispatch(b, cfg, routing)?;
-        ws.routed = true;
+        copy_buffer(b, z, view_mut::<B>(&mut ws.routing.z))?;
+        let request = RouteRequest::default();
+        route_rows(b, cfg, &mut ws.routing, Logits::Given, bias, request)?;
         Ok(LogitsPass {
-            backend: b,
-            cfg,
-            ws,
+            routed: dispatched(b, cfg, ws)?,
         })
     }
 
@@ -237,9 +204,11 @@ impl<B: Backend> Router<B> {
         let (b, cfg) = (&self.backend, &self.cfg);
         match self.ws.as_mut() {
             Some(ws) if ws.routed && ws.routing.shape == shape => Ok(Pass {
-                backend: b,
-                cfg,
-                ws,
+                routed: Routed {
+                    backend: b,
+                    cfg,
+                    ws,
+                },
                 x,
                 r,
             }),
@@ -303,6 +272,46 @@ impl<B: Backend> Router<B> {
             k: self.cfg.k,
         })
     }
+}
+
+/// The backend's `route` into the workspace's routing buffers.
+fn route_rows<B: Backend>(
+    b: &B,
+    cfg: &RouterConfig,
+    routing: &mut Routing<B>,
+    logits: Logits<'_, B>,
+    bias: Option<&B::View>,
+    request: RouteRequest,
+) -> Result<RouteSums<B::Elem>> {
+    b.route(
+        Route {
+            cfg,
+            n: routing.shape.n,
+            logits,
+            bias,
+            z: view_mut::<B>(&mut routing.z),
+            p: view_mut::<B>(&mut routing.p),
+            idx: idx_view_mut::<B>(&mut routing.idx),
+            gates: view_mut::<B>(&mut routing.gates),
+            request,
+        }
+        .check(b)?,
+    )
+}
+
+/// Capacity and the dispatch plan of the routed workspace; the forward is complete.
+fn dispatched<'a, B: Backend>(
+    b: &'a B,
+    cfg: &'a RouterConfig,
+    ws: &'a mut Workspace<B>,
+) -> Result<Routed<'a, B>> {
+    dispatch(b, cfg, &mut ws.routing)?;
+    ws.routed = true;
+    Ok(Routed {
+        backend: b,
+        cfg,
+        ws,
+    })
 }
 
 /// The selection bias has `E` entries, finite when the config checks inputs.

@@ -18,29 +18,70 @@ use crate::simbal::simbal_loss;
 use crate::stats::{CollectStats, RoutingStats};
 use core::ops::Deref;
 
-/// A forward pass from tokens: derefs to its [`Routing`]; [`Pass::backward`] runs the backward
-/// of the same `X` and `R`.
-pub struct Pass<'a, B: Backend> {
+/// What every pass has: the routing of a forward (it derefs to its [`Routing`]), the backend
+/// its buffers live on, and the statistics and metrics of that routing.
+pub struct Routed<'a, B: Backend> {
     pub(super) backend: &'a B,
     pub(super) cfg: &'a RouterConfig,
     pub(super) ws: &'a mut Workspace<B>,
-    pub(super) x: &'a B::View,
-    pub(super) r: &'a B::View,
 }
 
-impl<B: Backend> Deref for Pass<'_, B> {
+impl<B: Backend> Deref for Routed<'_, B> {
     type Target = Routing<B>;
     fn deref(&self) -> &Routing<B> {
         &self.ws.routing
     }
 }
 
-impl<'a, B: Backend> Pass<'a, B> {
+impl<'a, B: Backend> Routed<'a, B> {
     /// The router's backend (for reading the pass's buffers on a device backend).
     pub fn backend(&self) -> &'a B {
         self.backend
     }
 
+    /// Statistics of this pass into `out` (see [`super::Router::stats_into`]).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
+        stats_into(self.backend, &self.ws.routing, out)
+    }
+
+    /// Statistics of this pass.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn stats(&self) -> Result<RoutingStats> {
+        let mut s = RoutingStats::default();
+        self.stats_into(&mut s)?;
+        Ok(s)
+    }
+
+    /// Mean routing entropy of this pass's scores (nats).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn routing_entropy(&self) -> Result<B::Elem> {
+        routing_entropy(self.backend, &self.ws.routing)
+    }
+}
+
+/// A forward pass from tokens: derefs to [`Routed`] (and so to its [`Routing`]);
+/// [`Pass::backward`] runs the backward of the same `X` and `R`.
+pub struct Pass<'a, B: Backend> {
+    pub(super) routed: Routed<'a, B>,
+    pub(super) x: &'a B::View,
+    pub(super) r: &'a B::View,
+}
+
+impl<'a, B: Backend> Deref for Pass<'a, B> {
+    type Target = Routed<'a, B>;
+    fn deref(&self) -> &Routed<'a, B> {
+        &self.routed
+    }
+}
+
+impl<B: Backend> Pass<'_, B> {
     /// Backward from the gate gradient `dw` (`N x k`) and the configured losses: returns the
     /// loss values and `dZ`, `dX`, `dR` (SimBal's gradient included). `global` carries the
     /// merged statistics a global-batch LBL needs. May be called again (another `dw`).
@@ -58,7 +99,12 @@ impl<'a, B: Backend> Pass<'a, B> {
         losses: &LossConfig,
         global: Option<&RoutingStats>,
     ) -> Result<Gradients<'_, B>> {
-        let (b, cfg, ws) = (self.backend, self.cfg, &mut *self.ws);
+        let Routed {
+            backend: b,
+            cfg,
+            ws,
+        } = &mut self.routed;
+        let (b, cfg, ws) = (*b, *cfg, &mut **ws);
         let Shape { n, d, e, .. } = ws.routing.shape;
         let (mut values, max_dz) = backward_dz(b, cfg, ws, dw, losses, global)?;
         let (x, r) = (self.x, self.r);
@@ -125,54 +171,22 @@ impl<'a, B: Backend> Pass<'a, B> {
             dr: view::<B>(&ws.dr),
         })
     }
-
-    /// Statistics of this pass into `out` (see [`super::Router::stats_into`]).
-    ///
-    /// # Errors
-    /// Backend failures.
-    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
-        stats_into(self.backend, &self.ws.routing, out)
-    }
-
-    /// Statistics of this pass.
-    ///
-    /// # Errors
-    /// Backend failures.
-    pub fn stats(&self) -> Result<RoutingStats> {
-        let mut s = RoutingStats::default();
-        self.stats_into(&mut s)?;
-        Ok(s)
-    }
-
-    /// Mean routing entropy of this pass's scores (nats).
-    ///
-    /// # Errors
-    /// Backend failures.
-    pub fn routing_entropy(&self) -> Result<B::Elem> {
-        routing_entropy(self.backend, &self.ws.routing)
-    }
 }
 
-/// A forward pass from logits: derefs to its [`Routing`]; [`LogitsPass::backward`] gives `dZ`.
+/// A forward pass from logits: derefs to [`Routed`] (and so to its [`Routing`]);
+/// [`LogitsPass::backward`] gives `dZ`.
 pub struct LogitsPass<'a, B: Backend> {
-    pub(super) backend: &'a B,
-    pub(super) cfg: &'a RouterConfig,
-    pub(super) ws: &'a mut Workspace<B>,
+    pub(super) routed: Routed<'a, B>,
 }
 
-impl<B: Backend> Deref for LogitsPass<'_, B> {
-    type Target = Routing<B>;
-    fn deref(&self) -> &Routing<B> {
-        &self.ws.routing
+impl<'a, B: Backend> Deref for LogitsPass<'a, B> {
+    type Target = Routed<'a, B>;
+    fn deref(&self) -> &Routed<'a, B> {
+        &self.routed
     }
 }
 
-impl<'a, B: Backend> LogitsPass<'a, B> {
-    /// The router's backend (for reading the pass's buffers on a device backend).
-    pub fn backend(&self) -> &'a B {
-        self.backend
-    }
-
+impl<B: Backend> LogitsPass<'_, B> {
     /// Backward to `dZ` from the gate gradient `dw` (`N x k`) and the configured losses. SimBal
     /// needs the weight, so it is refused here: call [`simbal_loss`] on the weight instead.
     ///
@@ -190,20 +204,13 @@ impl<'a, B: Backend> LogitsPass<'a, B> {
                     "SimBal in a backward from logits (it needs the router weight; use simbal_loss)",
             });
         }
-        let (values, _) = backward_dz(self.backend, self.cfg, self.ws, dw, losses, global)?;
+        let Routed { backend, cfg, ws } = &mut self.routed;
+        let (values, _) = backward_dz(*backend, cfg, ws, dw, losses, global)?;
         finite_loss(&values)?;
         Ok(LogitGradients {
             losses: values,
-            dz: view::<B>(&self.ws.dz),
+            dz: view::<B>(&ws.dz),
         })
-    }
-
-    /// Statistics of this pass into `out` (see [`super::Router::stats_into`]).
-    ///
-    /// # Errors
-    /// Backend failures.
-    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
-        stats_into(self.backend, &self.ws.routing, out)
     }
 }
 

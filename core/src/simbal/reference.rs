@@ -90,15 +90,20 @@ pub fn normalize_columns<T: Scalar>(
 ) {
     let (rs, cs) = strides(layout, d, e);
     for c in 0..e {
-        let inv = if norms[c] > T::zero() {
-            T::one() / norms[c]
-        } else {
-            T::zero()
-        };
+        let inv = inv_norm(norms[c]);
         for i in 0..d {
             let at = i * rs + c * cs;
             rn[at] = r[at] * inv;
         }
+    }
+}
+
+/// `1 / |r|` of a column norm, 0 for a zero column (whose normalised column is 0).
+fn inv_norm<T: Scalar>(norm: T) -> T {
+    if norm > T::zero() {
+        T::one() / norm
+    } else {
+        T::zero()
     }
 }
 
@@ -122,11 +127,7 @@ pub fn scale_free_project<T: Scalar>(
             let at = i * rs + c * cs;
             dot = dot + rn[at] * g[at];
         }
-        let inv = if norms[c] > T::zero() {
-            T::one() / norms[c]
-        } else {
-            T::zero()
-        };
+        let inv = inv_norm(norms[c]);
         for i in 0..d {
             let at = i * rs + c * cs;
             let v = (g[at] - rn[at] * dot) * inv;
