@@ -3,7 +3,7 @@
 //! own; the selection bias in routing is checked with the router.)
 
 use crate::harness::errors::{check, invalid, start};
-use crate::harness::fuzz::{all_finite, coef, guard, must_be_finite, pool, stats, Filler, CASES};
+use crate::harness::fuzz::{all_finite, coef, fuzz_check, pool, stats};
 use crate::harness::gen;
 use crate::harness::util::*;
 use proptest::prelude::*;
@@ -13,17 +13,14 @@ use simbal_core::{
     ScoreFn,
 };
 
-/// The bias update's tests, as a module `bias` of `#[test]`s on the backend `$make` builds (see
-/// [`crate::conformance_suite!`]).
-#[macro_export]
-macro_rules! conformance_bias {
-    ($make:expr) => {
-        $crate::__conformance_tests! { $make; bias;
-            invariant_update_balances => invariant_update_balances,
-            error_invalid_coefficient => error_invalid_coefficient,
-            fuzz_update => fuzz_update,
-        }
-    };
+crate::__conformance_op! {
+    /// The bias update's tests, as a module `bias` of `#[test]`s on the backend `$make` builds (see
+    /// [`crate::conformance_suite!`]).
+    conformance_bias, bias {
+        invariant_update_balances => invariant_update_balances,
+        error_invalid_coefficient => error_invalid_coefficient,
+        fuzz_update => fuzz_update,
+    }
 }
 
 /// Repeated aux-loss-free bias updates from the router's own statistics lower `MaxVio` of a
@@ -107,29 +104,25 @@ pub fn error_invalid_coefficient<B: Backend>(make: &dyn Fn() -> Option<B>) {
 /// the bias and the rate are finite.
 pub fn fuzz_update<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "bias::fuzz_update";
-    let Some(b) = acquire(make, NAME) else { return };
-    let strategy = ((coef(), any::<bool>()), stats(), pool());
-    run_prop(NAME, CASES, strategy, |input| {
-        let ((rate, centred), s1, pool) = &input;
-        let f = Filler::new(pool);
-        let bv = rounded::<B::Elem>(&f.vals(Some(s1.counts.len())));
-        let mut bias = up(&b, &bv).ctx("upload")?;
+    let strategy = (((coef(), any::<bool>()), stats()), pool());
+    fuzz_check(make, NAME, strategy, |cx, input| {
+        let ((rate, centred), s1) = input;
+        let mut bias = cx.up(Some(s1.counts.len()))?;
+        let bv = cx.down(&bias)?;
         let ucfg = BiasUpdateConfig {
             rate: *rate,
             centred: *centred,
         };
-        if guard("update_bias", &input, || {
-            update_bias(&b, &ucfg, s1, view_mut::<B>(&mut bias))
-        })?
-        .is_ok()
+        let b = cx.b;
+        if cx
+            .guard("update_bias", || {
+                update_bias(b, &ucfg, s1, view_mut::<B>(&mut bias))
+            })?
+            .is_ok()
             && all_finite(&bv)
             && rate.abs() <= 1e30
         {
-            must_be_finite(
-                "update_bias result",
-                &input,
-                &down(&b, &bias).ctx("download")?,
-            )?;
+            cx.finite("update_bias result", &cx.down(&bias)?)?;
         }
         Ok(())
     });

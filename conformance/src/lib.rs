@@ -21,7 +21,8 @@
 //! ## Layout
 //!
 //! One module per op, each holding that op's checks of every kind and an exported macro that
-//! lists its tests; [`conformance_suite!`] composes the macros into a module `$name` with one
+//! lists its tests (the op states only the list; the hidden `__conformance_op!` defines the
+//! macro from it); [`conformance_suite!`] composes the macros into a module `$name` with one
 //! submodule of tests per op (`faer_f64::router::agree_forward`, ...), so
 //! `cargo test router::` runs one op's tests. An op's module is one file, or a folder with one
 //! file per kind of check when it is large:
@@ -44,11 +45,16 @@
 //! invariants on the backend; `error_` every `SimbalError` variant from a real call (and every
 //! kernel's precondition function refusing wrong lengths); `fuzz_` arbitrary input to every
 //! public entry point: `Err` or a finite result, never a panic. What the checks of one kind
-//! share is in [`harness`], one module per kind beside the case generators and the runner.
+//! share is in [`harness`], one module per kind beside the case generators and the runner: the
+//! kernel and fuzz checks run through its drivers ([`harness::kernel::kernel_check`],
+//! [`harness::fuzz::fuzz_check`]). The buffers of an op's kernels, and each kernel's arguments,
+//! are written once for its kernel, error and fuzz checks: in a folder op's `bufs` module, in
+//! the file of a one-file op.
 //!
 //! A new check goes into its op's module (its kind's file for a folder) and into that op's
-//! macro; a new op gets a module with its macro, added to [`conformance_suite!`]. A backend can
-//! also instantiate one op, e.g. `mod faer_f64 { simbal_conformance::conformance_router!(|| ..); }`.
+//! list; a new op gets a module with its list, added to [`conformance_suite!`]. A backend can
+//! also instantiate one op, e.g.
+//! `mod faer_f64 { simbal_conformance::conformance_router!(|| ..); }`.
 //!
 //! Environment: `PROPTEST_CASES` overrides each property's case count;
 //! `SIMBAL_CONFORMANCE_SEED` (a `u64`) varies the otherwise fixed random stream.
@@ -87,22 +93,37 @@ macro_rules! conformance_suite {
     };
 }
 
-/// Implementation detail of the op macros: a module `$op` with one `#[test]` per
-/// `name => check`, each calling `$crate::$op::check` on `$make`.
+/// Implementation detail of the op modules, each of which states only its list of tests:
+/// `__conformance_op! { /// docs.. conformance_gemm, gemm { kernel_gemm => kernel_gemm, .. } }`
+/// defines the exported macro `conformance_gemm!` (with those docs), which expands to a module
+/// `gemm` with one `#[test]` per `name => check`, each calling `$crate::gemm::check` on the
+/// backend its argument `$make` builds.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __conformance_tests {
-    ($make:expr; $op:ident; $($test:ident => $($check:ident)::+),* $(,)?) => {
-        mod $op {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[test]
-                fn $test() {
-                    let make = $make;
-                    $crate::$op::$($check)::+(&make);
+macro_rules! __conformance_op {
+    ($(#[$doc:meta])* $mac:ident, $op:ident { $($list:tt)* }) => {
+        // `$` is passed on as a token, so the macro defined below can have metavariables.
+        $crate::__conformance_op! { @ ($) $(#[$doc])* $mac, $op { $($list)* } }
+    };
+    (@ ($d:tt) $(#[$doc:meta])* $mac:ident, $op:ident {
+        $($test:ident => $($check:ident)::+),* $(,)?
+    }) => {
+        $(#[$doc])*
+        #[macro_export]
+        macro_rules! $mac {
+            ($d make:expr) => {
+                mod $op {
+                    #[allow(unused_imports)]
+                    use super::*;
+                    $(
+                        #[test]
+                        fn $test() {
+                            let make = $d make;
+                            $crate::$op::$($check)::+(&make);
+                        }
+                    )*
                 }
-            )*
+            };
         }
     };
 }

@@ -2,27 +2,24 @@
 //! against the reference, `NonFinite` with its position from every router entry point that
 //! checks values, and arbitrary input.
 
-use crate::harness::errors::{check, setup, start};
-use crate::harness::fuzz::{dims, guard, pool, Filler, CASES as FUZZ_CASES};
+use crate::harness::errors::{setup, start, Input};
+use crate::harness::fuzz::{dims, fuzz_check, mul, pool};
 use crate::harness::gen;
-use crate::harness::kernel::{three, CASES, R};
+use crate::harness::kernel::{kernel_check, three, Fill, R};
 use crate::harness::util::*;
 use proptest::prelude::*;
 use proptest::sample::select;
 use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
-use simbal_core::{Backend, LossConfig, Rng, RouterConfig, Scalar, SimbalError};
+use simbal_core::{Backend, Rng, RouterConfig, Scalar, SimbalError};
 
-/// The validation tests, as a module `validation` of `#[test]`s on the backend `$make` builds
-/// (see [`crate::conformance_suite!`]).
-#[macro_export]
-macro_rules! conformance_validation {
-    ($make:expr) => {
-        $crate::__conformance_tests! { $make; validation;
-            kernel_check_finite => kernel_check_finite,
-            error_non_finite => error_non_finite,
-            fuzz_kernels => fuzz_kernels,
-        }
-    };
+crate::__conformance_op! {
+    /// The validation tests, as a module `validation` of `#[test]`s on the backend `$make` builds
+    /// (see [`crate::conformance_suite!`]).
+    conformance_validation, validation {
+        kernel_check_finite => kernel_check_finite,
+        error_non_finite => error_non_finite,
+        fuzz_kernels => fuzz_kernels,
+    }
 }
 
 fn finite_run<C: Backend>(c: &C, cols: usize, v: &[f64]) -> R<Result<(), SimbalError>> {
@@ -37,7 +34,6 @@ fn max_abs_run<C: Backend>(c: &C, v: &[f64]) -> R<f64> {
 /// `max_abs` on the same data: exactly the reference's value, NaN when any element is NaN.
 pub fn kernel_check_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "validation::kernel_check_finite";
-    let Some(b) = acquire(make, NAME) else { return };
     let strategy = (
         1..=6usize,
         1..=6usize,
@@ -48,7 +44,8 @@ pub fn kernel_check_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
         any::<prop::sample::Index>(),
         any::<u64>(),
     );
-    run_prop(NAME, CASES, strategy, |(rows, cols, bad, bad2, seed)| {
+    kernel_check(make, NAME, strategy, |b, _, case| {
+        let (rows, cols, bad, bad2, seed) = case;
         let mut v = gen::normal(&mut Rng::new(seed), rows * cols, 1.0);
         let mut first = None;
         if let Some((at, val)) = bad {
@@ -57,12 +54,12 @@ pub fn kernel_check_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
             v[b2] = f64::NAN;
             first = Some(a.min(b2));
         }
-        let (got_max, want_max, _) = three!(&b, max_abs_run(&v));
+        let (got_max, want_max, _) = three!(b, max_abs_run(&v));
         ensure(
             got_max == want_max || (got_max.is_nan() && want_max.is_nan()),
             || format!("max_abs: backend {got_max}, reference {want_max} on {v:?}"),
         )?;
-        let (got, want, _) = three!(&b, finite_run(cols, &v));
+        let (got, want, _) = three!(b, finite_run(cols, &v));
         ensure(got == want, || {
             format!("check_finite: backend {got:?}, reference {want:?}")
         })?;
@@ -89,7 +86,7 @@ pub fn kernel_check_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
 /// nothing is reported with the check turned off.
 pub fn error_non_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "validation::error_non_finite";
-    start!("validation::error_non_finite", make);
+    start!(N, make);
     let (n, d, e) = (3, 4, 5);
     let mut s = setup(make, RouterConfig::new(e, 2), n, d);
     let mut xv = vec![0.5; n * d];
@@ -104,39 +101,16 @@ pub fn error_non_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
     zv[2 * e + 1] = f64::NAN;
     let z = s.up(&zv);
     let dw = s.up(&[0.0, 0.0, 0.0, f64::INFINITY, 0.0, 0.0]);
-    let nf = |what: &'static str, row: usize, col: usize| {
-        move |err: &SimbalError| *err == SimbalError::NonFinite { what, row, col }
-    };
-    check(
-        N,
-        "X",
-        s.forward(Some(&x), None, None),
-        nf("tokens X", 1, 2),
-    );
-    check(
-        N,
-        "R",
-        s.forward(None, Some(&r), None),
-        nf("router weight", 2, 4),
-    );
-    check(
-        N,
-        "bias",
-        s.forward(None, None, Some(&bias)),
-        nf("selection bias", 0, 2),
-    );
-    check(
-        N,
-        "logits",
-        s.router.forward_logits(view::<B>(&z), None).map(|_| ()),
-        nf("logits", 2, 1),
-    );
-    check(
-        N,
-        "dW",
-        s.step(Some(&dw), &LossConfig::none(), None),
-        nf("gate gradient", 1, 1),
-    );
+    // The first non-finite value of each, as (row, column).
+    let nf = |what, (row, col)| SimbalError::NonFinite { what, row, col };
+    let cases = [
+        (Input::X, &x, (1, 2)),
+        (Input::R, &r, (2, 4)),
+        (Input::Bias, &bias, (0, 2)),
+        (Input::Logits, &z, (2, 1)),
+        (Input::Dw, &dw, (1, 1)),
+    ];
+    s.refuses(N, nf, cases);
     s.still_works(N);
     // The check can be turned off: the call then succeeds.
     s.router
@@ -150,41 +124,33 @@ pub fn error_non_finite<B: Backend>(make: &dyn Fn() -> Option<B>) {
 /// `idx_all_below`), `max_abs` and `check_finite` on arbitrary values.
 pub fn fuzz_kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "validation::fuzz_kernels";
-    let Some(b) = acquire(make, NAME) else { return };
-    run_prop(NAME, FUZZ_CASES, (dims(), pool()), |input| {
-        let ((n, d, e), pool) = &input;
-        let (n, d, e) = (*n, *d, *e);
-        let f = Filler::new(pool);
-        let ub = |v: Vec<f64>| up(&b, &v).ctx("upload");
-        let ui = |v: Vec<u32>| b.idx_upload(&v).ctx("idx_upload");
+    fuzz_check(make, NAME, (dims(), pool()), |cx, input| {
+        let ((n, d, e), b, f) = (*input, cx.b, &cx.f);
         // Memory primitives with mismatched lengths.
         let mut host = vec![B::Elem::of(0.0); f.len(Some(2))];
-        let mut buf = ub(f.vals(Some(3)))?;
-        guard("download", &input, || {
-            b.download(view::<B>(&buf), &mut host)
-        })?
-        .ok();
-        guard("write", &input, || b.write(view_mut::<B>(&mut buf), &host))?.ok();
+        let mut buf = cx.up(Some(3))?;
+        cx.guard("download", || b.download(view::<B>(&buf), &mut host))?
+            .ok();
+        cx.guard("write", || b.write(view_mut::<B>(&mut buf), &host))?
+            .ok();
         let mut ihost = vec![0u32; f.len(Some(2))];
-        let mut ibuf = ui(f.idx(Some(3), 3))?;
-        guard("idx_download", &input, || {
+        let mut ibuf = cx.idx(Some(3), 3).ctx("idx_upload")?;
+        cx.guard("idx_download", || {
             b.idx_download(idx_view::<B>(&ibuf), &mut ihost)
         })?
         .ok();
-        guard("idx_write", &input, || {
+        cx.guard("idx_write", || {
             b.idx_write(idx_view_mut::<B>(&mut ibuf), &ihost)
         })?
         .ok();
-        guard("idx_all_below", &input, || {
+        cx.guard("idx_all_below", || {
             b.idx_all_below(idx_view::<B>(&ibuf), e as u32)
         })?
         .ok();
-        let z = ub(f.vals(crate::harness::fuzz::mul(n, e)))?;
-        guard("max_abs", &input, || b.max_abs(view::<B>(&z)))?.ok();
-        guard("check_finite", &input, || {
-            b.check_finite("fuzz", d, view::<B>(&z))
-        })?
-        .ok();
+        let z = cx.up(mul(n, e))?;
+        cx.guard("max_abs", || b.max_abs(view::<B>(&z)))?.ok();
+        cx.guard("check_finite", || b.check_finite("fuzz", d, view::<B>(&z)))?
+            .ok();
         Ok(())
     });
 }

@@ -3,9 +3,9 @@
 //! its errors and the kernel on arbitrary input.
 
 use crate::harness::errors::{check, invalid, refused, setup, start};
-use crate::harness::fuzz::{dims, guard, mul, pool, Filler, CASES as FUZZ_CASES};
+use crate::harness::fuzz::{dims, fuzz_check, mul, pool};
 use crate::harness::gen;
-use crate::harness::kernel::{three, CASES, R};
+use crate::harness::kernel::{call, kernel_check, three, Fill, Zeros, R};
 use crate::harness::util::*;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -16,19 +16,45 @@ use simbal_core::{
     Backend, LossConfig, Rng, Router, RouterConfig, Scalar, ScoreFn, SimbalError, ZLossConfig,
 };
 
-/// The z-loss's tests, as a module `zloss` of `#[test]`s on the backend `$make` builds (see
-/// [`crate::conformance_suite!`]).
-#[macro_export]
-macro_rules! conformance_zloss {
-    ($make:expr) => {
-        $crate::__conformance_tests! { $make; zloss;
-            kernel_lse_sq_sum => kernel_lse_sq_sum,
-            error_overflow => error_overflow,
-            error_invalid_coefficient => error_invalid_coefficient,
-            error_length_mismatch => error_length_mismatch,
-            fuzz_kernels => fuzz_kernels,
+crate::__conformance_op! {
+    /// The z-loss's tests, as a module `zloss` of `#[test]`s on the backend `$make` builds (see
+    /// [`crate::conformance_suite!`]).
+    conformance_zloss, zloss {
+        kernel_lse_sq_sum => kernel_lse_sq_sum,
+        error_overflow => error_overflow,
+        error_invalid_coefficient => error_invalid_coefficient,
+        error_length_mismatch => error_length_mismatch,
+        fuzz_kernels => fuzz_kernels,
+    }
+}
+
+/// The buffers of one `lse_sq_sum` call, for its kernel, error and fuzz checks alike (see
+/// [`crate::harness::kernel`]).
+struct Lse<B: Backend> {
+    n: usize,
+    e: usize,
+    /// Logits, `n x e`.
+    z: B::Buf,
+    /// Scores, `n x e`.
+    p: B::Buf,
+}
+
+impl<B: Backend> Lse<B> {
+    /// Logits and scores of `n x e` from `fill`.
+    fn new(n: usize, e: usize, fill: &dyn Fill<B>) -> R<Self> {
+        let (z, p) = (fill.vals(mul(n, e))?, fill.vals(mul(n, e))?);
+        Ok(Self { n, e, z, p })
+    }
+
+    /// The call from the logits, with the scores of `score` when given.
+    fn args(&self, score: Option<ScoreFn>) -> LseSqSum<'_, B> {
+        LseSqSum {
+            n: self.n,
+            e: self.e,
+            z: view::<B>(&self.z),
+            scores: score.map(|f| (f, view::<B>(&self.p))),
         }
-    };
+    }
 }
 
 /// `lse_sq_sum` of `n x e` logits `z`, with the scores when given.
@@ -39,15 +65,12 @@ fn lse_run<C: Backend>(
     z: &[f64],
     scores: Option<(ScoreFn, &[f64])>,
 ) -> R<f64> {
-    let zb = up(c, z)?;
-    let pb = up_opt(c, scores.map(|s| s.1))?;
-    let a = LseSqSum {
-        n,
-        e,
-        z: view::<C>(&zb),
-        scores: scores.zip(opt_view::<C>(&pb)).map(|((f, _), p)| (f, p)),
-    };
-    Ok(c.lse_sq_sum(a.check(c)?)?.to_f64_lossy())
+    let mut b = Lse::new(n, e, &Zeros(c))?;
+    b.z = up(c, z)?;
+    if let Some((_, p)) = scores {
+        b.p = up(c, p)?;
+    }
+    Ok(call!(c, lse_sq_sum(b.args(scores.map(|s| s.0))))?.to_f64_lossy())
 }
 
 /// `lse_sq_sum` from the logits alone (`scores: None`), logits of moderate and large
@@ -55,17 +78,15 @@ fn lse_run<C: Backend>(
 /// rounded to the element type), against the reference's sum from the logits.
 pub fn kernel_lse_sq_sum<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "zloss::kernel_lse_sq_sum";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = (
         1..=8usize,
         1..=8usize,
         select(vec![1.0, 10.0, 1e3]),
         any::<u64>(),
     );
-    run_prop(NAME, CASES, strategy, |(n, e, std, seed)| {
+    kernel_check(make, NAME, strategy, |b, tol, (n, e, std, seed)| {
         let z = rounded::<B::Elem>(&gen::normal(&mut Rng::new(seed), n * e, std));
-        let (got, want, want64) = three!(&b, lse_run(n, e, &z, None));
+        let (got, want, want64) = three!(b, lse_run(n, e, &z, None));
         vs_refs(&want, &want64, |tag, w| {
             close1(&format!("lse_sq_sum vs {tag}"), got, *w, tol)
         })?;
@@ -75,8 +96,7 @@ pub fn kernel_lse_sq_sum<B: Backend>(make: &dyn Fn() -> Option<B>) {
                 score_row(score, zr, pr);
             }
             let p = rounded::<B::Elem>(&p);
-            let got =
-                lse_run(&b, n, e, &z, Some((score, &p))).ctx("lse_sq_sum scored (backend)")?;
+            let got = lse_run(b, n, e, &z, Some((score, &p))).ctx("lse_sq_sum scored (backend)")?;
             vs_refs(&want, &want64, |tag, w| {
                 close1(
                     &format!("lse_sq_sum scored ({score:?}) vs {tag}"),
@@ -130,49 +150,24 @@ pub fn error_invalid_coefficient<B: Backend>(make: &dyn Fn() -> Option<B>) {
 pub fn error_length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "zloss::error_length_mismatch";
     let Some(c) = acquire(make, N) else { return };
-    let (n, e) = (2, 3);
-    let (z, bad) = (c.zeros(n * e).unwrap(), c.zeros(5).unwrap());
-    for (zb, scores) in [
-        (&bad, None),
-        (&z, Some((ScoreFn::Softmax, view::<B>(&bad)))),
-    ] {
-        let lse = LseSqSum {
-            n,
-            e,
-            z: view::<B>(zb),
-            scores,
-        };
-        refused(N, "lse_sq_sum", lse.check(&c));
-    }
+    let mut b = Lse::new(2, 3, &Zeros(&c)).unwrap();
+    b.z = c.zeros(5).unwrap();
+    refused(N, "lse_sq_sum", b.args(None).check(&c));
+    let mut b = Lse::new(2, 3, &Zeros(&c)).unwrap();
+    b.p = c.zeros(5).unwrap();
+    refused(N, "lse_sq_sum", b.args(Some(ScoreFn::Softmax)).check(&c));
 }
 
 /// `lse_sq_sum` on arbitrary shapes, lengths and values, without and with either score
 /// function's scores, through its precondition function.
 pub fn fuzz_kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "zloss::fuzz_kernels";
-    let Some(b) = acquire(make, NAME) else { return };
-    run_prop(NAME, FUZZ_CASES, (dims(), pool()), |input| {
-        let ((n, _, e), pool) = &input;
-        let (n, e) = (*n, *e);
-        let f = Filler::new(pool);
-        let z = up(&b, &f.vals(mul(n, e))).ctx("upload")?;
-        let p = up(&b, &f.vals(mul(n, e))).ctx("upload")?;
-        for scores in [
-            None,
-            Some((ScoreFn::Softmax, view::<B>(&p))),
-            Some((ScoreFn::Sigmoid, view::<B>(&p))),
-        ] {
-            guard("lse_sq_sum", &input, || {
-                LseSqSum {
-                    n,
-                    e,
-                    z: view::<B>(&z),
-                    scores,
-                }
-                .check(&b)
-                .and_then(|a| b.lse_sq_sum(a))
-            })?
-            .ok();
+    fuzz_check(make, NAME, (dims(), pool()), |cx, input| {
+        let ((n, _, e), b) = (*input, cx.b);
+        let lse = Lse::new(n, e, cx).ctx("upload")?;
+        for score in [None, Some(ScoreFn::Softmax), Some(ScoreFn::Sigmoid)] {
+            cx.guard("lse_sq_sum", || call!(b, lse_sq_sum(lse.args(score))))?
+                .ok();
         }
         Ok(())
     });

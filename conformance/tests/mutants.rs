@@ -5,7 +5,7 @@ use simbal_conformance::{gemm, lbl, router, simbal, stats, validation};
 use simbal_core::lbl::kernels::{GroupSums, LblCoefficients};
 use simbal_core::metrics::Entropy;
 use simbal_core::router::kernels::{
-    route_rows_staged, Dispatch, Logits, Route, RouteSums, RouterBackward,
+    route_rows_staged, BackwardSums, Dispatch, LblCoef, Logits, Route, RouteSums, RouterBackward,
 };
 use simbal_core::simbal::kernels::{NormalizeColumns, SimbalResidual};
 use simbal_core::stats::CollectStats;
@@ -14,34 +14,6 @@ use simbal_core::{
     Backend, Checked, GemmArgs, LblNormalization, Memory, Reference, Result, Scalar,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Bug {
-    /// GEMM off by a relative 1e-3.
-    Gemm,
-    /// Top-k ties to the higher index.
-    TieHigh,
-    /// Capacity ignored.
-    NoCapacity,
-    /// Backward without the z-loss term.
-    NoZLossGrad,
-    /// Backward lets dropped assignments pass gradient.
-    DroppedLeak,
-    /// SimBal multiplier scaled by 1.01.
-    SimbalScale,
-    /// Group column sums off by one token.
-    GroupSums,
-    /// `check_finite` never reports.
-    NoFiniteCheck,
-    /// Routing entropy off by 1e-3.
-    Entropy,
-    /// Column norms off by a relative 1e-3.
-    Norms,
-    /// LBL coefficients always under the Switch normalisation (HuggingFace's factor `k` lost).
-    LblSwitchOnly,
-    /// Routing statistics' score sums miss the last token.
-    StatsSums,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Mutant<T> {
@@ -56,15 +28,31 @@ impl<T: Scalar> Memory for Mutant<T> {
     }
 }
 
+/// Runs the reference's `$kernel` on the mutant's arguments `$a`, rebuilt as `$S` for the
+/// reference (the same host slices) and checked by it: each field is `$a`'s, or the value given
+/// as `field: value`.
+macro_rules! relay {
+    ($self:ident.$kernel:ident($a:ident => $S:ident { $($f:ident $(: $e:expr)?),* $(,)? })) => {
+        $self.r.$kernel($S { $($f: relay!(@ $a.$f $(, $e)?)),* }.check(&$self.r)?)
+    };
+    (@ $a:ident.$f:ident) => {
+        $a.$f
+    };
+    (@ $a:ident.$f:ident, $e:expr) => {
+        $e
+    };
+}
+
 /// Each override changes its arguments or its result, and runs the reference kernel through
 /// the same checks (`Args::check` on the reference backend, whose buffers are the same slices).
 impl<T: Scalar> Backend for Mutant<T> {
     fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
-        let GemmArgs { mut gemm, a, b, c } = a.into_inner();
+        let a = a.into_inner();
+        let mut gemm = a.gemm;
         if self.bug == Bug::Gemm {
             gemm.alpha *= 1.001;
         }
-        self.r.gemm(GemmArgs { gemm, a, b, c }.check(&self.r)?)
+        relay!(self.gemm(a => GemmArgs { gemm: gemm, a, b, c }))
     }
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<T>> {
         let a = a.into_inner();
@@ -104,22 +92,11 @@ impl<T: Scalar> Backend for Mutant<T> {
         if self.bug == Bug::NoCapacity {
             cfg.capacity = None;
         }
-        let d = Dispatch {
-            cfg: &cfg,
-            n: a.n,
-            idx: a.idx,
-            gates: a.gates,
-            dropped: a.dropped,
-            counts: a.counts,
-            order: a.order,
-            offsets: a.offsets,
-        };
-        self.r.dispatch(d.check(&self.r)?)
+        relay!(self.dispatch(a => Dispatch {
+            cfg: &cfg, n, idx, gates, dropped, counts, order, offsets
+        }))
     }
-    fn router_backward(
-        &self,
-        a: Checked<RouterBackward<'_, Self>>,
-    ) -> Result<simbal_core::router::kernels::BackwardSums<T>> {
+    fn router_backward(&self, a: Checked<RouterBackward<'_, Self>>) -> Result<BackwardSums<T>> {
         let a = a.into_inner();
         let z_coef = if self.bug == Bug::NoZLossGrad {
             T::of(0.0)
@@ -132,44 +109,19 @@ impl<T: Scalar> Backend for Mutant<T> {
         } else {
             a.dropped
         };
-        let lbl = a.lbl.map(|l| simbal_core::router::kernels::LblCoef {
+        let lbl = a.lbl.map(|l| LblCoef {
             coef: l.coef,
             group_len: l.group_len,
         });
-        let b = RouterBackward {
-            cfg: a.cfg,
-            n: a.n,
-            z: a.z,
-            p: a.p,
-            idx: a.idx,
-            gates: a.gates,
-            dropped,
-            dw: a.dw,
-            lbl,
-            z_coef,
-            dz: a.dz,
-            request: a.request,
-        };
-        self.r.router_backward(b.check(&self.r)?)
+        relay!(self.router_backward(a => RouterBackward {
+            cfg, n, z, p, idx, gates, dropped: dropped, dw, lbl: lbl, z_coef: z_coef, dz, request
+        }))
     }
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
-        let GroupSums {
-            n,
-            cols,
-            group_len,
-            a,
-            out,
-        } = a.into_inner();
-        let g = GroupSums {
-            n,
-            cols,
-            group_len,
-            a,
-            out: &mut *out,
-        };
-        self.r.group_column_sums(g.check(&self.r)?)?;
-        if self.bug == Bug::GroupSums && n > 1 {
-            for (o, v) in out.iter_mut().zip(&a[..cols]) {
+        let a = a.into_inner();
+        relay!(self.group_column_sums(a => GroupSums { n, cols, group_len, a, out: &mut *a.out }))?;
+        if self.bug == Bug::GroupSums && a.n > 1 {
+            for (o, v) in a.out.iter_mut().zip(&a.a[..a.cols]) {
                 *o = *o - *v;
             }
         }
@@ -181,83 +133,45 @@ impl<T: Scalar> Backend for Mutant<T> {
         if self.bug == Bug::LblSwitchOnly {
             cfg.normalization = LblNormalization::Switch;
         }
-        let l = LblCoefficients {
-            cfg: &cfg,
-            e: a.e,
-            scales: a.scales,
-            counts: a.counts,
-            sums: a.sums,
-            coef: a.coef,
-        };
-        self.r.lbl_coefficients(l.check(&self.r)?)
+        relay!(self.lbl_coefficients(a => LblCoefficients {
+            cfg: &cfg, e, scales, counts, sums, coef
+        }))
     }
     fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<T> {
-        let SimbalResidual { cfg, e, gram } = a.into_inner();
-        let s = SimbalResidual {
-            cfg,
-            e,
-            gram: &mut *gram,
-        };
-        let l = self.r.simbal_residual(s.check(&self.r)?)?;
+        let a = a.into_inner();
+        let l = relay!(self.simbal_residual(a => SimbalResidual { cfg, e, gram: &mut *a.gram }))?;
         if self.bug == Bug::SimbalScale {
-            gram.iter_mut().for_each(|v| *v = *v * T::of(1.01));
+            a.gram.iter_mut().for_each(|v| *v = *v * T::of(1.01));
         }
         Ok(l)
     }
     fn normalize_columns(&self, a: Checked<NormalizeColumns<'_, Self>>) -> Result<()> {
-        let NormalizeColumns {
-            layout,
-            d,
-            e,
-            r,
-            norms,
-            rn,
-        } = a.into_inner();
-        let c = NormalizeColumns {
-            layout,
-            d,
-            e,
-            r,
-            norms: &mut *norms,
-            rn,
-        };
-        self.r.normalize_columns(c.check(&self.r)?)?;
+        let a = a.into_inner();
+        relay!(self.normalize_columns(a => NormalizeColumns {
+            layout, d, e, r, norms: &mut *a.norms, rn
+        }))?;
         if self.bug == Bug::Norms {
-            norms.iter_mut().for_each(|v| *v = *v * T::of(1.001));
+            a.norms.iter_mut().for_each(|v| *v = *v * T::of(1.001));
         }
         Ok(())
     }
     fn routing_stats(&self, a: Checked<CollectStats<'_, Self>>) -> Result<()> {
-        let CollectStats {
-            n,
-            k,
-            p,
-            counts,
-            out,
-        } = a.into_inner();
-        let e = counts.len();
-        let p = if self.bug == Bug::StatsSums && n > 1 {
-            &p[..p.len() - e]
+        let a = a.into_inner();
+        let e = a.counts.len();
+        let p = if self.bug == Bug::StatsSums && a.n > 1 {
+            &a.p[..a.p.len() - e]
         } else {
-            p
+            a.p
         };
-        let s = CollectStats {
-            n: p.len() / e.max(1),
-            k,
-            p,
-            counts,
-            out: &mut *out,
-        };
-        self.r.routing_stats(s.check(&self.r)?)?;
-        out.tokens = n as u64; // only the sums are wrong
-        out.dropped = ((n * k) as u64).saturating_sub(out.counts.iter().sum());
+        let n = p.len() / e.max(1);
+        relay!(self.routing_stats(a => CollectStats { n: n, k, p: p, counts, out: &mut *a.out }))?;
+        a.out.tokens = a.n as u64; // only the sums are wrong
+        a.out.dropped = ((a.n * a.k) as u64).saturating_sub(a.out.counts.iter().sum());
         Ok(())
     }
     fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<T> {
-        let Entropy { n, e, p } = a.into_inner();
-        let h = self
-            .r
-            .routing_entropy(Entropy { n, e, p }.check(&self.r)?)?;
+        let a = a.into_inner();
+        let h = relay!(self.routing_entropy(a => Entropy { n, e, p }))?;
         Ok(if self.bug == Bug::Entropy {
             h + T::of(1e-3)
         } else {
@@ -287,9 +201,14 @@ fn must_fail(bug: Bug, checks: &[(&str, Check)]) {
     }
 }
 
-/// One test per mutant: every check listed must fail on it.
-macro_rules! caught {
-    ($($test:ident: $bug:ident => [$($check:path),+ $(,)?];)*) => {
+/// The mutants: each defect (a `Bug`), the test that runs it, and the checks that must fail on
+/// it.
+macro_rules! mutants {
+    ($($(#[$doc:meta])* $bug:ident: $test:ident => [$($check:path),+ $(,)?];)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Bug {
+            $($(#[$doc])* $bug,)*
+        }
         $(
             #[test]
             fn $test() {
@@ -299,59 +218,49 @@ macro_rules! caught {
     };
 }
 
-caught! {
-    gemm_bug_is_caught: Gemm => [
-        gemm::kernel_gemm,
-        router::agree::forward,
-        router::agree::backward,
-        simbal::agree::loss,
-    ];
-    tie_bug_is_caught: TieHigh => [router::invariants::ties];
-    capacity_bug_is_caught: NoCapacity => [
+mutants! {
+    /// GEMM off by a relative 1e-3.
+    Gemm: gemm_bug_is_caught =>
+        [gemm::kernel_gemm, router::agree::forward, router::agree::backward, simbal::agree::loss];
+    /// Top-k ties to the higher index.
+    TieHigh: tie_bug_is_caught => [router::invariants::ties];
+    /// Capacity ignored.
+    NoCapacity: capacity_bug_is_caught => [
         router::agree::forward,
         router::invariants::dropped_get_no_gradient,
         router::invariants::ties,
     ];
-    z_loss_gradient_bug_is_caught: NoZLossGrad => [
-        router::fd::router_objective,
-        router::fd::logits_objective,
-        router::agree::backward,
-        router::kernels::router_backward,
+    /// Backward without the z-loss term.
+    NoZLossGrad: z_loss_gradient_bug_is_caught => [
+        router::fd::router_objective, router::fd::logits_objective,
+        router::agree::backward, router::kernels::router_backward,
     ];
-    dropped_leak_is_caught: DroppedLeak => [
-        router::invariants::dropped_get_no_gradient,
-        router::fd::router_objective,
+    /// Backward lets dropped assignments pass gradient.
+    DroppedLeak: dropped_leak_is_caught =>
+        [router::invariants::dropped_get_no_gradient, router::fd::router_objective];
+    /// SimBal multiplier scaled by 1.01.
+    SimbalScale: simbal_bug_is_caught =>
+        [simbal::fd::loss, simbal::agree::loss, simbal::kernels::residual];
+    /// Group column sums off by one token.
+    GroupSums: lbl_bug_is_caught => [
+        lbl::invariants::alpha_at_balance, router::agree::backward, lbl::kernels::group_reductions,
     ];
-    simbal_bug_is_caught: SimbalScale => [
-        simbal::fd::loss,
-        simbal::agree::loss,
-        simbal::kernels::residual,
-    ];
-    lbl_bug_is_caught: GroupSums => [
-        lbl::invariants::alpha_at_balance,
-        router::agree::backward,
-        lbl::kernels::group_reductions,
-    ];
-    stats_bug_is_caught: StatsSums => [
+    /// `check_finite` never reports.
+    NoFiniteCheck: finite_check_bug_is_caught =>
+        [validation::error_non_finite, validation::kernel_check_finite];
+    /// Routing entropy off by 1e-3.
+    Entropy: entropy_bug_is_caught =>
+        [stats::kernels::routing_entropy, stats::agree::stats_and_metrics];
+    /// Column norms off by a relative 1e-3.
+    Norms: scale_free_bug_is_caught =>
+        [simbal::kernels::column_normalisation, simbal::agree::loss, simbal::fd::loss];
+    /// LBL coefficients always under the Switch normalisation (HuggingFace's factor `k` lost).
+    LblSwitchOnly: lbl_normalisation_bug_is_caught =>
+        [lbl::kernels::coefficients, router::agree::backward];
+    /// Routing statistics' score sums miss the last token.
+    StatsSums: stats_bug_is_caught => [
         stats::kernels::routing_stats,
         stats::agree::stats_and_metrics,
         stats::invariants::merged_stats,
-    ];
-    lbl_normalisation_bug_is_caught: LblSwitchOnly => [
-        lbl::kernels::coefficients,
-        router::agree::backward,
-    ];
-    finite_check_bug_is_caught: NoFiniteCheck => [
-        validation::error_non_finite,
-        validation::kernel_check_finite,
-    ];
-    entropy_bug_is_caught: Entropy => [
-        stats::kernels::routing_entropy,
-        stats::agree::stats_and_metrics,
-    ];
-    scale_free_bug_is_caught: Norms => [
-        simbal::kernels::column_normalisation,
-        simbal::agree::loss,
-        simbal::fd::loss,
     ];
 }

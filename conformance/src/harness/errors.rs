@@ -5,7 +5,9 @@
 
 use crate::harness::util::*;
 use simbal_core::memory::view;
-use simbal_core::{Backend, LossConfig, Router, RouterConfig, RoutingStats, SimbalError};
+use simbal_core::{
+    Backend, LblConfig, LblLevel, LossConfig, Router, RouterConfig, RoutingStats, SimbalError,
+};
 
 /// Panics unless `got` is an error `want` accepts, with a non-empty message.
 pub fn check(
@@ -33,8 +35,51 @@ pub struct Setup<B: Backend> {
     pub x: B::Buf,
     /// Router weight.
     pub r: B::Buf,
+    /// Logits (zeros) for the logits path.
+    pub z: B::Buf,
     /// Gate gradient.
     pub dw: B::Buf,
+}
+
+/// A router entry point given one input in place of the setup's: [`Setup::with`].
+#[derive(Debug, Clone, Copy)]
+pub enum Input {
+    /// `forward` with these tokens.
+    X,
+    /// `forward` with this weight.
+    R,
+    /// `forward` with this selection bias.
+    Bias,
+    /// `forward_logits` from these logits.
+    Logits,
+    /// `forward_logits` from the setup's logits with this selection bias.
+    LogitsBias,
+    /// The backward (no losses) with this gate gradient, after a forward.
+    Dw,
+}
+
+impl Input {
+    /// What a check's message calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Input::X => "X",
+            Input::R => "R",
+            Input::Bias => "bias",
+            Input::Logits => "logits",
+            Input::LogitsBias => "logits bias",
+            Input::Dw => "dW",
+        }
+    }
+    /// What the router's errors call it (`SimbalError::LengthMismatch`, `NonFinite`).
+    pub fn what(self) -> &'static str {
+        match self {
+            Input::X => "tokens X",
+            Input::R => "router weight",
+            Input::Bias | Input::LogitsBias => "selection bias",
+            Input::Logits => "logits",
+            Input::Dw => "gate gradient",
+        }
+    }
 }
 
 /// A router of `cfg` on `n x d` tokens, after one forward pass.
@@ -60,6 +105,7 @@ pub fn setup<B: Backend>(
             .collect::<Vec<_>>(),
     )
     .unwrap();
+    let z = up(&io, &vec![0.0; n * e]).unwrap();
     let dw = up(&io, &vec![1.0; n * cfg.k]).unwrap();
     let mut router = Router::new(fresh(make), cfg).expect("Router::new");
     router
@@ -70,6 +116,7 @@ pub fn setup<B: Backend>(
         router,
         x,
         r,
+        z,
         dw,
     }
 }
@@ -112,6 +159,37 @@ impl<B: Backend> Setup<B> {
     ) -> Result<(), SimbalError> {
         self.step(None, losses, global)
     }
+    /// The call of `input` with `buf` in its place (the setup's buffers elsewhere).
+    pub fn with(&mut self, input: Input, buf: &B::Buf) -> Result<(), SimbalError> {
+        let logits = |z: &B::Buf, bias: Option<&B::Buf>, router: &mut Router<B>| {
+            router
+                .forward_logits(view::<B>(z), bias.map(view::<B>))
+                .map(|_| ())
+        };
+        match input {
+            Input::X => self.forward(Some(buf), None, None),
+            Input::R => self.forward(None, Some(buf), None),
+            Input::Bias => self.forward(None, None, Some(buf)),
+            Input::Logits => logits(buf, None, &mut self.router),
+            Input::LogitsBias => logits(&self.z, Some(buf), &mut self.router),
+            Input::Dw => self.step(Some(buf), &LossConfig::none(), None),
+        }
+    }
+    /// [`check`] of each `(input, buf, at)`: the call of `input` with `buf` gives exactly the
+    /// error `want(input.what(), at)`.
+    pub fn refuses<'b, T>(
+        &mut self,
+        name: &str,
+        want: impl Fn(&'static str, T) -> SimbalError,
+        cases: impl IntoIterator<Item = (Input, &'b B::Buf, T)>,
+    ) where
+        B::Buf: 'b,
+    {
+        for (input, buf, at) in cases {
+            let want = want(input.what(), at);
+            check(name, input.label(), self.with(input, buf), |e| *e == want);
+        }
+    }
     /// Panics unless a forward and a SimBal backward succeed.
     pub fn still_works(&mut self, name: &str) {
         self.backward(&LossConfig::simbal(), None)
@@ -125,6 +203,14 @@ pub fn invalid(what: &'static str, value: f64) -> impl Fn(&SimbalError) -> bool 
         matches!(e, SimbalError::InvalidCoefficient { what: w, value: v }
             if *w == what && v.to_bits() == value.to_bits())
     }
+}
+
+/// Only the LBL, at `level` (default coefficient and normalisation).
+pub fn lbl_at(level: LblLevel) -> LossConfig {
+    LossConfig::none().with_lbl(LblConfig {
+        level,
+        ..LblConfig::default()
+    })
 }
 
 /// `Router::new` on a fresh backend, its result without the router.

@@ -17,11 +17,16 @@
 //! Sizes are chosen so that nothing asks for an impossible allocation: a shape whose product does
 //! not overflow but is huge is only used against buffers of the wrong length, which every entry
 //! point checks before allocating.
+//!
+//! A check with buffers runs through [`fuzz_check`]: its strategy draws a value and a [`Pool`],
+//! and its body gets the value and a [`Fuzz`] case (the backend, the input a panic prints,
+//! buffers from the pool, the guard).
 
+use crate::harness::kernel::{Fill, R};
 use crate::harness::util::*;
 use proptest::prelude::*;
 use simbal_core::{
-    Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization, LossConfig,
+    Backend, Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization, LossConfig,
     RouterConfig, RoutingStats, Scalar, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
     ZLossConfig,
 };
@@ -298,4 +303,70 @@ pub fn must_be_finite(what: &str, input: &dyn Debug, v: &[f64]) -> CaseResult {
 /// Whether a coefficient is representable in `T` (the element type the backend computes in).
 pub fn fits<T: Scalar>(x: f64) -> bool {
     T::of(x).is_finite()
+}
+
+/// One fuzz case on a backend: the input (printed when a call panics or a result is not
+/// finite) and the buffers its pool hands out. As a [`Fill`], it uploads the pool's values.
+pub struct Fuzz<'a, B, I> {
+    /// The backend.
+    pub b: &'a B,
+    /// The whole input.
+    pub input: &'a I,
+    /// The input's pool.
+    pub f: Filler<'a>,
+}
+
+impl<B: Backend, I: Debug> Fuzz<'_, B, I> {
+    /// [`guard`] on this input.
+    pub fn guard<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
+        guard(what, self.input, f)
+    }
+    /// [`must_be_finite`] on this input.
+    pub fn finite(&self, what: &str, v: &[f64]) -> CaseResult {
+        must_be_finite(what, self.input, v)
+    }
+    /// The next buffer of the pool, of the length `shape` implies unless the pool overrides it.
+    pub fn up(&self, shape: Option<usize>) -> Result<B::Buf, TestCaseError> {
+        self.vals(shape).ctx("upload")
+    }
+    /// Downloads `buf`.
+    pub fn down(&self, buf: &B::Buf) -> Result<Vec<f64>, TestCaseError> {
+        down(self.b, buf).ctx("download")
+    }
+}
+
+impl<B: Backend, I> Fill<B> for Fuzz<'_, B, I> {
+    fn vals(&self, len: Option<usize>) -> R<B::Buf> {
+        up(self.b, &self.f.vals(len))
+    }
+    fn idx(&self, len: Option<usize>, bound: usize) -> R<B::IdxBuf> {
+        self.b.idx_upload(&self.f.idx(len, bound))
+    }
+}
+
+/// Runs the fuzz check `name` on the backend `make` builds: [`CASES`] cases of `strategy` (a
+/// value and the pool its buffers come from), `body` on each value with its [`Fuzz`] case.
+/// Returns whether the backend was available (the check is skipped otherwise, see
+/// [`acquire`]).
+pub fn fuzz_check<B: Backend, V: Debug>(
+    make: &dyn Fn() -> Option<B>,
+    name: &str,
+    strategy: impl Strategy<Value = (V, Pool)>,
+    body: impl Fn(&Fuzz<'_, B, (V, Pool)>, &V) -> CaseResult,
+) -> bool {
+    let Some(b) = acquire(make, name) else {
+        return false;
+    };
+    run_prop(name, CASES, strategy, |input| {
+        let (b, f) = (&b, Filler::new(&input.1));
+        body(
+            &Fuzz {
+                b,
+                input: &input,
+                f,
+            },
+            &input.0,
+        )
+    });
+    true
 }

@@ -1,8 +1,9 @@
 //! What every check shares: backend acquisition, the proptest runner and the comparisons
 //! ([`util`]), random cases ([`gen`]), running a router and reading what it wrote ([`run`]), and
 //! one module per kind of check with its common machinery: [`compare`] (whole passes against
-//! the references), [`fd`] (finite differences), [`kernel`] (kernel runners), [`errors`] (error
-//! matching and a forwarded router), [`fuzz`] (arbitrary input).
+//! the references), [`fd`] (finite differences), [`kernel`] (the kernel-check driver and the
+//! buffer sources of the ops' kernel buffers), [`errors`] (error matching and a forwarded
+//! router), [`fuzz`] (arbitrary input and the fuzz-check driver).
 
 pub mod compare;
 pub mod errors;

@@ -6,10 +6,11 @@
 //! the router's memory (a clone of one client).
 
 use crate::harness::gen::{Case, Data};
-use crate::harness::util::{down, down_idx, opt_view, up, up_opt};
+use crate::harness::util::{down, down_idx, fresh, opt_view, up, up_opt, Ctx};
+use proptest::test_runner::TestCaseError;
 use simbal_core::memory::view;
 use simbal_core::{
-    Backend, Gradients, LoadMetrics, LogitGradients, LossValues, Memory, Result, Router,
+    Backend, Gradients, LoadMetrics, LogitGradients, LossValues, Memory, Pass, Result, Router,
     RouterConfig, Routing, RoutingStats, Scalar,
 };
 
@@ -141,6 +142,23 @@ impl<B: Backend> Inputs<B> {
     pub fn bias(&self) -> Option<&B::View> {
         opt_view::<B>(&self.bias)
     }
+}
+
+/// Uploads `data` through one instance of the backend `make` builds, runs a router of `cfg` on
+/// another forward from its tokens, and gives `f` the transfer instance, the inputs and the pass.
+pub fn with_pass<B: Backend, T>(
+    make: &dyn Fn() -> Option<B>,
+    cfg: RouterConfig,
+    data: &Data,
+    f: impl FnOnce(&B, &Inputs<B>, Pass<'_, B>) -> std::result::Result<T, TestCaseError>,
+) -> std::result::Result<T, TestCaseError> {
+    let io = fresh(make);
+    let inp = Inputs::new(&io, data).ctx("upload")?;
+    let mut router = Router::new(fresh(make), cfg).ctx("Router::new")?;
+    let pass = router
+        .forward(inp.x(), inp.r(), inp.bias())
+        .ctx("forward")?;
+    f(&io, &inp, pass)
 }
 
 /// Which router path a check drives.

@@ -2,7 +2,7 @@
 //! where they must.
 
 use crate::harness::gen::{self, LossSet};
-use crate::harness::run::Inputs;
+use crate::harness::run;
 use crate::harness::util::*;
 use proptest::prelude::*;
 use simbal_core::memory::view;
@@ -94,45 +94,40 @@ pub fn levels_agree<B: Backend>(make: &dyn Fn() -> Option<B>) {
     }
     let tol = B::Elem::CONFORMANCE_TOL;
     run_prop(NAME, 32, gen::case(gen::SMALL, LossSet::NoSimBal), |case| {
-        let data = case.data();
-        let io = fresh(make);
-        let inp = Inputs::new(&io, &data).ctx("upload")?;
-        let mut router = Router::new(fresh(make), case.cfg).ctx("Router::new")?;
-        let mut pass = router
-            .forward(inp.x(), inp.r(), inp.bias())
-            .ctx("forward")?;
-        let own = pass.stats().ctx("stats")?;
-        let normalization = case
-            .losses
-            .lbl
-            .map_or(LblNormalization::Switch, |l| l.normalization);
-        let mut run_level = |level| -> Result<(f64, Vec<f64>), TestCaseError> {
-            let lc = LblConfig {
-                alpha: 0.3,
-                level,
-                normalization,
+        run::with_pass(make, case.cfg, &case.data(), |io, inp, mut pass| {
+            let own = pass.stats().ctx("stats")?;
+            let normalization = case
+                .losses
+                .lbl
+                .map_or(LblNormalization::Switch, |l| l.normalization);
+            let mut run_level = |level| -> Result<(f64, Vec<f64>), TestCaseError> {
+                let lc = LblConfig {
+                    alpha: 0.3,
+                    level,
+                    normalization,
+                };
+                let g = pass
+                    .backward(inp.dw(), &LossConfig::none().with_lbl(lc), Some(&own))
+                    .ctx("backward")?;
+                Ok((g.losses.lbl.to_f64_lossy(), down(io, g.dz).ctx("dz")?))
             };
-            let g = pass
-                .backward(inp.dw(), &LossConfig::none().with_lbl(lc), Some(&own))
-                .ctx("backward")?;
-            Ok((g.losses.lbl.to_f64_lossy(), down(&io, g.dz).ctx("dz")?))
-        };
-        let micro = run_level(LblLevel::MicroBatch)?;
-        let seq = run_level(LblLevel::Sequence { seq_len: case.n })?;
-        let global = run_level(LblLevel::GlobalBatch)?;
-        close1("sequence (B = 1) vs micro-batch LBL", seq.0, micro.0, tol)?;
-        close("sequence (B = 1) vs micro-batch dZ", &seq.1, &micro.1, tol)?;
-        close1(
-            "global (own stats) vs micro-batch LBL",
-            global.0,
-            micro.0,
-            tol,
-        )?;
-        close(
-            "global (own stats) vs micro-batch dZ",
-            &global.1,
-            &micro.1,
-            tol,
-        )
+            let micro = run_level(LblLevel::MicroBatch)?;
+            let seq = run_level(LblLevel::Sequence { seq_len: case.n })?;
+            let global = run_level(LblLevel::GlobalBatch)?;
+            close1("sequence (B = 1) vs micro-batch LBL", seq.0, micro.0, tol)?;
+            close("sequence (B = 1) vs micro-batch dZ", &seq.1, &micro.1, tol)?;
+            close1(
+                "global (own stats) vs micro-batch LBL",
+                global.0,
+                micro.0,
+                tol,
+            )?;
+            close(
+                "global (own stats) vs micro-batch dZ",
+                &global.1,
+                &micro.1,
+                tol,
+            )
+        })
     });
 }

@@ -1,30 +1,26 @@
 //! The LBL's kernels on their own (see [`crate::harness::kernel`]): the per-group reductions and
 //! the loss value with its gradient coefficients.
 
+use super::bufs::{Bufs, Shape};
 use crate::harness::gen;
-use crate::harness::kernel::{three, CASES, R};
+use crate::harness::kernel::{call, kernel_check, three, Zeros, R};
 use crate::harness::util::*;
 use proptest::prelude::*;
 use proptest::sample::select;
-use simbal_core::lbl::kernels::{GroupCounts, GroupSums, LblCoefficients};
 use simbal_core::lbl::reference::LblScales;
-use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
 use simbal_core::{Backend, LblConfig, LblLevel, LblNormalization, Rng, Scalar};
 
 fn gcs_run<C: Backend>(c: &C, n: usize, cols: usize, gl: usize, a: &[f64]) -> R<Vec<f64>> {
-    let ab = up(c, a)?;
-    let mut out = c.zeros((n / gl) * cols)?;
-    c.group_column_sums(
-        GroupSums {
-            n,
+    let mut b = Bufs::new(
+        Shape {
             cols,
-            group_len: gl,
-            a: view::<C>(&ab),
-            out: view_mut::<C>(&mut out),
-        }
-        .check(c)?,
+            ..Shape::of(n, 1, 1, gl)
+        },
+        &Zeros(c),
     )?;
-    down(c, &out)
+    b.a = up(c, a)?;
+    call!(c, group_column_sums(b.group_sums()))?;
+    down(c, &b.col_sums)
 }
 
 fn gc_run<C: Backend>(
@@ -33,41 +29,28 @@ fn gc_run<C: Backend>(
     idx: &[u32],
     dropped: &[u32],
 ) -> R<Vec<u32>> {
-    let ib = c.idx_upload(idx)?;
-    let db = c.idx_upload(dropped)?;
-    let mut out = c.idx_upload(&vec![9; (n / gl) * e])?;
-    c.group_counts(
-        GroupCounts {
-            n,
-            k,
-            e,
-            group_len: gl,
-            idx: idx_view::<C>(&ib),
-            dropped: idx_view::<C>(&db),
-            out: idx_view_mut::<C>(&mut out),
-        }
-        .check(c)?,
-    )?;
-    down_idx(c, &out)
+    let mut b = Bufs::new(Shape::of(n, e, k, gl), &Zeros(c))?;
+    (b.idx, b.dropped) = (c.idx_upload(idx)?, c.idx_upload(dropped)?);
+    b.counts = c.idx_upload(&vec![9; (n / gl) * e])?;
+    call!(c, group_counts(b.group_counts()))?;
+    down_idx(c, &b.counts)
 }
 
 /// `group_column_sums` and `group_counts` over every divisor of `N` as the group length.
 pub fn group_reductions<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "lbl::kernels::group_reductions";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = gen::shape(gen::Limits { n: 12, d: 1, e: 7 })
         .prop_flat_map(|s| (Just(s), select(gen::divisors(s.0)), any::<u64>()));
-    run_prop(NAME, CASES, strategy, |((n, _, e, k), gl, seed)| {
+    kernel_check(make, NAME, strategy, |b, tol, ((n, _, e, k), gl, seed)| {
         let mut rng = Rng::new(seed);
         let a = rounded::<B::Elem>(&gen::normal(&mut rng, n * e, 1.0));
-        let (got, want, want64) = three!(&b, gcs_run(n, e, gl, &a));
+        let (got, want, want64) = three!(b, gcs_run(n, e, gl, &a));
         vs_refs(&want, &want64, |tag, w| {
             close(&format!("group_column_sums vs {tag}"), &got, w, tol)
         })?;
         let idx: Vec<u32> = (0..n * k).map(|_| rng.below(e) as u32).collect();
         let dropped: Vec<u32> = (0..n * k).map(|_| u32::from(rng.below(4) == 0)).collect();
-        let (got, want, want64) = three!(&b, gc_run((n, k, e, gl), &idx, &dropped));
+        let (got, want, want64) = three!(b, gc_run((n, k, e, gl), &idx, &dropped));
         vs_refs(&want, &want64, |tag, w| {
             same(&format!("group_counts vs {tag}"), &got, w)
         })
@@ -82,21 +65,11 @@ fn lbl_run<C: Backend>(
     counts: &[u32],
     sums: &[f64],
 ) -> R<(f64, Vec<f64>)> {
-    let cb = c.idx_upload(counts)?;
-    let sb = up(c, sums)?;
-    let mut coef = up(c, &vec![f64::NAN; counts.len()])?;
-    let value = c.lbl_coefficients(
-        LblCoefficients {
-            cfg,
-            e,
-            scales: *s,
-            counts: idx_view::<C>(&cb),
-            sums: view::<C>(&sb),
-            coef: view_mut::<C>(&mut coef),
-        }
-        .check(c)?,
-    )?;
-    Ok((value.to_f64_lossy(), down(c, &coef)?))
+    let mut b = Bufs::new(Shape::of(s.groups, e, s.k, 1), &Zeros(c))?;
+    (b.counts, b.sums) = (c.idx_upload(counts)?, up(c, sums)?);
+    b.coef = up(c, &vec![f64::NAN; counts.len()])?;
+    let value = call!(c, lbl_coefficients(b.coefficients(cfg, *s)))?;
+    Ok((value.to_f64_lossy(), down(c, &b.coef)?))
 }
 
 /// `lbl_coefficients`: random kept counts (`0..=k T_f` per group and expert) and score sums
@@ -104,8 +77,6 @@ fn lbl_run<C: Backend>(
 /// (micro-batch, sequence) or not (global-batch style).
 pub fn coefficients<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "lbl::kernels::coefficients";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = (
         (1..=4usize, 1..=8usize, 1..=8usize),
         1..=12usize,
@@ -117,37 +88,33 @@ pub fn coefficients<B: Backend>(make: &dyn Fn() -> Option<B>) {
         select(vec![0.01, 0.5, 1.0]),
         any::<u64>(),
     );
-    run_prop(
-        NAME,
-        CASES,
-        strategy,
-        |((groups, e, k), tokens, count_tokens, normalization, alpha, seed)| {
-            let k = k.min(e);
-            let tf = count_tokens.unwrap_or(tokens);
-            let s = LblScales {
-                k,
-                count_tokens: tf as f64,
-                score_tokens: tokens as f64,
-                groups,
-            };
-            let cfg = LblConfig {
-                alpha,
-                level: LblLevel::MicroBatch,
-                normalization,
-            };
-            let mut rng = Rng::new(seed);
-            let counts: Vec<u32> = (0..groups * e)
-                .map(|_| rng.below(k * tf + 1) as u32)
-                .collect();
-            let sums: Vec<f64> = (0..groups * e)
-                .map(|_| rng.uniform() * tokens as f64)
-                .collect();
-            let sums = rounded::<B::Elem>(&sums);
-            let (got, want, want64) = three!(&b, lbl_run(&cfg, e, &s, &counts, &sums));
-            vs_refs(&want, &want64, |tag, w| {
-                close1(&format!("LBL value vs {tag}"), got.0, w.0, tol)?;
-                close(&format!("LBL coefficients vs {tag}"), &got.1, &w.1, tol)
-            })
-        },
-    );
+    kernel_check(make, NAME, strategy, |b, tol, case| {
+        let ((groups, e, k), tokens, count_tokens, normalization, alpha, seed) = case;
+        let k = k.min(e);
+        let tf = count_tokens.unwrap_or(tokens);
+        let s = LblScales {
+            k,
+            count_tokens: tf as f64,
+            score_tokens: tokens as f64,
+            groups,
+        };
+        let cfg = LblConfig {
+            alpha,
+            level: LblLevel::MicroBatch,
+            normalization,
+        };
+        let mut rng = Rng::new(seed);
+        let counts: Vec<u32> = (0..groups * e)
+            .map(|_| rng.below(k * tf + 1) as u32)
+            .collect();
+        let sums: Vec<f64> = (0..groups * e)
+            .map(|_| rng.uniform() * tokens as f64)
+            .collect();
+        let sums = rounded::<B::Elem>(&sums);
+        let (got, want, want64) = three!(b, lbl_run(&cfg, e, &s, &counts, &sums));
+        vs_refs(&want, &want64, |tag, w| {
+            close1(&format!("LBL value vs {tag}"), got.0, w.0, tol)?;
+            close(&format!("LBL coefficients vs {tag}"), &got.1, &w.1, tol)
+        })
+    });
 }

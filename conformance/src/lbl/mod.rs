@@ -4,26 +4,24 @@
 //! gradient is checked through the router's finite differences and agreement checks, which draw
 //! every LBL level.
 
+mod bufs;
 pub mod errors;
 pub mod fuzz;
 pub mod invariants;
 pub mod kernels;
 
-/// The LBL's tests, as a module `lbl` of `#[test]`s on the backend `$make` builds (see
-/// [`crate::conformance_suite!`]).
-#[macro_export]
-macro_rules! conformance_lbl {
-    ($make:expr) => {
-        $crate::__conformance_tests! { $make; lbl;
-            kernel_group_reductions => kernels::group_reductions,
-            kernel_coefficients => kernels::coefficients,
-            invariant_alpha_at_balance => invariants::alpha_at_balance,
-            invariant_levels_agree => invariants::levels_agree,
-            error_sequence_length => errors::sequence_length,
-            error_missing_global_stats => errors::missing_global_stats,
-            error_invalid_coefficient => errors::invalid_coefficient,
-            error_length_mismatch => errors::length_mismatch,
-            fuzz_kernels => fuzz::kernels,
-        }
-    };
+crate::__conformance_op! {
+    /// The LBL's tests, as a module `lbl` of `#[test]`s on the backend `$make` builds (see
+    /// [`crate::conformance_suite!`]).
+    conformance_lbl, lbl {
+        kernel_group_reductions => kernels::group_reductions,
+        kernel_coefficients => kernels::coefficients,
+        invariant_alpha_at_balance => invariants::alpha_at_balance,
+        invariant_levels_agree => invariants::levels_agree,
+        error_sequence_length => errors::sequence_length,
+        error_missing_global_stats => errors::missing_global_stats,
+        error_invalid_coefficient => errors::invalid_coefficient,
+        error_length_mismatch => errors::length_mismatch,
+        fuzz_kernels => fuzz::kernels,
+    }
 }

@@ -1,32 +1,19 @@
 //! The router's errors (see [`crate::harness::errors`]): shapes, configurations, lengths, a
 //! pass asked for before any forward, SimBal on the logits path, and out-of-range indices.
 
+use super::bufs::{Bufs, Shape};
 use super::kernels::{bwd_dz_run, dispatch_run, BwdIn};
-use crate::harness::errors::{check, new_router, refused, setup, start};
+use crate::harness::errors::{check, new_router, refused, setup, start, Input};
+use crate::harness::kernel::Zeros;
 use crate::harness::util::*;
-use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
-use simbal_core::router::kernels::{
-    BackwardRequest, Dispatch, Logits, Route, RouteRequest, RouterBackward,
-};
-use simbal_core::{
-    Backend, DropPolicy, Gemm, LossConfig, Router, RouterConfig, Scalar, SimbalError,
-};
-
-/// The `LengthMismatch` a check expects.
-fn lm(what: &'static str, expected: usize, got: usize) -> impl Fn(&SimbalError) -> bool {
-    move |e: &SimbalError| {
-        *e == SimbalError::LengthMismatch {
-            what,
-            expected,
-            got,
-        }
-    }
-}
+use simbal_core::memory::view;
+use simbal_core::router::kernels::{BackwardRequest, RouteRequest};
+use simbal_core::{Backend, DropPolicy, Gemm, LossConfig, Router, RouterConfig, SimbalError};
 
 /// `ZeroDim`: `N = 0`, `D = 0`, `E = 0`.
 pub fn zero_dim<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "router::errors::zero_dim";
-    start!("router::errors::zero_dim", make);
+    start!(N, make);
     let mut s = setup(make, RouterConfig::new(3, 1), 2, 2);
     let x0 = s.up(&[]);
     check(N, "N = 0", s.forward(Some(&x0), None, None), |e| {
@@ -49,19 +36,15 @@ pub fn zero_dim<B: Backend>(make: &dyn Fn() -> Option<B>) {
 
 /// `KZero`: `k = 0`.
 pub fn k_zero<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    start!("router::errors::k_zero", make);
-    check(
-        "router::errors::k_zero",
-        "k = 0",
-        new_router(make, RouterConfig::new(4, 0)),
-        |e| *e == SimbalError::KZero,
-    );
+    let want = |e: &SimbalError| *e == SimbalError::KZero;
+    let cases = [("k = 0".into(), RouterConfig::new(4, 0), want)];
+    configs_refused(make, "router::errors::k_zero", cases);
 }
 
 /// `KTooLarge`: `k > E`, at construction and in `set_config`.
 pub fn k_too_large<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "router::errors::k_too_large";
-    start!("router::errors::k_too_large", make);
+    start!(N, make);
     let want = |e: &SimbalError| *e == SimbalError::KTooLarge { k: 5, experts: 4 };
     check(
         N,
@@ -86,190 +69,131 @@ pub fn length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "router::errors::length_mismatch";
     start!(N, make);
     let mut s = setup(make, RouterConfig::new(3, 2), 4, 2);
-    let (x5, r5, bias2, dw3, z6) = (
+    let (x5, r5, bias2, dw3) = (
         s.up(&[0.0; 5]),
         s.up(&[0.0; 5]),
         s.up(&[0.0; 2]),
         s.up(&[0.0; 3]),
-        s.up(&[0.0; 6]),
     );
     // D = 2 from the weight: 5 tokens' worth is not a multiple (the next one is 6).
-    check(
-        N,
-        "X",
-        s.forward(Some(&x5), None, None),
-        lm("tokens X", 6, 5),
-    );
-    check(
-        N,
-        "R",
-        s.forward(None, Some(&r5), None),
-        lm("router weight", 6, 5),
-    );
-    check(
-        N,
-        "bias",
-        s.forward(None, None, Some(&bias2)),
-        lm("selection bias", 3, 2),
-    );
-    check(
-        N,
-        "logits",
-        s.router.forward_logits(view::<B>(&x5), None).map(|_| ()),
-        lm("logits", 6, 5),
-    );
-    check(
-        N,
-        "logits bias",
-        s.router
-            .forward_logits(view::<B>(&z6), Some(view::<B>(&bias2)))
-            .map(|_| ()),
-        lm("selection bias", 3, 2),
-    );
-    check(
-        N,
-        "dW",
-        s.step(Some(&dw3), &LossConfig::none(), None),
-        lm("gate gradient", 8, 3),
-    );
+    let lm = |what, (expected, got)| SimbalError::LengthMismatch {
+        what,
+        expected,
+        got,
+    };
+    let cases = [
+        (Input::X, &x5, (6, 5)),
+        (Input::R, &r5, (6, 5)),
+        (Input::Bias, &bias2, (3, 2)),
+        (Input::Logits, &x5, (6, 5)),
+        (Input::LogitsBias, &bias2, (3, 2)),
+        (Input::Dw, &dw3, (8, 3)),
+    ];
+    s.refuses(N, lm, cases);
     s.still_works(N);
     kernel_lengths(N, &s.io);
 }
 
-/// The router's kernels refuse buffers of the wrong length in their precondition functions.
+/// The router's kernels refuse buffers of the wrong length in their precondition functions:
+/// each call gets the right buffers but one.
 fn kernel_lengths<B: Backend>(name: &str, c: &B) {
-    let (n, d, e, k) = (2usize, 2usize, 3usize, 2usize);
-    let cfg = RouterConfig::new(e, k);
+    let cfg = RouterConfig::new(3, 2);
+    let shape = Shape {
+        d: 2,
+        ..Shape::of(&cfg, 2)
+    };
+    let (n, d, e, k) = (shape.n, shape.d, shape.e, shape.k);
+    let right = || Bufs::new(shape, &Zeros(c)).expect("zeros");
     let buf = |len: usize| c.zeros(len).expect("zeros");
-    let ibuf = |len: usize| c.idx_zeros(len).expect("idx_zeros");
-    let (x, r, bad) = (buf(n * d), buf(d * e), buf(5));
-    let (mut z, mut p, mut gates) = (buf(n * e), buf(n * e), buf(n * k));
-    let (mut idx, mut dropped, mut counts) = (ibuf(n * k), ibuf(n * k), ibuf(e));
-    let (mut order, mut offsets) = (ibuf(n * k), ibuf(e));
-    let given = Route {
-        cfg: &cfg,
-        n,
-        logits: Logits::Given,
-        bias: None,
-        z: view_mut::<B>(&mut z),
-        p: view_mut::<B>(&mut gates), // n k, not n E
-        idx: idx_view_mut::<B>(&mut idx),
-        gates: view_mut::<B>(&mut p),
-        request: RouteRequest::default(),
-    };
+    let mut b = right();
+    b.p = buf(n * k); // not n E
+    let given = b.route(&cfg, None, RouteRequest::default());
     refused(name, "route (given logits)", given.check(c));
-    let tokens = Route {
-        cfg: &cfg,
-        n,
-        logits: Logits::Tokens {
-            gemm: Gemm::new(n, e, d),
-            x: view::<B>(&bad),
-            r: view::<B>(&r),
-        },
-        bias: None,
-        z: view_mut::<B>(&mut z),
-        p: view_mut::<B>(&mut p),
-        idx: idx_view_mut::<B>(&mut idx),
-        gates: view_mut::<B>(&mut gates),
-        request: RouteRequest::default(),
-    };
+    let mut b = right();
+    b.x = buf(5); // not n D
+    let tokens = b.route(&cfg, Some(Gemm::new(n, e, d)), RouteRequest::default());
     refused(name, "route (logits from tokens)", tokens.check(c));
-    let dispatch = Dispatch {
-        cfg: &cfg,
-        n,
-        idx: idx_view::<B>(&idx),
-        gates: view_mut::<B>(&mut gates),
-        dropped: idx_view_mut::<B>(&mut dropped),
-        counts: idx_view_mut::<B>(&mut counts),
-        order: idx_view_mut::<B>(&mut order),
-        offsets: idx_view_mut::<B>(&mut offsets), // E, not E + 1
-    };
-    refused(name, "dispatch", dispatch.check(c));
-    let backward = RouterBackward {
-        cfg: &cfg,
-        n,
-        z: view::<B>(&x), // n D, not n E
-        p: view::<B>(&p),
-        idx: idx_view::<B>(&idx),
-        gates: view::<B>(&gates),
-        dropped: idx_view::<B>(&dropped),
-        dw: view::<B>(&gates),
-        lbl: None,
-        z_coef: B::Elem::of(0.0),
-        dz: view_mut::<B>(&mut z),
-        request: BackwardRequest::default(),
-    };
+    let mut b = right();
+    b.offsets = c.idx_zeros(e).expect("idx_zeros"); // not E + 1
+    refused(name, "dispatch", b.dispatch(&cfg).check(c));
+    let mut b = right();
+    b.z = buf(n * d); // not n E
+    let backward = b.backward(&cfg, false, 0.0, BackwardRequest::default());
     refused(name, "router_backward", backward.check(c));
+}
+
+/// `Router::new` refuses each `(what, cfg, want)` with an error `want` accepts (skipped when
+/// the backend is unavailable).
+fn configs_refused<B: Backend, W: Fn(&SimbalError) -> bool>(
+    make: &dyn Fn() -> Option<B>,
+    name: &str,
+    cases: impl IntoIterator<Item = (String, RouterConfig, W)>,
+) {
+    start!(name, make);
+    for (what, cfg, want) in cases {
+        check(name, &what, new_router(make, cfg), want);
+    }
 }
 
 /// `GroupsDoNotDivide`: 4 groups of 6 experts, 0 groups.
 pub fn groups_do_not_divide<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const N: &str = "router::errors::groups_do_not_divide";
-    start!("router::errors::groups_do_not_divide", make);
-    for groups in [4, 0] {
-        check(
-            N,
-            &format!("{groups} groups of 6"),
-            new_router(make, RouterConfig::new(6, 1).with_groups(groups, 1)),
-            |e| *e == SimbalError::GroupsDoNotDivide { groups, experts: 6 },
-        );
-    }
+    let cases = [4, 0].map(|groups| {
+        let cfg = RouterConfig::new(6, 1).with_groups(groups, 1);
+        let want =
+            move |e: &SimbalError| *e == SimbalError::GroupsDoNotDivide { groups, experts: 6 };
+        (format!("{groups} groups of 6"), cfg, want)
+    });
+    configs_refused(make, "router::errors::groups_do_not_divide", cases);
 }
 
 /// `TooManyGroups`: 512 groups of 512 experts.
 pub fn too_many_groups<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    start!("router::errors::too_many_groups", make);
-    check(
+    let cfg = RouterConfig::new(512, 1).with_groups(512, 1);
+    let want = |e: &SimbalError| match e {
+        SimbalError::TooManyGroups { groups: 512, max } => *max < 512,
+        _ => false,
+    };
+    configs_refused(
+        make,
         "router::errors::too_many_groups",
-        "512 groups",
-        new_router(make, RouterConfig::new(512, 1).with_groups(512, 1)),
-        |e| matches!(e, SimbalError::TooManyGroups { groups: 512, max } if *max < 512),
+        [("512 groups".into(), cfg, want)],
     );
 }
 
 /// `InvalidTopGroups`: `top_groups` 0 and more than the groups.
 pub fn invalid_top_groups<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    start!("router::errors::invalid_top_groups", make);
-    for top_groups in [0, 3] {
-        check(
-            "router::errors::invalid_top_groups",
-            &format!("top_groups = {top_groups} of 2"),
-            new_router(make, RouterConfig::new(4, 1).with_groups(2, top_groups)),
-            |e| {
-                *e == SimbalError::InvalidTopGroups {
-                    top_groups,
-                    groups: 2,
-                }
-            },
-        );
-    }
+    let cases = [0, 3].map(|top_groups| {
+        let cfg = RouterConfig::new(4, 1).with_groups(2, top_groups);
+        let want = move |e: &SimbalError| {
+            *e == SimbalError::InvalidTopGroups {
+                top_groups,
+                groups: 2,
+            }
+        };
+        (format!("top_groups = {top_groups} of 2"), cfg, want)
+    });
+    configs_refused(make, "router::errors::invalid_top_groups", cases);
 }
 
 /// `GroupSelectionTooSmall`: one group of 2 experts kept, `k = 3`.
 pub fn group_selection_too_small<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    start!("router::errors::group_selection_too_small", make);
-    check(
-        "router::errors::group_selection_too_small",
-        "k = 3, 2 experts kept",
-        new_router(make, RouterConfig::new(8, 3).with_groups(4, 1)),
-        |e| *e == SimbalError::GroupSelectionTooSmall { k: 3, available: 2 },
-    );
+    let cfg = RouterConfig::new(8, 3).with_groups(4, 1);
+    let want = |e: &SimbalError| *e == SimbalError::GroupSelectionTooSmall { k: 3, available: 2 };
+    let cases = [("k = 3, 2 experts kept".into(), cfg, want)];
+    configs_refused(make, "router::errors::group_selection_too_small", cases);
 }
 
 /// `InvalidCapacityFactor`: 0, negative, NaN, infinite.
 pub fn invalid_capacity_factor<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    start!("router::errors::invalid_capacity_factor", make);
-    for cf in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        check(
-            "router::errors::invalid_capacity_factor",
-            &format!("cf = {cf}"),
-            new_router(
-                make,
-                RouterConfig::new(4, 1).with_capacity(cf, DropPolicy::Probs),
-            ),
-            |e| matches!(e, SimbalError::InvalidCapacityFactor { value } if value.to_bits() == cf.to_bits()),
-        );
-    }
+    let cases = [0.0, -1.0, f64::NAN, f64::INFINITY].map(|cf| {
+        let cfg = RouterConfig::new(4, 1).with_capacity(cf, DropPolicy::Probs);
+        let want = move |e: &SimbalError| {
+            matches!(e, SimbalError::InvalidCapacityFactor { value }
+                if value.to_bits() == cf.to_bits())
+        };
+        (format!("cf = {cf}"), cfg, want)
+    });
+    configs_refused(make, "router::errors::invalid_capacity_factor", cases);
 }
 
 /// `InvalidCoefficient`: a gate scale that is NaN, or not finite in the element type.
@@ -306,7 +230,7 @@ pub fn invalid_coefficient<B: Backend>(make: &dyn Fn() -> Option<B>) {
 /// shape); and everything after `set_config`.
 pub fn no_forward<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "router::errors::no_forward";
-    start!("router::errors::no_forward", make);
+    start!(N, make);
     let io = fresh(make);
     let x = up(&io, &[0.5; 6]).unwrap();
     let x4 = up(&io, &[0.5; 4]).unwrap();
@@ -372,7 +296,7 @@ pub fn no_forward<B: Backend>(make: &dyn Fn() -> Option<B>) {
 /// `Unsupported`: SimBal in the backward of a pass from logits.
 pub fn unsupported<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "router::errors::unsupported";
-    start!("router::errors::unsupported", make);
+    start!(N, make);
     let b = fresh(make);
     let z = up(&b, &[0.5, 0.1, 0.2, 0.3]).unwrap();
     let dw = up(&b, &[1.0; 2]).unwrap();

@@ -4,7 +4,7 @@
 
 use crate::harness::compare::backward_close;
 use crate::harness::gen::{self, Case, LossSet};
-use crate::harness::run::{self, Inputs};
+use crate::harness::run;
 use crate::harness::util::*;
 use proptest::prelude::*;
 use simbal_core::memory::view;
@@ -21,20 +21,19 @@ pub fn score_and_gate_normalisation<B: Backend>(make: &dyn Fn() -> Option<B>) {
         return;
     }
     let tol = B::Elem::CONFORMANCE_TOL;
-    run_prop(NAME, 48, gen::case(gen::SMALL, LossSet::NoSimBal), |case| {
-        let cfg = RouterConfig {
+    // Without capacity: nothing dropped, so every gate is as the scores give it.
+    let strategy = gen::case(gen::SMALL, LossSet::NoSimBal).prop_map(|case| Case {
+        cfg: RouterConfig {
             capacity: None,
             ..case.cfg
-        };
-        let case = Case { cfg, ..case };
-        let data = case.data();
-        let io = fresh(make);
-        let inp = Inputs::new(&io, &data).ctx("upload")?;
-        let mut router = Router::new(fresh(make), cfg).ctx("Router::new")?;
-        let pass = router
-            .forward(inp.x(), inp.r(), inp.bias())
-            .ctx("forward")?;
-        let f = run::read_forward(&io, &pass).ctx("read")?;
+        },
+        ..case
+    });
+    run_prop(NAME, 48, strategy, |case| {
+        let cfg = case.cfg;
+        let f = run::with_pass(make, cfg, &case.data(), |io, _, pass| {
+            run::read_forward(io, &pass).ctx("read")
+        })?;
         let (e, k, s) = (case.e, case.k, cfg.scale);
         for t in 0..case.n {
             let pr = &f.p[t * e..(t + 1) * e];
@@ -119,41 +118,37 @@ pub fn dropped_get_no_gradient<B: Backend>(make: &dyn Fn() -> Option<B>) {
             ..case
         };
         let data = case.data();
-        let io = fresh(make);
-        let inp = Inputs::new(&io, &data).ctx("upload")?;
-        let mut router = Router::new(fresh(make), cfg).ctx("Router::new")?;
-        let mut pass = router
-            .forward(inp.x(), inp.r(), inp.bias())
-            .ctx("forward")?;
-        let f = run::read_forward(&io, &pass).ctx("read")?;
-        let g = pass
-            .backward(inp.dw(), &case.losses, case.global(&data))
-            .ctx("backward")?;
-        let first = run::read_backward(&io, &g).ctx("read")?;
-        let drops: Vec<usize> = (0..f.dropped.len())
-            .filter(|&a| f.dropped[a] == 1)
-            .collect();
-        ensure(drops.len() >= 8, || {
-            format!("expected at least 8 drops, got {:?}", f.dropped)
-        })?;
-        ensure(drops.iter().all(|&a| f.gates[a] == 0.0), || {
-            format!("a dropped assignment has a non-zero gate: {:?}", f.gates)
-        })?;
-        ensure(f.dropped.iter().all(|&v| v <= 1), || {
-            format!("flags not 0/1: {:?}", f.dropped)
-        })?;
-        let mut dw = data.dw.clone();
-        let mut rng = Rng::new(case.seed ^ 77);
-        for &a in &drops {
-            dw[a] += 1e3 * rng.normal();
-        }
-        let dwb = up(&io, &dw).ctx("upload")?;
-        // The same pass again, with another gate gradient.
-        let g = pass
-            .backward(view::<B>(&dwb), &case.losses, case.global(&data))
-            .ctx("backward")?;
-        let second = run::read_backward(&io, &g).ctx("read")?;
-        backward_close("dW changed at dropped slots:", &second, &first, tol)
+        run::with_pass(make, cfg, &data, |io, inp, mut pass| {
+            let f = run::read_forward(io, &pass).ctx("read")?;
+            let g = pass
+                .backward(inp.dw(), &case.losses, case.global(&data))
+                .ctx("backward")?;
+            let first = run::read_backward(io, &g).ctx("read")?;
+            let drops: Vec<usize> = (0..f.dropped.len())
+                .filter(|&a| f.dropped[a] == 1)
+                .collect();
+            ensure(drops.len() >= 8, || {
+                format!("expected at least 8 drops, got {:?}", f.dropped)
+            })?;
+            ensure(drops.iter().all(|&a| f.gates[a] == 0.0), || {
+                format!("a dropped assignment has a non-zero gate: {:?}", f.gates)
+            })?;
+            ensure(f.dropped.iter().all(|&v| v <= 1), || {
+                format!("flags not 0/1: {:?}", f.dropped)
+            })?;
+            let mut dw = data.dw.clone();
+            let mut rng = Rng::new(case.seed ^ 77);
+            for &a in &drops {
+                dw[a] += 1e3 * rng.normal();
+            }
+            let dwb = up(io, &dw).ctx("upload")?;
+            // The same pass again, with another gate gradient.
+            let g = pass
+                .backward(view::<B>(&dwb), &case.losses, case.global(&data))
+                .ctx("backward")?;
+            let second = run::read_backward(io, &g).ctx("read")?;
+            backward_close("dW changed at dropped slots:", &second, &first, tol)
+        })
     });
 }
 
@@ -340,19 +335,12 @@ pub fn ties<B: Backend>(make: &dyn Fn() -> Option<B>) {
         // Probs keeps the larger gates, Position the earlier tokens.
         let z = [0.0, -1.0, 2.0, -1.0, 1.0, -1.0, 3.0, -1.0];
         let c = cfg(2, 1).with_renormalize(false);
-        let (_, dropped, ..) =
-            route_logits(make, c.with_capacity(0.5, DropPolicy::Probs), &z, None);
-        assert_eq!(
-            dropped,
-            vec![1, 1, 1, 0],
-            "{tag}: Probs keeps the largest gate"
-        );
-        let (_, dropped, ..) =
-            route_logits(make, c.with_capacity(0.5, DropPolicy::Position), &z, None);
-        assert_eq!(
-            dropped,
-            vec![0, 1, 1, 1],
-            "{tag}: Position keeps the first token"
-        );
+        for (policy, want, keeps) in [
+            (DropPolicy::Probs, [1, 1, 1, 0], "the largest gate"),
+            (DropPolicy::Position, [0, 1, 1, 1], "the first token"),
+        ] {
+            let (_, dropped, ..) = route_logits(make, c.with_capacity(0.5, policy), &z, None);
+            assert_eq!(dropped, want, "{tag}: {policy:?} keeps {keeps}");
+        }
     }
 }

@@ -1,16 +1,14 @@
 //! The router's kernels on their own (see [`crate::harness::kernel`]): `route` from given
 //! logits and from tokens, `dispatch`, and `router_backward` without and with its reductions.
 
+use super::bufs::{Bufs, Shape};
 use crate::harness::gen::{self, LossSet};
-use crate::harness::kernel::{three, CASES, R};
+use crate::harness::kernel::{call, kernel_check, three, Zeros, R};
 use crate::harness::run::routing_margin;
 use crate::harness::util::*;
 use proptest::prelude::*;
 use proptest::sample::select;
-use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
-use simbal_core::router::kernels::{
-    BackwardRequest, Dispatch, LblCoef, Logits, Route, RouteRequest, RouterBackward,
-};
+use simbal_core::router::kernels::{BackwardRequest, RouteRequest};
 use simbal_core::router::score::score_row;
 use simbal_core::router::select::{gates_row, select_row};
 use simbal_core::{
@@ -49,48 +47,37 @@ fn route_any<C: Backend>(
     bias: Option<&[f64]>,
     max: bool,
 ) -> R<Fused> {
-    let (e, k) = (cfg.experts, cfg.k);
-    let (mut z, operands) = match source {
-        Source::Given(z) => (up(c, z)?, None),
+    let (mut b, gemm) = match source {
+        Source::Given(z) => {
+            let mut b = Bufs::new(Shape::of(cfg, n), &Zeros(c))?;
+            b.z = up(c, z)?;
+            (b, None)
+        }
         Source::Tokens { d, x, r } => {
+            let mut b = Bufs::new(
+                Shape {
+                    d,
+                    ..Shape::of(cfg, n)
+                },
+                &Zeros(c),
+            )?;
+            (b.x, b.r) = (up(c, x)?, up(c, r)?);
             let g = match cfg.layout {
-                WeightLayout::DxE => Gemm::new(n, e, d),
-                WeightLayout::ExD => Gemm::new(n, e, d).tb(),
+                WeightLayout::DxE => Gemm::new(n, cfg.experts, d),
+                WeightLayout::ExD => Gemm::new(n, cfg.experts, d).tb(),
             };
-            (c.zeros(n * e)?, Some((g, up(c, x)?, up(c, r)?)))
+            (b, Some(g))
         }
     };
-    let logits = match &operands {
-        None => Logits::Given,
-        Some((gemm, x, r)) => Logits::Tokens {
-            gemm: *gemm,
-            x: view::<C>(x),
-            r: view::<C>(r),
-        },
-    };
-    let bb = up_opt(c, bias)?;
-    let mut p = c.zeros(n * e)?;
-    let mut idx = c.idx_zeros(n * k)?;
-    let mut gates = c.zeros(n * k)?;
-    let sums = c.route(
-        Route {
-            cfg,
-            n,
-            logits,
-            bias: opt_view::<C>(&bb),
-            z: view_mut::<C>(&mut z),
-            p: view_mut::<C>(&mut p),
-            idx: idx_view_mut::<C>(&mut idx),
-            gates: view_mut::<C>(&mut gates),
-            request: RouteRequest { max_abs_z: max },
-        }
-        .check(c)?,
-    )?;
+    b.bias = up_opt(c, bias)?;
+    let request = RouteRequest { max_abs_z: max };
+    let sums = call!(c, route(b.route(cfg, gemm, request)))?;
+    let z = if gemm.is_some() { &b.zt } else { &b.z };
     Ok((
-        down(c, &z)?,
-        down(c, &p)?,
-        down_idx(c, &idx)?,
-        down(c, &gates)?,
+        down(c, z)?,
+        down(c, &b.p)?,
+        down_idx(c, &b.idx)?,
+        down(c, &b.gates)?,
         sums.max_abs_z.map(|v| v.to_f64_lossy()),
     ))
 }
@@ -122,15 +109,14 @@ fn route_run<C: Backend>(
 /// reduction returned unasked.
 pub fn route_given<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "router::kernels::route_given";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
-    run_prop(NAME, CASES, routing_input(), |(n, cfg, seed, with_bias)| {
+    kernel_check(make, NAME, routing_input(), |b, tol, case| {
+        let (n, cfg, seed, with_bias) = case;
         let e = cfg.experts;
         let mut rng = Rng::new(seed);
         let z = rounded::<B::Elem>(&gen::normal(&mut rng, n * e, 1.5));
         let bias = with_bias.then(|| rounded::<B::Elem>(&gen::normal(&mut rng, e, 0.2)));
         let bias = bias.as_deref();
-        let (got, want, want64) = three!(&b, route_run(&cfg, n, &z, bias));
+        let (got, want, want64) = three!(b, route_run(&cfg, n, &z, bias));
         let cfg_nocap = RouterConfig {
             capacity: None,
             ..cfg
@@ -156,33 +142,17 @@ pub(crate) fn dispatch_run<C: Backend>(
     idx: &[u32],
     gates: &[f64],
 ) -> R<Dispatched> {
-    let (e, k) = (cfg.experts, cfg.k);
-    let ib = c.idx_upload(idx)?;
-    let mut gb = up(c, gates)?;
-    let mut dropped = c.idx_upload(&vec![7; n * k])?;
-    let mut counts = c.idx_zeros(e)?;
-    let mut order = c.idx_zeros(n * k)?;
-    let mut offsets = c.idx_zeros(e + 1)?;
-    c.dispatch(
-        Dispatch {
-            cfg,
-            n,
-            idx: idx_view::<C>(&ib),
-            gates: view_mut::<C>(&mut gb),
-            dropped: idx_view_mut::<C>(&mut dropped),
-            counts: idx_view_mut::<C>(&mut counts),
-            order: idx_view_mut::<C>(&mut order),
-            offsets: idx_view_mut::<C>(&mut offsets),
-        }
-        .check(c)?,
-    )?;
-    let offsets = down_idx(c, &offsets)?;
-    let mut order = down_idx(c, &order)?;
-    order.truncate(offsets[e] as usize);
+    let mut b = Bufs::new(Shape::of(cfg, n), &Zeros(c))?;
+    (b.idx, b.gates) = (c.idx_upload(idx)?, up(c, gates)?);
+    b.dropped = c.idx_upload(&vec![7; n * cfg.k])?;
+    call!(c, dispatch(b.dispatch(cfg)))?;
+    let offsets = down_idx(c, &b.offsets)?;
+    let mut order = down_idx(c, &b.order)?;
+    order.truncate(offsets[cfg.experts] as usize);
     Ok((
-        down(c, &gb)?,
-        down_idx(c, &dropped)?,
-        down_idx(c, &counts)?,
+        down(c, &b.gates)?,
+        down_idx(c, &b.dropped)?,
+        down_idx(c, &b.counts)?,
         offsets,
         order,
     ))
@@ -192,7 +162,6 @@ pub(crate) fn dispatch_run<C: Backend>(
 /// occur and must go to the lower token index) and the dispatch plan.
 pub fn dispatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "router::kernels::dispatch";
-    let Some(b) = acquire(make, NAME) else { return };
     let strategy = (
         gen::shape(gen::Limits { n: 8, d: 1, e: 6 }),
         prop::option::of((
@@ -201,7 +170,7 @@ pub fn dispatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
         )),
         any::<u64>(),
     );
-    run_prop(NAME, CASES, strategy, |((n, _, e, k), cap, seed)| {
+    kernel_check(make, NAME, strategy, |b, _, ((n, _, e, k), cap, seed)| {
         let mut cfg = RouterConfig::new(e, k);
         if let Some((f, p)) = cap {
             cfg = cfg.with_capacity(f, p);
@@ -220,7 +189,7 @@ pub fn dispatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let gates: Vec<f64> = (0..n * k)
             .map(|_| (1 + rng.below(4)) as f64 * 0.125)
             .collect();
-        let (got, want, want64) = three!(&b, dispatch_run(&cfg, n, &idx, &gates));
+        let (got, want, want64) = three!(b, dispatch_run(&cfg, n, &idx, &gates));
         vs_refs(&want, &want64, |tag, w| {
             same(&format!("dropped vs {tag}"), &got.1, &w.1)?;
             same(&format!("counts vs {tag}"), &got.2, &w.2)?;
@@ -247,38 +216,23 @@ pub(crate) struct BwdIn {
 
 /// `router_backward` on `x` with the reductions of `request`: `(dz, sum lse^2, max |dz|)`.
 fn bwd_run<C: Backend>(c: &C, cfg: &RouterConfig, x: &BwdIn, request: BackwardRequest) -> R<Sums> {
-    let (e, n) = (cfg.experts, x.n);
-    let (z, p, gates, dw) = (up(c, &x.z)?, up(c, &x.p)?, up(c, &x.gates)?, up(c, &x.dw)?);
-    let idx = c.idx_upload(&x.idx)?;
-    let dropped = c.idx_upload(&x.dropped)?;
-    let coef = up_opt(c, x.lbl.as_ref().map(|(v, _)| &v[..]))?;
-    let lbl = match (&coef, &x.lbl) {
-        (Some(cb), Some((_, group_len))) => Some(LblCoef {
-            coef: view::<C>(cb),
-            group_len: *group_len,
-        }),
-        _ => None,
-    };
-    let mut dz = c.zeros(n * e)?;
-    let sums = c.router_backward(
-        RouterBackward {
-            cfg,
-            n,
-            z: view::<C>(&z),
-            p: view::<C>(&p),
-            idx: idx_view::<C>(&idx),
-            gates: view::<C>(&gates),
-            dropped: idx_view::<C>(&dropped),
-            dw: view::<C>(&dw),
-            lbl,
-            z_coef: C::Elem::of(x.z_coef),
-            dz: view_mut::<C>(&mut dz),
-            request,
-        }
-        .check(c)?,
+    let group_len = x.lbl.as_ref().map_or(1, |l| l.1);
+    let mut b = Bufs::new(
+        Shape {
+            group_len,
+            ..Shape::of(cfg, x.n)
+        },
+        &Zeros(c),
     )?;
+    (b.z, b.p, b.gates, b.dw) = (up(c, &x.z)?, up(c, &x.p)?, up(c, &x.gates)?, up(c, &x.dw)?);
+    (b.idx, b.dropped) = (c.idx_upload(&x.idx)?, c.idx_upload(&x.dropped)?);
+    if let Some((coef, _)) = &x.lbl {
+        b.coef = up(c, coef)?;
+    }
+    let lbl = x.lbl.is_some();
+    let sums = call!(c, router_backward(b.backward(cfg, lbl, x.z_coef, request)))?;
     let f = |v: Option<C::Elem>| v.map(|v| v.to_f64_lossy());
-    Ok((down(c, &dz)?, f(sums.lse_sq_sum), f(sums.max_abs_dz)))
+    Ok((down(c, &b.dz)?, f(sums.lse_sq_sum), f(sums.max_abs_dz)))
 }
 
 /// `router_backward` with no reduction asked: `dz` alone (none returned, or it is an error).
@@ -354,21 +308,15 @@ fn bwd_input<T: Scalar>(
 /// z-loss term.
 pub fn router_backward<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "router::kernels::router_backward";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = (routing_input(), any::<bool>(), any::<bool>(), any::<bool>());
-    run_prop(
-        NAME,
-        CASES,
-        strategy,
-        |((n, cfg, seed, _), with_lbl, with_z, with_drop)| {
-            let input = bwd_input::<B::Elem>(n, &cfg, seed, with_lbl, with_z, with_drop);
-            let (got, want, want64) = three!(&b, bwd_dz_run(&cfg, &input));
-            vs_refs(&want, &want64, |tag, w| {
-                close(&format!("dZ vs {tag}"), &got, w, tol)
-            })
-        },
-    );
+    kernel_check(make, NAME, strategy, |b, tol, case| {
+        let ((n, cfg, seed, _), with_lbl, with_z, with_drop) = case;
+        let input = bwd_input::<B::Elem>(n, &cfg, seed, with_lbl, with_z, with_drop);
+        let (got, want, want64) = three!(b, bwd_dz_run(&cfg, &input));
+        vs_refs(&want, &want64, |tag, w| {
+            close(&format!("dZ vs {tag}"), &got, w, tol)
+        })
+    });
 }
 
 /// Shapes `(n, d, e, k)` of the fused kernels' cases: mostly small, a quarter with over a
@@ -401,8 +349,6 @@ fn max_as_asked(what: &str, asked: bool, got: Option<f64>, values: &[f64]) -> Ca
 /// thousand tokens in a quarter of the cases.
 pub fn router_backward_sums<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "router::kernels::router_backward_sums";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = fused_shape().prop_flat_map(|(n, _, e, k)| {
         (
             Just(n),
@@ -411,14 +357,14 @@ pub fn router_backward_sums<B: Backend>(make: &dyn Fn() -> Option<B>) {
             any::<[bool; 5]>(),
         )
     });
-    run_prop(NAME, CASES, strategy, |(n, cfg, seed, flags)| {
+    kernel_check(make, NAME, strategy, |b, tol, (n, cfg, seed, flags)| {
         let [with_lbl, with_z, with_drop, lse, max] = flags;
         let input = bwd_input::<B::Elem>(n, &cfg, seed, with_lbl, with_z, with_drop);
         let request = BackwardRequest {
             lse_sq_sum: lse,
             max_abs_dz: max,
         };
-        let got = bwd_run(&b, &cfg, &input, request).ctx("backend")?;
+        let got = bwd_run(b, &cfg, &input, request).ctx("backend")?;
         let want = bwd_run(&Reference::<f64>::new(), &cfg, &input, request).ctx("f64 reference")?;
         close("dZ vs f64 reference", &got.0, &want.0, tol)?;
         match (lse, got.1, want.1) {
@@ -436,8 +382,6 @@ pub fn router_backward_sums<B: Backend>(make: &dyn Fn() -> Option<B>) {
 /// `|Z|` returned, only when asked.
 pub fn route_tokens<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "router::kernels::route_tokens";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = fused_shape().prop_flat_map(|(n, d, e, k)| {
         (
             Just((n, d)),
@@ -447,44 +391,40 @@ pub fn route_tokens<B: Backend>(make: &dyn Fn() -> Option<B>) {
             any::<u64>(),
         )
     });
-    run_prop(
-        NAME,
-        CASES,
-        strategy,
-        |((n, d), cfg, exd, [with_bias, max], seed)| {
-            let e = cfg.experts;
-            let layout = if exd {
-                WeightLayout::ExD
-            } else {
-                WeightLayout::DxE
-            };
-            let cfg = cfg.with_layout(layout);
-            let mut rng = Rng::new(seed);
-            let x = rounded::<B::Elem>(&gen::normal(&mut rng, n * d, 1.0));
-            let r = rounded::<B::Elem>(&gen::normal(&mut rng, d * e, 1.0 / (d as f64).sqrt()));
-            let bias = with_bias.then(|| rounded::<B::Elem>(&gen::normal(&mut rng, e, 0.2)));
-            let bias = bias.as_deref();
-            let source = Source::Tokens { d, x: &x, r: &r };
-            let got = route_any(&b, &cfg, n, source, bias, max).ctx("backend")?;
-            let want = route_any(&Reference::<f64>::new(), &cfg, n, source, bias, max)
-                .ctx("f64 reference")?;
-            close("logits vs f64 reference", &got.0, &want.0, tol)?;
-            // Route the backend's own logits on the reference: the same selection, exactly.
-            let z = rounded::<B::Elem>(&got.0);
-            let (wp, widx, wg) = route_run(&Reference::<B::Elem>::new(), &cfg, n, &z, bias)
-                .ctx("reference routing")?;
-            let cfg_nocap = RouterConfig {
-                capacity: None,
-                ..cfg
-            };
-            let m = routing_margin(&cfg_nocap, n, &wp, bias, &widx);
-            if m < tol {
-                return Err(reject("near a selection tie"));
-            }
-            same("indices vs the reference routing", &got.2, &widx)?;
-            close("scores vs the reference routing", &got.1, &wp, tol)?;
-            close("gates vs the reference routing", &got.3, &wg, tol)?;
-            max_as_asked("|Z|", max, got.4, &got.0)
-        },
-    );
+    kernel_check(make, NAME, strategy, |b, tol, case| {
+        let ((n, d), cfg, exd, [with_bias, max], seed) = case;
+        let e = cfg.experts;
+        let layout = if exd {
+            WeightLayout::ExD
+        } else {
+            WeightLayout::DxE
+        };
+        let cfg = cfg.with_layout(layout);
+        let mut rng = Rng::new(seed);
+        let x = rounded::<B::Elem>(&gen::normal(&mut rng, n * d, 1.0));
+        let r = rounded::<B::Elem>(&gen::normal(&mut rng, d * e, 1.0 / (d as f64).sqrt()));
+        let bias = with_bias.then(|| rounded::<B::Elem>(&gen::normal(&mut rng, e, 0.2)));
+        let bias = bias.as_deref();
+        let source = Source::Tokens { d, x: &x, r: &r };
+        let got = route_any(b, &cfg, n, source, bias, max).ctx("backend")?;
+        let want =
+            route_any(&Reference::<f64>::new(), &cfg, n, source, bias, max).ctx("f64 reference")?;
+        close("logits vs f64 reference", &got.0, &want.0, tol)?;
+        // Route the backend's own logits on the reference: the same selection, exactly.
+        let z = rounded::<B::Elem>(&got.0);
+        let (wp, widx, wg) =
+            route_run(&Reference::<B::Elem>::new(), &cfg, n, &z, bias).ctx("reference routing")?;
+        let cfg_nocap = RouterConfig {
+            capacity: None,
+            ..cfg
+        };
+        let m = routing_margin(&cfg_nocap, n, &wp, bias, &widx);
+        if m < tol {
+            return Err(reject("near a selection tie"));
+        }
+        same("indices vs the reference routing", &got.2, &widx)?;
+        close("scores vs the reference routing", &got.1, &wp, tol)?;
+        close("gates vs the reference routing", &got.3, &wg, tol)?;
+        max_as_asked("|Z|", max, got.4, &got.0)
+    });
 }

@@ -1,10 +1,11 @@
 //! SimBal's errors (see [`crate::harness::errors`]): lengths, an overflowing value, a bad
 //! `lambda`.
 
+use super::bufs::Bufs;
 use crate::harness::errors::{check, invalid, refused, setup, start};
+use crate::harness::kernel::Zeros;
 use crate::harness::util::*;
 use simbal_core::memory::{view, view_mut};
-use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
 use simbal_core::{
     simbal_loss, Backend, LossConfig, RouterConfig, SimBalConfig, SimBalNorm, SimbalError,
     SimbalWorkspace, WeightLayout,
@@ -49,34 +50,20 @@ pub fn length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
         lm("router weight"),
     );
     // The kernels: D = 2, E = 3; each call has one buffer of the wrong length.
-    let (d, e) = (2, 3);
-    let mut gram = b.zeros(d * e).unwrap(); // D E, not E E
-    let residual = SimbalResidual {
-        cfg: &cfg,
-        e,
-        gram: view_mut::<B>(&mut gram),
-    };
-    refused(N, "simbal_residual", residual.check(&b));
-    let (mut norms, mut rn) = (b.zeros(e + 1).unwrap(), b.zeros(d * e).unwrap());
-    let normalize = NormalizeColumns {
-        layout: WeightLayout::DxE,
-        d,
-        e,
-        r: view::<B>(&r),
-        norms: view_mut::<B>(&mut norms),
-        rn: view_mut::<B>(&mut rn),
-    };
-    refused(N, "normalize_columns", normalize.check(&b));
-    let project = ScaleFreeProject {
-        layout: WeightLayout::DxE,
-        d,
-        e,
-        rn: view::<B>(&r),
-        norms: view::<B>(&norms),
-        g: view::<B>(&r),
-        grad: view_mut::<B>(&mut rn),
-    };
-    refused(N, "scale_free_project", project.check(&b));
+    let mut bufs = Bufs::new(2, 3, &Zeros(&b)).unwrap();
+    bufs.gram = b.zeros(6).unwrap(); // D E, not E E
+    refused(N, "simbal_residual", bufs.residual(&cfg).check(&b));
+    bufs.norms = b.zeros(4).unwrap(); // not E
+    refused(
+        N,
+        "normalize_columns",
+        bufs.normalize(WeightLayout::DxE).check(&b),
+    );
+    refused(
+        N,
+        "scale_free_project",
+        bufs.project(WeightLayout::DxE).check(&b),
+    );
 }
 
 /// `Overflow`: SimBal of a weight beyond `sqrt(max)` (1e30 in f32, 1e200 in f64); the value is

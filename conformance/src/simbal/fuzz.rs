@@ -1,11 +1,12 @@
 //! SimBal on arbitrary input (see [`crate::harness::fuzz`]): `simbal_loss` (with its
 //! workspace) and the SimBal kernels.
 
+use super::bufs::Bufs;
 use crate::harness::fuzz::*;
+use crate::harness::kernel::call;
 use crate::harness::util::*;
 use proptest::prelude::*;
 use simbal_core::memory::{view, view_mut};
-use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
 use simbal_core::{
     simbal_loss, Backend, Scalar, SimBalConfig, SimBalNorm, SimbalWorkspace, WeightLayout,
 };
@@ -28,26 +29,19 @@ fn layout() -> impl Strategy<Value = WeightLayout> {
 /// values: `Err`, or a finite value and gradient whenever every input is finite.
 pub fn loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "simbal::fuzz::loss";
-    let Some(b) = acquire(make, NAME) else { return };
     let strategy = (
-        (dim(), dim()),
-        (coef(), norm()),
-        layout(),
-        any::<bool>(),
+        ((dim(), dim()), (coef(), norm()), layout(), any::<bool>()),
         pool(),
     );
-    run_prop(NAME, CASES, strategy, |input| {
-        let ((d, e), (lambda, norm), layout, with_grad, pool) = &input;
-        let (d, e) = (*d, *e);
-        let f = Filler::new(pool);
+    fuzz_check(make, NAME, strategy, |cx, input| {
+        let ((d, e), (lambda, norm), layout, with_grad) = input;
+        let (d, e, b) = (*d, *e, cx.b);
         let cfg = SimBalConfig {
             lambda: *lambda,
             norm: *norm,
         };
-        let rv = rounded::<B::Elem>(&f.vals(mul(d, e)));
-        let gv = rounded::<B::Elem>(&f.vals(mul(d, e)));
-        let r = up(&b, &rv).ctx("upload")?;
-        let mut g = up(&b, &gv).ctx("upload")?;
+        let (r, mut g) = (cx.up(mul(d, e))?, cx.up(mul(d, e))?);
+        let (rv, gv) = (cx.down(&r)?, cx.down(&g)?);
         // The workspace allocates its shape: the fuzzed one when small or overflowing (an
         // error before any allocation), else a 1 x 1 one (then `r` does not fit it).
         let fits_len = |x: Option<usize>| x.is_none_or(|l| l <= MAX_LEN);
@@ -56,30 +50,21 @@ pub fn loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
         } else {
             (1, 1)
         };
-        let made = guard("SimbalWorkspace::new", &input, || {
-            SimbalWorkspace::new(&b, *layout, shape.0, shape.1)
+        let made = cx.guard("SimbalWorkspace::new", || {
+            SimbalWorkspace::new(b, *layout, shape.0, shape.1)
         })?;
         let mut ws = match made {
             Ok(ws) => ws,
-            Err(_) => SimbalWorkspace::new(&b, *layout, 1, 1).ctx("workspace")?,
+            Err(_) => SimbalWorkspace::new(b, *layout, 1, 1).ctx("workspace")?,
         };
-        let res = guard("simbal_loss", &input, || {
-            simbal_loss(
-                &b,
-                &cfg,
-                view::<B>(&r),
-                with_grad.then_some(view_mut::<B>(&mut g)),
-                &mut ws,
-            )
+        let res = cx.guard("simbal_loss", || {
+            let grad = with_grad.then_some(view_mut::<B>(&mut g));
+            simbal_loss(b, &cfg, view::<B>(&r), grad, &mut ws)
         })?;
         if let Ok(l) = res {
             if all_finite(&rv) && all_finite(&gv) && fits::<B::Elem>(*lambda) {
-                must_be_finite("simbal_loss value", &input, &[l.to_f64_lossy()])?;
-                must_be_finite(
-                    "simbal_loss gradient",
-                    &input,
-                    &down(&b, &g).ctx("download")?,
-                )?;
+                cx.finite("simbal_loss value", &[l.to_f64_lossy()])?;
+                cx.finite("simbal_loss gradient", &cx.down(&g)?)?;
             }
         }
         Ok(())
@@ -87,61 +72,28 @@ pub fn loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
 }
 
 /// `simbal_residual`, `normalize_columns` and `scale_free_project` on arbitrary shapes,
-/// lengths and values, each through its precondition function.
+/// lengths and values, each through its precondition function, on one set of buffers.
 pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "simbal::fuzz::kernels";
-    let Some(b) = acquire(make, NAME) else { return };
-    let strategy = ((dim(), dim()), (coef(), norm()), layout(), pool());
-    run_prop(NAME, CASES, strategy, |input| {
-        let ((d, e), (lambda, norm), layout, pool) = &input;
-        let (d, e) = (*d, *e);
-        let f = Filler::new(pool);
-        let ub = |v: Vec<f64>| up(&b, &v).ctx("upload");
+    let strategy = (((dim(), dim()), (coef(), norm()), layout()), pool());
+    fuzz_check(make, NAME, strategy, |cx, input| {
+        let ((d, e), (lambda, norm), layout) = input;
+        let (layout, b) = (*layout, cx.b);
         let scfg = SimBalConfig {
             lambda: *lambda,
             norm: *norm,
         };
-        let mut gram = ub(f.vals(mul(e, e)))?;
-        guard("simbal_residual", &input, || {
-            SimbalResidual {
-                cfg: &scfg,
-                e,
-                gram: view_mut::<B>(&mut gram),
-            }
-            .check(&b)
-            .and_then(|a| b.simbal_residual(a))
+        let mut bufs = Bufs::new(*d, *e, cx).ctx("upload")?;
+        cx.guard("simbal_residual", || {
+            call!(b, simbal_residual(bufs.residual(&scfg)))
         })?
         .ok();
-        let r = ub(f.vals(mul(d, e)))?;
-        let mut norms = ub(f.vals(Some(e)))?;
-        let mut rn = ub(f.vals(mul(d, e)))?;
-        guard("normalize_columns", &input, || {
-            NormalizeColumns {
-                layout: *layout,
-                d,
-                e,
-                r: view::<B>(&r),
-                norms: view_mut::<B>(&mut norms),
-                rn: view_mut::<B>(&mut rn),
-            }
-            .check(&b)
-            .and_then(|a| b.normalize_columns(a))
+        cx.guard("normalize_columns", || {
+            call!(b, normalize_columns(bufs.normalize(layout)))
         })?
         .ok();
-        let gv = ub(f.vals(mul(d, e)))?;
-        let mut grad = ub(f.vals(mul(d, e)))?;
-        guard("scale_free_project", &input, || {
-            ScaleFreeProject {
-                layout: *layout,
-                d,
-                e,
-                rn: view::<B>(&rn),
-                norms: view::<B>(&norms),
-                g: view::<B>(&gv),
-                grad: view_mut::<B>(&mut grad),
-            }
-            .check(&b)
-            .and_then(|a| b.scale_free_project(a))
+        cx.guard("scale_free_project", || {
+            call!(b, scale_free_project(bufs.project(layout)))
         })?
         .ok();
         Ok(())

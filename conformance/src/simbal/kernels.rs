@@ -1,32 +1,25 @@
 //! SimBal's kernels on their own (see [`crate::harness::kernel`]): `simbal_residual`,
 //! `normalize_columns` and `scale_free_project`.
 
+use super::bufs::Bufs;
 use crate::harness::gen;
-use crate::harness::kernel::{three, CASES, R};
+use crate::harness::kernel::{call, kernel_check, three, Zeros, R};
 use crate::harness::util::*;
 use proptest::prelude::*;
-use simbal_core::memory::{view, view_mut};
-use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
 use simbal_core::{Backend, Rng, Scalar, SimBalConfig, WeightLayout};
 
 fn residual_run<C: Backend>(c: &C, cfg: &SimBalConfig, e: usize, g: &[f64]) -> R<(f64, Vec<f64>)> {
-    let mut gb = up(c, g)?;
-    let a = SimbalResidual {
-        cfg,
-        e,
-        gram: view_mut::<C>(&mut gb),
-    };
-    let loss = c.simbal_residual(a.check(c)?)?.to_f64_lossy();
-    Ok((loss, down(c, &gb)?))
+    let mut b = Bufs::new(1, e, &Zeros(c))?;
+    b.gram = up(c, g)?;
+    let loss = call!(c, simbal_residual(b.residual(cfg)))?.to_f64_lossy();
+    Ok((loss, down(c, &b.gram)?))
 }
 
 /// `simbal_residual` for every norm on a symmetric Gram matrix.
 pub fn residual<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "simbal::kernels::residual";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = (1..=8usize, gen::simbal_config(), any::<u64>());
-    run_prop(NAME, CASES, strategy, |(e, cfg, seed)| {
+    kernel_check(make, NAME, strategy, |b, tol, (e, cfg, seed)| {
         let mut rng = Rng::new(seed);
         let mut g = vec![0.0; e * e];
         for a in 0..e {
@@ -47,7 +40,7 @@ pub fn residual<B: Backend>(make: &dyn Fn() -> Option<B>) {
         }) {
             return Err(reject("residual near 0"));
         }
-        let (got, want, want64) = three!(&b, residual_run(&cfg, e, &g));
+        let (got, want, want64) = three!(b, residual_run(&cfg, e, &g));
         vs_refs(&want, &want64, |tag, w| {
             close1(&format!("simbal_residual loss vs {tag}"), got.0, w.0, tol)?;
             close(
@@ -67,21 +60,10 @@ fn norm_run<C: Backend>(
     e: usize,
     r: &[f64],
 ) -> R<(Vec<f64>, Vec<f64>)> {
-    let rb = up(c, r)?;
-    let mut norms = c.zeros(e)?;
-    let mut rn = c.zeros(d * e)?;
-    c.normalize_columns(
-        NormalizeColumns {
-            layout,
-            d,
-            e,
-            r: view::<C>(&rb),
-            norms: view_mut::<C>(&mut norms),
-            rn: view_mut::<C>(&mut rn),
-        }
-        .check(c)?,
-    )?;
-    Ok((down(c, &norms)?, down(c, &rn)?))
+    let mut b = Bufs::new(d, e, &Zeros(c))?;
+    b.r = up(c, r)?;
+    call!(c, normalize_columns(b.normalize(layout)))?;
+    Ok((down(c, &b.norms)?, down(c, &b.rn)?))
 }
 
 fn project_run<C: Backend>(
@@ -93,35 +75,23 @@ fn project_run<C: Backend>(
     g: &[f64],
     grad: &[f64],
 ) -> R<Vec<f64>> {
-    let (rb, nb, gb) = (up(c, rn)?, up(c, norms)?, up(c, g)?);
-    let mut out = up(c, grad)?;
-    c.scale_free_project(
-        ScaleFreeProject {
-            layout,
-            d,
-            e,
-            rn: view::<C>(&rb),
-            norms: view::<C>(&nb),
-            g: view::<C>(&gb),
-            grad: view_mut::<C>(&mut out),
-        }
-        .check(c)?,
-    )?;
-    down(c, &out)
+    let mut b = Bufs::new(d, e, &Zeros(c))?;
+    (b.rn, b.norms, b.g, b.grad) = (up(c, rn)?, up(c, norms)?, up(c, g)?, up(c, grad)?);
+    call!(c, scale_free_project(b.project(layout)))?;
+    down(c, &b.grad)
 }
 
 /// `normalize_columns` (a zero column included sometimes) and `scale_free_project` (accumulating
 /// into a non-zero gradient), both layouts.
 pub fn column_normalisation<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "simbal::kernels::column_normalisation";
-    let Some(b) = acquire(make, NAME) else { return };
-    let tol = B::Elem::CONFORMANCE_TOL;
     let strategy = (
         gen::weight_shape(),
         prop_oneof![Just(WeightLayout::DxE), Just(WeightLayout::ExD)],
         any::<bool>(),
     );
-    run_prop(NAME, CASES, strategy, |((d, e, seed), layout, zero_col)| {
+    kernel_check(make, NAME, strategy, |b, tol, case| {
+        let ((d, e, seed), layout, zero_col) = case;
         let mut rng = Rng::new(seed);
         let mut r = rounded::<B::Elem>(&gen::normal(&mut rng, d * e, 1.0));
         if zero_col {
@@ -131,7 +101,7 @@ pub fn column_normalisation<B: Backend>(make: &dyn Fn() -> Option<B>) {
                 r[i * rs + c * cs] = 0.0;
             }
         }
-        let (got, want, want64) = three!(&b, norm_run(layout, d, e, &r));
+        let (got, want, want64) = three!(b, norm_run(layout, d, e, &r));
         vs_refs(&want, &want64, |tag, w| {
             close(&format!("column norms vs {tag}"), &got.0, &w.0, tol)?;
             close(&format!("normalised columns vs {tag}"), &got.1, &w.1, tol)
@@ -140,7 +110,7 @@ pub fn column_normalisation<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let (norms, rn) = (rounded::<B::Elem>(&want64.0), rounded::<B::Elem>(&want64.1));
         let g = rounded::<B::Elem>(&gen::normal(&mut rng, d * e, 1.0));
         let grad = rounded::<B::Elem>(&gen::normal(&mut rng, d * e, 1.0));
-        let (got, want, want64) = three!(&b, project_run(layout, (d, e), &rn, &norms, &g, &grad));
+        let (got, want, want64) = three!(b, project_run(layout, (d, e), &rn, &norms, &g, &grad));
         vs_refs(&want, &want64, |tag, w| {
             close(&format!("scale_free_project vs {tag}"), &got, w, tol)
         })

@@ -4,28 +4,26 @@
 //! ([`fuzz`]).
 
 pub mod agree;
+mod bufs;
 pub mod errors;
 pub mod fd;
 pub mod fuzz;
 pub mod invariants;
 pub mod kernels;
 
-/// SimBal's tests, as a module `simbal` of `#[test]`s on the backend `$make` builds (see
-/// [`crate::conformance_suite!`]).
-#[macro_export]
-macro_rules! conformance_simbal {
-    ($make:expr) => {
-        $crate::__conformance_tests! { $make; simbal;
-            fd_loss => fd::loss,
-            agree_loss => agree::loss,
-            kernel_residual => kernels::residual,
-            kernel_column_normalisation => kernels::column_normalisation,
-            invariant_zero_at_orthogonality => invariants::zero_at_orthogonality,
-            error_length_mismatch => errors::length_mismatch,
-            error_overflow => errors::overflow,
-            error_invalid_coefficient => errors::invalid_coefficient,
-            fuzz_loss => fuzz::loss,
-            fuzz_kernels => fuzz::kernels,
-        }
-    };
+crate::__conformance_op! {
+    /// SimBal's tests, as a module `simbal` of `#[test]`s on the backend `$make` builds (see
+    /// [`crate::conformance_suite!`]).
+    conformance_simbal, simbal {
+        fd_loss => fd::loss,
+        agree_loss => agree::loss,
+        kernel_residual => kernels::residual,
+        kernel_column_normalisation => kernels::column_normalisation,
+        invariant_zero_at_orthogonality => invariants::zero_at_orthogonality,
+        error_length_mismatch => errors::length_mismatch,
+        error_overflow => errors::overflow,
+        error_invalid_coefficient => errors::invalid_coefficient,
+        fuzz_loss => fuzz::loss,
+        fuzz_kernels => fuzz::kernels,
+    }
 }

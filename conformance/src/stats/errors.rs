@@ -1,24 +1,18 @@
 //! The statistics' errors (see [`crate::harness::errors`]): statistics of another expert count,
 //! and the kernels' lengths.
 
-use crate::harness::errors::{check, refused, setup, start};
+use super::bufs::Bufs;
+use crate::harness::errors::{check, lbl_at, refused, setup, start};
+use crate::harness::kernel::Zeros;
 use crate::harness::util::*;
-use simbal_core::memory::{idx_view, view};
-use simbal_core::metrics::Entropy;
-use simbal_core::stats::CollectStats;
-use simbal_core::{
-    Backend, LblConfig, LblLevel, LossConfig, RouterConfig, RoutingStats, SimbalError,
-};
+use simbal_core::{Backend, LblLevel, RouterConfig, RoutingStats, SimbalError};
 
 /// `StatsMismatch`: global statistics of another expert count; merging mismatched statistics.
 pub fn stats_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "stats::errors::stats_mismatch";
-    start!("stats::errors::stats_mismatch", make);
+    start!(N, make);
     let mut s = setup(make, RouterConfig::new(3, 1), 4, 2);
-    let l = LossConfig::none().with_lbl(LblConfig {
-        level: LblLevel::GlobalBatch,
-        ..LblConfig::default()
-    });
+    let l = lbl_at(LblLevel::GlobalBatch);
     let mut g = RoutingStats::empty(4);
     g.tokens = 4;
     check(
@@ -59,21 +53,8 @@ pub fn stats_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
 pub fn length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const N: &str = "stats::errors::length_mismatch";
     let Some(c) = acquire(make, N) else { return };
-    let (n, e, k) = (2, 3, 1);
-    let (bad, counts) = (c.zeros(5).unwrap(), c.idx_zeros(e).unwrap());
-    let mut stats = RoutingStats::default();
-    let collect = CollectStats {
-        n,
-        k,
-        p: view::<B>(&bad),
-        counts: idx_view::<B>(&counts),
-        out: &mut stats,
-    };
-    refused(N, "routing_stats", collect.check(&c));
-    let entropy = Entropy {
-        n,
-        e,
-        p: view::<B>(&bad),
-    };
-    refused(N, "routing_entropy", entropy.check(&c));
+    let mut b = Bufs::new(2, 3, 1, &Zeros(&c)).unwrap();
+    b.p = c.zeros(5).unwrap();
+    refused(N, "routing_stats", b.collect().check(&c));
+    refused(N, "routing_entropy", b.entropy().check(&c));
 }

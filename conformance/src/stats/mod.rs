@@ -4,26 +4,24 @@
 //! ([`invariants`]), errors ([`errors`]) and arbitrary input ([`fuzz`]).
 
 pub mod agree;
+mod bufs;
 pub mod errors;
 pub mod fuzz;
 pub mod invariants;
 pub mod kernels;
 
-/// The statistics' and metrics' tests, as a module `stats` of `#[test]`s on the backend `$make`
-/// builds (see [`crate::conformance_suite!`]).
-#[macro_export]
-macro_rules! conformance_stats {
-    ($make:expr) => {
-        $crate::__conformance_tests! { $make; stats;
-            agree_stats_and_metrics => agree::stats_and_metrics,
-            kernel_routing_stats => kernels::routing_stats,
-            kernel_routing_entropy => kernels::routing_entropy,
-            invariant_merged_stats => invariants::merged_stats,
-            error_stats_mismatch => errors::stats_mismatch,
-            error_length_mismatch => errors::length_mismatch,
-            fuzz_metrics => fuzz::metrics,
-            fuzz_merge => fuzz::merge,
-            fuzz_kernels => fuzz::kernels,
-        }
-    };
+crate::__conformance_op! {
+    /// The statistics' and metrics' tests, as a module `stats` of `#[test]`s on the backend `$make`
+    /// builds (see [`crate::conformance_suite!`]).
+    conformance_stats, stats {
+        agree_stats_and_metrics => agree::stats_and_metrics,
+        kernel_routing_stats => kernels::routing_stats,
+        kernel_routing_entropy => kernels::routing_entropy,
+        invariant_merged_stats => invariants::merged_stats,
+        error_stats_mismatch => errors::stats_mismatch,
+        error_length_mismatch => errors::length_mismatch,
+        fuzz_metrics => fuzz::metrics,
+        fuzz_merge => fuzz::merge,
+        fuzz_kernels => fuzz::kernels,
+    }
 }

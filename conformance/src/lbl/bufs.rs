@@ -1,0 +1,118 @@
+//! The buffers of the LBL's kernels and their arguments, for the kernel, error and fuzz checks
+//! alike (see [`crate::harness::kernel`]): one set of buffers of a [`Shape`] that every kernel's
+//! arguments borrow, so `group_counts`' output is `lbl_coefficients`' input.
+
+use crate::harness::kernel::{Fill, R};
+use simbal_core::lbl::kernels::{GroupCounts, GroupSums, LblCoefficients};
+use simbal_core::lbl::reference::LblScales;
+use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
+use simbal_core::{Backend, LblConfig};
+
+/// The shape of a [`Bufs`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Tokens.
+    pub n: usize,
+    /// Columns of the per-group sums.
+    pub cols: usize,
+    /// Experts.
+    pub e: usize,
+    /// Experts per token.
+    pub k: usize,
+    /// Tokens per group (`n / group_len` groups).
+    pub group_len: usize,
+}
+
+impl Shape {
+    /// `n` tokens in groups of `group_len`, `k` of `e` experts each, sums over `e` columns.
+    pub fn of(n: usize, e: usize, k: usize, group_len: usize) -> Self {
+        Self {
+            n,
+            cols: e,
+            e,
+            k,
+            group_len,
+        }
+    }
+}
+
+/// Buffers of `group_column_sums`, `group_counts` and `lbl_coefficients`.
+pub(crate) struct Bufs<B: Backend> {
+    /// The shape.
+    pub shape: Shape,
+    /// What `group_column_sums` sums, `n x cols`.
+    pub a: B::Buf,
+    /// Expert indices, `n x k`.
+    pub idx: B::IdxBuf,
+    /// Dropped flags, `n x k`.
+    pub dropped: B::IdxBuf,
+    /// Per-group column sums, `groups x cols`.
+    pub col_sums: B::Buf,
+    /// Per-group kept counts, `groups x E`.
+    pub counts: B::IdxBuf,
+    /// Per-group score sums, `groups x E`.
+    pub sums: B::Buf,
+    /// LBL coefficients, `groups x E`.
+    pub coef: B::Buf,
+}
+
+impl<B: Backend> Bufs<B> {
+    /// Every buffer of `shape` from `fill`, in the order of the fields.
+    pub fn new(shape: Shape, fill: &dyn Fill<B>) -> R<Self> {
+        let Shape { n, cols, e, k, .. } = shape;
+        let groups = n / shape.group_len.max(1);
+        let (nk, ge) = (n.checked_mul(k), groups.checked_mul(e));
+        Ok(Self {
+            shape,
+            a: fill.vals(n.checked_mul(cols))?,
+            idx: fill.idx(nk, e)?,
+            dropped: fill.idx(nk, 2)?,
+            col_sums: fill.vals(groups.checked_mul(cols))?,
+            counts: fill.idx(ge, 3)?,
+            sums: fill.vals(ge)?,
+            coef: fill.vals(ge)?,
+        })
+    }
+
+    /// `group_column_sums` of `a` into `col_sums`.
+    pub fn group_sums(&mut self) -> GroupSums<'_, B> {
+        let s = self.shape;
+        GroupSums {
+            n: s.n,
+            cols: s.cols,
+            group_len: s.group_len,
+            a: view::<B>(&self.a),
+            out: view_mut::<B>(&mut self.col_sums),
+        }
+    }
+
+    /// `group_counts` of the kept assignments into `counts`.
+    pub fn group_counts(&mut self) -> GroupCounts<'_, B> {
+        let s = self.shape;
+        GroupCounts {
+            n: s.n,
+            k: s.k,
+            e: s.e,
+            group_len: s.group_len,
+            idx: idx_view::<B>(&self.idx),
+            dropped: idx_view::<B>(&self.dropped),
+            out: idx_view_mut::<B>(&mut self.counts),
+        }
+    }
+
+    /// `lbl_coefficients` of `counts` and `sums` into `coef`.
+    pub fn coefficients<'a>(
+        &'a mut self,
+        cfg: &'a LblConfig,
+        scales: LblScales,
+    ) -> LblCoefficients<'a, B> {
+        LblCoefficients {
+            cfg,
+            e: self.shape.e,
+            scales,
+            counts: idx_view::<B>(&self.counts),
+            sums: view::<B>(&self.sums),
+            coef: view_mut::<B>(&mut self.coef),
+        }
+    }
+}
