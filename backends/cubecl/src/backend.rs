@@ -20,28 +20,14 @@ use crate::kernels::{
 };
 use crate::{map_err, CubeclBackend};
 
-/// The forward row kernel's options of a router configuration.
-fn route_options(cfg: &RouterConfig) -> router_forward::RouteOptions {
-    router_forward::RouteOptions {
+/// How the row kernels score and gate for a router configuration.
+fn gating(cfg: &RouterConfig) -> router_forward::Gating {
+    router_forward::Gating {
         e: cfg.experts,
         k: cfg.k,
         softmax: cfg.score == ScoreFn::Softmax,
         renorm: cfg.renormalize,
         scale: cfg.scale as f32,
-        groups: cfg.groups.map(|g| (g.groups, g.top_groups)),
-    }
-}
-
-/// The backward row kernel's options of a router configuration: the forward's, and the z-loss.
-fn back_options(cfg: &RouterConfig, z_coef: f32) -> router_backward::BackOptions {
-    let o = route_options(cfg);
-    router_backward::BackOptions {
-        e: o.e,
-        k: o.k,
-        softmax: o.softmax,
-        renorm: o.renorm,
-        scale: o.scale,
-        z_coef,
     }
 }
 
@@ -76,7 +62,10 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
                 .check(self)?,
             )?;
         }
-        let o = route_options(a.cfg);
+        let o = router_forward::RouteOptions {
+            gating: gating(a.cfg),
+            groups: a.cfg.groups.map(|g| (g.groups, g.top_groups)),
+        };
         router_forward::route_rows(&self.client, &o, a.n, a.z, a.bias, a.p, a.idx, a.gates)
             .map_err(map_err)?;
         // Every index the kernel writes is below E: later index checks are free.
@@ -112,7 +101,10 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         let lbl = a.lbl.map(|l| (l.coef, l.group_len));
         router_backward::router_backward_rows(
             &self.client,
-            &back_options(a.cfg, a.z_coef),
+            &router_backward::BackOptions {
+                gating: gating(a.cfg),
+                z_coef: a.z_coef,
+            },
             n,
             a.z,
             a.p,
@@ -152,7 +144,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         let a = a.into_inner();
         if a.k == 0 || a.n == 0 {
             // No assignments: the histogram's group of `group_len k` would be empty.
-            return util::fill_u32(&self.client, a.out, 0).map_err(map_err);
+            return util::fill_zero(&self.client, a.out).map_err(map_err);
         }
         let per = a.group_len * a.k;
         dispatch::histogram(&self.client, a.e, per, a.idx, Some(a.dropped), a.out).map_err(map_err)

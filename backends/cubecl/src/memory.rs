@@ -51,6 +51,28 @@ impl<R: Runtime> CubeclBackend<R> {
     }
 }
 
+/// The [`Memory`] methods of one element type (`f32` elements or `u32` indices), under the names
+/// the trait gives them for that type, each forwarding to a generic helper above.
+macro_rules! buffer_methods {
+    ($t:ty: $zeros:ident, $upload:ident, $download:ident, $write:ident, $len:ident) => {
+        fn $zeros(&self, len: usize) -> Result<DevBuf<$t>> {
+            self.zeros_of(len)
+        }
+        fn $upload(&self, host: &[$t]) -> Result<DevBuf<$t>> {
+            self.upload_of(host)
+        }
+        fn $download(&self, buf: &DevBuf<$t>, host: &mut [$t]) -> Result<()> {
+            self.download_of(buf, host)
+        }
+        fn $write(&self, buf: &mut DevBuf<$t>, host: &[$t]) -> Result<()> {
+            self.write_of(buf, host)
+        }
+        fn $len(&self, buf: &DevBuf<$t>) -> usize {
+            buf.len
+        }
+    };
+}
+
 impl<R: Runtime> Memory for CubeclBackend<R> {
     type Elem = f32;
     type Buf = DevBuf<f32>;
@@ -62,37 +84,8 @@ impl<R: Runtime> Memory for CubeclBackend<R> {
         format!("cubecl-{}-f32", R::name(&self.client))
     }
 
-    fn zeros(&self, len: usize) -> Result<DevBuf<f32>> {
-        self.zeros_of(len)
-    }
-    fn upload(&self, host: &[f32]) -> Result<DevBuf<f32>> {
-        self.upload_of(host)
-    }
-    fn download(&self, buf: &DevBuf<f32>, host: &mut [f32]) -> Result<()> {
-        self.download_of(buf, host)
-    }
-    fn write(&self, buf: &mut DevBuf<f32>, host: &[f32]) -> Result<()> {
-        self.write_of(buf, host)
-    }
-    fn len(&self, buf: &DevBuf<f32>) -> usize {
-        buf.len
-    }
-
-    fn idx_zeros(&self, len: usize) -> Result<DevBuf<u32>> {
-        self.zeros_of(len)
-    }
-    fn idx_upload(&self, host: &[u32]) -> Result<DevBuf<u32>> {
-        self.upload_of(host)
-    }
-    fn idx_download(&self, buf: &DevBuf<u32>, host: &mut [u32]) -> Result<()> {
-        self.download_of(buf, host)
-    }
-    fn idx_write(&self, buf: &mut DevBuf<u32>, host: &[u32]) -> Result<()> {
-        self.write_of(buf, host)
-    }
-    fn idx_len(&self, buf: &DevBuf<u32>) -> usize {
-        buf.len
-    }
+    buffer_methods!(f32: zeros, upload, download, write, len);
+    buffer_methods!(u32: idx_zeros, idx_upload, idx_download, idx_write, idx_len);
 
     /// Free for indices this backend's `route` wrote (their `bound` is `E`); otherwise one device
     /// reduction and a 4-byte read.

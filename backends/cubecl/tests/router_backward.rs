@@ -1,6 +1,7 @@
 mod common;
 use common::*;
 use simbal_cubecl::kernels::router_backward::{router_backward_rows, BackOptions};
+use simbal_cubecl::kernels::router_forward::RouteOptions;
 use simbal_cubecl::kernels::DevBuf;
 
 #[test]
@@ -18,10 +19,16 @@ fn backward_matches_reference() {
             for renorm in [true, false] {
                 for (with_lbl, z_coef) in [(false, 0.0f32), (true, 0.0), (true, 0.01), (false, 0.5)]
                 {
-                    let scale = 1.3;
+                    let o = BackOptions {
+                        gating: gating(e, k, softmax, renorm, 1.3),
+                        z_coef,
+                    };
                     let z = rng.vec(n * e);
-                    let (p, idx, mut gates) =
-                        route_reference(n, e, k, softmax, renorm, scale, None, &z, None);
+                    let forward = RouteOptions {
+                        gating: o.gating,
+                        groups: None,
+                    };
+                    let (p, idx, mut gates) = route_reference(n, &forward, &z, None);
                     let dropped: Vec<u32> =
                         (0..n * k).map(|_| (rng.below(4) == 0) as u32).collect();
                     for (g, &d) in gates.iter_mut().zip(&dropped) {
@@ -33,20 +40,9 @@ fn backward_matches_reference() {
                     let seq = if n % 4 == 0 { n / 4 } else { n };
                     let coef = rng.vec((n / seq) * e);
                     let lbl = with_lbl.then_some((&coef[..], seq));
-                    let want = backward_reference(
-                        n, e, k, softmax, renorm, scale, &z, &p, &idx, &gates, &dropped, &dw, lbl,
-                        z_coef,
-                    );
+                    let want = backward_reference(n, &o, &z, &p, &idx, &gates, &dropped, &dw, lbl);
                     let dcoef = up(&c, &coef);
                     let dz = DevBuf::<f32>::empty(&c, n * e);
-                    let o = BackOptions {
-                        e,
-                        k,
-                        softmax,
-                        renorm,
-                        scale,
-                        z_coef,
-                    };
                     router_backward_rows(
                         &c,
                         &o,
@@ -73,11 +69,7 @@ fn backward_matches_reference() {
 fn backward_rejects_bad_lengths() {
     let Some(c) = client() else { return };
     let o = BackOptions {
-        e: 4,
-        k: 2,
-        softmax: true,
-        renorm: true,
-        scale: 1.0,
+        gating: gating(4, 2, true, true, 1.0),
         z_coef: 0.0,
     };
     let f = |len: usize| DevBuf::<f32>::empty(&c, len);

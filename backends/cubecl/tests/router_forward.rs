@@ -3,6 +3,33 @@ use common::*;
 use simbal_cubecl::kernels::router_forward::{route_rows, RouteOptions};
 use simbal_cubecl::kernels::DevBuf;
 
+/// Options of `E` experts, `k` a token, without a group limit.
+fn options(e: usize, k: usize, softmax: bool, renorm: bool, scale: f32) -> RouteOptions {
+    RouteOptions {
+        gating: gating(e, k, softmax, renorm, scale),
+        groups: None,
+    }
+}
+
+/// The device's `(p, idx, gates)` of `n` rows routed under `o`.
+fn device(
+    c: &cubecl::prelude::ComputeClient<R>,
+    n: usize,
+    o: &RouteOptions,
+    z: &[f32],
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let (e, k) = (o.gating.e, o.gating.k);
+    let dz = up(c, z);
+    let db = bias.map(|b| up(c, b));
+    let p = DevBuf::<f32>::empty(c, n * e);
+    let idx = DevBuf::<u32>::empty(c, n * k);
+    let g = DevBuf::<f32>::empty(c, n * k);
+    route_rows(c, o, n, &dz, db.as_ref(), &p, &idx, &g).unwrap();
+    (down(c, &p), down_u32(c, &idx), down(c, &g))
+}
+
+/// Routes `n` rows on the device and on the host (gate scale 1.5, `groups` limit); all agree.
 #[allow(clippy::too_many_arguments)]
 fn run(
     c: &cubecl::prelude::ComputeClient<R>,
@@ -15,29 +42,19 @@ fn run(
     z: &[f32],
     bias: Option<&[f32]>,
 ) {
-    let scale = 1.5;
     let o = RouteOptions {
-        e,
-        k,
-        softmax,
-        renorm,
-        scale,
         groups,
+        ..options(e, k, softmax, renorm, 1.5)
     };
-    let dz = up(c, z);
-    let db = bias.map(|b| up(c, b));
-    let p = DevBuf::<f32>::empty(c, n * e);
-    let idx = DevBuf::<u32>::empty(c, n * k);
-    let g = DevBuf::<f32>::empty(c, n * k);
-    route_rows(c, &o, n, &dz, db.as_ref(), &p, &idx, &g).unwrap();
-    let (wp, wi, wg) = route_reference(n, e, k, softmax, renorm, scale, groups, z, bias);
+    let (p, idx, g) = device(c, n, &o, z, bias);
+    let (wp, wi, wg) = route_reference(n, &o, z, bias);
     let what = format!(
         "n={n} e={e} k={k} softmax={softmax} renorm={renorm} groups={groups:?} bias={}",
         bias.is_some()
     );
-    assert_eq!(down_u32(c, &idx), wi, "indices: {what}");
-    assert_close(&format!("scores {what}"), &down(c, &p), &wp, 1e-5);
-    assert_close(&format!("gates {what}"), &down(c, &g), &wg, 1e-5);
+    assert_eq!(idx, wi, "indices: {what}");
+    assert_close(&format!("scores {what}"), &p, &wp, 1e-5);
+    assert_close(&format!("gates {what}"), &g, &wg, 1e-5);
 }
 
 #[test]
@@ -92,23 +109,9 @@ fn forward_random_and_huge_logits() {
         .map(|i| if i % 3 == 0 { 1e30 } else { -1e30 * rng.unif() })
         .collect();
     for softmax in [true, false] {
-        let o = RouteOptions {
-            e,
-            k,
-            softmax,
-            renorm: true,
-            scale: 1.0,
-            groups: None,
-        };
-        let (dz, p, idx, g) = (
-            up(&c, &z),
-            DevBuf::<f32>::empty(&c, n * e),
-            DevBuf::<u32>::empty(&c, n * k),
-            DevBuf::<f32>::empty(&c, n * k),
-        );
-        route_rows(&c, &o, n, &dz, None, &p, &idx, &g).unwrap();
-        assert!(down(&c, &p).iter().all(|v| v.is_finite()));
-        assert!(down(&c, &g).iter().all(|v| v.is_finite()));
+        let (p, _, g) = device(&c, n, &options(e, k, softmax, true, 1.0), &z, None);
+        assert!(p.iter().all(|v| v.is_finite()));
+        assert!(g.iter().all(|v| v.is_finite()));
         run(&c, n, e, k, softmax, true, None, &z, None);
     }
 }
@@ -121,12 +124,8 @@ fn forward_rejects_bad_config() {
     let idx = DevBuf::<u32>::empty(&c, 2);
     let g = DevBuf::<f32>::empty(&c, 2);
     let opts = |k, groups| RouteOptions {
-        e: 4,
-        k,
-        softmax: true,
-        renorm: true,
-        scale: 1.0,
         groups,
+        ..options(4, k, true, true, 1.0)
     };
     // k > E; groups that do not divide E; logits of 2 rows routed as 3.
     assert!(route_rows(&c, &opts(5, None), 2, &z, None, &p, &idx, &g).is_err());

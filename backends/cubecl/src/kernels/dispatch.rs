@@ -12,15 +12,16 @@
 //!
 //! `Probs` ranking costs `O(c_e^2)` per expert (`c_e` its assignments), spread over 256 threads.
 
-#![allow(unsafe_code)]
-// kernel launches: see the module docs of `kernels`
 // Comptime flags guard runtime tests: nesting keeps the comptime branch separate.
 #![allow(clippy::collapsible_if)]
 
 use cubecl::prelude::*;
 
-use super::util::{before, block_scan_u32, fill_u32, fits_u32, is_nan_bits};
-use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError, NONE};
+use super::util::{before, block_scan_u32, fill_zero, fits_u32, is_nan_bits};
+use super::{
+    check_len, check_len2, check_top_k, element_index, linear_cube, DevBuf, KernelError, Launch,
+    NONE,
+};
 
 /// Assignments each plan thread handles per tile.
 const CHUNK: usize = 8;
@@ -36,7 +37,7 @@ fn histogram_kernel(
     per: u32,
     #[comptime] use_dropped: bool,
 ) {
-    let a = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let a = element_index();
     if a < nk as usize {
         let i = idx[a];
         let mut keep = i < e;
@@ -207,7 +208,7 @@ fn drop_kernel(
 
 #[cube(launch_unchecked)]
 fn apply_drops_kernel(gates: &mut Array<f32>, dropped: &Array<u32>, nk: u32) {
-    let a = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let a = element_index();
     if a < nk as usize && dropped[a] != 0 {
         gates[a] = 0.0;
     }
@@ -233,18 +234,16 @@ pub fn histogram<R: Runtime>(
     if let Some(d) = dropped {
         check_len("dropped flags", nk, d.len)?;
     }
-    fill_u32(client, out, 0)?;
-    if nk == 0 {
+    fill_zero(client, out)?;
+    let Some((launch, nk32)) = Launch::per_element("indices", nk)? else {
         return Ok(());
-    }
-    let nk32 = fits_u32("indices", nk)?;
+    };
     fits_u32("counts", out.len)?;
     let d = dropped.unwrap_or(idx);
-    unsafe {
-        histogram_kernel::launch_unchecked::<R>(
-            client,
-            grid(nk.div_ceil(256))?,
-            CubeDim::new_1d(256),
+    launch!(
+        client,
+        launch,
+        histogram_kernel(
             idx.arg(),
             d.arg(),
             out.arg(),
@@ -252,8 +251,8 @@ pub fn histogram<R: Runtime>(
             e as u32,
             per as u32,
             dropped.is_some(),
-        );
-    }
+        )
+    );
     Ok(())
 }
 
@@ -267,11 +266,10 @@ fn plan<R: Runtime>(
     offsets: &DevBuf<u32>,
 ) -> Result<(), KernelError> {
     let d = dropped.unwrap_or(idx);
-    unsafe {
-        plan_kernel::launch_unchecked::<R>(
-            client,
-            grid(e)?,
-            CubeDim::new_1d(256),
+    launch!(
+        client,
+        Launch::cubes(e)?,
+        plan_kernel(
             idx.arg(),
             d.arg(),
             counts.arg(),
@@ -280,8 +278,8 @@ fn plan<R: Runtime>(
             idx.len as u32,
             e as u32,
             dropped.is_some(),
-        );
-    }
+        )
+    );
     Ok(())
 }
 
@@ -312,9 +310,7 @@ pub fn dispatch<R: Runtime>(
     order: &DevBuf<u32>,
     offsets: &DevBuf<u32>,
 ) -> Result<(), KernelError> {
-    if e == 0 || k == 0 || k > e {
-        return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
-    }
+    check_top_k(e, k)?;
     let nk = n.saturating_mul(k);
     check_len("indices", nk, idx.len)?;
     check_len("gates", nk, gates.len)?;
@@ -324,7 +320,7 @@ pub fn dispatch<R: Runtime>(
     check_len("dispatch offsets", e.saturating_add(1), offsets.len)?;
     fits_u32("indices", nk)?;
     fits_u32("offsets", e + 1)?;
-    fill_u32(client, dropped, 0)?;
+    fill_zero(client, dropped)?;
     histogram(client, e, nk.max(1), idx, None, counts)?;
     plan(client, e, idx, None, counts, order, offsets)?;
     let Some(cap) = capacity else {
@@ -333,11 +329,10 @@ pub fn dispatch<R: Runtime>(
     if cap.per_expert >= nk {
         return Ok(());
     }
-    unsafe {
-        drop_kernel::launch_unchecked::<R>(
-            client,
-            grid(e)?,
-            CubeDim::new_1d(256),
+    launch!(
+        client,
+        Launch::cubes(e)?,
+        drop_kernel(
             gates.arg(),
             offsets.arg(),
             order.arg(),
@@ -346,14 +341,13 @@ pub fn dispatch<R: Runtime>(
             cap.per_expert as u32,
             f32::NEG_INFINITY,
             cap.by_probs,
-        );
-        apply_drops_kernel::launch_unchecked::<R>(
+        )
+    );
+    if let Some((launch, nk32)) = Launch::per_element("indices", nk)? {
+        launch!(
             client,
-            grid(nk.div_ceil(256))?,
-            CubeDim::new_1d(256),
-            gates.arg(),
-            dropped.arg(),
-            nk as u32,
+            launch,
+            apply_drops_kernel(gates.arg(), dropped.arg(), nk32)
         );
     }
     histogram(client, e, nk, idx, Some(dropped), counts)?;

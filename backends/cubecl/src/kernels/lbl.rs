@@ -3,16 +3,14 @@
 //! `c_scale = alpha E (k) / (k T_f T_p B)` computed on the host in f64), and the loss value
 //! `sum coef * sums` ([`super::util::dot_all`]: one cube, fixed order, deterministic).
 
-#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
-
 use cubecl::prelude::*;
 
-use super::util::{check_slot, dot_all, fits_u32, THREADS};
-use super::{check_len, grid, linear_cube, DevBuf, KernelError};
+use super::util::{check_slot, dot_all};
+use super::{check_len, element_index, DevBuf, KernelError, Launch};
 
 #[cube(launch_unchecked)]
 fn lbl_coef_kernel(counts: &Array<u32>, coef: &mut Array<f32>, c_scale: f32, len: u32) {
-    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let i = element_index();
     if i < len as usize {
         coef[i] = f32::cast_from(counts[i]) * c_scale;
     }
@@ -34,19 +32,12 @@ pub fn lbl_coefficients<R: Runtime>(
     check_len("LBL group counts", len, counts.len)?;
     check_len("LBL group sums", len, sums.len)?;
     check_slot("LBL value output", out, at)?;
-    let len32 = fits_u32("LBL coefficients", len)?;
-    if len > 0 {
-        unsafe {
-            lbl_coef_kernel::launch_unchecked::<R>(
-                client,
-                grid(len.div_ceil(THREADS as usize))?,
-                CubeDim::new_1d(THREADS),
-                counts.arg(),
-                coef.arg(),
-                c_scale,
-                len32,
-            );
-        }
+    if let Some((launch, len)) = Launch::per_element("LBL coefficients", len)? {
+        launch!(
+            client,
+            launch,
+            lbl_coef_kernel(counts.arg(), coef.arg(), c_scale, len)
+        );
     }
     dot_all(client, coef, sums, out, at)
 }

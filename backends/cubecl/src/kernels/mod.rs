@@ -9,13 +9,26 @@
 //! cubecl 0.10 passes buffers to kernels only through `unsafe` constructors, and launches without
 //! bounds checks through `unsafe` `launch_unchecked`. Every kernel here guards each global index
 //! against the lengths its launcher checked, so the launches are sound as long as [`DevBuf::len`]
-//! is true; `unsafe` is allowed in this module tree only.
+//! is true. `unsafe` is allowed in this module tree only, and written in two places: [`DevBuf::arg`]
+//! and the `launch!` macro that every launcher enqueues its kernel with (on a [`Launch`]).
 #![allow(unsafe_code)]
 
 use core::marker::PhantomData;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
+
+/// `launch!(client, launch, kernel(args..))` enqueues the `#[cube(launch_unchecked)]` kernel
+/// `kernel` with `args` on `client` over `launch` (a [`Launch`]): the one `unsafe` launch of the
+/// kernel modules.
+macro_rules! launch {
+    ($client:expr, $launch:expr, $kernel:ident($($arg:expr),* $(,)?)) => {{
+        let $crate::kernels::Launch { cubes, dim } = $launch;
+        // SAFETY: every kernel guards each global index against the lengths its launcher
+        // checked, and `DevBuf::arg` passes a buffer's real length (see the module docs).
+        unsafe { $kernel::launch_unchecked($client, cubes, dim, $($arg),*) }
+    }};
+}
 
 pub mod dispatch;
 pub mod gemm;
@@ -158,6 +171,20 @@ pub fn check_len2(
     check_len(what, a.saturating_mul(b), actual)
 }
 
+/// Refuses `k` of `e` experts that no token can pick: none of them, or more than `e`.
+///
+/// # Errors
+/// [`KernelError::Unsupported`] for such a `k`.
+pub fn check_top_k(e: usize, k: usize) -> Result<(), KernelError> {
+    if e == 0 || k == 0 || k > e {
+        return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
+    }
+    Ok(())
+}
+
+/// Threads of a 1D cube: of the element-wise kernels and the cube-per-item passes.
+pub const THREADS: u32 = 256;
+
 /// Largest cube count per grid dimension we use (the WebGPU minimum limit).
 pub const MAX_GRID_DIM: usize = 65535;
 
@@ -181,6 +208,65 @@ pub fn grid(cubes: usize) -> Result<CubeCount, KernelError> {
 #[cube]
 pub fn linear_cube() -> usize {
     CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
+}
+
+/// The element of a thread of an element-wise kernel ([`Launch::per_element`]); the kernel skips
+/// those past the buffer's end.
+#[cube]
+pub fn element_index() -> usize {
+    linear_cube() * CUBE_DIM as usize + UNIT_POS as usize
+}
+
+/// Where a kernel runs: its grid and the shape of each cube.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The grid.
+    pub cubes: CubeCount,
+    /// Threads of each cube.
+    pub dim: CubeDim,
+}
+
+impl Launch {
+    /// `cubes` cubes of [`THREADS`] threads, on a [`grid`].
+    ///
+    /// # Errors
+    /// [`KernelError::Unsupported`] beyond the grid limit.
+    pub fn cubes(cubes: usize) -> Result<Self, KernelError> {
+        Self::cubes_2d(cubes, THREADS as usize, 1)
+    }
+
+    /// `cubes` cubes of `x * y` threads, on a [`grid`] (so kernels find their cube with
+    /// [`linear_cube()`]).
+    ///
+    /// # Errors
+    /// [`KernelError::Unsupported`] beyond the grid limit.
+    pub fn cubes_2d(cubes: usize, x: usize, y: usize) -> Result<Self, KernelError> {
+        Ok(Self {
+            cubes: grid(cubes)?,
+            dim: CubeDim::new_2d(x as u32, y as u32),
+        })
+    }
+
+    /// `n` rows, `rows` a cube (along y) and `lanes` threads a row (along x), on a [`grid`].
+    ///
+    /// # Errors
+    /// [`KernelError::Unsupported`] beyond the grid limit.
+    pub fn rows(n: usize, lanes: usize, rows: usize) -> Result<Self, KernelError> {
+        Self::cubes_2d(n.div_ceil(rows), lanes, rows)
+    }
+
+    /// One thread per element of a `len`-element buffer ([`element_index()`]), and `len` as the
+    /// kernel's `u32` argument; `None` for an empty buffer (nothing to launch).
+    ///
+    /// # Errors
+    /// [`KernelError::Unsupported`] when `len` (`what`'s length) exceeds `u32` or the grid.
+    pub fn per_element(what: &'static str, len: usize) -> Result<Option<(Self, u32)>, KernelError> {
+        let len32 = util::fits_u32(what, len)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        Ok(Some((Self::cubes(len.div_ceil(THREADS as usize))?, len32)))
+    }
 }
 
 /// `u32::MAX`, as the "none" index sentinel in kernels.

@@ -2,13 +2,13 @@
 //! expert counts ([`super::dispatch::histogram`]), `sum_t lse(Z_t)^2`, the mean routing entropy
 //! and the first non-finite value of a buffer. Float sums run in a fixed order (deterministic).
 
-#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
-
 use cubecl::prelude::*;
 
 use super::router_forward::{row_layout, row_thread};
-use super::util::{fits_u32, is_nan_bits, is_non_finite_bits, sum_all, tree_max, tree_sum};
-use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError};
+use super::util::{
+    fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, sum_all, tree_max, tree_sum,
+};
+use super::{check_len, check_len2, element_index, linear_cube, DevBuf, KernelError, Launch};
 
 /// Columns per cube and row lanes of [`group_column_sums`].
 const COLS: usize = 32;
@@ -77,18 +77,18 @@ pub fn group_column_sums<R: Runtime>(
         return Ok(());
     }
     let blocks = cols.div_ceil(COLS);
-    unsafe {
-        group_column_sums_kernel::launch_unchecked::<R>(
-            client,
-            grid(blocks * (n / group_len))?,
-            CubeDim::new_2d(COLS as u32, ROW_LANES as u32),
+    let launch = Launch::cubes_2d(blocks * (n / group_len), COLS, ROW_LANES)?;
+    launch!(
+        client,
+        launch,
+        group_column_sums_kernel(
             a.arg(),
             out.arg(),
             cols as u32,
             group_len as u32,
             blocks as u32,
-        );
-    }
+        )
+    );
     Ok(())
 }
 
@@ -200,15 +200,15 @@ fn row_stat<R: Runtime>(
     check_len2(if entropy { "scores" } else { "logits" }, n, e, x.len)?;
     fits_u32("rows", n * e)?;
     if n == 0 || e == 0 {
-        return super::util::fill_f32(client, out, 0.0);
+        return fill_zero(client, out);
     }
     let (lanes, rows) = row_layout(e);
     let per_row = DevBuf::<f32>::empty(client, n);
-    unsafe {
-        row_stat_kernel::launch_unchecked::<R>(
-            client,
-            grid(n.div_ceil(rows))?,
-            CubeDim::new_2d(lanes as u32, rows as u32),
+    let launch = Launch::rows(n, lanes, rows)?;
+    launch!(
+        client,
+        launch,
+        row_stat_kernel(
             x.arg(),
             per_row.arg(),
             n as u32,
@@ -216,9 +216,9 @@ fn row_stat<R: Runtime>(
             e,
             lanes,
             rows,
-            entropy,
-        );
-    }
+            entropy
+        )
+    );
     sum_all(client, &per_row, out, at, factor)
 }
 
@@ -252,7 +252,7 @@ pub fn routing_entropy<R: Runtime>(
 
 #[cube(launch_unchecked)]
 fn first_non_finite_kernel(x: &Array<f32>, first: &mut Array<Atomic<u32>>, len: u32) {
-    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let i = element_index();
     if i < len as usize && is_non_finite_bits(x[i]) {
         first[0].fetch_min(i as u32);
     }
@@ -265,19 +265,12 @@ pub fn first_non_finite<R: Runtime>(
     first: &DevBuf<u32>,
 ) -> Result<(), KernelError> {
     check_len("first non-finite index", 1, first.len)?;
-    super::util::fill_u32(client, first, u32::MAX)?;
-    let len = fits_u32("checked buffer", x.len)?;
-    if len == 0 {
-        return Ok(());
-    }
-    unsafe {
-        first_non_finite_kernel::launch_unchecked::<R>(
+    fill(client, first, u32::MAX)?;
+    if let Some((launch, len)) = Launch::per_element("checked buffer", x.len)? {
+        launch!(
             client,
-            grid(x.len.div_ceil(256))?,
-            CubeDim::new_1d(256),
-            x.arg(),
-            first.arg(),
-            len,
+            launch,
+            first_non_finite_kernel(x.arg(), first.arg(), len)
         );
     }
     Ok(())
@@ -325,16 +318,11 @@ pub fn max_abs<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>) -> Result
     }
     let cubes = x.len.div_ceil(256).min(MAX_CUBES);
     let partial = DevBuf::<f32>::empty(client, 2 * cubes);
-    unsafe {
-        max_abs_kernel::launch_unchecked::<R>(
-            client,
-            CubeCount::Static(cubes as u32, 1, 1),
-            CubeDim::new_1d(256),
-            x.arg(),
-            partial.arg(),
-            len,
-        );
-    }
+    launch!(
+        client,
+        Launch::cubes(cubes)?,
+        max_abs_kernel(x.arg(), partial.arg(), len)
+    );
     let host = partial.read(client)?;
     let mut m = 0.0f32;
     for pair in host.chunks_exact(2) {
@@ -348,7 +336,7 @@ pub fn max_abs<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>) -> Result
 
 #[cube(launch_unchecked)]
 fn max_u32_kernel(x: &Array<u32>, out: &mut Array<Atomic<u32>>, len: u32) {
-    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let i = element_index();
     if i < len as usize {
         out[0].fetch_max(x[i]);
     }
@@ -356,21 +344,11 @@ fn max_u32_kernel(x: &Array<u32>, out: &mut Array<Atomic<u32>>, len: u32) {
 
 /// Largest element of an index buffer (0 when empty). Blocks for a 4-byte read.
 pub fn max_u32<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<u32>) -> Result<u32, KernelError> {
-    let len = fits_u32("index buffer", x.len)?;
-    if len == 0 {
+    let Some((launch, len)) = Launch::per_element("index buffer", x.len)? else {
         return Ok(0);
-    }
+    };
     let out = DevBuf::<u32>::empty(client, 1);
-    super::util::fill_u32(client, &out, 0)?;
-    unsafe {
-        max_u32_kernel::launch_unchecked::<R>(
-            client,
-            grid(x.len.div_ceil(256))?,
-            CubeDim::new_1d(256),
-            x.arg(),
-            out.arg(),
-            len,
-        );
-    }
+    fill_zero(client, &out)?;
+    launch!(client, launch, max_u32_kernel(x.arg(), out.arg(), len));
     Ok(out.read(client)?[0])
 }

@@ -7,30 +7,18 @@
 //! `(s dW_j - sum_l dW_l w_l) / (sum_l p_{i_l} + tiny)` through the score backward in closed form
 //! with `q = p / (sum + tiny)`; then the z-loss term `z_coef lse(Z_t) softmax(Z_t)`.
 
-#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
-
 use cubecl::prelude::*;
 
 use super::reduce::row_max_exp_sum;
-use super::router_forward::{row_layout, row_thread};
+use super::router_forward::{check_rows, row_launch, row_thread, Gating, RowShape};
 use super::util::{fits_u32, tree_sum};
-use super::{check_len2, grid, DevBuf, KernelError};
+use super::{check_len2, DevBuf, KernelError};
 
 /// Compile-time shape and options of the backward row kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackShape {
-    /// Experts `E`.
-    pub e: usize,
-    /// Experts per token `k`.
-    pub k: usize,
-    /// Threads per row (a power of two).
-    pub lanes: usize,
-    /// Rows per cube.
-    pub rows: usize,
-    /// Softmax scores (else sigmoid).
-    pub softmax: bool,
-    /// Gates were renormalised.
-    pub renorm: bool,
+    /// Layout and gating.
+    pub row: RowShape,
     /// An LBL coefficient matrix is given.
     pub has_lbl: bool,
     /// The z-loss term is on (`z_coef != 0`).
@@ -40,16 +28,8 @@ pub struct BackShape {
 /// Host-side options of a backward launch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackOptions {
-    /// Experts `E`.
-    pub e: usize,
-    /// Experts per token `k`.
-    pub k: usize,
-    /// Softmax scores (else sigmoid).
-    pub softmax: bool,
-    /// Gates were renormalised.
-    pub renorm: bool,
-    /// Gate scale `s`.
-    pub scale: f32,
+    /// Scores and gates, as in the forward.
+    pub gating: Gating,
     /// `beta * 2 / N` of the z-loss (0 without it).
     pub z_coef: f32,
 }
@@ -107,15 +87,15 @@ fn router_backward_kernel(
     ninf: f32,
     #[comptime] cfg: BackShape,
 ) {
-    let e = comptime!(cfg.e);
-    let k = comptime!(cfg.k);
-    let lanes = comptime!(cfg.lanes);
-    let (lane, ty, row) = row_thread(cfg.rows);
+    let e = comptime!(cfg.row.e);
+    let k = comptime!(cfg.row.k);
+    let lanes = comptime!(cfg.row.lanes);
+    let (lane, ty, row) = row_thread(cfg.row.rows);
     let valid = row < n as usize;
 
-    let mut ds = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
-    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
-    let mut rs = SharedMemory::<f32>::new(comptime!(cfg.lanes * cfg.rows));
+    let mut ds = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
+    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
+    let mut rs = SharedMemory::<f32>::new(comptime!(cfg.row.lanes * cfg.row.rows));
     let pb = ty * e;
     let rb = ty * lanes;
 
@@ -136,7 +116,7 @@ fn router_backward_kernel(
     sync_cube();
 
     // Plain gates: the gate term joins dP before the score backward.
-    if !cfg.renorm {
+    if !cfg.row.renorm {
         if valid && lane == 0 {
             let base = row * k;
             for j in 0..k {
@@ -150,7 +130,7 @@ fn router_backward_kernel(
         sync_cube();
     }
 
-    if cfg.softmax {
+    if cfg.row.softmax {
         let mut dot = 0.0f32;
         c = lane;
         while c < e {
@@ -175,12 +155,12 @@ fn router_backward_kernel(
     // Renormalised gates: the term `a_j / denom` (`a_j = s dW_j - sum_l dW_l w_l`) goes through
     // the score backward analytically with `q = p / denom <= 1`, so an underflowed `denom`
     // (saturated sigmoid rows) cannot make `inf * 0` (as the reference).
-    if cfg.renorm {
-        let mut ms = SharedMemory::<f32>::new(comptime!(cfg.rows));
+    if cfg.row.renorm {
+        let mut ms = SharedMemory::<f32>::new(comptime!(cfg.row.rows));
         sync_cube();
         if lane == 0 {
             let mut m = 0.0f32;
-            if valid && cfg.softmax {
+            if valid && cfg.row.softmax {
                 let base = row * k;
                 let (inv, dot) = renorm_terms(idx, gates, dropped, dw, &ps, base, pb, e, k);
                 for j in 0..k {
@@ -194,7 +174,7 @@ fn router_backward_kernel(
             ms[ty] = m;
         }
         sync_cube();
-        if cfg.softmax {
+        if cfg.row.softmax {
             let m = ms[ty];
             c = lane;
             while c < e {
@@ -212,7 +192,7 @@ fn router_backward_kernel(
                 if i < e {
                     let pi = ps[pb + i];
                     let q = pi * inv;
-                    if cfg.softmax {
+                    if cfg.row.softmax {
                         ds[pb + i] = ds[pb + i] + (scale * g - dot) * q;
                     } else {
                         ds[pb + i] = ds[pb + i] + (scale * g - dot) * q * (1.0 - pi);
@@ -229,7 +209,7 @@ fn router_backward_kernel(
         let cz = z_coef * (mx + f32::ln(sum));
         c = lane;
         while c < e {
-            if cfg.softmax {
+            if cfg.row.softmax {
                 ds[pb + c] = ds[pb + c] + cz * ps[pb + c];
             } else {
                 let mut v = 0.0f32;
@@ -267,14 +247,8 @@ pub fn router_backward_rows<R: Runtime>(
     lbl: Option<(&DevBuf<f32>, usize)>,
     dz: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    let (e, k) = (o.e, o.k);
-    if e == 0 || k == 0 || k > e {
-        return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
-    }
-    check_len2("logits", n, e, z.len)?;
-    check_len2("scores", n, e, p.len)?;
-    check_len2("indices", n, k, idx.len)?;
-    check_len2("gates", n, k, gates.len)?;
+    let (e, k) = (o.gating.e, o.gating.k);
+    check_rows(n, &o.gating, z, p, idx, gates)?;
     check_len2("dropped flags", n, k, dropped.len)?;
     check_len2("gate gradient", n, k, dw.len)?;
     check_len2("logit gradient", n, e, dz.len)?;
@@ -292,36 +266,18 @@ pub fn router_backward_rows<R: Runtime>(
         return Ok(());
     }
     fits_u32("logits", n * e)?;
-    let (lanes, rows) = row_layout(e);
     let shape = BackShape {
-        e,
-        k,
-        lanes,
-        rows,
-        softmax: o.softmax,
-        renorm: o.renorm,
+        row: RowShape::new(&o.gating),
         has_lbl: lbl.is_some(),
         has_z: o.z_coef != 0.0,
     };
-    let max_shared = client.properties().hardware.max_shared_memory_size;
-    if 4 * rows * (2 * e + lanes) > max_shared {
-        return Err(KernelError::Unsupported(format!(
-            "E = {e} needs more shared memory than the device's {max_shared} bytes"
-        )));
-    }
-    let dummy;
-    let coef = match lbl {
-        Some((c, _)) => c,
-        None => {
-            dummy = DevBuf::<f32>::empty(client, 1);
-            &dummy
-        }
-    };
-    unsafe {
-        router_backward_kernel::launch_unchecked::<R>(
-            client,
-            grid(n.div_ceil(rows))?,
-            CubeDim::new_2d(lanes as u32, rows as u32),
+    let r = &shape.row;
+    let launch = row_launch(client, n, r, 4 * r.rows * (2 * e + r.lanes))?;
+    let coef = lbl.map_or_else(|| DevBuf::empty(client, 1), |(c, _)| c.clone());
+    launch!(
+        client,
+        launch,
+        router_backward_kernel(
             z.arg(),
             p.arg(),
             idx.arg(),
@@ -332,11 +288,11 @@ pub fn router_backward_rows<R: Runtime>(
             dz.arg(),
             n as u32,
             group_len as u32,
-            o.scale,
+            o.gating.scale,
             o.z_coef,
             f32::NEG_INFINITY,
             shape,
-        );
-    }
+        )
+    );
     Ok(())
 }

@@ -8,16 +8,39 @@
 //! after the previous pick in the total order "higher key, then lower index". This is the
 //! reference's scratch-free selection, so indices agree exactly for equal keys.
 
-#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
-
 use cubecl::prelude::*;
 
 use super::util::{after, before, fits_u32, is_nan_bits, tree_argmax, tree_max, tree_sum};
-use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError, NONE};
+use super::{check_len, check_len2, check_top_k, linear_cube, DevBuf, KernelError, Launch, NONE};
 
-/// Compile-time shape and options of the forward row kernel.
+/// How the row kernels score and gate a router's tokens: what a forward and a backward launch
+/// share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gating {
+    /// Experts `E`.
+    pub e: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+    /// Softmax scores (else sigmoid).
+    pub softmax: bool,
+    /// Renormalised gates.
+    pub renorm: bool,
+    /// Gate scale `s`.
+    pub scale: f32,
+}
+
+/// Host-side options of a forward launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteOptions {
+    /// Scores and gates.
+    pub gating: Gating,
+    /// `(groups, top_groups)` of the group limit.
+    pub groups: Option<(usize, usize)>,
+}
+
+/// Compile-time layout and gating of a row kernel (forward and backward alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RouteShape {
+pub struct RowShape {
     /// Experts `E`.
     pub e: usize,
     /// Experts per token `k`.
@@ -28,33 +51,38 @@ pub struct RouteShape {
     pub rows: usize,
     /// Softmax scores (else sigmoid).
     pub softmax: bool,
+    /// Renormalised gates.
+    pub renorm: bool,
+}
+
+impl RowShape {
+    /// The layout of [`row_layout`] for `g`'s experts, and `g`'s gating.
+    pub fn new(g: &Gating) -> Self {
+        let (lanes, rows) = row_layout(g.e);
+        Self {
+            e: g.e,
+            k: g.k,
+            lanes,
+            rows,
+            softmax: g.softmax,
+            renorm: g.renorm,
+        }
+    }
+}
+
+/// Compile-time shape and options of the forward row kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteShape {
+    /// Layout and gating.
+    pub row: RowShape,
     /// A selection bias is given.
     pub has_bias: bool,
-    /// Renormalise the gates.
-    pub renorm: bool,
     /// Groups of the group limit, 0 without one.
     pub groups: usize,
     /// Groups admitted to the top-k.
     pub top_groups: usize,
     /// Top scores summed per group: `clamp(k / top_groups, 1, E / groups)`.
     pub group_pick: usize,
-}
-
-/// Host-side options of a forward launch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RouteOptions {
-    /// Experts `E`.
-    pub e: usize,
-    /// Experts per token `k`.
-    pub k: usize,
-    /// Softmax scores (else sigmoid).
-    pub softmax: bool,
-    /// Renormalise the gates.
-    pub renorm: bool,
-    /// Gate scale `s`.
-    pub scale: f32,
-    /// `(groups, top_groups)` of the group limit.
-    pub groups: Option<(usize, usize)>,
 }
 
 /// `(lane, row slot in the cube, row)` of a thread of a row kernel: `lanes` threads (x) per
@@ -135,18 +163,18 @@ fn route_rows_kernel(
     ninf: f32,
     #[comptime] cfg: RouteShape,
 ) {
-    let e = comptime!(cfg.e);
-    let k = comptime!(cfg.k);
-    let lanes = comptime!(cfg.lanes);
+    let e = comptime!(cfg.row.e);
+    let k = comptime!(cfg.row.k);
+    let lanes = comptime!(cfg.row.lanes);
     let ng = comptime!(cfg.groups);
-    let (lane, ty, row) = row_thread(cfg.rows);
+    let (lane, ty, row) = row_thread(cfg.row.rows);
     let valid = row < n as usize;
 
-    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
-    let mut ks = SharedMemory::<f32>::new(comptime!(cfg.e * cfg.rows));
-    let mut rs = SharedMemory::<f32>::new(comptime!(cfg.lanes * cfg.rows));
-    let mut ri = SharedMemory::<u32>::new(comptime!(cfg.lanes * cfg.rows));
-    let mut chosen = SharedMemory::<u32>::new(comptime!(cfg.k * cfg.rows));
+    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
+    let mut ks = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
+    let mut rs = SharedMemory::<f32>::new(comptime!(cfg.row.lanes * cfg.row.rows));
+    let mut ri = SharedMemory::<u32>::new(comptime!(cfg.row.lanes * cfg.row.rows));
+    let mut chosen = SharedMemory::<u32>::new(comptime!(cfg.row.k * cfg.row.rows));
     let pb = ty * e;
     let rb = ty * lanes;
 
@@ -160,7 +188,8 @@ fn route_rows_kernel(
         ps[pb + c] = v;
         c += lanes;
     }
-    score_row_shared(&mut ps, &mut rs, pb, rb, lane, ninf, e, lanes, cfg.softmax);
+    let softmax = comptime!(cfg.row.softmax);
+    score_row_shared(&mut ps, &mut rs, pb, rb, lane, ninf, e, lanes, softmax);
 
     // Scores out, selection keys in.
     c = lane;
@@ -183,13 +212,13 @@ fn route_rows_kernel(
 
     // Group limit: admitted groups.
     let mut adm = SharedMemory::<u32>::new(comptime!(if cfg.groups > 0 {
-        cfg.groups * cfg.rows
+        cfg.groups * cfg.row.rows
     } else {
         1
     }));
     if comptime!(ng > 0) {
-        let glen = comptime!(cfg.e / cfg.groups.max(1));
-        let mut gs = SharedMemory::<f32>::new(comptime!(cfg.groups * cfg.rows));
+        let glen = comptime!(cfg.row.e / cfg.groups.max(1));
+        let mut gs = SharedMemory::<f32>::new(comptime!(cfg.groups * cfg.row.rows));
         let gb = ty * ng;
         let mut g = lane;
         while g < ng {
@@ -260,7 +289,7 @@ fn route_rows_kernel(
             let ci = c as u32;
             let mut ok = after(prev_s, prev_i, s, ci);
             if comptime!(ng > 0) {
-                let glen = comptime!(cfg.e / cfg.groups.max(1));
+                let glen = comptime!(cfg.row.e / cfg.groups.max(1));
                 if adm[ty * ng + c / glen] == 0 {
                     ok = false;
                 }
@@ -289,7 +318,7 @@ fn route_rows_kernel(
     // Gates, lane j writes slot j.
     if valid {
         let mut sum = 0.0f32;
-        if cfg.renorm {
+        if cfg.row.renorm {
             for j in 0..k {
                 sum += ps[pb + chosen[ty * k + j] as usize];
             }
@@ -302,7 +331,7 @@ fn route_rows_kernel(
             let i = chosen[ty * k + j];
             let p = ps[pb + i as usize];
             idx_out[row * k + j] = i;
-            if cfg.renorm {
+            if cfg.row.renorm {
                 gates_out[row * k + j] = scale * (p / denom);
             } else {
                 gates_out[row * k + j] = scale * p;
@@ -318,9 +347,46 @@ pub fn row_layout(e: usize) -> (usize, usize) {
     (lanes, (256 / lanes).max(1))
 }
 
+/// Checks `g`'s `k` of `E` and the buffers both row kernels take for `n` rows: logits and scores
+/// (`n x E`), indices and gates (`n x k`).
+pub(super) fn check_rows(
+    n: usize,
+    g: &Gating,
+    z: &DevBuf<f32>,
+    p: &DevBuf<f32>,
+    idx: &DevBuf<u32>,
+    gates: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    let (e, k) = (g.e, g.k);
+    check_top_k(e, k)?;
+    check_len2("logits", n, e, z.len)?;
+    check_len2("scores", n, e, p.len)?;
+    check_len2("indices", n, k, idx.len)?;
+    check_len2("gates", n, k, gates.len)
+}
+
+/// The launch of a row kernel of shape `row` over `n` rows, refused when its shared memory
+/// (`bytes`) exceeds the device's.
+pub(super) fn row_launch<R: Runtime>(
+    client: &ComputeClient<R>,
+    n: usize,
+    row: &RowShape,
+    bytes: usize,
+) -> Result<Launch, KernelError> {
+    let max_shared = client.properties().hardware.max_shared_memory_size;
+    if bytes > max_shared {
+        return Err(KernelError::Unsupported(format!(
+            "E = {} needs more shared memory than the device's {max_shared} bytes",
+            row.e
+        )));
+    }
+    Launch::rows(n, row.lanes, row.rows)
+}
+
 /// Shared memory (bytes) of the forward kernel.
 fn shared_bytes(s: &RouteShape) -> usize {
-    4 * s.rows * (2 * s.e + 2 * s.lanes + s.k + 2 * s.groups.max(1))
+    let r = &s.row;
+    4 * r.rows * (2 * r.e + 2 * r.lanes + r.k + 2 * s.groups.max(1))
 }
 
 /// Enqueues the forward rows: `p` (`n x E`), `idx` and `gates` (`n x k`) from logits `z`.
@@ -334,14 +400,8 @@ pub fn route_rows<R: Runtime>(
     idx: &DevBuf<u32>,
     gates: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    let (e, k) = (o.e, o.k);
-    if e == 0 || k == 0 || k > e {
-        return Err(KernelError::Unsupported(format!("k = {k} with E = {e}")));
-    }
-    check_len2("logits", n, e, z.len)?;
-    check_len2("scores", n, e, p.len)?;
-    check_len2("indices", n, k, idx.len)?;
-    check_len2("gates", n, k, gates.len)?;
+    let (e, k) = (o.gating.e, o.gating.k);
+    check_rows(n, &o.gating, z, p, idx, gates)?;
     if let Some(b) = bias {
         check_len("selection bias", e, b.len)?;
     }
@@ -360,48 +420,29 @@ pub fn route_rows<R: Runtime>(
         }
         _ => (0, 0, 0),
     };
-    let (lanes, rows) = row_layout(e);
     let shape = RouteShape {
-        e,
-        k,
-        lanes,
-        rows,
-        softmax: o.softmax,
+        row: RowShape::new(&o.gating),
         has_bias: bias.is_some(),
-        renorm: o.renorm,
         groups,
         top_groups,
         group_pick,
     };
-    let max_shared = client.properties().hardware.max_shared_memory_size;
-    if shared_bytes(&shape) > max_shared {
-        return Err(KernelError::Unsupported(format!(
-            "E = {e} needs more shared memory than the device's {max_shared} bytes"
-        )));
-    }
-    let dummy;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            dummy = DevBuf::<f32>::empty(client, 1);
-            &dummy
-        }
-    };
-    unsafe {
-        route_rows_kernel::launch_unchecked::<R>(
-            client,
-            grid(n.div_ceil(rows))?,
-            CubeDim::new_2d(lanes as u32, rows as u32),
+    let launch = row_launch(client, n, &shape.row, shared_bytes(&shape))?;
+    let bias = bias.cloned().unwrap_or_else(|| DevBuf::empty(client, 1));
+    launch!(
+        client,
+        launch,
+        route_rows_kernel(
             z.arg(),
             bias.arg(),
             p.arg(),
             idx.arg(),
             gates.arg(),
             n32,
-            o.scale,
+            o.gating.scale,
             f32::NEG_INFINITY,
             shape,
-        );
-    }
+        )
+    );
     Ok(())
 }

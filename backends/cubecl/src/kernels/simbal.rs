@@ -4,12 +4,10 @@
 //!
 //! Sums are per-cube partials reduced in a fixed order (deterministic).
 
-#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
-
 use cubecl::prelude::*;
 
-use super::util::{fits_u32, max_all, sum_all, tree_max, tree_sum};
-use super::{check_len, check_len2, grid, linear_cube, DevBuf, KernelError};
+use super::util::{fill_zero, fits_u32, max_all, sum_all, tree_max, tree_sum};
+use super::{check_len, check_len2, linear_cube, DevBuf, KernelError, Launch};
 
 /// Elements of the Gram matrix per cube of the element-wise passes.
 const BLOCK: usize = 4096;
@@ -95,29 +93,29 @@ pub fn simbal_residual<R: Runtime>(
     loss: &DevBuf<f32>,
     at: usize,
 ) -> Result<(), KernelError> {
-    check_len2("Gram matrix", e, e, gram.len)?;
-    fits_u32("Gram matrix", e * e)?;
+    let (launch, cubes) = gram_pass(e, gram)?;
     let ee = (e * e) as f32;
     let (mul, factor) = match norm {
         Norm::L1 => (2.0 * lambda, lambda),
         Norm::FrobeniusSq => (4.0 * lambda, lambda),
         Norm::ScaleFree => (4.0 * lambda / ee, lambda / ee),
     };
-    let cubes = (e * e).div_ceil(BLOCK).max(1);
     let partial = DevBuf::<f32>::empty(client, cubes);
-    unsafe {
-        residual_kernel::launch_unchecked::<R>(
-            client,
-            grid(cubes)?,
-            CubeDim::new_1d(256),
-            gram.arg(),
-            partial.arg(),
-            e as u32,
-            mul,
-            norm,
-        );
-    }
+    launch!(
+        client,
+        launch,
+        residual_kernel(gram.arg(), partial.arg(), e as u32, mul, norm)
+    );
     sum_all(client, &partial, loss, at, factor)
+}
+
+/// Checks the `E x E` Gram matrix of a pass over it; the pass's launch, [`BLOCK`] elements a
+/// cube, and its number of cubes (of per-cube partials).
+fn gram_pass(e: usize, gram: &DevBuf<f32>) -> Result<(Launch, usize), KernelError> {
+    check_len2("Gram matrix", e, e, gram.len)?;
+    fits_u32("Gram matrix", e * e)?;
+    let cubes = (e * e).div_ceil(BLOCK).max(1);
+    Ok((Launch::cubes(cubes)?, cubes))
 }
 
 /// Per-cube partials of `sum G^2` and `max |G|` with `G = gram - I`.
@@ -157,26 +155,18 @@ pub fn ortho_error<R: Runtime>(
     gram: &DevBuf<f32>,
     out: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
-    check_len2("Gram matrix", e, e, gram.len)?;
+    let (launch, cubes) = gram_pass(e, gram)?;
     check_len("orthogonality error", 2, out.len)?;
-    fits_u32("Gram matrix", e * e)?;
     if e == 0 {
-        return super::util::fill_f32(client, out, 0.0);
+        return fill_zero(client, out);
     }
-    let cubes = (e * e).div_ceil(BLOCK).max(1);
     let psum = DevBuf::<f32>::empty(client, cubes);
     let pmax = DevBuf::<f32>::empty(client, cubes);
-    unsafe {
-        ortho_kernel::launch_unchecked::<R>(
-            client,
-            grid(cubes)?,
-            CubeDim::new_1d(256),
-            gram.arg(),
-            psum.arg(),
-            pmax.arg(),
-            e as u32,
-        );
-    }
+    launch!(
+        client,
+        launch,
+        ortho_kernel(gram.arg(), psum.arg(), pmax.arg(), e as u32)
+    );
     max_all(client, &pmax, out, 1)?;
     sum_all(client, &psum, out, 0, 1.0 / (e * e) as f32)
 }
@@ -269,13 +259,13 @@ fn project_kernel(
     }
 }
 
-/// The grid (one cube per column) and the strides of `(d, e)` of a launch over the columns of
-/// a weight stored `D x E` (`row_major_de`) or `E x D`; `None` without columns.
-fn column_launch(
+/// The launch (one cube per column) and the strides of `(d, e)` of a pass over the columns of a
+/// weight stored `D x E` (`row_major_de`) or `E x D`; `None` without columns.
+fn column_pass(
     row_major_de: bool,
     d: usize,
     e: usize,
-) -> Result<Option<(CubeCount, u32, u32)>, KernelError> {
+) -> Result<Option<(Launch, u32, u32)>, KernelError> {
     fits_u32("router weight", d.saturating_mul(e))?;
     if e == 0 {
         return Ok(None);
@@ -285,7 +275,7 @@ fn column_launch(
     } else {
         (1, d as u32)
     };
-    Ok(Some((grid(e)?, rs, cs)))
+    Ok(Some((Launch::cubes(e)?, rs, cs)))
 }
 
 /// Enqueues column norms (`E`) and the column-normalised weight `rn` (same layout as `r`).
@@ -301,23 +291,14 @@ pub fn normalize_columns<R: Runtime>(
     check_len2("router weight", d, e, r.len)?;
     check_len("column norms", e, norms.len)?;
     check_len2("normalised weight", d, e, rn.len)?;
-    let Some((cubes, rs, cs)) = column_launch(row_major_de, d, e)? else {
+    let Some((launch, rs, cs)) = column_pass(row_major_de, d, e)? else {
         return Ok(());
     };
-    unsafe {
-        normalize_kernel::launch_unchecked::<R>(
-            client,
-            cubes,
-            CubeDim::new_1d(256),
-            r.arg(),
-            norms.arg(),
-            rn.arg(),
-            d as u32,
-            e as u32,
-            rs,
-            cs,
-        );
-    }
+    launch!(
+        client,
+        launch,
+        normalize_kernel(r.arg(), norms.arg(), rn.arg(), d as u32, e as u32, rs, cs)
+    );
     Ok(())
 }
 
@@ -337,14 +318,13 @@ pub fn scale_free_project<R: Runtime>(
     check_len("column norms", e, norms.len)?;
     check_len2("normalised gradient", d, e, g.len)?;
     check_len2("router gradient", d, e, grad.len)?;
-    let Some((cubes, rs, cs)) = column_launch(row_major_de, d, e)? else {
+    let Some((launch, rs, cs)) = column_pass(row_major_de, d, e)? else {
         return Ok(());
     };
-    unsafe {
-        project_kernel::launch_unchecked::<R>(
-            client,
-            cubes,
-            CubeDim::new_1d(256),
+    launch!(
+        client,
+        launch,
+        project_kernel(
             rn.arg(),
             norms.arg(),
             g.arg(),
@@ -353,7 +333,7 @@ pub fn scale_free_project<R: Runtime>(
             e as u32,
             rs,
             cs,
-        );
-    }
+        )
+    );
     Ok(())
 }

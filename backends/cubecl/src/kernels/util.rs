@@ -1,19 +1,14 @@
 //! Small shared pieces: fills, a deterministic full sum, and in-cube tree reductions over
 //! shared memory used by the row kernels.
 
-#![allow(unsafe_code)] // kernel launches: see the module docs of `kernels`
-
 use cubecl::prelude::*;
 
-use super::{grid, linear_cube, DevBuf, KernelError, NONE};
-
-/// Threads of the 1D helper kernels.
-pub const THREADS: u32 = 256;
+use super::{element_index, DevBuf, KernelError, Launch, NONE};
 
 /// Writes the 32-bit word `value` into every element (an f32 fill passes its bits).
 #[cube(launch_unchecked)]
 fn fill_kernel(out: &mut Array<u32>, value: u32, len: u32) {
-    let i = linear_cube() * CUBE_DIM as usize + UNIT_POS as usize;
+    let i = element_index();
     if i < len as usize {
         out[i] = value;
     }
@@ -26,6 +21,10 @@ pub fn fits_u32(what: &'static str, len: usize) -> Result<u32, KernelError> {
     })
 }
 
+fn not_4_bytes() -> KernelError {
+    KernelError::Unsupported("fills of elements that are not 4 bytes wide".into())
+}
+
 /// Sets every element of `out` (of a 4-byte type) to the bits `bits`.
 fn fill_words<R: Runtime, T: CubeElement>(
     client: &ComputeClient<R>,
@@ -33,44 +32,27 @@ fn fill_words<R: Runtime, T: CubeElement>(
     bits: u32,
 ) -> Result<(), KernelError> {
     if core::mem::size_of::<T>() != 4 {
-        return Err(KernelError::Unsupported(
-            "fills of elements that are not 4 bytes wide".into(),
-        ));
+        return Err(not_4_bytes());
     }
-    if out.len == 0 {
+    let Some((launch, len)) = Launch::per_element("buffer", out.len)? else {
         return Ok(());
-    }
-    let len = fits_u32("buffer", out.len)?;
-    let cubes = out.len.div_ceil(THREADS as usize);
-    unsafe {
-        fill_kernel::launch_unchecked::<R>(
-            client,
-            grid(cubes)?,
-            CubeDim::new_1d(THREADS),
-            out.arg(),
-            bits,
-            len,
-        );
-    }
+    };
+    launch!(client, launch, fill_kernel(out.arg(), bits, len));
     Ok(())
 }
 
-/// Sets every element of `out` to `value`.
-pub fn fill_f32<R: Runtime>(
+/// Sets every element of `out` to `value`; elements must be 4 bytes wide (`f32`, `u32`).
+///
+/// # Errors
+/// [`KernelError::Unsupported`] for elements of another width or more than `u32::MAX` of them.
+pub fn fill<R: Runtime, T: CubeElement>(
     client: &ComputeClient<R>,
-    out: &DevBuf<f32>,
-    value: f32,
+    out: &DevBuf<T>,
+    value: T,
 ) -> Result<(), KernelError> {
-    fill_words(client, out, value.to_bits())
-}
-
-/// Sets every element of `out` to `value`.
-pub fn fill_u32<R: Runtime>(
-    client: &ComputeClient<R>,
-    out: &DevBuf<u32>,
-    value: u32,
-) -> Result<(), KernelError> {
-    fill_words(client, out, value)
+    let bytes = T::as_bytes(core::slice::from_ref(&value));
+    let bits = <[u8; 4]>::try_from(bytes).map_err(|_| not_4_bytes())?;
+    fill_words(client, out, u32::from_ne_bytes(bits))
 }
 
 /// Zeroes `out` (all-zero bits: `0` and `0.0`); elements must be 4 bytes wide.
@@ -156,20 +138,11 @@ fn reduce_all<R: Runtime>(
 ) -> Result<(), KernelError> {
     let at = check_slot("reduction output", out, at)?;
     let len = fits_u32("reduced buffer", x.len)?;
-    unsafe {
-        reduce_all_kernel::launch_unchecked::<R>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(256),
-            x.arg(),
-            y.arg(),
-            out.arg(),
-            len,
-            at,
-            factor,
-            op,
-        );
-    }
+    launch!(
+        client,
+        Launch::cubes(1)?,
+        reduce_all_kernel(x.arg(), y.arg(), out.arg(), len, at, factor, op)
+    );
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 
 use cubecl::prelude::*;
 use cubecl::wgpu::WgpuRuntime;
+use simbal_cubecl::kernels::router_backward::BackOptions;
+use simbal_cubecl::kernels::router_forward::{Gating, RouteOptions};
 use simbal_cubecl::kernels::DevBuf;
 use simbal_cubecl::CubeclBackend;
 
@@ -103,15 +105,12 @@ pub fn softmax_row(z: &[f32], p: &mut [f32]) -> f32 {
 /// Naive CPU router forward (independent of the kernels): returns `(p, idx, gates)`.
 pub fn route_reference(
     n: usize,
-    e: usize,
-    k: usize,
-    softmax: bool,
-    renorm: bool,
-    scale: f32,
-    groups: Option<(usize, usize)>,
+    o: &RouteOptions,
     z: &[f32],
     bias: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let g = o.gating;
+    let (e, k, softmax, renorm, scale) = (g.e, g.k, g.softmax, g.renorm, g.scale);
     let mut p = vec![0.0f32; n * e];
     let mut idx = vec![0u32; n * k];
     let mut gates = vec![0.0f32; n * k];
@@ -143,7 +142,7 @@ pub fn route_reference(
             cands.sort_by(|&a, &b| sc(b).partial_cmp(&sc(a)).unwrap().then(a.cmp(&b)));
         };
         let mut allowed = vec![true; e];
-        if let Some((g, top)) = groups {
+        if let Some((g, top)) = o.groups {
             if top < g {
                 let len = e / g;
                 let m = (k / top).clamp(1, len);
@@ -184,15 +183,22 @@ pub fn grid_logits(rng: &mut Rng, len: usize, levels: usize, step: f32) -> Vec<f
         .collect()
 }
 
+/// The row kernels' gating of `E` experts, `k` a token.
+pub fn gating(e: usize, k: usize, softmax: bool, renorm: bool, scale: f32) -> Gating {
+    Gating {
+        e,
+        k,
+        softmax,
+        renorm,
+        scale,
+    }
+}
+
 /// Naive CPU router backward: `dz` (`n x E`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_reference(
     n: usize,
-    e: usize,
-    k: usize,
-    softmax: bool,
-    renorm: bool,
-    scale: f32,
+    o: &BackOptions,
     z: &[f32],
     p: &[f32],
     idx: &[u32],
@@ -200,8 +206,9 @@ pub fn backward_reference(
     dropped: &[u32],
     dw: &[f32],
     lbl: Option<(&[f32], usize)>,
-    z_coef: f32,
 ) -> Vec<f32> {
+    let g = o.gating;
+    let (e, k, softmax, renorm, scale) = (g.e, g.k, g.softmax, g.renorm, g.scale);
     let mut dz = vec![0.0f32; n * e];
     for t in 0..n {
         let d = &mut dz[t * e..(t + 1) * e];
@@ -237,11 +244,11 @@ pub fn backward_reference(
                 *di = *di * pi * (1.0 - pi);
             }
         }
-        if z_coef != 0.0 {
+        if o.z_coef != 0.0 {
             let mut q = vec![0.0f32; e];
             let lse = softmax_row(&z[t * e..(t + 1) * e], &mut q);
             for (di, &qi) in d.iter_mut().zip(&q) {
-                *di += z_coef * lse * qi;
+                *di += o.z_coef * lse * qi;
             }
         }
     }
