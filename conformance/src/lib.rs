@@ -37,6 +37,7 @@
 //! | statistics and metrics | [`stats`] (folder) | [`conformance_stats!`] |
 //! | GEMM | [`gemm`] | [`conformance_gemm!`] |
 //! | validation | [`validation`] | [`conformance_validation!`] |
+//! | outside oracles (Megatron-Core, HF fixtures) | [`oracles`] | [`conformance_oracles!`] |
 //!
 //! The kinds, as test-name prefixes: `fd_` analytic gradients against central finite
 //! differences (f64: `h = 1e-6`, FD tolerance 1e-6; f32 backends get a coarse check), kinks
@@ -65,6 +66,7 @@ pub mod bias;
 pub mod gemm;
 pub mod harness;
 pub mod lbl;
+pub mod oracles;
 pub mod router;
 pub mod simbal;
 pub mod stats;
@@ -89,6 +91,7 @@ macro_rules! conformance_suite {
             $crate::conformance_stats!($make);
             $crate::conformance_gemm!($make);
             $crate::conformance_validation!($make);
+            $crate::conformance_oracles!($make);
         }
     };
 }
