@@ -37,6 +37,19 @@ fn loss_pass<B: Backend>(
     (counts, [back.losses[1], back.losses[2]], back.dz)
 }
 
+/// The fixture's loss value against `value` and its gradient against `dz`, each named in the
+/// failure message.
+fn value_and_dz<B: Backend>(f: &Fx, value: (&str, f64), dz: (&str, &[f64], &[f64])) {
+    let name = |what: &str| format!("{}: {what}", f.name);
+    near1(
+        &name(value.0),
+        value.1,
+        f.f64("/outputs/loss/value"),
+        tol::<B>(),
+    );
+    near(&name(dz.0), dz.1, dz.2, tol::<B>());
+}
+
 fn lbl(alpha: f64, level: LblLevel, normalization: LblNormalization) -> LossConfig {
     LossConfig::none().with_lbl(LblConfig {
         alpha,
@@ -69,17 +82,10 @@ pub fn switch_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
             .map(|&c| c as u32)
             .collect();
         assert_eq!(counts, want, "{}: counts", f.name);
-        near1(
-            &format!("{}: LBL", f.name),
-            v[0],
-            f.f64("/outputs/loss/value"),
-            tol::<B>(),
-        );
-        near(
-            &format!("{}: dZ", f.name),
-            &dz,
-            &f.data("/grads/d_loss_d_logits"),
-            tol::<B>(),
+        value_and_dz::<B>(
+            &f,
+            ("LBL", v[0]),
+            ("dZ", &dz, &f.data("/grads/d_loss_d_logits")),
         );
     }
 }
@@ -116,18 +122,14 @@ pub fn seq_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
         );
         let z = to_batch_major(&f.data("/inputs/logits"));
         let (_, v, dz) = loss_pass(make, &io, &z, e, k, &cfg);
-        near1(
-            &format!("{}: sequence LBL", f.name),
-            v[0],
-            f.f64("/outputs/loss/value"),
-            tol::<B>(),
-        );
-        let want = to_batch_major(&f.data("/grads/d_loss_d_logits"));
-        near(
-            &format!("{}: dZ (batch-major)", f.name),
-            &dz,
-            &want,
-            tol::<B>(),
+        value_and_dz::<B>(
+            &f,
+            ("sequence LBL", v[0]),
+            (
+                "dZ (batch-major)",
+                &dz,
+                &to_batch_major(&f.data("/grads/d_loss_d_logits")),
+            ),
         );
     }
 }
@@ -146,17 +148,10 @@ pub fn z_loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
             beta: f.f64("/args/z_loss_coeff"),
         });
         let (_, v, dz) = loss_pass(make, &io, &f.data("/inputs/logits"), e, 2, &cfg);
-        near1(
-            &format!("{}: z-loss", f.name),
-            v[1],
-            f.f64("/outputs/loss/value"),
-            tol::<B>(),
-        );
-        near(
-            &format!("{}: dZ", f.name),
-            &dz,
-            &f.data("/grads/d_loss_d_logits"),
-            tol::<B>(),
+        value_and_dz::<B>(
+            &f,
+            ("z-loss", v[1]),
+            ("dZ", &dz, &f.data("/grads/d_loss_d_logits")),
         );
     }
 }
@@ -231,18 +226,14 @@ pub fn hf_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
         };
         let cfg = lbl(1.0, LblLevel::MicroBatch, LblNormalization::HuggingFace);
         let (_, v, dz) = loss_pass(make, &io, &stack("/inputs/gate_logits_"), e, k, &cfg);
-        near1(
-            &format!("{}: HF LBL", f.name),
-            v[0],
-            f.f64("/outputs/loss/value"),
-            tol::<B>(),
-        );
-        let want = stack("/grads/d_loss_d_gate_logits_");
-        near(
-            &format!("{}: dZ (layers stacked)", f.name),
-            &dz,
-            &want,
-            tol::<B>(),
+        value_and_dz::<B>(
+            &f,
+            ("HF LBL", v[0]),
+            (
+                "dZ (layers stacked)",
+                &dz,
+                &stack("/grads/d_loss_d_gate_logits_"),
+            ),
         );
     }
 }
