@@ -355,13 +355,42 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The random stream of the properties: `PROPTEST_RNG_SEED` when set, else a fixed seed.
+fn fixed_seed() -> proptest::test_runner::RngSeed {
+    match ProptestConfig::default().rng_seed {
+        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(0x5B_A1),
+        chosen => chosen,
+    }
+}
+
 /// The size of the gradient terms that cancel where a gradient is zero analytically, at least
-/// 1: the gate term's `s dW / sum_j p_{i_j}` (renormalised) times the larger of `|X|` and `|R|`,
-/// which the chain rule multiplies it by.
+/// 1: the gate term's `s dW / sum_j p_{i_j}` (renormalised), the LBL's and the z-loss's
+/// coefficients, times the larger of `|X|` and `|R|`, which the chain rule multiplies them by.
 fn cancel_scale(c: &Case, rt: &Routing) -> f64 {
     let max_abs = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let (e, k) = (c.cfg.experts as f64, c.cfg.k as f64);
     let gate = c.cfg.scale.abs() * max_abs(&c.dw) / rt.min_denominator;
-    (gate * max_abs(&c.x).max(max_abs(&c.r))).max(1.0)
+    // The LBL's coefficient alpha E c_e / (k T_f T_p) is at most alpha E / T_p (times k under
+    // the HuggingFace normalisation), T_p the tokens of a group.
+    let lbl = c.losses.lbl.map_or(0.0, |l| {
+        let group = match l.level {
+            LblLevel::Sequence { seq_len } => seq_len,
+            _ => c.n,
+        } as f64;
+        let hf = if l.normalization == LblNormalization::HuggingFace {
+            k
+        } else {
+            1.0
+        };
+        l.alpha * e * hf / group
+    });
+    // The z-loss term beta (2 / N) lse(z) softmax(z), with |lse| <= max|z| + ln E.
+    let z_max = c.d as f64 * max_abs(&c.x) * max_abs(&c.r);
+    let z = c
+        .losses
+        .z_loss
+        .map_or(0.0, |zl| zl.beta * 2.0 / c.n as f64 * (z_max + e.ln()));
+    ((gate + lbl + z) * max_abs(&c.x).max(max_abs(&c.r))).max(1.0)
 }
 
 /// Sizes, data and a router configuration; `extra` picks options.
@@ -444,7 +473,14 @@ fn build(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_global_rejects: 2000, ..ProptestConfig::default() })]
+    // A fixed stream, as the conformance suite's (PROPTEST_RNG_SEED picks another), so a
+    // failure reproduces and CI is not a lottery.
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        max_global_rejects: 2000,
+        rng_seed: fixed_seed(),
+        ..ProptestConfig::default()
+    })]
 
     /// The gate term alone: softmax and sigmoid routers, renormalised or not, scaled, either
     /// layout, with selection bias, capacity drops and group limits.
