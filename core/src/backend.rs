@@ -13,6 +13,7 @@
 //! | z-loss | [`Backend::lse_sq_sum`] | [`crate::zloss`] |
 //! | SimBal | [`Backend::simbal_residual`], [`Backend::normalize_columns`], [`Backend::scale_free_project`] | [`crate::simbal::kernels`] |
 //! | statistics, metrics | [`Backend::routing_stats`], [`Backend::routing_entropy`] | [`crate::stats`], [`crate::metrics`] |
+//! | token mask, sequences | [`Backend::token_groups`] | [`crate::tokens`] |
 //! | validation | [`Backend::max_abs`], [`Backend::check_finite`] | [`crate::validate`] |
 //!
 //! Each kernel takes its arguments as [`Checked`]: core has run the arguments' precondition
@@ -32,6 +33,7 @@ use crate::router::kernels::{
 use crate::simbal::kernels::{self as simbal, NormalizeColumns, ScaleFreeProject, SimbalResidual};
 use crate::stage::stage_elems_in;
 use crate::stats::{self, CollectStats};
+use crate::tokens::{self, TokenGroupIds};
 use crate::zloss::{self, LseSqSum};
 
 /// A compute backend for simbal. See the module docs for the kernel families.
@@ -50,7 +52,7 @@ pub trait Backend: Memory {
     /// # Errors
     /// Backend failures.
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<Self::Elem>> {
-        let a = a.into_inner();
+        let mut a = a.into_inner();
         if let Logits::Tokens { gemm, x, r } = a.logits {
             self.gemm(Checked::new(GemmArgs {
                 gemm,
@@ -64,7 +66,7 @@ pub trait Backend: Memory {
         } else {
             None
         };
-        router::route_rows_staged(self, a.cfg, a.z, a.bias, a.p, a.idx, a.gates)?;
+        router::route_rows_staged(self, &mut a)?;
         Ok(RouteSums { max_abs_z })
     }
 
@@ -91,6 +93,7 @@ pub trait Backend: Memory {
         let lse_sq_sum = if a.request.lse_sq_sum {
             Some(self.lse_sq_sum(Checked::new(LseSqSum {
                 n: a.n,
+                groups: a.groups,
                 e: a.cfg.experts,
                 z: a.z,
                 scores: Some((a.cfg.score, a.p)),
@@ -180,6 +183,15 @@ pub trait Backend: Memory {
     /// Backend failures; [`crate::SimbalError::Overflow`] for a non-finite result.
     fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<Self::Elem> {
         metrics::routing_entropy_staged(self, a)
+    }
+
+    /// Per-token group ids (masked tokens [`crate::tokens::MASKED`]) and the valid tokens of
+    /// each group, from the token mask and the sequence layout.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn token_groups(&self, a: Checked<TokenGroupIds<'_, Self>>) -> Result<()> {
+        tokens::token_groups_staged(self, a)
     }
 
     /// Largest absolute value of the buffer; NaN when it holds a NaN (0 for an empty buffer).

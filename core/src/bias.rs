@@ -15,7 +15,8 @@ use crate::stats::RoutingStats;
 ///
 /// ```
 /// use simbal_core::{update_bias, BiasUpdateConfig, Reference, RoutingStats};
-/// let stats = RoutingStats { counts: vec![6, 2], score_sums: vec![3.0, 1.0], tokens: 4, dropped: 0 };
+/// let mut stats = RoutingStats::empty(2);
+/// stats.counts = vec![6, 2];
 /// let mut bias = [0.0f64; 2];
 /// update_bias(&Reference::<f64>::new(), &BiasUpdateConfig::default(), &stats, &mut bias)?;
 /// assert!(bias[0] < 0.0 && bias[1] > 0.0); // the over-loaded expert is pushed down

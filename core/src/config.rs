@@ -11,6 +11,16 @@ pub enum ScoreFn {
     Softmax,
     /// Element-wise logistic sigmoid (DeepSeek-V3 style).
     Sigmoid,
+    /// Element-wise `sqrt(softplus(z))` (Megatron-Core's `sqrtsoftplus`).
+    SqrtSoftplus,
+}
+
+impl ScoreFn {
+    /// Whether a token's scores already sum to 1 (softmax); the element-wise scores do not, and
+    /// the LBL normalises them per token by default ([`LblScores`]).
+    pub fn is_distribution(self) -> bool {
+        matches!(self, ScoreFn::Softmax)
+    }
 }
 
 /// Memory layout of the router weight.
@@ -47,24 +57,35 @@ pub enum DropPolicy {
     Position,
 }
 
-/// Expert capacity `C = ceil(factor * N * k / E)`.
+/// Expert capacity `C = max(min, ceil(factor * N * k / E))` (DeepSpeed's and Megatron's
+/// `min_capacity`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
     /// Capacity factor; finite and `> 0`.
     pub factor: f64,
     /// Which assignments are kept.
     pub policy: DropPolicy,
+    /// Smallest capacity of an expert (default 0: none).
+    pub min: usize,
 }
 
 impl Capacity {
     /// The capacity `C` of each expert for `n` tokens, `e` experts and `k` experts per token.
+    ///
+    /// ```
+    /// use simbal_core::{Capacity, DropPolicy};
+    /// let c = Capacity { factor: 1.0, policy: DropPolicy::Probs, min: 0 };
+    /// assert_eq!(c.per_expert(10, 4, 2), 5);
+    /// assert_eq!(Capacity { min: 8, ..c }.per_expert(10, 4, 2), 8);
+    /// ```
     pub fn per_expert(&self, n: usize, e: usize, k: usize) -> usize {
         let c = num_traits::Float::ceil(self.factor * (n as f64) * (k as f64) / (e as f64));
-        if c >= usize::MAX as f64 {
+        let c = if c >= usize::MAX as f64 {
             usize::MAX
         } else {
             c as usize
-        }
+        };
+        c.max(self.min)
     }
 }
 
@@ -129,7 +150,18 @@ impl RouterConfig {
     }
     /// Enables expert capacity.
     pub fn with_capacity(mut self, factor: f64, policy: DropPolicy) -> Self {
-        self.capacity = Some(Capacity { factor, policy });
+        self.capacity = Some(Capacity {
+            factor,
+            policy,
+            min: 0,
+        });
+        self
+    }
+    /// Sets the smallest capacity of an expert (with capacity on; no effect otherwise).
+    pub fn with_min_capacity(mut self, min: usize) -> Self {
+        if let Some(c) = self.capacity.as_mut() {
+            c.min = min;
+        }
         self
     }
     /// Sets the router weight layout.
@@ -238,19 +270,80 @@ impl Default for SimBalConfig {
     }
 }
 
+/// How the `N` tokens of a batch form sequences (for sequence-level LBL and SEU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqLayout {
+    /// `[B, S]`: sequences of `seq_len` contiguous tokens (`seq_len` divides `N`).
+    BatchMajor {
+        /// Tokens per sequence.
+        seq_len: usize,
+    },
+    /// `[S, B]` (Megatron's layout): token `t` belongs to sequence `t % batch` (`batch`
+    /// divides `N`).
+    SequenceMajor {
+        /// Sequences `B`.
+        batch: usize,
+    },
+    /// Packed variable-length sequences: the offsets `0 = o_0 < ... < o_B = N` (cu_seqlens)
+    /// come with the batch ([`crate::Batch::offsets`]).
+    Packed,
+}
+
+impl SeqLayout {
+    /// Checks the layout against `n` tokens (packed offsets are checked with the batch).
+    ///
+    /// # Errors
+    /// [`SimbalError::SequenceLength`] when `seq_len` or `batch` is 0 or does not divide `n`.
+    pub fn validate(&self, n: usize) -> Result<()> {
+        match *self {
+            SeqLayout::BatchMajor { seq_len } => check_seq_len(seq_len, n),
+            SeqLayout::SequenceMajor { batch } => check_seq_len(batch, n),
+            SeqLayout::Packed => Ok(()),
+        }
+    }
+}
+
 /// At which level the load-balancing loss counts tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LblLevel {
     /// Over the whole micro-batch.
     #[default]
     MicroBatch,
-    /// Per sequence of `seq_len` tokens, averaged over the sequences.
-    Sequence {
-        /// Tokens per sequence; must divide `N`.
-        seq_len: usize,
-    },
-    /// `f_e` from statistics merged across micro-batches or ranks, `P̄_e` local.
+    /// Per sequence, averaged over the sequences that have a valid token.
+    Sequence(SeqLayout),
+    /// The LBL of the whole global batch (every micro-batch of every rank), from merged
+    /// statistics: a shard's value and gradient sum, over shards, to the global batch's.
     GlobalBatch,
+}
+
+impl LblLevel {
+    /// Sequence level over contiguous sequences of `seq_len` tokens (batch-major).
+    pub fn sequences(seq_len: usize) -> Self {
+        LblLevel::Sequence(SeqLayout::BatchMajor { seq_len })
+    }
+}
+
+/// Which scores the LBL averages (`P̄_e`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LblScores {
+    /// Each token's scores normalised to sum to 1 (`q = p / (sum p + 1e-20)`) for sigmoid and
+    /// sqrt-softplus, as Megatron-Core, TransformerEngine and DeepSeek-V3; softmax scores as
+    /// they are.
+    #[default]
+    Normalized,
+    /// The raw scores `p` (then LBL is `alpha E mean_e(P̄_e)` at balance, not `alpha`).
+    Raw,
+}
+
+/// Which assignments the LBL counts (`c_e`, no gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LblCounts {
+    /// The plain top-k of the scores: no selection bias, no groups, before capacity (Megatron,
+    /// GShard, HF).
+    #[default]
+    Routed,
+    /// The assignments kept after bias, groups and capacity.
+    Dispatched,
 }
 
 /// Constant factor convention of the LBL.
@@ -272,6 +365,14 @@ pub struct LblConfig {
     pub level: LblLevel,
     /// Constant factor convention.
     pub normalization: LblNormalization,
+    /// Which scores are averaged.
+    pub scores: LblScores,
+    /// Which assignments are counted.
+    pub counts: LblCounts,
+    /// Global-batch level: each shard's contribution is multiplied by this factor (1 when the
+    /// framework sums gradients over shards; `R M` when it averages them over `R` ranks and
+    /// `M` micro-batches). Finite and positive.
+    pub shard_factor: f64,
 }
 
 impl Default for LblConfig {
@@ -280,7 +381,17 @@ impl Default for LblConfig {
             alpha: 0.01,
             level: LblLevel::MicroBatch,
             normalization: LblNormalization::Switch,
+            scores: LblScores::Normalized,
+            counts: LblCounts::Routed,
+            shard_factor: 1.0,
         }
+    }
+}
+
+impl LblConfig {
+    /// Whether the loss normalises each token's scores under `score`.
+    pub fn normalizes(&self, score: ScoreFn) -> bool {
+        self.scores == LblScores::Normalized && !score.is_distribution()
     }
 }
 
@@ -377,15 +488,22 @@ impl LossConfig {
     ///
     /// # Errors
     /// [`SimbalError::InvalidCoefficient`] for a negative or non-finite `lambda`, `alpha` or
-    /// `beta`; [`SimbalError::SequenceLength`] for a sequence length that does not divide `n`.
+    /// `beta`, or a shard factor that is not finite and positive;
+    /// [`SimbalError::SequenceLength`] for a sequence layout that does not divide `n`.
     pub fn validate(&self, n: usize) -> Result<()> {
         if let Some(s) = self.simbal {
             check_coefficient("SimBal lambda", s.lambda)?;
         }
         if let Some(l) = self.lbl {
             check_coefficient("LBL alpha", l.alpha)?;
-            if let LblLevel::Sequence { seq_len } = l.level {
-                check_seq_len(seq_len, n)?;
+            if !(l.shard_factor.is_finite() && l.shard_factor > 0.0) {
+                return Err(SimbalError::InvalidCoefficient {
+                    what: "LBL shard factor",
+                    value: l.shard_factor,
+                });
+            }
+            if let LblLevel::Sequence(layout) = l.level {
+                layout.validate(n)?;
             }
         }
         if let Some(z) = self.z_loss {

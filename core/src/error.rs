@@ -77,6 +77,23 @@ pub enum SimbalError {
         /// Tokens in the batch.
         tokens: usize,
     },
+    /// A token mask entry that is neither 0 nor 1.
+    InvalidMask {
+        /// Token position.
+        token: usize,
+        /// The value found.
+        value: u32,
+    },
+    /// Packed-sequence offsets that do not fit the batch: they must start at 0, increase
+    /// strictly and end at `N`.
+    InvalidOffsets {
+        /// Position of the first offending offset.
+        position: usize,
+        /// Its value.
+        value: u32,
+        /// Tokens in the batch.
+        tokens: usize,
+    },
     /// A non-finite input value, with its position.
     NonFinite {
         /// Which argument.
@@ -163,6 +180,19 @@ impl fmt::Display for SimbalError {
             SequenceLength { seq_len, tokens } => write!(
                 f,
                 "sequence length {seq_len} must be at least 1 and divide the {tokens} tokens"
+            ),
+            InvalidMask { token, value } => write!(
+                f,
+                "token mask entry {value} at token {token} must be 0 (masked) or 1 (valid)"
+            ),
+            InvalidOffsets {
+                position,
+                value,
+                tokens,
+            } => write!(
+                f,
+                "sequence offset {value} at position {position} does not fit: offsets start at 0, \
+                 increase strictly and end at the {tokens} tokens"
             ),
             NonFinite { what, row, col } => {
                 write!(

@@ -12,8 +12,8 @@
 //! Where to find things. Each op has one module holding its reference math, its kernels'
 //! arguments (with their precondition functions) and their defaults, and its user-facing entry
 //! point: [`router`] (routing and its backward: [`Router`]), [`simbal`] ([`simbal_loss`]),
-//! [`lbl`], [`zloss`], [`bias`] ([`update_bias`]), [`stats`], [`metrics`], [`gemm`] and
-//! [`validate`]. The backend layers: [`memory`] ([`Memory`]: buffers and transfers) under
+//! [`lbl`], [`zloss`], [`bias`] ([`update_bias`]), [`stats`], [`metrics`], [`gemm`],
+//! [`tokens`] (token masks and sequence layouts) and [`validate`]. The backend layers: [`memory`] ([`Memory`]: buffers and transfers) under
 //! [`backend`] ([`Backend`]: the kernels, every one with a default but the GEMM). Configuration
 //! in [`config`], errors in [`error`], initialisation in [`init`].
 #![no_std]
@@ -42,6 +42,7 @@ pub mod shape;
 pub mod simbal;
 mod stage;
 pub mod stats;
+pub mod tokens;
 pub mod validate;
 pub mod zloss;
 
@@ -49,8 +50,9 @@ pub use backend::Backend;
 pub use bias::update_bias;
 pub use checked::Checked;
 pub use config::{
-    BiasUpdateConfig, Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization,
-    LossConfig, RouterConfig, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
+    BiasUpdateConfig, Capacity, DropPolicy, GroupLimit, LblConfig, LblCounts, LblLevel,
+    LblNormalization, LblScores, LossConfig, RouterConfig, ScoreFn, SeqLayout, SimBalConfig,
+    SimBalNorm, WeightLayout, ZLossConfig,
 };
 pub use error::{Result, SimbalError};
 pub use gemm::{Gemm, GemmArgs};
@@ -58,7 +60,9 @@ pub use init::{orthogonal_init, orthogonalize, Rng};
 pub use memory::Memory;
 pub use metrics::{orthogonality_error, pes, routing_entropy, seu, LoadMetrics};
 pub use reference::Reference;
-pub use router::{Gradients, LogitGradients, LogitsPass, LossValues, Pass, Router, Routing, Shape};
+pub use router::{
+    Batch, Gradients, LogitGradients, LogitsPass, LossValues, Pass, Router, Routing, Shape,
+};
 pub use scalar::Scalar;
 pub use simbal::{simbal_loss, SimbalWorkspace};
 pub use stats::RoutingStats;

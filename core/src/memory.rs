@@ -107,6 +107,39 @@ pub trait Memory {
         self.idx_download(buf, &mut v)?;
         Ok(v.iter().all(|&i| i < bound))
     }
+
+    // ---- copies ------------------------------------------------------------------------------
+
+    /// Copies `src` into `dst` (same length). The default copies host slices directly and
+    /// stages anything else through the host; a device backend may copy on the device.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn copy(&self, src: &Self::View, dst: &mut Self::View) -> Result<()> {
+        crate::shape::check_len("copy destination", self.len(src), self.len(dst))?;
+        if let (Some(s), Some(d)) = (self.host(src), self.host_mut(dst)) {
+            d.copy_from_slice(s);
+            return Ok(());
+        }
+        let mut tmp = alloc::vec![<Self::Elem as num_traits::Zero>::zero(); self.len(src)];
+        self.download(src, &mut tmp)?;
+        self.write(dst, &tmp)
+    }
+
+    /// Copies index buffer `src` into `dst` (same length), as [`Memory::copy`].
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn idx_copy(&self, src: &Self::IdxView, dst: &mut Self::IdxView) -> Result<()> {
+        crate::shape::check_len("copy destination", self.idx_len(src), self.idx_len(dst))?;
+        if let (Some(s), Some(d)) = (self.idx_host(src), self.idx_host_mut(dst)) {
+            d.copy_from_slice(s);
+            return Ok(());
+        }
+        let mut tmp = alloc::vec![0u32; self.idx_len(src)];
+        self.idx_download(src, &mut tmp)?;
+        self.idx_write(dst, &tmp)
+    }
 }
 
 /// An owned element buffer as the view kernels take.

@@ -1,6 +1,7 @@
 //! The metrics MoE training logs: load balance, routing entropy, SEU, PES, orthogonality.
 
 use crate::checked::Checked;
+use crate::config::SeqLayout;
 use crate::config::WeightLayout;
 use crate::error::{Result, SimbalError};
 use crate::memory::Memory;
@@ -9,6 +10,9 @@ use crate::scalar::Scalar;
 use crate::shape::check_len;
 use crate::simbal::reference::strides;
 use crate::stage::stage_elems_in;
+use crate::tokens::{
+    check_mask, check_offsets, token_group_ids, with_host_groups, Groups, HostGroups, MASKED,
+};
 use alloc::vec::Vec;
 
 /// Load-balance metrics of per-expert counts.
@@ -91,24 +95,18 @@ pub fn routing_entropy<T: Scalar>(n: usize, e: usize, p: &[T]) -> Result<T> {
     check_len("scores", n.saturating_mul(e), p.len())?;
     let mut total = T::zero();
     for row in p.chunks_exact(e) {
-        let s: T = row.iter().fold(T::zero(), |a, &b| a + b);
-        if s <= T::zero() {
-            continue;
-        }
-        for &v in row {
-            let q = v / s;
-            if q > T::zero() {
-                total = total - q * q.ln();
-            }
-        }
+        total = total + row_entropy(row);
     }
     finite_metric("routing entropy", total / T::of_usize(n))
 }
 
-/// Arguments of [`crate::Backend::routing_entropy`]: the mean routing entropy of `n x E` scores.
+/// Arguments of [`crate::Backend::routing_entropy`]: the mean routing entropy of the valid
+/// tokens' rows of `n x E` scores.
 pub struct Entropy<'a, M: Memory + ?Sized> {
     /// Tokens `n`.
     pub n: usize,
+    /// Which tokens count.
+    pub groups: Groups<'a, M>,
     /// Experts `E`.
     pub e: usize,
     /// Scores `n x E`.
@@ -120,9 +118,10 @@ impl<'a, M: Memory + ?Sized> Entropy<'a, M> {
     ///
     /// # Errors
     /// [`SimbalError::ZeroDim`] for `n = 0` or `E = 0`; [`SimbalError::LengthMismatch`] unless
-    /// `p` holds `n x E`.
+    /// `p` holds `n x E`; the groups' errors.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
         crate::shape::check_dims(self.n, 1, self.e)?;
+        self.groups.check(m, self.n)?;
         check_len("scores", self.n.saturating_mul(self.e), m.len(self.p))?;
         Ok(Checked::new(self))
     }
@@ -136,8 +135,50 @@ pub fn routing_entropy_staged<M: Memory + ?Sized>(
     m: &M,
     a: Checked<Entropy<'_, M>>,
 ) -> Result<M::Elem> {
+    let a = a.into_inner();
     let p = stage_elems_in(m, a.p)?;
-    routing_entropy(a.n, a.e, &p)
+    with_host_groups(m, &a.groups, |g| routing_entropy_valid(a.n, a.e, g, &p))?
+}
+
+/// [`routing_entropy`] over the valid tokens of `groups` (0 when no token is valid).
+///
+/// # Errors
+/// As [`routing_entropy`].
+pub fn routing_entropy_valid<T: Scalar>(
+    n: usize,
+    e: usize,
+    groups: HostGroups<'_>,
+    p: &[T],
+) -> Result<T> {
+    crate::shape::check_dims(n, 1, e)?;
+    check_len("scores", n.saturating_mul(e), p.len())?;
+    let (mut total, mut valid) = (T::zero(), 0usize);
+    for (t, row) in p.chunks_exact(e).enumerate() {
+        if groups.group_of(t).is_some() {
+            total = total + row_entropy(row);
+            valid += 1;
+        }
+    }
+    if valid == 0 {
+        return Ok(T::zero());
+    }
+    finite_metric("routing entropy", total / T::of_usize(valid))
+}
+
+/// Entropy of one row of scores normalised to a distribution (0 for an all-zero row).
+fn row_entropy<T: Scalar>(row: &[T]) -> T {
+    let s: T = row.iter().fold(T::zero(), |a, &b| a + b);
+    let mut h = T::zero();
+    if s <= T::zero() {
+        return h;
+    }
+    for &v in row {
+        let q = v / s;
+        if q > T::zero() {
+            h = h - q * q.ln();
+        }
+    }
+    h
 }
 
 /// SEU: per sequence of `seq_len` tokens, the fraction of the `e` experts that receive at least one
@@ -155,6 +196,39 @@ pub fn seu(
     idx: &[u32],
     dropped: Option<&[u32]>,
 ) -> Result<f64> {
+    let layout = SeqLayout::BatchMajor { seq_len };
+    seu_of(n, k, e, layout, None, None, idx, dropped)
+}
+
+/// SEU for any sequence layout and token mask: per sequence, the fraction of the `e` experts
+/// that receive at least one kept assignment of a valid token, averaged over the sequences with
+/// a valid token (0 when there is none). `offsets` (`B + 1`, cu_seqlens) for
+/// [`SeqLayout::Packed`].
+///
+/// ```
+/// use simbal_core::{metrics::seu_of, SeqLayout};
+/// // [S, B] = [2, 2]: sequence 0 is tokens 0 and 2, sequence 1 tokens 1 and 3; k = 1, E = 4.
+/// let idx = [0, 1, 0, 2];
+/// let v = seu_of(4, 1, 4, SeqLayout::SequenceMajor { batch: 2 }, None, None, &idx, None)?;
+/// assert_eq!(v, (0.25 + 0.5) / 2.0);
+/// # Ok::<(), simbal_core::SimbalError>(())
+/// ```
+///
+/// # Errors
+/// As [`seu`]; [`SimbalError::InvalidMask`] and [`SimbalError::InvalidOffsets`] for a mask or
+/// offsets that do not fit `n`; [`SimbalError::Unsupported`] for a packed layout without
+/// offsets.
+#[allow(clippy::too_many_arguments)]
+pub fn seu_of(
+    n: usize,
+    k: usize,
+    e: usize,
+    layout: SeqLayout,
+    mask: Option<&[u32]>,
+    offsets: Option<&[u32]>,
+    idx: &[u32],
+    dropped: Option<&[u32]>,
+) -> Result<f64> {
     crate::shape::check_dims(n, 1, e)?;
     if k == 0 {
         return Err(SimbalError::KZero);
@@ -163,25 +237,43 @@ pub fn seu(
     if let Some(d) = dropped {
         check_len("dropped flags", n.saturating_mul(k), d.len())?;
     }
-    crate::config::check_seq_len(seq_len, n)?;
-    // Distinct kept experts per sequence, by sorting: scratch bounded by the indices given,
-    // never by `e` (which no buffer bounds).
-    let mut seen: alloc::vec::Vec<u32> = alloc::vec::Vec::with_capacity(seq_len * k);
-    let mut total = 0.0;
-    let b = n / seq_len;
-    for s in 0..b {
-        seen.clear();
-        for a in s * seq_len * k..(s + 1) * seq_len * k {
-            let kept = dropped.is_none_or(|d| d[a] == 0);
-            if kept && (idx[a] as usize) < e {
-                seen.push(idx[a]);
-            }
-        }
-        seen.sort_unstable();
-        seen.dedup();
-        total += seen.len() as f64 / e as f64;
+    layout.validate(n)?;
+    if let Some(m) = mask {
+        check_mask(n, m)?;
     }
-    Ok(total / b as f64)
+    let groups = match (layout, offsets) {
+        (SeqLayout::BatchMajor { seq_len }, _) => n / seq_len,
+        (SeqLayout::SequenceMajor { batch }, _) => batch,
+        (SeqLayout::Packed, Some(o)) => {
+            check_offsets(n, o)?;
+            o.len() - 1
+        }
+        (SeqLayout::Packed, None) => {
+            return Err(SimbalError::Unsupported {
+                what: "SEU of packed sequences without offsets",
+            })
+        }
+    };
+    let mut ids = alloc::vec![0u32; n];
+    let mut tokens = alloc::vec![0u32; groups];
+    token_group_ids(mask, Some(layout), offsets, &mut ids, &mut tokens);
+    // Distinct (sequence, expert) pairs by sorting: scratch bounded by the assignments, never
+    // by `e` (which no buffer bounds).
+    let mut seen: Vec<(u32, u32)> = Vec::with_capacity(n * k);
+    for (a, &i) in idx.iter().enumerate() {
+        let g = ids[a / k];
+        let kept = dropped.is_none_or(|d| d[a] == 0);
+        if g != MASKED && kept && (i as usize) < e {
+            seen.push((g, i));
+        }
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    let live = tokens.iter().filter(|&&t| t > 0).count();
+    if live == 0 {
+        return Ok(0.0);
+    }
+    Ok(seen.len() as f64 / e as f64 / live as f64)
 }
 
 /// PES (paper eq. 5-6): every expert run on every token; `outputs` is `e x n x d_out`

@@ -1,6 +1,6 @@
-//! Router z-loss `beta (1/N) sum_t lse(Z_t)^2`; `dZ_t = beta (2/N) lse(Z_t) softmax(Z_t)` is
-//! added inside the router backward row kernel. Here: the reference sums and the arguments of
-//! [`crate::Backend::lse_sq_sum`].
+//! Router z-loss `beta (1/N_v) sum_{valid t} lse(Z_t)^2`; `dZ_t = beta (2/N_v) lse(Z_t)
+//! softmax(Z_t)` for a valid token is added inside the router backward row kernel. Here: the
+//! reference sums and the arguments of [`crate::Backend::lse_sq_sum`].
 
 use crate::checked::Checked;
 use crate::config::ScoreFn;
@@ -10,11 +10,15 @@ use crate::router::score::{logsumexp_row, row_max};
 use crate::scalar::Scalar;
 use crate::shape::check_len;
 use crate::stage::stage_elems_in;
+use crate::tokens::{with_host_groups, Groups, HostGroups};
 
-/// Arguments of [`crate::Backend::lse_sq_sum`]: `sum_t lse(z_t)^2` over `n x E` logits.
+/// Arguments of [`crate::Backend::lse_sq_sum`]: `sum_{valid t} lse(z_t)^2` over `n x E`
+/// logits.
 pub struct LseSqSum<'a, M: Memory + ?Sized> {
     /// Tokens `n`.
     pub n: usize,
+    /// Which tokens count (the groups themselves do not matter here).
+    pub groups: Groups<'a, M>,
     /// Experts `E`.
     pub e: usize,
     /// Logits `n x E`.
@@ -29,8 +33,10 @@ impl<'a, M: Memory + ?Sized> LseSqSum<'a, M> {
     /// The precondition function of [`crate::Backend::lse_sq_sum`].
     ///
     /// # Errors
-    /// [`crate::SimbalError::LengthMismatch`] unless `z` (and the scores) hold `n x E`.
+    /// [`crate::SimbalError::LengthMismatch`] unless `z` (and the scores) hold `n x E`; the
+    /// groups' errors.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
+        self.groups.check(m, self.n)?;
         let ne = self.n.saturating_mul(self.e);
         check_len("logits", ne, m.len(self.z))?;
         if let Some((_, p)) = self.scores {
@@ -48,8 +54,9 @@ pub fn lse_sq_sum_staged<M: Memory + ?Sized>(
     m: &M,
     a: Checked<LseSqSum<'_, M>>,
 ) -> Result<M::Elem> {
+    let a = a.into_inner();
     let z = stage_elems_in(m, a.z)?;
-    Ok(lse_sq_sum(a.e, &z))
+    with_host_groups(m, &a.groups, |g| lse_sq_sum_valid(a.e, g, &z))
 }
 
 /// `sum_t lse(Z_t)^2` over a block of rows of width `e`.
@@ -58,6 +65,18 @@ pub fn lse_sq_sum<T: Scalar>(e: usize, z: &[T]) -> T {
     for row in z.chunks_exact(e.max(1)) {
         let l = logsumexp_row(row);
         s = s + l * l;
+    }
+    s
+}
+
+/// `sum_{valid t} lse(Z_t)^2` over rows of width `e`.
+pub fn lse_sq_sum_valid<T: Scalar>(e: usize, groups: HostGroups<'_>, z: &[T]) -> T {
+    let mut s = T::zero();
+    for (t, row) in z.chunks_exact(e.max(1)).enumerate() {
+        if groups.group_of(t).is_some() {
+            let l = logsumexp_row(row);
+            s = s + l * l;
+        }
     }
     s
 }
@@ -73,9 +92,14 @@ pub fn lse_sq_sum_from_softmax<T: Scalar>(e: usize, z: &[T], p: &[T]) -> T {
     s
 }
 
-/// The gradient coefficient `beta * 2 / N` the backward row kernel takes.
-pub fn z_coef<T: Scalar>(beta: f64, n: usize) -> T {
-    T::of(beta * 2.0 / n as f64)
+/// The gradient coefficient `beta * 2 / N_v` the backward row kernel takes (0 for no valid
+/// token: the loss is then 0 with zero gradient).
+pub fn z_coef<T: Scalar>(beta: f64, valid: usize) -> T {
+    if valid == 0 {
+        T::zero()
+    } else {
+        T::of(beta * 2.0 / valid as f64)
+    }
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ fn router_gradients_match_finite_differences() {
     check(
         RouterConfig::new(6, 2).with_layout(WeightLayout::ExD),
         all.with_lbl(LblConfig {
-            level: LblLevel::Sequence { seq_len: 2 },
+            level: LblLevel::sequences(2),
             ..LblConfig::default()
         }),
         4,

@@ -6,23 +6,16 @@ pub mod kernels;
 pub mod reference;
 
 use crate::backend::Backend;
-use crate::config::{LblConfig, LblLevel};
+use crate::config::{LblConfig, LblCounts, LblLevel, RouterConfig};
 use crate::error::{Result, SimbalError};
 use crate::memory::{idx_view, idx_view_mut, view, view_mut};
+use crate::router::batch::LossGroups;
 use crate::router::routing::Routing;
 use crate::stats::RoutingStats;
 use alloc::vec;
 use alloc::vec::Vec;
 use kernels::{GroupCounts, GroupSums, LblCoefficients};
 use reference::{lbl_value_and_coef, LblScales};
-
-/// Tokens per LBL group: a sequence at sequence level, the whole pass otherwise.
-pub(crate) fn group_len(cfg: &LblConfig, n: usize) -> usize {
-    match cfg.level {
-        LblLevel::Sequence { seq_len } => seq_len,
-        _ => n,
-    }
-}
 
 /// The LBL's buffers in a router workspace, sized for `groups` groups (resized on demand).
 pub(crate) struct LblScratch<B: Backend> {
@@ -64,93 +57,94 @@ impl<B: Backend> LblScratch<B> {
     }
 }
 
-/// The LBL of one routed pass: writes the gradient coefficients into `s.coef` and returns the
-/// loss value and the tokens per coefficient row. `global` carries the merged statistics of the
-/// global batch for [`LblLevel::GlobalBatch`].
+/// The LBL of one routed pass over the groups `lg` (the valid tokens of the pass, or of each
+/// sequence): writes the gradient coefficients into `s.coef` and returns the loss value.
+/// `global` carries the merged statistics of the global batch for [`LblLevel::GlobalBatch`].
 pub(crate) fn lbl_for_pass<B: Backend>(
     b: &B,
+    rc: &RouterConfig,
     lc: &LblConfig,
     routing: &Routing<B>,
+    lg: &LossGroups<'_, B>,
     global: Option<&RoutingStats>,
     s: &mut LblScratch<B>,
-) -> Result<(B::Elem, usize)> {
+) -> Result<B::Elem> {
     let crate::router::routing::Shape { n, e, k, .. } = routing.shape;
-    let group_len = group_len(lc, n);
-    let groups = n / group_len.max(1);
+    let groups = lg.groups.count(n);
     s.ensure_groups(b, groups)?;
     b.group_column_sums(
         GroupSums {
             n,
             cols: e,
-            group_len,
+            groups: lg.groups,
+            normalize: lc.normalizes(rc.score),
             a: view::<B>(&routing.p),
             out: view_mut::<B>(&mut s.sums),
         }
         .check(b)?,
     )?;
-    let value = match lc.level {
-        LblLevel::GlobalBatch => {
-            // The merged counts live on the host (they came through an all-reduce).
-            let g = global.ok_or(SimbalError::MissingGlobalStats)?;
-            if g.counts.len() != e {
-                return Err(SimbalError::StatsMismatch {
-                    expected: e,
-                    got: g.counts.len(),
-                });
-            }
-            if g.tokens == 0 {
-                return Err(SimbalError::MissingGlobalStats);
-            }
-            let scales = LblScales {
-                k,
-                count_tokens: g.tokens as f64,
-                score_tokens: n as f64,
-                groups: 1,
-            };
-            b.download(view::<B>(&s.sums), &mut s.host_sums)?;
-            let v = lbl_value_and_coef(
-                lc,
-                e,
-                &scales,
-                |be| g.counts[be] as f64,
-                &s.host_sums,
-                &mut s.host_coef,
-            );
-            b.write(view_mut::<B>(&mut s.coef), &s.host_coef)?;
-            v
+    if lc.level == LblLevel::GlobalBatch {
+        // The merged counts live on the host (they came through an all-reduce).
+        let g = global.ok_or(SimbalError::MissingGlobalStats)?;
+        let counts = g.lbl_counts(lc.counts);
+        if counts.len() != e {
+            return Err(SimbalError::StatsMismatch {
+                expected: e,
+                got: counts.len(),
+            });
         }
-        _ => {
-            // Local counts: everything stays on the backend's side.
-            b.group_counts(
-                GroupCounts {
-                    n,
-                    k,
-                    e,
-                    group_len,
-                    idx: idx_view::<B>(&routing.idx),
-                    dropped: idx_view::<B>(&routing.dropped),
-                    out: idx_view_mut::<B>(&mut s.counts),
-                }
-                .check(b)?,
-            )?;
-            let scales = LblScales {
-                k,
-                count_tokens: group_len as f64,
-                score_tokens: group_len as f64,
-                groups,
-            };
-            b.lbl_coefficients(
-                LblCoefficients {
-                    cfg: lc,
-                    e,
-                    scales,
-                    counts: idx_view::<B>(&s.counts),
-                    sums: view::<B>(&s.sums),
-                    coef: view_mut::<B>(&mut s.coef),
-                }
-                .check(b)?,
-            )?
+        if g.tokens == 0 {
+            return Err(SimbalError::MissingGlobalStats);
         }
+        let scales = LblScales {
+            k,
+            groups: 1,
+            factor: lc.shard_factor,
+        };
+        b.download(view::<B>(&s.sums), &mut s.host_sums)?;
+        let v = lbl_value_and_coef(
+            lc,
+            e,
+            &scales,
+            |_| g.tokens as f64,
+            |be| counts[be] as f64,
+            &s.host_sums,
+            &mut s.host_coef,
+        );
+        b.write(view_mut::<B>(&mut s.coef), &s.host_coef)?;
+        return Ok(v);
+    }
+    // Local counts: everything stays on the backend's side.
+    let (idx, dropped) = match lc.counts {
+        LblCounts::Routed => (routing.plain_indices(), None),
+        LblCounts::Dispatched => (routing.indices(), Some(routing.dropped())),
     };
-    Ok((value, group_len))
+    b.group_counts(
+        GroupCounts {
+            n,
+            k,
+            e,
+            groups: lg.groups,
+            idx,
+            dropped,
+            out: idx_view_mut::<B>(&mut s.counts),
+        }
+        .check(b)?,
+    )?;
+    b.lbl_coefficients(
+        LblCoefficients {
+            cfg: lc,
+            e,
+            scales: LblScales {
+                k,
+                groups,
+                factor: 1.0,
+            },
+            tokens: lg.tokens,
+            counts: idx_view::<B>(&s.counts),
+            sums: view::<B>(&s.sums),
+            coef: view_mut::<B>(&mut s.coef),
+        }
+        .check(b)?,
+    )
 }

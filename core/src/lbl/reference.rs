@@ -1,25 +1,26 @@
 //! Switch / GShard load-balancing loss at micro-batch, sequence and global-batch level.
 //!
-//! Per group of tokens (the batch, a sequence): `f_e = c_e / (k T_f)`, `P̄_e = S_e / T_p` with
-//! `S_e = sum_t p_te`, `L = alpha E sum_e f_e P̄_e`, averaged over the `B` groups; the counts carry
-//! no gradient, so `dL/dp_te = alpha E c_e / (k T_f T_p B)` for every token `t` of the group.
-//! Micro-batch: `B = 1`, `T_f = T_p = N`. Sequence: `T_f = T_p = T`, `B = N / T`. Global-batch:
-//! `B = 1`, `c` and `T_f` from merged statistics, `T_p = N` local. HuggingFace multiplies by `k`.
+//! Per group of tokens (the batch, a sequence) with `N_b` valid tokens: `f_e = c_e / (k N_b)`,
+//! `P̄_e = S_e / N_b` with `S_e = sum_{valid t} q_te`, `L = alpha E sum_e f_e P̄_e`, averaged over
+//! the `B'` groups that have a valid token (an empty group is skipped); the counts carry no
+//! gradient, so `dL/dq_te = alpha E c_e / (k N_b^2 B')` for every valid token `t` of group `b`.
+//! Global-batch: one group, `c` and `N` from the merged statistics of the whole global batch,
+//! `S_e` the shard's own, times the shard factor. HuggingFace multiplies by `k`.
 
 use crate::config::{LblConfig, LblNormalization};
+use crate::router::score::lbl_norm_inv;
 use crate::scalar::Scalar;
+use crate::tokens::HostGroups;
 
-/// Token normalisers of one LBL evaluation.
+/// Constants of one LBL evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LblScales {
     /// Experts per token `k`.
     pub k: usize,
-    /// Tokens behind the counts (`T_f`).
-    pub count_tokens: f64,
-    /// Tokens behind the score sums (`T_p`).
-    pub score_tokens: f64,
-    /// Number of groups averaged over (`B`).
+    /// Number of groups (`B`).
     pub groups: usize,
+    /// Factor on the value and the coefficients (the global-batch shard factor; 1 otherwise).
+    pub factor: f64,
 }
 
 /// Overall constant `alpha E` (times `k` under the HuggingFace normalisation).
@@ -31,55 +32,87 @@ fn alpha_e(cfg: &LblConfig, e: usize, k: usize) -> f64 {
     }
 }
 
-/// LBL value from per-group counts `counts(b, e)` and score sums `score_sums` (`B x E`), writing
-/// the per-group gradient coefficient `dL/dp_te` into `coef` (`B x E`).
+/// LBL value from per-group counts `counts(b * E + e)`, valid tokens `tokens(b)` and score sums
+/// `score_sums` (`B x E`), writing the per-group gradient coefficient `dL/dq_te` into `coef`
+/// (`B x E`; 0 for a group with no valid token). No valid token at all: 0 and zero
+/// coefficients.
 pub fn lbl_value_and_coef<T: Scalar>(
     cfg: &LblConfig,
     e: usize,
     s: &LblScales,
+    tokens: impl Fn(usize) -> f64,
     counts: impl Fn(usize) -> f64,
     score_sums: &[T],
     coef: &mut [T],
 ) -> T {
-    let ae = alpha_e(cfg, e, s.k);
-    let c_scale = ae / (s.k as f64 * s.count_tokens * s.score_tokens * s.groups as f64);
+    let ae = alpha_e(cfg, e, s.k) * s.factor;
+    let live = (0..s.groups).filter(|&b| tokens(b) > 0.0).count();
     let mut loss = T::zero();
-    for (be, (co, &sum)) in coef.iter_mut().zip(score_sums).enumerate() {
-        let c = T::of(counts(be) * c_scale);
-        *co = c;
-        loss = loss + c * sum;
+    for b in 0..s.groups {
+        let nb = tokens(b);
+        let scale = if nb > 0.0 {
+            ae / (s.k as f64 * nb * nb * live as f64)
+        } else {
+            0.0
+        };
+        let row = b * e..(b + 1) * e;
+        for ((be, co), &sum) in row
+            .clone()
+            .zip(&mut coef[row.clone()])
+            .zip(&score_sums[row])
+        {
+            let c = T::of(counts(be) * scale);
+            *co = c;
+            loss = loss + c * sum;
+        }
     }
-    // sum_e coef_e S_e = alpha E / B sum_e f_e P̄_e: the coefficients already hold the scaling.
+    // sum_e coef_e S_e = alpha E / B' sum_e f_e P̄_e: the coefficients already hold the scaling.
     loss
 }
 
-/// `out[b, c] = sum_{t in group b} a[t, c]` for groups of `group_len` rows of width `cols`.
-pub fn group_column_sums<T: Scalar>(cols: usize, group_len: usize, a: &[T], out: &mut [T]) {
+/// `out[b, c] = sum_{valid t in group b} a[t, c]` (each row `a_t` normalised to
+/// `a_t / (sum a_t + 1e-20)` first when `normalize`) for rows of width `cols`.
+pub fn group_column_sums<T: Scalar>(
+    cols: usize,
+    groups: HostGroups<'_>,
+    normalize: bool,
+    a: &[T],
+    out: &mut [T],
+) {
     out.iter_mut().for_each(|v| *v = T::zero());
-    let rows_per = group_len.max(1);
-    for (r, row) in a.chunks_exact(cols.max(1)).enumerate() {
-        let b = r / rows_per;
+    for (t, row) in a.chunks_exact(cols.max(1)).enumerate() {
+        let Some(b) = groups.group_of(t) else {
+            continue;
+        };
+        let inv = if normalize {
+            lbl_norm_inv(row)
+        } else {
+            T::one()
+        };
         let o = &mut out[b * cols..(b + 1) * cols];
         for (ov, &x) in o.iter_mut().zip(row) {
-            *ov = *ov + x;
+            *ov = *ov + if normalize { x * inv } else { x };
         }
     }
 }
 
-/// `out[b, e]` = kept assignments of group `b` (of `group_len` tokens) to expert `e`.
+/// `out[b, e]` = assignments of the valid tokens of group `b` to expert `e`: every assignment,
+/// or with `dropped` only the kept ones.
 pub fn group_counts(
     k: usize,
     e: usize,
-    group_len: usize,
+    groups: HostGroups<'_>,
     idx: &[u32],
-    dropped: &[u32],
+    dropped: Option<&[u32]>,
     out: &mut [u32],
 ) {
     out.iter_mut().for_each(|v| *v = 0);
-    let per = group_len.saturating_mul(k).max(1);
-    for (a, (&i, &d)) in idx.iter().zip(dropped).enumerate() {
-        if d == 0 && (i as usize) < e {
-            out[(a / per) * e + i as usize] += 1;
+    for (a, &i) in idx.iter().enumerate() {
+        let Some(b) = groups.group_of(a / k.max(1)) else {
+            continue;
+        };
+        if dropped.is_none_or(|d| d[a] == 0) && (i as usize) < e {
+            out[b * e + i as usize] += 1;
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::gemm::Gemm;
 use crate::memory::Memory;
 use crate::shape::check_len;
 use crate::stage::{stage_elems_in, stage_idx_in, stage_out, Elems, Idxs};
+use crate::tokens::{with_host_groups, Groups};
 
 /// Where the logits of a [`Route`] come from.
 pub enum Logits<'a, M: Memory + ?Sized> {
@@ -61,6 +62,9 @@ pub struct Route<'a, M: Memory + ?Sized> {
     pub idx: &'a mut M::IdxView,
     /// Gates `n x k`.
     pub gates: &'a mut M::View,
+    /// The plain top-k of the scores alone (`n x k`, no bias, no groups: the LBL's routed
+    /// assignments), when the selection differs from it.
+    pub plain: Option<&'a mut M::IdxView>,
     /// Reductions to return.
     pub request: RouteRequest,
 }
@@ -71,8 +75,8 @@ impl<'a, M: Memory + ?Sized> Route<'a, M> {
     /// # Errors
     /// The configuration's own errors ([`RouterConfig::validate`]);
     /// [`SimbalError::LengthMismatch`] unless `z` and `p` hold `n x E`, `idx` and `gates`
-    /// `n x k`, `bias` `E`, and for [`Logits::Tokens`] the GEMM has `m = n`, `n = E` and
-    /// `x`, `r` fit it.
+    /// `n x k` (and `plain`), `bias` `E`, and for [`Logits::Tokens`] the GEMM has `m = n`,
+    /// `n = E` and `x`, `r` fit it.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
         let cfg = self.cfg;
         cfg.validate()?;
@@ -84,6 +88,9 @@ impl<'a, M: Memory + ?Sized> Route<'a, M> {
         check_len("scores", ne, m.len(self.p))?;
         check_len("indices", nk, m.idx_len(self.idx))?;
         check_len("gates", nk, m.len(self.gates))?;
+        if let Some(pl) = self.plain.as_deref() {
+            check_len("plain top-k indices", nk, m.idx_len(pl))?;
+        }
         if let Some(b) = self.bias {
             check_len("selection bias", cfg.experts, m.len(b))?;
         }
@@ -103,33 +110,33 @@ impl<'a, M: Memory + ?Sized> Route<'a, M> {
 ///
 /// # Errors
 /// Transfer failures of a device backend.
-pub fn route_rows_staged<M: Memory + ?Sized>(
-    m: &M,
-    cfg: &RouterConfig,
-    z: &M::View,
-    bias: Option<&M::View>,
-    p: &mut M::View,
-    idx: &mut M::IdxView,
-    gates: &mut M::View,
-) -> Result<()> {
-    let z = stage_elems_in(m, z)?;
-    let bias = match bias {
+pub fn route_rows_staged<M: Memory + ?Sized>(m: &M, a: &mut Route<'_, M>) -> Result<()> {
+    let z = stage_elems_in(m, a.z)?;
+    let bias = match a.bias {
         Some(b) => Some(stage_elems_in(m, b)?),
         None => None,
     };
-    let mut p = stage_out::<_, Elems>(m, p, false)?;
-    let mut idx = stage_out::<_, Idxs>(m, idx, false)?;
-    let mut gates = stage_out::<_, Elems>(m, gates, false)?;
+    let mut p = stage_out::<_, Elems>(m, a.p, false)?;
+    let mut idx = stage_out::<_, Idxs>(m, a.idx, false)?;
+    let mut gates = stage_out::<_, Elems>(m, a.gates, false)?;
+    let mut plain = match a.plain.as_deref_mut() {
+        Some(pl) => Some(stage_out::<_, Idxs>(m, pl, false)?),
+        None => None,
+    };
     reference::route_rows(
-        cfg,
+        a.cfg,
         &z,
         bias.as_deref(),
         p.slice(),
         idx.slice(),
         gates.slice(),
+        plain.as_mut().map(|pl| pl.slice()),
     );
     p.finish(m)?;
     idx.finish(m)?;
+    if let Some(pl) = plain {
+        pl.finish(m)?;
+    }
     gates.finish(m)
 }
 
@@ -214,13 +221,15 @@ pub fn dispatch_staged<M: Memory + ?Sized>(m: &M, a: Checked<Dispatch<'_, M>>) -
     offsets.finish(m)
 }
 
-/// Coefficients of the LBL's dense gradient, `dL/dp_te = coef[b(t), e]`, one row per group of
-/// `group_len` consecutive tokens (one group for micro-batch and global-batch levels).
+/// Coefficients of the LBL's dense gradient, `dL/dq_te = coef[b(t), e]` for a valid token `t`
+/// of group `b(t)` ([`RouterBackward::groups`]; one group for micro-batch and global-batch
+/// levels).
 pub struct LblCoef<'a, M: Memory + ?Sized> {
-    /// `B x E` coefficients.
+    /// `groups x E` coefficients.
     pub coef: &'a M::View,
-    /// Tokens per group; divides `n`.
-    pub group_len: usize,
+    /// The loss's scores are each token's scores normalised to sum 1 (`q = p / (sum p +
+    /// 1e-20)`), so the gradient goes through the normalisation.
+    pub normalize: bool,
 }
 
 /// The reductions [`crate::Backend::router_backward`] also returns.
@@ -260,9 +269,12 @@ pub struct RouterBackward<'a, M: Memory + ?Sized> {
     pub dropped: &'a M::IdxView,
     /// Gate gradient `n x k`.
     pub dw: &'a M::View,
+    /// The tokens' groups (the LBL coefficient row of each) and mask (a masked token gets no
+    /// loss gradient).
+    pub groups: Groups<'a, M>,
     /// LBL coefficients, when LBL is on.
     pub lbl: Option<LblCoef<'a, M>>,
-    /// z-loss coefficient `beta * 2 / N` (0 without z-loss).
+    /// z-loss coefficient `beta * 2 / N_v` (0 without z-loss).
     pub z_coef: M::Elem,
     /// Logit gradient `n x E` (written).
     pub dz: &'a mut M::View,
@@ -276,8 +288,8 @@ impl<'a, M: Memory + ?Sized> RouterBackward<'a, M> {
     /// # Errors
     /// The configuration's own errors; [`SimbalError::LengthMismatch`] unless `z`, `p` and
     /// `dz` hold `n x E`, `idx`, `gates`, `dropped` and `dw` `n x k`, and the LBL coefficients
-    /// `(n / group_len) x E`; [`SimbalError::SequenceLength`] unless `group_len` divides
-    /// `n`; [`SimbalError::Backend`] when an index is not below `E`.
+    /// `groups x E`; the groups' errors ([`Groups::check`]); [`SimbalError::Backend`] when an
+    /// index is not below `E`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
         let s = self.check_lengths(m)?;
         expert_indices(m, s.idx, s.cfg.experts).map(|()| s)
@@ -297,13 +309,10 @@ impl<'a, M: Memory + ?Sized> RouterBackward<'a, M> {
         check_len("dropped flags", nk, m.idx_len(self.dropped))?;
         check_len("gate gradient", nk, m.len(self.dw))?;
         check_len("logit gradient", ne, m.len(self.dz))?;
+        self.groups.check(m, self.n)?;
         if let Some(l) = &self.lbl {
-            crate::config::check_seq_len(l.group_len, self.n)?;
-            check_len(
-                "LBL coefficients",
-                (self.n / l.group_len).saturating_mul(e),
-                m.len(l.coef),
-            )?;
+            let g = self.groups.count(self.n);
+            check_len("LBL coefficients", g.saturating_mul(e), m.len(l.coef))?;
         }
         Ok(Checked::new(self))
     }
@@ -320,9 +329,10 @@ pub fn router_backward_rows_staged<M: Memory + ?Sized>(
 ) -> Result<()> {
     let e = a.cfg.experts;
     let lbl = match &a.lbl {
-        Some(l) => Some((stage_elems_in(m, l.coef)?, l.group_len)),
+        Some(l) => Some(stage_elems_in(m, l.coef)?),
         None => None,
     };
+    let normalize = a.lbl.as_ref().is_some_and(|l| l.normalize);
     let idx = stage_idx_in(m, a.idx)?;
     let z = stage_elems_in(m, a.z)?;
     let p = stage_elems_in(m, a.p)?;
@@ -330,22 +340,26 @@ pub fn router_backward_rows_staged<M: Memory + ?Sized>(
     let dropped = stage_idx_in(m, a.dropped)?;
     let dw = stage_elems_in(m, a.dw)?;
     let mut dz = stage_out::<_, Elems>(m, a.dz, false)?;
-    let coef_row = |r: usize| {
-        lbl.as_ref()
-            .map(|(c, len)| &c[(r / *len) * e..(r / *len + 1) * e])
-    };
-    reference::router_backward_rows(
-        a.cfg,
-        &z,
-        &p,
-        &idx,
-        &gates,
-        &dropped,
-        &dw,
-        coef_row,
-        a.z_coef,
-        dz.slice(),
-    );
+    with_host_groups(m, &a.groups, |g| {
+        let coef_row = |r: usize| {
+            let b = g.group_of(r)?;
+            lbl.as_ref().map(|c| &c[b * e..(b + 1) * e])
+        };
+        reference::router_backward_rows(
+            a.cfg,
+            &z,
+            &p,
+            &idx,
+            &gates,
+            &dropped,
+            &dw,
+            coef_row,
+            normalize,
+            a.z_coef,
+            |r| g.group_of(r).is_some(),
+            dz.slice(),
+        )
+    })?;
     dz.finish(m)
 }
 

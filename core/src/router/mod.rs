@@ -7,6 +7,7 @@
 //! counts, dropped flags, dispatch plan) and remembers `X` and `R`, so its backward takes only
 //! the gate gradient and returns the loss values with `dX`, `dR` and `dZ`.
 
+pub(crate) mod batch;
 pub mod kernels;
 mod pass;
 pub mod reference;
@@ -24,6 +25,7 @@ use crate::metrics::LoadMetrics;
 use crate::scalar::Scalar;
 use crate::shape::{check_dims, check_len};
 use crate::stats::RoutingStats;
+pub use batch::Batch;
 use kernels::{Logits, Route, RouteRequest, RouteSums};
 use pass::{dispatch, routing_entropy, stats_into};
 pub use pass::{LogitsPass, Pass, Routed};
@@ -96,7 +98,8 @@ impl<B: Backend> Router<B> {
 
     /// Router forward from tokens: `Z = X R` (or `X W^T` for [`WeightLayout::ExD`]), scores,
     /// top-k with the optional selection `bias` (`E`), gates, capacity and the dispatch plan.
-    /// `N` and `D` come from the lengths: `r` holds `D x E`, `x` holds `N x D`.
+    /// `N` and `D` come from the lengths: `r` holds `D x E`, `x` holds `N x D`. Every token is
+    /// valid; [`Router::forward_batch`] takes a token mask and sequence offsets.
     ///
     /// # Errors
     /// [`SimbalError::LengthMismatch`] when `r` is not a multiple of `E` or `x` not a multiple of
@@ -110,11 +113,37 @@ impl<B: Backend> Router<B> {
         r: &'a B::View,
         bias: Option<&B::View>,
     ) -> Result<Pass<'a, B>> {
+        self.forward_batch(
+            x,
+            r,
+            Batch {
+                bias,
+                ..Batch::new()
+            },
+        )
+    }
+
+    /// [`Router::forward`] with what the batch carries besides `X`: selection bias, token mask
+    /// (masked tokens are routed and dispatched but count in no statistic or loss) and
+    /// packed-sequence offsets.
+    ///
+    /// # Errors
+    /// As [`Router::forward`]; [`SimbalError::InvalidMask`] for a mask entry other than 0 or
+    /// 1, [`SimbalError::InvalidOffsets`] for offsets that do not start at 0, increase strictly
+    /// and end at `N`, [`SimbalError::LengthMismatch`] for a mask without `N` entries.
+    pub fn forward_batch<'a>(
+        &'a mut self,
+        x: &'a B::View,
+        r: &'a B::View,
+        batch: Batch<'_, B>,
+    ) -> Result<Pass<'a, B>> {
         self.forget_routing();
         let shape = self.token_shape(x, r)?;
         let (b, cfg) = (&self.backend, &self.cfg);
         let ws = prepare(b, cfg, &mut self.ws, shape)?;
+        let bias = batch.bias;
         check_bias(b, cfg, bias)?;
+        ws.tokens.load(b, &batch)?;
         let gemm = match cfg.layout {
             WeightLayout::DxE => Gemm::new(shape.n, shape.e, shape.d),
             WeightLayout::ExD => Gemm::new(shape.n, shape.e, shape.d).tb(),
@@ -158,7 +187,26 @@ impl<B: Backend> Router<B> {
         z: &B::View,
         bias: Option<&B::View>,
     ) -> Result<LogitsPass<'_, B>> {
+        self.forward_logits_batch(
+            z,
+            Batch {
+                bias,
+                ..Batch::new()
+            },
+        )
+    }
+
+    /// [`Router::forward_logits`] with a token mask and sequence offsets (see [`Batch`]).
+    ///
+    /// # Errors
+    /// As [`Router::forward_logits`] and [`Router::forward_batch`].
+    pub fn forward_logits_batch(
+        &mut self,
+        z: &B::View,
+        batch: Batch<'_, B>,
+    ) -> Result<LogitsPass<'_, B>> {
         self.forget_routing();
+        let bias = batch.bias;
         let e = self.cfg.experts;
         let n = rows_of(&self.backend, "logits", z, e)?;
         check_dims(n, 1, e)?;
@@ -174,7 +222,8 @@ impl<B: Backend> Router<B> {
         let (b, cfg) = (&self.backend, &self.cfg);
         let ws = prepare(b, cfg, &mut self.ws, shape)?;
         check_bias(b, cfg, bias)?;
-        copy_buffer(b, z, view_mut::<B>(&mut ws.routing.z))?;
+        ws.tokens.load(b, &batch)?;
+        b.copy(z, view_mut::<B>(&mut ws.routing.z))?;
         let request = RouteRequest::default();
         route_rows(b, cfg, &mut ws.routing, Logits::Given, bias, request)?;
         Ok(LogitsPass {
@@ -222,7 +271,8 @@ impl<B: Backend> Router<B> {
     /// # Errors
     /// [`SimbalError::NoForward`] before any forward pass; backend failures.
     pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
-        stats_into(&self.backend, self.routing()?, out)
+        let ws = self.completed()?;
+        stats_into(&self.backend, &self.cfg, ws, out)
     }
 
     /// Statistics of the last forward pass.
@@ -248,7 +298,15 @@ impl<B: Backend> Router<B> {
     /// # Errors
     /// As [`Router::stats_into`].
     pub fn routing_entropy(&self) -> Result<B::Elem> {
-        routing_entropy(&self.backend, self.routing()?)
+        routing_entropy(&self.backend, self.completed()?)
+    }
+
+    /// The workspace of the last completed forward pass.
+    fn completed(&self) -> Result<&Workspace<B>> {
+        match &self.ws {
+            Some(ws) if ws.routed => Ok(ws),
+            _ => Err(SimbalError::NoForward),
+        }
     }
 
     /// A forward that fails leaves no routing behind (not even the previous one).
@@ -283,6 +341,8 @@ fn route_rows<B: Backend>(
     bias: Option<&B::View>,
     request: RouteRequest,
 ) -> Result<RouteSums<B::Elem>> {
+    // The LBL counts the plain top-k of the scores; only a bias or groups make it differ.
+    routing.has_plain = bias.is_some() || cfg.groups.is_some();
     b.route(
         Route {
             cfg,
@@ -293,6 +353,11 @@ fn route_rows<B: Backend>(
             p: view_mut::<B>(&mut routing.p),
             idx: idx_view_mut::<B>(&mut routing.idx),
             gates: view_mut::<B>(&mut routing.gates),
+            plain: if routing.has_plain {
+                Some(idx_view_mut::<B>(&mut routing.plain))
+            } else {
+                None
+            },
             request,
         }
         .check(b)?,
@@ -336,19 +401,6 @@ fn rows_of<M: Memory>(m: &M, what: &'static str, buf: &M::View, cols: usize) -> 
         });
     }
     Ok(len / cols)
-}
-
-/// Copies `src` into `dst` (same length): slice copies on the host, a transfer otherwise.
-fn copy_buffer<M: Memory>(m: &M, src: &M::View, dst: &mut M::View) -> Result<()> {
-    if let (Some(s), true) = (m.host(src), m.host(dst).is_some()) {
-        if let Some(d) = m.host_mut(dst) {
-            d.copy_from_slice(s);
-            return Ok(());
-        }
-    }
-    let mut tmp = alloc::vec![<M::Elem as num_traits::Zero>::zero(); m.len(src)];
-    m.download(src, &mut tmp)?;
-    m.write(dst, &tmp)
 }
 
 /// [`RouterConfig::validate`], and the gate scale must be finite in the element type (a scale

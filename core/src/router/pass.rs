@@ -6,7 +6,7 @@ use super::kernels::{BackwardRequest, Dispatch, LblCoef, RouterBackward};
 use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
 use super::workspace::{finite_loss, weight_cols, Workspace};
 use crate::backend::Backend;
-use crate::config::{LossConfig, RouterConfig, WeightLayout};
+use crate::config::{LblLevel, LossConfig, RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
 use crate::gemm::{Gemm, GemmArgs};
 use crate::lbl::lbl_for_pass;
@@ -39,12 +39,22 @@ impl<'a, B: Backend> Routed<'a, B> {
         self.backend
     }
 
-    /// Statistics of this pass into `out` (see [`super::Router::stats_into`]).
+    /// Valid tokens of this pass (`N` without a mask).
+    pub fn valid_tokens(&self) -> usize {
+        self.ws.tokens.valid()
+    }
+
+    /// This pass's token mask (a copy of the batch's), if it had one.
+    pub fn mask(&self) -> Option<&B::IdxView> {
+        self.ws.tokens.mask()
+    }
+
+    /// Statistics of this pass's valid tokens into `out` (see [`super::Router::stats_into`]).
     ///
     /// # Errors
     /// Backend failures.
     pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
-        stats_into(self.backend, &self.ws.routing, out)
+        stats_into(self.backend, self.cfg, self.ws, out)
     }
 
     /// Statistics of this pass.
@@ -62,7 +72,7 @@ impl<'a, B: Backend> Routed<'a, B> {
     /// # Errors
     /// Backend failures.
     pub fn routing_entropy(&self) -> Result<B::Elem> {
-        routing_entropy(self.backend, &self.ws.routing)
+        routing_entropy(self.backend, self.ws)
     }
 }
 
@@ -256,17 +266,28 @@ fn backward_dz<B: Backend>(
         b.check_finite("gate gradient", k, dw)?;
     }
     let mut values = LossValues::default();
-    let mut lbl_group = None;
+    let layout = match losses.lbl.map(|l| l.level) {
+        Some(LblLevel::Sequence(layout)) => Some(layout),
+        _ => None,
+    };
+    let Workspace {
+        routing,
+        tokens,
+        lbl,
+        dz,
+        ..
+    } = ws;
+    let lg = tokens.groups_for(b, layout)?;
+    let mut lbl_normalize = false;
     if let Some(lc) = losses.lbl {
-        let (v, group_len) = lbl_for_pass(b, &lc, &ws.routing, global, &mut ws.lbl)?;
-        values.lbl = v;
-        lbl_group = Some(group_len);
+        values.lbl = lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?;
+        lbl_normalize = lc.normalizes(cfg.score);
     }
+    let valid = lg.valid;
     let z_coef = match losses.z_loss {
-        Some(zc) => crate::zloss::z_coef(zc.beta, n),
+        Some(zc) => crate::zloss::z_coef(zc.beta, valid),
         None => <B::Elem as num_traits::Zero>::zero(),
     };
-    let routing = &ws.routing;
     let sums = b.router_backward(
         RouterBackward {
             cfg,
@@ -277,12 +298,13 @@ fn backward_dz<B: Backend>(
             gates: view::<B>(&routing.gates),
             dropped: idx_view::<B>(&routing.dropped),
             dw,
-            lbl: lbl_group.map(|group_len| LblCoef {
-                coef: view::<B>(&ws.lbl.coef),
-                group_len,
+            groups: lg.groups,
+            lbl: losses.lbl.map(|_| LblCoef {
+                coef: view::<B>(&lbl.coef),
+                normalize: lbl_normalize,
             }),
             z_coef,
-            dz: view_mut::<B>(&mut ws.dz),
+            dz: view_mut::<B>(dz),
             request: BackwardRequest {
                 lse_sq_sum: losses.z_loss.is_some(),
                 max_abs_dz: cfg.check_finite,
@@ -292,7 +314,9 @@ fn backward_dz<B: Backend>(
         .check_lengths(b)?,
     )?;
     if let (Some(zc), Some(sum)) = (losses.z_loss, sums.lse_sq_sum) {
-        values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(n);
+        if valid > 0 {
+            values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(valid);
+        }
     }
     // Finite inputs can still overflow here (a large scale times a large dW); report it
     // instead of handing back an inf/NaN dZ.
@@ -310,25 +334,34 @@ fn backward_dz<B: Backend>(
 
 pub(super) fn stats_into<B: Backend>(
     b: &B,
-    routing: &Routing<B>,
+    cfg: &RouterConfig,
+    ws: &Workspace<B>,
     out: &mut RoutingStats,
 ) -> Result<()> {
+    let routing = &ws.routing;
     b.routing_stats(
         CollectStats {
             n: routing.shape.n,
             k: routing.shape.k,
             p: routing.scores(),
+            normalize: !cfg.score.is_distribution(),
+            idx: routing.indices(),
+            dropped: routing.dropped(),
             counts: routing.counts(),
+            plain: routing.plain_if_apart(),
+            groups: ws.tokens.whole(),
             out,
         }
         .check(b)?,
     )
 }
 
-pub(super) fn routing_entropy<B: Backend>(b: &B, routing: &Routing<B>) -> Result<B::Elem> {
+pub(super) fn routing_entropy<B: Backend>(b: &B, ws: &Workspace<B>) -> Result<B::Elem> {
+    let routing = &ws.routing;
     b.routing_entropy(
         Entropy {
             n: routing.shape.n,
+            groups: ws.tokens.whole(),
             e: routing.shape.e,
             p: routing.scores(),
         }

@@ -1,14 +1,18 @@
 //! The router: forward (scores, selection, gates, capacity, dispatch plan) and backward
 //! (gate gradient to `dZ`), on host slices. Every backend's result is checked against these.
 
-use super::score::{logsumexp_row, score_backward_row, score_row};
-use super::select::{gates_row, renorm_eps, select_row};
+use super::score::{
+    lbl_norm_backward_row, lbl_norm_inv, logsumexp_row, score_backward_row, score_row,
+    sqrt_softplus_slope,
+};
+use super::select::{gates_row, plain_topk_row, renorm_eps, select_row};
 use crate::config::{DropPolicy, RouterConfig, ScoreFn};
 use crate::scalar::Scalar;
 
 /// Forward row kernel over a block of rows: from logits `z` (`rows x E`) writes scores `p`,
-/// indices `idx` and gates `gates` (`rows x k`). Rows are independent, so a backend may split the
-/// block anywhere.
+/// indices `idx` and gates `gates` (`rows x k`), and, when given, the plain top-k of the scores
+/// alone into `plain` (`rows x k`; the LBL's routed assignments). Rows are independent, so a
+/// backend may split the block anywhere.
 pub fn route_rows<T: Scalar>(
     cfg: &RouterConfig,
     z: &[T],
@@ -16,17 +20,22 @@ pub fn route_rows<T: Scalar>(
     p: &mut [T],
     idx: &mut [u32],
     gates: &mut [T],
+    mut plain: Option<&mut [u32]>,
 ) {
     let (e, k) = (cfg.experts, cfg.k);
-    for (((zr, pr), ir), wr) in z
+    for (r, (((zr, pr), ir), wr)) in z
         .chunks_exact(e)
         .zip(p.chunks_exact_mut(e))
         .zip(idx.chunks_exact_mut(k))
         .zip(gates.chunks_exact_mut(k))
+        .enumerate()
     {
         score_row(cfg.score, zr, pr);
         select_row(cfg, pr, bias, ir);
         gates_row(cfg, pr, ir, wr);
+        if let Some(pl) = plain.as_deref_mut() {
+            plain_topk_row(pr, &mut pl[r * k..(r + 1) * k]);
+        }
     }
 }
 
@@ -125,11 +134,15 @@ pub fn dispatch<T: Scalar>(
 ///
 /// - Gate part: dropped slots' `dw` count as 0; with renormalisation
 ///   `dp_{i_j} += (s dw_j - sum_l dw_l w_l) / (sum_l p_{i_l} + eps)`, otherwise `dp_{i_j} += s dw_j`.
-/// - `lbl_coef` (`E` per row's sequence, see [`crate::lbl`]) is added to every `dp_e`.
+/// - The LBL's `dL/dq` row (`E`, its sequence's coefficients, see [`crate::lbl`]) is added to
+///   every `dp_e`, through the per-token normalisation `q = p / (sum p + 1e-20)` when
+///   `lbl_normalize`.
 /// - Score backward, then the z-loss term `z_coef * lse(z_t) * softmax(z_t)` with
-///   `z_coef = beta * 2 / N`.
+///   `z_coef = beta * 2 / N_v`.
 ///
-/// `lbl_coef(r)` gives the coefficient row for block row `r`.
+/// `lbl_coef(r)` gives the coefficient row for block row `r` (`None`: no LBL term, as for a
+/// masked token); `valid(r)` whether row `r` is a valid token (a masked one gets no z-loss term).
+#[allow(clippy::too_many_arguments)]
 pub fn router_backward_rows<'c, T: Scalar>(
     cfg: &RouterConfig,
     z: &[T],
@@ -139,7 +152,9 @@ pub fn router_backward_rows<'c, T: Scalar>(
     dropped: &[u32],
     dw: &[T],
     lbl_coef: impl Fn(usize) -> Option<&'c [T]>,
+    lbl_normalize: bool,
     z_coef: T,
+    valid: impl Fn(usize) -> bool,
     dz: &mut [T],
 ) {
     let (e, k) = (cfg.experts, cfg.k);
@@ -152,7 +167,12 @@ pub fn router_backward_rows<'c, T: Scalar>(
         let dr = &dropped[r * k..(r + 1) * k];
         let gr = &dw[r * k..(r + 1) * k];
         match lbl_coef(r) {
-            Some(c) => dzr.copy_from_slice(c),
+            Some(c) => {
+                dzr.copy_from_slice(c);
+                if lbl_normalize {
+                    lbl_norm_backward_row(pr, lbl_norm_inv(pr), dzr);
+                }
+            }
             None => dzr.iter_mut().for_each(|v| *v = T::zero()),
         }
         let kept_dw = |j: usize| if dr[j] == 0 { gr[j] } else { T::zero() };
@@ -168,7 +188,8 @@ pub fn router_backward_rows<'c, T: Scalar>(
             // through the score backward analytically, with `q_i = p_i / denom <= 1`: `denom`
             // may underflow (saturated sigmoid rows), and `a_j / denom` would then overflow
             // into `inf * 0 = NaN`. Softmax: `dz_c += [c = i_j] a_j q_c - p_c sum_j a_j q_{i_j}`;
-            // sigmoid: `dz_{i_j} += a_j q_{i_j} (1 - p_{i_j})`.
+            // sigmoid: `dz_{i_j} += a_j q_{i_j} (1 - p_{i_j})`; sqrt-softplus:
+            // `dz_{i_j} += a_j q_{i_j} sigmoid(z) / (2 p)`.
             let mut sum = T::zero();
             let mut dot = T::zero();
             for j in 0..k {
@@ -197,9 +218,15 @@ pub fn router_backward_rows<'c, T: Scalar>(
                         dzr[i] = dzr[i] + a(j) * (pr[i] * inv) * (T::one() - pr[i]);
                     }
                 }
+                ScoreFn::SqrtSoftplus => {
+                    for j in 0..k {
+                        let i = ir[j] as usize;
+                        dzr[i] = dzr[i] + a(j) * (pr[i] * inv) * sqrt_softplus_slope(pr[i]);
+                    }
+                }
             }
         }
-        if z_coef != T::zero() {
+        if z_coef != T::zero() && valid(r) {
             add_z_loss_row(cfg.score, zr, pr, z_coef, dzr);
         }
     }
@@ -216,7 +243,7 @@ fn add_z_loss_row<T: Scalar>(score: ScoreFn, z: &[T], p: &[T], z_coef: T, dz: &m
                 *d = *d + c * pi;
             }
         }
-        ScoreFn::Sigmoid => {
+        ScoreFn::Sigmoid | ScoreFn::SqrtSoftplus => {
             let m = super::score::row_max(z);
             let mut sum = T::zero();
             for &zi in z {

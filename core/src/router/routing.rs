@@ -42,6 +42,9 @@ pub struct Routing<B: Memory> {
     pub(crate) counts: B::IdxBuf,
     pub(crate) order: B::IdxBuf,
     pub(crate) offsets: B::IdxBuf,
+    /// The plain top-k of the scores (`N x k`), written when the selection differs from it.
+    pub(crate) plain: B::IdxBuf,
+    pub(crate) has_plain: bool,
 }
 
 impl<B: Memory> Routing<B> {
@@ -60,6 +63,8 @@ impl<B: Memory> Routing<B> {
             counts: b.idx_zeros(e)?,
             order: b.idx_zeros(nk)?,
             offsets: b.idx_zeros(e.saturating_add(1))?,
+            plain: b.idx_zeros(nk)?,
+            has_plain: false,
         })
     }
 
@@ -91,7 +96,9 @@ impl<B: Memory> Routing<B> {
     pub fn dropped(&self) -> &B::IdxView {
         idx_view::<B>(&self.dropped)
     }
-    /// Kept assignments per expert (`E`).
+    /// Kept assignments per expert (`E`): the sizes of the dispatch plan's segments, masked
+    /// tokens included (they are dispatched); [`crate::RoutingStats::counts`] counts the valid
+    /// tokens only.
     pub fn counts(&self) -> &B::IdxView {
         idx_view::<B>(&self.counts)
     }
@@ -103,6 +110,21 @@ impl<B: Memory> Routing<B> {
     /// Dispatch plan: per-expert offsets into [`Routing::dispatch_order`] (`E + 1`).
     pub fn dispatch_offsets(&self) -> &B::IdxView {
         idx_view::<B>(&self.offsets)
+    }
+    /// The plain top-k of the scores alone (`N x k`: no bias, no groups, before capacity),
+    /// which the LBL counts by default; the selection itself when it has neither bias nor
+    /// groups.
+    pub fn plain_indices(&self) -> &B::IdxView {
+        if self.has_plain {
+            idx_view::<B>(&self.plain)
+        } else {
+            idx_view::<B>(&self.idx)
+        }
+    }
+    /// The plain top-k when it differs from the selection's buffer (`None`: it is
+    /// [`Routing::indices`]).
+    pub(crate) fn plain_if_apart(&self) -> Option<&B::IdxView> {
+        self.has_plain.then(|| idx_view::<B>(&self.plain))
     }
 }
 

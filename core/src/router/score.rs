@@ -1,4 +1,5 @@
-//! Score functions (softmax, sigmoid) and their backward, one token row at a time.
+//! Score functions (softmax, sigmoid, sqrt-softplus) and their backward, one token row at a
+//! time, and the per-token normalisation of element-wise scores the LBL uses.
 
 use crate::config::ScoreFn;
 use crate::scalar::Scalar;
@@ -56,6 +57,33 @@ pub fn sigmoid<T: Scalar>(z: T) -> T {
     }
 }
 
+/// `softplus(z) = ln(1 + e^z)`, evaluated without overflow for either sign.
+#[inline]
+pub fn softplus<T: Scalar>(z: T) -> T {
+    if z > T::zero() {
+        z + (-z).exp().ln_1p()
+    } else {
+        z.exp().ln_1p()
+    }
+}
+
+/// `sqrt(softplus(z))`, Megatron-Core's `sqrtsoftplus` score.
+#[inline]
+pub fn sqrt_softplus<T: Scalar>(z: T) -> T {
+    softplus(z).sqrt()
+}
+
+/// `d sqrt(softplus(z)) / dz = sigmoid(z) / (2 p)` from `p = sqrt(softplus(z))` alone:
+/// `sigmoid(z) = 1 - exp(-softplus(z)) = -expm1(-p^2)`; 0 where `p = 0`.
+#[inline]
+pub fn sqrt_softplus_slope<T: Scalar>(p: T) -> T {
+    if p > T::zero() {
+        -(-(p * p)).exp_m1() / (T::of(2.0) * p)
+    } else {
+        T::zero()
+    }
+}
+
 /// Writes `score(z)` into `p`.
 #[inline]
 pub fn score_row<T: Scalar>(score: ScoreFn, z: &[T], p: &mut [T]) {
@@ -68,12 +96,44 @@ pub fn score_row<T: Scalar>(score: ScoreFn, z: &[T], p: &mut [T]) {
                 *pi = sigmoid(zi);
             }
         }
+        ScoreFn::SqrtSoftplus => {
+            for (pi, &zi) in p.iter_mut().zip(z) {
+                *pi = sqrt_softplus(zi);
+            }
+        }
+    }
+}
+
+/// The LBL's per-token normalisation guard (Megatron-Core's `1e-20`).
+pub const LBL_NORM_EPS: f64 = 1e-20;
+
+/// `1 / (sum p + 1e-20)`: the factor that normalises a row of element-wise scores for the LBL.
+#[inline]
+pub fn lbl_norm_inv<T: Scalar>(p: &[T]) -> T {
+    let mut s = T::zero();
+    for &v in p {
+        s = s + v;
+    }
+    T::one() / (s + T::of(LBL_NORM_EPS))
+}
+
+/// Backward of `q = p * inv` (`inv = 1 / (sum p + eps)`) in place: `g` holds `dL/dq` on entry
+/// and `dL/dp = inv (g - <g, q>)` on exit.
+#[inline]
+pub fn lbl_norm_backward_row<T: Scalar>(p: &[T], inv: T, g: &mut [T]) {
+    let mut dot = T::zero();
+    for (&gi, &pi) in g.iter().zip(p) {
+        dot = dot + gi * (pi * inv);
+    }
+    for gi in g.iter_mut() {
+        *gi = inv * (*gi - dot);
     }
 }
 
 /// Backward of the score function in place: `g` holds `dL/dp` on entry and `dL/dz` on exit.
 ///
-/// Softmax: `dz = p ⊙ (dp - <dp, p>)`; sigmoid: `dz = dp ⊙ p ⊙ (1 - p)`.
+/// Softmax: `dz = p ⊙ (dp - <dp, p>)`; sigmoid: `dz = dp ⊙ p ⊙ (1 - p)`; sqrt-softplus:
+/// `dz = dp ⊙ sigmoid(z) / (2 p)` ([`sqrt_softplus_slope`]).
 #[inline]
 pub fn score_backward_row<T: Scalar>(score: ScoreFn, p: &[T], g: &mut [T]) {
     match score {
@@ -89,6 +149,11 @@ pub fn score_backward_row<T: Scalar>(score: ScoreFn, p: &[T], g: &mut [T]) {
         ScoreFn::Sigmoid => {
             for (gi, &pi) in g.iter_mut().zip(p) {
                 *gi = *gi * pi * (T::one() - pi);
+            }
+        }
+        ScoreFn::SqrtSoftplus => {
+            for (gi, &pi) in g.iter_mut().zip(p) {
+                *gi = *gi * sqrt_softplus_slope(pi);
             }
         }
     }

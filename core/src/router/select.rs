@@ -117,6 +117,17 @@ pub fn select_row<T: Scalar>(cfg: &RouterConfig, p: &[T], bias: Option<&[T]>, id
     }
 }
 
+/// The plain top-k of the scores alone (no bias, no groups): the assignments the LBL counts
+/// under [`crate::config::LblCounts::Routed`]. Writes `idx` (length k, best first).
+pub fn plain_topk_row<T: Scalar>(p: &[T], idx: &mut [u32]) {
+    let mut prev = None;
+    for slot in idx.iter_mut() {
+        let found = next_best(0..p.len(), |c| key(p[c]), |_| true, prev).unwrap_or((T::zero(), 0));
+        *slot = found.1 as u32;
+        prev = Some(found);
+    }
+}
+
 /// Denominator guard for renormalisation: keeps all-zero sigmoid scores at zero gates.
 #[inline]
 pub fn renorm_eps<T: Scalar>() -> T {

@@ -1,6 +1,7 @@
 //! The router's reusable workspace: every buffer of its passes, allocated for a shape on the
 //! first call of that shape, and the checks the forward and backward share.
 
+use super::batch::TokenState;
 use super::routing::{LossValues, Routing, Shape};
 use crate::backend::Backend;
 use crate::config::{RouterConfig, WeightLayout};
@@ -15,6 +16,8 @@ pub(crate) struct Workspace<B: Backend> {
     pub(crate) routing: Routing<B>,
     /// Whether `routing` holds a completed forward pass.
     pub(crate) routed: bool,
+    /// The pass's token mask, sequence offsets and their group ids.
+    pub(crate) tokens: TokenState<B>,
     pub(crate) dz: B::Buf,
     pub(crate) dx: B::Buf,
     pub(crate) dr: B::Buf,
@@ -28,6 +31,7 @@ impl<B: Backend> Workspace<B> {
         Ok(Self {
             routing: Routing::new(b, shape)?,
             routed: false,
+            tokens: TokenState::new(n),
             dz: b.zeros(product("logits", n, e)?)?,
             dx: b.zeros(product("tokens X", n, d)?)?,
             dr: b.zeros(product("router weight", d, e)?)?,
