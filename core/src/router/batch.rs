@@ -22,7 +22,7 @@ use crate::tokens::{check_mask, check_offsets, GroupLayout, Groups, TokenGroupId
 /// let r = vec![0.1, -0.2, 0.3, 0.4];
 /// let mask = vec![1u32, 1, 1, 0]; // the last token is padding
 /// let mut router = Router::new(Reference::<f64>::new(), RouterConfig::new(e, 1))?;
-/// let pass = router.forward_batch(&x, &r, Batch::new().mask(&mask))?;
+/// let pass = router.forward_batch(&x, &r, Batch::new().mask(&mask[..]))?;
 /// assert_eq!(pass.valid_tokens(), 3);
 /// assert_eq!(pass.stats()?.tokens, 3);
 /// # Ok::<(), simbal_core::SimbalError>(())
