@@ -50,6 +50,7 @@ impl<B: Backend> Lse<B> {
     fn args(&self, score: Option<ScoreFn>) -> LseSqSum<'_, B> {
         LseSqSum {
             n: self.n,
+            groups: simbal_core::tokens::Groups::whole(self.n),
             e: self.e,
             z: view::<B>(&self.z),
             scores: score.map(|f| (f, view::<B>(&self.p))),

@@ -2,16 +2,17 @@
 //! defect, and each listed check must fail on it (a check that cannot fail is a defect).
 
 use simbal_conformance::{gemm, lbl, router, simbal, stats, validation};
-use simbal_core::lbl::kernels::{GroupSums, LblCoefficients};
+use simbal_core::lbl::kernels::{GroupSums, GroupTokens, LblCoefficients};
 use simbal_core::metrics::Entropy;
 use simbal_core::router::kernels::{
     route_rows_staged, BackwardSums, Dispatch, LblCoef, Logits, Route, RouteSums, RouterBackward,
 };
 use simbal_core::simbal::kernels::{NormalizeColumns, SimbalResidual};
 use simbal_core::stats::CollectStats;
+use simbal_core::tokens::Groups;
 use simbal_core::validate::max_abs;
 use simbal_core::{
-    Backend, Checked, GemmArgs, LblNormalization, Memory, Reference, Result, Scalar,
+    Backend, Checked, GemmArgs, LblNormalization, Memory, Reference, Result, RoutingStats, Scalar,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -43,6 +44,14 @@ macro_rules! relay {
     };
 }
 
+/// The mutant's token groups as the reference's (the same host slices).
+fn regroup<'a, T: Scalar>(g: Groups<'a, Mutant<T>>) -> Groups<'a, Reference<T>> {
+    match g {
+        Groups::Runs { len } => Groups::Runs { len },
+        Groups::Ids { ids, count } => Groups::Ids { ids, count },
+    }
+}
+
 /// Each override changes its arguments or its result, and runs the reference kernel through
 /// the same checks (`Args::check` on the reference backend, whose buffers are the same slices).
 impl<T: Scalar> Backend for Mutant<T> {
@@ -67,9 +76,18 @@ impl<T: Scalar> Backend for Mutant<T> {
                 .check(self)?,
             )?;
         }
+        let mut a = a;
         let max_abs_z = a.request.max_abs_z.then(|| max_abs(a.z));
+        if self.bug == Bug::PlainIsSelection {
+            // The LBL's plain top-k left as the selection (bias and groups included).
+            route_rows_staged(self, &mut a)?;
+            if let Some(pl) = a.plain.as_deref_mut() {
+                pl.copy_from_slice(a.idx);
+            }
+            return Ok(RouteSums { max_abs_z });
+        }
         if self.bug != Bug::TieHigh {
-            route_rows_staged(self, a.cfg, a.z, a.bias, a.p, a.idx, a.gates)?;
+            route_rows_staged(self, &mut a)?;
             return Ok(RouteSums { max_abs_z });
         }
         // Reverse the expert order, route, and map back: ties now go to the higher index.
@@ -78,11 +96,28 @@ impl<T: Scalar> Backend for Mutant<T> {
             |v: &[T]| -> Vec<T> { v.chunks(e).flat_map(|r| r.iter().rev().copied()).collect() };
         let zr = rev(a.z);
         let br = a.bias.map(rev);
-        route_rows_staged(self, a.cfg, &zr, br.as_deref(), a.p, a.idx, a.gates)?;
+        let mut rerouted = Route {
+            cfg: a.cfg,
+            n: a.n,
+            logits: Logits::Given,
+            bias: br.as_deref(),
+            z: &mut zr.clone()[..],
+            p: &mut *a.p,
+            idx: &mut *a.idx,
+            gates: &mut *a.gates,
+            plain: a.plain.as_deref_mut(),
+            request: a.request,
+        };
+        route_rows_staged(self, &mut rerouted)?;
         let p = rev(a.p);
         a.p.copy_from_slice(&p);
         for i in a.idx.iter_mut() {
             *i = (e - 1) as u32 - *i;
+        }
+        if let Some(pl) = a.plain.as_deref_mut() {
+            for i in pl.iter_mut() {
+                *i = (e - 1) as u32 - *i;
+            }
         }
         Ok(RouteSums { max_abs_z })
     }
@@ -111,15 +146,22 @@ impl<T: Scalar> Backend for Mutant<T> {
         };
         let lbl = a.lbl.map(|l| LblCoef {
             coef: l.coef,
-            group_len: l.group_len,
+            normalize: l.normalize && self.bug != Bug::NoLblNormalize,
         });
+        let groups = match a.groups {
+            Groups::Ids { count: 1, .. } if self.bug == Bug::MaskIgnored => Groups::whole(a.n),
+            g => regroup(g),
+        };
         relay!(self.router_backward(a => RouterBackward {
-            cfg, n, z, p, idx, gates, dropped: dropped, dw, lbl: lbl, z_coef: z_coef, dz, request
+            cfg, n, z, p, idx, gates, dropped: dropped, dw, groups: groups, lbl: lbl,
+            z_coef: z_coef, dz, request
         }))
     }
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
         let a = a.into_inner();
-        relay!(self.group_column_sums(a => GroupSums { n, cols, group_len, a, out: &mut *a.out }))?;
+        relay!(self.group_column_sums(a => GroupSums {
+            n, cols, groups: regroup(a.groups), normalize, a, out: &mut *a.out
+        }))?;
         if self.bug == Bug::GroupSums && a.n > 1 {
             for (o, v) in a.out.iter_mut().zip(&a.a[..a.cols]) {
                 *o = *o - *v;
@@ -134,7 +176,10 @@ impl<T: Scalar> Backend for Mutant<T> {
             cfg.normalization = LblNormalization::Switch;
         }
         relay!(self.lbl_coefficients(a => LblCoefficients {
-            cfg: &cfg, e, scales, counts, sums, coef
+            cfg: &cfg, e, scales, tokens: match a.tokens {
+                GroupTokens::Uniform(n) => GroupTokens::Uniform(n),
+                GroupTokens::PerGroup(t) => GroupTokens::PerGroup(t),
+            }, counts, sums, coef
         }))
     }
     fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<T> {
@@ -163,15 +208,37 @@ impl<T: Scalar> Backend for Mutant<T> {
         } else {
             a.p
         };
+        if p.len() == a.p.len() {
+            return relay!(self.routing_stats(a => CollectStats {
+                n, k, p, normalize, idx, dropped, counts, plain, groups: regroup(a.groups),
+                out: &mut *a.out
+            }));
+        }
+        // The last token's scores left out of the sums only.
+        let mut head = RoutingStats::default();
         let n = p.len() / e.max(1);
-        relay!(self.routing_stats(a => CollectStats { n: n, k, p: p, counts, out: &mut *a.out }))?;
-        a.out.tokens = a.n as u64; // only the sums are wrong
-        a.out.dropped = ((a.n * a.k) as u64).saturating_sub(a.out.counts.iter().sum());
+        let k = a.k;
+        let groups = match a.groups {
+            Groups::Ids { ids, count } => Groups::Ids {
+                ids: &ids[..n],
+                count,
+            },
+            Groups::Runs { .. } => Groups::whole(n),
+        };
+        relay!(self.routing_stats(a => CollectStats {
+            n: n, k, p: p, normalize, idx: &a.idx[..n * k], dropped: &a.dropped[..n * k],
+            counts, plain: a.plain.map(|pl| &pl[..n * k]), groups: groups, out: &mut head
+        }))?;
+        relay!(self.routing_stats(a => CollectStats {
+            n, k, p, normalize, idx, dropped, counts, plain, groups: regroup(a.groups),
+            out: &mut *a.out
+        }))?;
+        a.out.score_sums.copy_from_slice(&head.score_sums);
         Ok(())
     }
     fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<T> {
         let a = a.into_inner();
-        let h = relay!(self.routing_entropy(a => Entropy { n, e, p }))?;
+        let h = relay!(self.routing_entropy(a => Entropy { n, groups: regroup(a.groups), e, p }))?;
         Ok(if self.bug == Bug::Entropy {
             h + T::of(1e-3)
         } else {
@@ -257,6 +324,15 @@ mutants! {
     /// LBL coefficients always under the Switch normalisation (HuggingFace's factor `k` lost).
     LblSwitchOnly: lbl_normalisation_bug_is_caught =>
         [lbl::kernels::coefficients, router::agree::backward];
+    /// The LBL's plain top-k written as the selection (bias and groups counted).
+    PlainIsSelection: plain_top_k_bug_is_caught =>
+        [router::kernels::route_given, router::agree::backward];
+    /// The LBL's gradient skips the per-token score normalisation.
+    NoLblNormalize: lbl_score_normalisation_bug_is_caught => [
+        router::fd::router_objective, router::agree::backward, router::kernels::router_backward,
+    ];
+    /// The backward treats masked tokens as valid (one-group ids ignored).
+    MaskIgnored: mask_bug_is_caught => [router::agree::backward, router::kernels::router_backward];
     /// Routing statistics' score sums miss the last token.
     StatsSums: stats_bug_is_caught => [
         stats::kernels::routing_stats,

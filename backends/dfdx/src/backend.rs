@@ -172,9 +172,10 @@ impl<E: Scalar + Dtype, D: Device<E>> Dfdx<E, D> {
     }
 }
 
-/// Every kernel but `dispatch`, `group_counts`, `lbl_coefficients`, `routing_stats` and
-/// `check_finite` (index work and position searches: the core defaults, staged) runs as dfdx
-/// ops; core has checked each kernel's arguments.
+/// Every kernel but `dispatch`, `group_counts`, `lbl_coefficients`, `routing_stats`,
+/// `token_groups` and `check_finite` (index work and position searches: the core defaults,
+/// staged) runs as dfdx ops, the token mask and groups included ((`crate::groups`)); core has
+/// checked each kernel's arguments.
 impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
     fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
         let a = a.into_inner();
@@ -194,8 +195,7 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
     }
 
     fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<E> {
-        let a = a.into_inner();
-        crate::reduce::lse_sq_sum(a.n, a.e, a.z)
+        crate::reduce::lse_sq_sum(self, a.into_inner())
     }
 
     fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<E> {

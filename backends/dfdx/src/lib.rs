@@ -41,6 +41,7 @@
 
 mod backend;
 pub mod demo;
+mod groups;
 pub mod interop;
 mod memory;
 mod reduce;

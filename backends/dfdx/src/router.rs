@@ -3,23 +3,27 @@
 //! backward, z-loss) as dfdx ops around the host scatter of the gate gradient.
 
 use crate::backend::{dx, host_vec, Dfdx, Matrix};
+use crate::groups::{group_index, keep, keep_rows, normalize_rows_backward, valid, Flags};
 use crate::reduce::lse_sq_sum_of;
 use dfdx::shapes::{Axis, Dtype};
 use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::{
-    BroadcastTo, Device, GatherTo, LogSumExpTo, ReshapeTo, SumTo, TryAdd, TryMul, TrySub,
+    BroadcastTo, ChooseFrom, Device, GatherTo, LogSumExpTo, ReshapeTo, SumTo, TryAdd, TryDiv,
+    TryGt, TryMul, TrySub,
 };
 use simbal_core::gemm::GemmArgs;
 use simbal_core::router::kernels::{
     BackwardSums, LblCoef, Logits, Route, RouteSums, RouterBackward,
 };
-use simbal_core::router::select::{gates_row, renorm_eps, select_row};
+use simbal_core::router::score::sqrt_softplus_slope_over_p;
+use simbal_core::router::select::{gates_row, plain_topk_row, renorm_eps, select_row};
+use simbal_core::tokens::Groups;
 use simbal_core::{Backend, Result, RouterConfig, Scalar, ScoreFn};
 
 /// [`Backend::route`]: the logits GEMM when asked, `max |Z|` when asked, then the rows.
 pub(crate) fn route<E: Scalar + Dtype, D: Device<E>>(
     be: &Dfdx<E, D>,
-    a: Route<'_, Dfdx<E, D>>,
+    mut a: Route<'_, Dfdx<E, D>>,
 ) -> Result<RouteSums<E>> {
     let (n, e, k) = (a.n, a.cfg.experts, a.cfg.k);
     if let Logits::Tokens { gemm, x, r } = a.logits {
@@ -45,13 +49,17 @@ pub(crate) fn route<E: Scalar + Dtype, D: Device<E>>(
     let ph = host_vec(&pt);
     let bias = a.bias.map(host_vec);
     let mut gh = vec![E::zero(); n * k];
-    for ((pr, ir), wr) in ph
+    for (t, ((pr, ir), wr)) in ph
         .chunks_exact(e)
         .zip(a.idx.chunks_exact_mut(k))
         .zip(gh.chunks_exact_mut(k))
+        .enumerate()
     {
         select_row(a.cfg, pr, bias.as_deref(), ir);
         gates_row(a.cfg, pr, ir, wr);
+        if let Some(pl) = a.plain.as_deref_mut() {
+            plain_topk_row(pr, &mut pl[t * k..(t + 1) * k]);
+        }
     }
     *a.p = Dfdx::flat(pt)?;
     *a.gates = be.vector(gh)?;
@@ -66,6 +74,18 @@ fn scores<E: Scalar + Dtype, D: Device<E>>(
     match score {
         ScoreFn::Softmax => dx(z.try_softmax::<Axis<1>>()),
         ScoreFn::Sigmoid => dx(z.try_sigmoid()),
+        ScoreFn::SqrtSoftplus => {
+            // softplus(z) = relu(z) + log1p(exp(-|z|)), with log1p(u) = u ln(1 + u) / ((1 + u)
+            // - 1) (Goldberg; u itself where 1 + u rounds to 1): dfdx has no log1p.
+            let u = dx(dx(dx(z.clone().try_abs())?.try_negate())?.try_exp())?;
+            let w = dx(u.clone().try_add(E::one()))?;
+            let d = dx(w.clone().try_sub(E::one()))?;
+            let exact = dx(d.try_gt(E::zero()))?;
+            let ratio = dx(dx(w.try_ln())?.try_div(d))?;
+            let l1p = dx(exact.try_choose(dx(u.clone().try_mul(ratio))?, u))?;
+            let sp = dx(dx(z.try_relu())?.try_add(l1p))?;
+            dx(sp.try_sqrt())
+        }
     }
 }
 
@@ -84,12 +104,14 @@ pub(crate) fn router_backward<E: Scalar + Dtype, D: Device<E>>(
         });
     }
     let pt = Dfdx::mat(a.p, n, e)?;
+    let zt = Dfdx::mat(a.z, n, e)?;
     let gate = gate_rows(be, &a, &pt)?;
     let mut dpt = dx(be.vector(gate.dp)?.try_reshape_like(&(n, e)))?;
+    let (flags, _) = valid(be, &a.groups, n)?;
     if let Some(l) = &a.lbl {
-        dpt = add_lbl(dpt, l, n, e)?;
+        dpt = dx(dpt.try_add(lbl_term(be, l, &a.groups, flags.as_ref(), &pt, n, e)?))?;
     }
-    let mut dzt = score_backward(cfg.score, &pt, dpt, n, e)?;
+    let mut dzt = score_backward(cfg.score, &pt, &zt, dpt, n, e)?;
     if cfg.renormalize {
         if cfg.score == ScoreFn::Softmax {
             let mt = dx(be.vector(gate.m)?.try_broadcast_like::<_, Axis<1>>(&(n, e)))?;
@@ -100,16 +122,20 @@ pub(crate) fn router_backward<E: Scalar + Dtype, D: Device<E>>(
     }
     let mut lse_sq_sum = None;
     if a.z_coef != E::zero() || a.request.lse_sq_sum {
-        let zt = Dfdx::mat(a.z, n, e)?;
         let lse: Tensor<(usize,), E, D> = dx(zt.clone().try_logsumexp::<_, Axis<1>>())?;
         if a.request.lse_sq_sum {
-            lse_sq_sum = Some(lse_sq_sum_of(lse.clone())?);
+            lse_sq_sum = Some(lse_sq_sum_of(be, flags.as_ref(), lse.clone())?);
         }
         if a.z_coef != E::zero() {
-            let c = dx(dx(lse.try_mul(a.z_coef))?.try_broadcast_like::<_, Axis<1>>(&(n, e)))?;
+            // A masked token gets no z-loss term: its coefficient is zeroed.
+            let mut c = dx(lse.try_mul(a.z_coef))?;
+            if let Some(f) = &flags {
+                c = keep(be, f, c)?;
+            }
+            let c = dx(c.try_broadcast_like::<_, Axis<1>>(&(n, e)))?;
             let sm = match cfg.score {
                 ScoreFn::Softmax => pt,
-                ScoreFn::Sigmoid => dx(zt.try_softmax::<Axis<1>>())?,
+                ScoreFn::Sigmoid | ScoreFn::SqrtSoftplus => dx(zt.try_softmax::<Axis<1>>())?,
             };
             dzt = dx(dzt.try_add(dx(sm.try_mul(c))?))?;
         }
@@ -207,31 +233,56 @@ fn gate_rows<E: Scalar + Dtype, D: Device<E>>(
                     sp[ir[j] as usize] = aj(j) * (E::one() - ps[j]);
                 }
             }
+            ScoreFn::SqrtSoftplus => {
+                for j in 0..k {
+                    sp[ir[j] as usize] = aj(j) * sqrt_softplus_slope_over_p(ps[j]);
+                }
+            }
         }
     }
     Ok(out)
 }
 
-/// `dP += coef[b(t)]`, one coefficient row per group of `group_len` tokens.
-fn add_lbl<E: Scalar + Dtype, D: Device<E>>(
-    dpt: Matrix<E, D>,
+/// The LBL's `dL/dP` rows: each valid token's group row of coefficients (runs: the rows
+/// broadcast over `groups x len x E`; ids: gathered by the token's group), through the
+/// per-token normalisation when the loss normalises, and zero for a masked token.
+fn lbl_term<E: Scalar + Dtype, D: Device<E>>(
+    be: &Dfdx<E, D>,
     l: &LblCoef<'_, Dfdx<E, D>>,
+    groups: &Groups<'_, Dfdx<E, D>>,
+    flags: Option<&Flags<D>>,
+    pt: &Matrix<E, D>,
     n: usize,
     e: usize,
 ) -> Result<Matrix<E, D>> {
-    let groups = n / l.group_len;
-    let shape3 = (groups, l.group_len, e);
-    let coef = Dfdx::mat(l.coef, groups, e)?;
-    let coef = dx(coef.try_broadcast_like::<_, Axis<1>>(&shape3))?;
-    let d3 = dx(dpt.try_reshape_like(&shape3))?;
-    dx(dx(d3.try_add(coef))?.try_reshape_like(&(n, e)))
+    let mut rows: Matrix<E, D> = match *groups {
+        Groups::Runs { len } => {
+            let g = n / len;
+            let coef = Dfdx::mat(l.coef, g, e)?;
+            let coef = dx(coef.try_broadcast_like::<_, Axis<1>>(&(g, len, e)))?;
+            dx(coef.try_reshape_like(&(n, e)))?
+        }
+        Groups::Ids { count: 0, .. } => return dx(be.dev.try_zeros_like(&(n, e))),
+        Groups::Ids { ids, count } => {
+            let coef = Dfdx::mat(l.coef, count, e)?;
+            dx(coef.try_gather(group_index(be, ids)?))?
+        }
+    };
+    if l.normalize {
+        rows = normalize_rows_backward(pt, rows, n, e)?;
+    }
+    match flags {
+        Some(f) => keep_rows(be, f, rows, n, e),
+        None => Ok(rows),
+    }
 }
 
 /// `dZ` from `dP` through the score function: softmax `p (dP - <dP, p>)`, sigmoid
-/// `dP p (1 - p)`.
+/// `dP p (1 - p)`, sqrt-softplus `dP sigmoid(z) / (2 p)` (0 where `p = 0`).
 fn score_backward<E: Scalar + Dtype, D: Device<E>>(
     score: ScoreFn,
     pt: &Matrix<E, D>,
+    zt: &Matrix<E, D>,
     dpt: Matrix<E, D>,
     n: usize,
     e: usize,
@@ -246,6 +297,14 @@ fn score_backward<E: Scalar + Dtype, D: Device<E>>(
         ScoreFn::Sigmoid => {
             let one_minus = dx(dx(pt.clone().try_negate())?.try_add(E::one()))?;
             dx(dx(dpt.try_mul(pt.clone()))?.try_mul(one_minus))
+        }
+        ScoreFn::SqrtSoftplus => {
+            let pos = dx(pt.try_gt(E::zero()))?;
+            let slope =
+                dx(dx(zt.clone().try_sigmoid())?.try_div(dx(pt.clone().try_mul(E::of(2.0)))?))?;
+            let zeros = dx(pt.device().try_zeros_like(&(n, e)))?;
+            let slope = dx(pos.try_choose(slope, zeros))?;
+            dx(dpt.try_mul(slope))
         }
     }
 }

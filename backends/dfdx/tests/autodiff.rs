@@ -14,14 +14,15 @@ use common::NORMS;
 use dfdx::shapes::{Axes2, Axis};
 use dfdx::tensor::{Cpu, OwnedTape, Tensor, TensorFromVec, Trace, WithEmptyTape};
 use dfdx::tensor_ops::{
-    Backward, BroadcastTo, GatherTo, LogSumExpTo, MeanTo, PermuteTo, ReshapeTo, SumTo, TryAdd,
-    TryDiv, TryMatMul, TryMul, TrySub,
+    Backward, BroadcastTo, GatherTo, LogSumExpTo, MeanTo, PermuteTo, SumTo, TryAdd, TryDiv,
+    TryMatMul, TryMul, TrySub,
 };
 use proptest::prelude::*;
+use simbal_core::router::select::plain_topk_row;
 use simbal_core::{
-    Capacity, DropPolicy, LblConfig, LblLevel, LblNormalization, LossConfig, LossValues, Memory,
-    Rng, Router, RouterConfig, RoutingStats, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
-    ZLossConfig,
+    Batch, Capacity, DropPolicy, LblConfig, LblCounts, LblLevel, LblNormalization, LblScores,
+    LossConfig, LossValues, Memory, Rng, Router, RouterConfig, RoutingStats, ScoreFn, SeqLayout,
+    SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
 };
 use simbal_dfdx::{weight_shape, Dfdx};
 
@@ -44,6 +45,8 @@ struct Case {
     r: Vec<f64>,
     dw: Vec<f64>,
     bias: Option<Vec<f64>>,
+    /// Token mask (1 = valid), if any.
+    mask: Option<Vec<u32>>,
     global: Option<RoutingStats>,
 }
 
@@ -51,6 +54,7 @@ struct Case {
 #[derive(Debug)]
 struct Side {
     values: [f64; 3],
+    dz: Vec<f64>,
     dx: Vec<f64>,
     dr: Vec<f64>,
 }
@@ -59,6 +63,11 @@ struct Side {
 struct Routing {
     idx: Vec<u32>,
     dropped: Vec<u32>,
+    /// The plain top-k of the scores (the LBL's routed counts).
+    plain: Vec<u32>,
+    /// The smallest row sum of the scores (the LBL's per-token normalisation scales its terms
+    /// with the inverse).
+    min_row_sum: f64,
     /// The smallest renormalisation denominator `sum_j p_{i_j}` over tokens (1 without
     /// renormalisation): the gate gradient's terms scale with its inverse.
     min_denominator: f64,
@@ -69,7 +78,14 @@ fn simbal_side(c: &Case) -> (Side, Routing) {
     let mut router = Router::new(be.clone(), c.cfg).unwrap();
     let [x, r, dw] = [&c.x, &c.r, &c.dw].map(|v| be.upload(v).unwrap());
     let bias = c.bias.as_ref().map(|b| be.upload(b).unwrap());
-    let mut pass = router.forward(&x, &r, bias.as_ref()).unwrap();
+    let mut batch = Batch::new();
+    if let Some(b) = &bias {
+        batch = batch.bias(b);
+    }
+    if let Some(m) = &c.mask {
+        batch = batch.mask(&m[..]);
+    }
+    let mut pass = router.forward_batch(&x, &r, batch).unwrap();
     let (e, k) = (c.cfg.experts, c.cfg.k);
     let p = pass.scores().as_vec();
     let idx = pass.indices().to_vec();
@@ -84,15 +100,26 @@ fn simbal_side(c: &Case) -> (Side, Routing) {
     } else {
         1.0
     };
+    let mut plain = vec![0u32; c.n * k];
+    for (pr, pl) in p.chunks_exact(e).zip(plain.chunks_exact_mut(k)) {
+        plain_topk_row(pr, pl);
+    }
+    let min_row_sum = p
+        .chunks_exact(e)
+        .map(|r| r.iter().sum::<f64>())
+        .fold(f64::INFINITY, f64::min);
     let routing = Routing {
         idx,
         dropped: pass.dropped().to_vec(),
+        plain,
+        min_row_sum,
         min_denominator,
     };
     let g = pass.backward(&dw, &c.losses, c.global.as_ref()).unwrap();
     let v: LossValues<f64> = g.losses;
     let side = Side {
         values: [v.simbal, v.lbl, v.z_loss],
+        dz: g.dz.as_vec(),
         dx: g.dx.as_vec(),
         dr: g.dr.as_vec(),
     };
@@ -117,10 +144,32 @@ fn tape_side(c: &Case, rt: &Routing) -> Side {
         }
     };
     let z: M2 = xt.try_matmul(r_dxe()).unwrap();
+    let z_keep = z.with_empty_tape();
     let score = |z: M2| -> M2 {
         match c.cfg.score {
             ScoreFn::Softmax => z.try_softmax::<Axis<1>>().unwrap(),
             ScoreFn::Sigmoid => z.try_sigmoid().unwrap(),
+            // sqrt(softplus(z)), softplus(z) = relu(z) + ln(1 + exp(-|z|)).
+            ScoreFn::SqrtSoftplus => {
+                let l = z
+                    .with_empty_tape()
+                    .try_abs()
+                    .unwrap()
+                    .try_negate()
+                    .unwrap()
+                    .try_exp()
+                    .unwrap()
+                    .try_add(1.0)
+                    .unwrap()
+                    .try_ln()
+                    .unwrap();
+                z.try_relu()
+                    .unwrap()
+                    .try_add(l)
+                    .unwrap()
+                    .try_sqrt()
+                    .unwrap()
+            }
         }
     };
 
@@ -175,11 +224,18 @@ fn tape_side(c: &Case, rt: &Routing) -> Side {
         total = total.try_add(l).unwrap();
     }
     if let (Some(zc), Some(zz)) = (c.losses.z_loss, z_z) {
+        // beta / N_v sum over the valid tokens of lse^2.
+        let valid: Vec<f64> = (0..n).map(|t| f64::from(is_valid(c, t))).collect();
+        let nv = valid.iter().sum::<f64>().max(1.0);
+        let w: Tensor<(usize,), f64, Cpu> =
+            dev.tensor_from_vec(valid.iter().map(|v| v / nv).collect(), (n,));
         let lse: Tensor<(usize,), f64, Cpu, Tp> = zz.try_logsumexp::<_, Axis<1>>().unwrap();
         let l: S0 = lse
             .try_square()
             .unwrap()
-            .try_mean::<(), _>()
+            .try_mul(w)
+            .unwrap()
+            .try_sum::<(), _>()
             .unwrap()
             .try_mul(zc.beta)
             .unwrap();
@@ -189,6 +245,7 @@ fn tape_side(c: &Case, rt: &Routing) -> Side {
     let grads = total.try_backward().unwrap();
     Side {
         values,
+        dz: grads.get(&z_keep).as_vec(),
         dx: grads.get(&x).as_vec(),
         dr: grads.get(&r).as_vec(),
     }
@@ -233,7 +290,32 @@ fn simbal_tape(dev: &Cpu, sc: SimBalConfig, d: usize, e: usize, rd: M2) -> S0 {
     raw.try_mul(sc.lambda).unwrap()
 }
 
-/// The LBL on the tape from the scores `p` (`N x E`), counts constant.
+/// Whether token `t` of the case is valid (not masked).
+fn is_valid(c: &Case, t: usize) -> bool {
+    c.mask.as_ref().is_none_or(|m| m[t] != 0)
+}
+
+/// Each token's LBL group (`None`: masked) and the number of groups.
+fn lbl_groups(c: &Case, level: LblLevel) -> (Vec<Option<usize>>, usize) {
+    let n = c.n;
+    let (of, g): (Box<dyn Fn(usize) -> usize>, usize) = match level {
+        LblLevel::Sequence(SeqLayout::BatchMajor { seq_len }) => {
+            (Box::new(move |t| t / seq_len), n / seq_len)
+        }
+        LblLevel::Sequence(SeqLayout::SequenceMajor { batch }) => {
+            (Box::new(move |t| t % batch), batch)
+        }
+        LblLevel::Sequence(SeqLayout::Packed) => unreachable!("no packed cases"),
+        _ => (Box::new(|_| 0), 1),
+    };
+    ((0..n).map(|t| is_valid(c, t).then(|| of(t))).collect(), g)
+}
+
+/// The LBL on the tape from the scores `p` (`N x E`), counts constant: per group `b` with
+/// `N_b` valid tokens, `f_be = c_be / (k N_b)` and `P̄_be = mean_{valid t in b} q_te`
+/// (`q = p / (sum p + 1e-20)` when the loss normalises), `L = alpha E / B' sum_be f_be P̄_be`
+/// over the `B'` groups with a valid token; global batch: `N` and `c` of the merged
+/// statistics, the shard factor on top.
 fn lbl_tape(dev: &Cpu, c: &Case, rt: &Routing, lc: LblConfig, p: M2) -> S0 {
     let (n, e, k) = (c.n, c.cfg.experts, c.cfg.k);
     let ae = lc.alpha
@@ -242,38 +324,75 @@ fn lbl_tape(dev: &Cpu, c: &Case, rt: &Routing, lc: LblConfig, p: M2) -> S0 {
             LblNormalization::Switch => 1.0,
             LblNormalization::HuggingFace => k as f64,
         };
-    let seq = match lc.level {
-        LblLevel::Sequence { seq_len } => seq_len,
-        _ => n,
+    let (gid, groups) = lbl_groups(c, lc.level);
+    let mut nb = vec![0.0; groups];
+    for g in gid.iter().flatten() {
+        nb[*g] += 1.0;
+    }
+    let (idx, dropped) = match lc.counts {
+        LblCounts::Routed => (&rt.plain, None),
+        LblCounts::Dispatched => (&rt.idx, Some(&rt.dropped)),
     };
-    let groups = n / seq;
-    // Per-group kept counts from simbal's routing, or the merged global counts.
     let mut f = vec![0.0; groups * e];
+    let mut factor = 1.0;
     match (lc.level, &c.global) {
         (LblLevel::GlobalBatch, Some(g)) => {
-            for (fe, &ce) in f.iter_mut().zip(&g.counts) {
+            let counts = match lc.counts {
+                LblCounts::Routed => &g.routed_counts,
+                LblCounts::Dispatched => &g.counts,
+            };
+            for (fe, &ce) in f.iter_mut().zip(counts) {
                 *fe = ce as f64 / (k as f64 * g.tokens as f64);
             }
+            nb[0] = g.tokens as f64;
+            factor = lc.shard_factor;
         }
         _ => {
-            for (a, (&i, &dr)) in rt.idx.iter().zip(&rt.dropped).enumerate() {
-                if dr == 0 {
-                    f[(a / (seq * k)) * e + i as usize] += 1.0 / (k * seq) as f64;
+            for (a, &i) in idx.iter().enumerate() {
+                let kept = dropped.is_none_or(|d| d[a] == 0);
+                if let (Some(b), true) = (gid[a / k], kept) {
+                    f[b * e + i as usize] += 1.0 / (k as f64 * nb[b]);
                 }
             }
         }
     }
-    let coef: C2 = dev.tensor_from_vec(f.iter().map(|v| v * ae).collect(), (groups, e));
-    let pbar: M2 = p
-        .try_reshape_like(&(groups, seq, e))
+    let live = nb.iter().filter(|&&v| v > 0.0).count().max(1) as f64;
+    // Aᵀ (N x B): 1 / N_b for a valid token of group b.
+    let mut at = vec![0.0; n * groups];
+    for (t, g) in gid.iter().enumerate() {
+        if let Some(b) = *g {
+            at[t * groups + b] = 1.0 / nb[b];
+        }
+    }
+    let at: C2 = dev.tensor_from_vec(at, (n, groups));
+    let q: M2 = if lc.normalizes(c.cfg.score) {
+        let s: Tensor<(usize,), f64, Cpu, Tp> = p
+            .with_empty_tape()
+            .try_sum::<_, Axis<1>>()
+            .unwrap()
+            .try_add(1e-20)
+            .unwrap();
+        p.try_div(s.try_broadcast_like::<_, Axis<1>>(&(n, e)).unwrap())
+            .unwrap()
+    } else {
+        p
+    };
+    // P̄ᵀ (E x B) = qᵀ Aᵀ.
+    let pbar_t: M2 = q
+        .try_permute::<_, Axes2<1, 0>>()
         .unwrap()
-        .try_mean::<_, Axis<1>>()
+        .try_matmul(at)
         .unwrap();
-    pbar.try_mul(coef)
+    let f_t: Vec<f64> = (0..e * groups)
+        .map(|i| f[(i % groups) * e + i / groups])
+        .collect();
+    let f_t: C2 = dev.tensor_from_vec(f_t, (e, groups));
+    pbar_t
+        .try_mul(f_t)
         .unwrap()
         .try_sum::<(), _>()
         .unwrap()
-        .try_div(groups as f64)
+        .try_mul(ae * factor / live)
         .unwrap()
 }
 
@@ -350,6 +469,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         )?;
     }
     let floor = 1e-6 * cancel_scale(c, &routing);
+    assert_close("dZ", &ours.dz, &tape.dz, floor)?;
     assert_close("dX", &ours.dx, &tape.dx, floor)?;
     assert_close("dR", &ours.dr, &tape.dr, floor)?;
     Ok(())
@@ -373,16 +493,18 @@ fn cancel_scale(c: &Case, rt: &Routing) -> f64 {
     // The LBL's coefficient alpha E c_e / (k T_f T_p) is at most alpha E / T_p (times k under
     // the HuggingFace normalisation), T_p the tokens of a group.
     let lbl = c.losses.lbl.map_or(0.0, |l| {
-        let group = match l.level {
-            LblLevel::Sequence { seq_len } => seq_len,
-            _ => c.n,
-        } as f64;
+        // The smallest group has one valid token; the normalisation scales by 1 / sum p.
+        let group = if l.normalizes(c.cfg.score) {
+            rt.min_row_sum.min(1.0)
+        } else {
+            1.0
+        };
         let hf = if l.normalization == LblNormalization::HuggingFace {
             k
         } else {
             1.0
         };
-        l.alpha * e * hf / group
+        l.alpha * e * hf * l.shard_factor / group
     });
     // The z-loss term beta (2 / N) lse(z) softmax(z), with |lse| <= max|z| + ln E.
     let z_max = c.d as f64 * max_abs(&c.x) * max_abs(&c.r);
@@ -394,7 +516,10 @@ fn cancel_scale(c: &Case, rt: &Routing) -> f64 {
 }
 
 /// Sizes, data and a router configuration; `extra` picks options.
-fn case_strategy() -> impl Strategy<Value = (usize, usize, usize, usize, usize, u64, u8)> {
+type Draw = (usize, usize, usize, usize, usize, u64, u8, u8);
+
+/// Sizes, data and a router configuration; `opts` and `extra` pick options.
+fn case_strategy() -> impl Strategy<Value = Draw> {
     (
         1usize..4, // sequences B
         1usize..5, // sequence length T
@@ -403,12 +528,13 @@ fn case_strategy() -> impl Strategy<Value = (usize, usize, usize, usize, usize, 
         0usize..8, // k selector
         any::<u64>(),
         any::<u8>(),
+        any::<u8>(), // extra: bit 0 sqrt-softplus for sigmoid, bit 1 a token mask
     )
 }
 
 fn build(
-    (b, t, d, e, ksel, seed, opts): (usize, usize, usize, usize, usize, u64, u8),
-    losses: impl Fn(usize, usize) -> LossConfig,
+    (b, t, d, e, ksel, seed, opts, extra): Draw,
+    losses: impl Fn(usize, usize, usize) -> LossConfig,
     zero_dw: bool,
 ) -> Case {
     let n = b * t;
@@ -428,10 +554,10 @@ fn build(
     };
     let bias = (opts & 8 != 0).then(|| normal(e, 0.1));
     let mut cfg = RouterConfig::new(e, k)
-        .with_score(if opts & 1 == 0 {
-            ScoreFn::Softmax
-        } else {
-            ScoreFn::Sigmoid
+        .with_score(match (opts & 1, extra & 1) {
+            (0, _) => ScoreFn::Softmax,
+            (_, 0) => ScoreFn::Sigmoid,
+            _ => ScoreFn::SqrtSoftplus,
         })
         .with_renormalize(opts & 2 == 0)
         .with_layout(if opts & 4 == 0 {
@@ -448,13 +574,21 @@ fn build(
             } else {
                 DropPolicy::Position
             },
+            min: 0,
         });
     }
     if opts & 128 != 0 && e % 2 == 0 && k <= e / 2 {
         cfg = cfg.with_groups(2, 1);
     }
+    // Every third token masked, from a seed-dependent offset (some draws mask all).
+    let mask = (extra & 2 != 0).then(|| {
+        (0..n)
+            .map(|t| u32::from((t + seed as usize) % 3 != 0))
+            .collect()
+    });
     let global = Some(RoutingStats {
         counts: (0..e as u64).map(|i| 1 + (i * 7 + seed % 5) % 9).collect(),
+        routed_counts: (0..e as u64).map(|i| 2 + (i * 5 + seed % 3) % 7).collect(),
         score_sums: vec![0.0; e],
         tokens: 3 * n as u64,
         dropped: 0,
@@ -463,11 +597,12 @@ fn build(
         n,
         d,
         cfg,
-        losses: losses(n, t),
+        losses: losses(n, b, t),
         x,
         r,
         dw,
         bias,
+        mask,
         global,
     }
 }
@@ -486,47 +621,67 @@ proptest! {
     /// layout, with selection bias, capacity drops and group limits.
     #[test]
     fn gate_term_matches_tape(p in case_strategy()) {
-        check(&build(p, |_, _| LossConfig::none(), false))?;
+        check(&build(p, |_, _, _| LossConfig::none(), false))?;
     }
 
     /// SimBal L1, FrobeniusSq and ScaleFree alone (zero gate gradient), either layout.
     #[test]
     fn simbal_variants_match_tape(p in case_strategy(), which in 0usize..3, lambda in 0.01f64..2.0) {
         let norm = NORMS[which];
-        check(&build(p, |_, _| LossConfig::none().with_simbal(SimBalConfig { lambda, norm }), true))?;
+        check(&build(p, |_, _, _| LossConfig::none().with_simbal(SimBalConfig { lambda, norm }), true))?;
     }
 
-    /// The LBL at every level and normalisation, counts constant.
+    /// The LBL at every level (sequences batch-major and sequence-major) and normalisation,
+    /// normalised or raw scores, routed or dispatched counts (constant), masked tokens.
     #[test]
-    fn lbl_matches_tape(p in case_strategy(), level in 0usize..3, hf in any::<bool>(), alpha in 0.001f64..1.0) {
-        check(&build(p, |_, t| {
+    fn lbl_matches_tape(
+        p in case_strategy(),
+        level in 0usize..4,
+        hf in any::<bool>(),
+        alpha in 0.001f64..1.0,
+        raw in any::<bool>(),
+        dispatched in any::<bool>(),
+    ) {
+        check(&build(p, |_, b, t| {
             let level = match level {
                 0 => LblLevel::MicroBatch,
-                1 => LblLevel::Sequence { seq_len: t },
+                1 => LblLevel::sequences(t),
+                2 => LblLevel::Sequence(SeqLayout::SequenceMajor { batch: b }),
                 _ => LblLevel::GlobalBatch,
             };
             let normalization = if hf { LblNormalization::HuggingFace } else { LblNormalization::Switch };
-            LossConfig::none().with_lbl(LblConfig { alpha, level, normalization })
+            LossConfig::none().with_lbl(LblConfig {
+                alpha,
+                level,
+                normalization,
+                scores: if raw { LblScores::Raw } else { LblScores::Normalized },
+                counts: if dispatched { LblCounts::Dispatched } else { LblCounts::Routed },
+                shard_factor: if hf { 3.0 } else { 1.0 },
+            })
         }, true))?;
     }
 
     /// The z-loss (logsumexp) under either score function.
     #[test]
     fn z_loss_matches_tape(p in case_strategy(), beta in 0.0001f64..1.0) {
-        check(&build(p, |_, _| LossConfig::none().with_z_loss(ZLossConfig { beta }), true))?;
+        check(&build(p, |_, _, _| LossConfig::none().with_z_loss(ZLossConfig { beta }), true))?;
     }
 
     /// The combined objective sum(W * dW) + SimBal + LBL + z-loss.
     #[test]
     fn combined_objective_matches_tape(p in case_strategy(), which in 0usize..3, seq in any::<bool>()) {
         let norm = NORMS[which];
-        check(&build(p, |_, t| {
+        check(&build(p, |_, b, _| {
             LossConfig::none()
                 .with_simbal(SimBalConfig { lambda: 0.1, norm })
                 .with_lbl(LblConfig {
                     alpha: 0.05,
-                    level: if seq { LblLevel::Sequence { seq_len: t } } else { LblLevel::MicroBatch },
-                    normalization: LblNormalization::Switch,
+                    level: if seq {
+                        LblLevel::Sequence(SeqLayout::SequenceMajor { batch: b })
+                    } else {
+                        LblLevel::MicroBatch
+                    },
+                    ..LblConfig::default()
                 })
                 .with_z_loss(ZLossConfig { beta: 0.01 })
         }, false))?;
@@ -536,11 +691,58 @@ proptest! {
 /// The cross-check itself can fail: a wrong gradient (simbal's dR perturbed) is caught.
 #[test]
 fn cross_check_detects_a_wrong_gradient() {
-    let c = build((2, 3, 4, 5, 1, 11, 0), |_, _| LossConfig::simbal(), false);
+    let c = build(
+        (2, 3, 4, 5, 1, 11, 0, 0),
+        |_, _, _| LossConfig::simbal(),
+        false,
+    );
     let (mut ours, routing) = simbal_side(&c);
     let tape = tape_side(&c, &routing);
     let floor = 1e-6 * cancel_scale(&c, &routing);
     assert!(assert_close("dR", &ours.dr, &tape.dr, floor).is_ok());
     ours.dr[3] += 1e-6;
     assert!(assert_close("dR", &ours.dr, &tape.dr, floor).is_err());
+}
+
+/// The new conventions at fixed draws: a token mask (a masked token's `dZ` from the LBL and the
+/// z-loss is exactly 0), sigmoid scores with the normalised LBL, sqrt-softplus scores, and the
+/// sequence-major sequence LBL, each against the tape.
+#[test]
+fn masks_scores_and_layouts_match_tape() {
+    let losses = |_: usize, b: usize, _: usize| {
+        LossConfig::none()
+            .with_lbl(LblConfig {
+                alpha: 0.1,
+                level: LblLevel::Sequence(SeqLayout::SequenceMajor { batch: b }),
+                ..LblConfig::default()
+            })
+            .with_z_loss(ZLossConfig { beta: 0.05 })
+    };
+    // opts bit 0: element-wise scores (extra bit 0: sqrt-softplus); extra bit 1: the mask.
+    for (opts, extra) in [(0u8, 2u8), (1, 0), (1, 2), (1, 3), (9, 1), (33, 3)] {
+        let c = build((3, 4, 5, 6, 1, 41, opts, extra), losses, true);
+        check(&c).unwrap_or_else(|e| panic!("opts={opts} extra={extra}: {e}"));
+        if let Some(m) = &c.mask {
+            let (ours, _) = simbal_side(&c);
+            let e = c.cfg.experts;
+            for (t, _) in m.iter().enumerate().filter(|(_, &v)| v == 0) {
+                assert!(
+                    ours.dz[t * e..(t + 1) * e].iter().all(|&v| v == 0.0),
+                    "masked token {t} got an aux-loss gradient"
+                );
+            }
+        }
+    }
+}
+
+/// sqrt-softplus with renormalisation against the tape (core once had a factor `p` too many).
+#[test]
+fn renormalized_sqrt_softplus_matches_tape() {
+    let mut c = build(
+        (2, 3, 4, 6, 1, 11, 1, 1),
+        |_, _, _| LossConfig::none(),
+        false,
+    );
+    c.cfg = c.cfg.with_renormalize(true);
+    check(&c).unwrap();
 }

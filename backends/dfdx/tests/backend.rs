@@ -10,11 +10,13 @@ use simbal_core::gemm::gemm_reference;
 use simbal_core::lbl::kernels::GroupSums;
 use simbal_core::metrics::Entropy;
 use simbal_core::router::kernels::{BackwardRequest, Logits, Route, RouteRequest, RouterBackward};
+use simbal_core::tokens::Groups;
 use simbal_core::zloss::LseSqSum;
 use simbal_core::{
-    Backend, DropPolicy, Gemm, GemmArgs, Gradients, LblConfig, LblLevel, LblNormalization,
-    LossConfig, Memory, Reference, Rng, Router, RouterConfig, Routing, RoutingStats, Scalar,
-    ScoreFn, SimBalConfig, SimBalNorm, SimbalError, SimbalWorkspace, WeightLayout, ZLossConfig,
+    Backend, DropPolicy, Gemm, GemmArgs, Gradients, LblConfig, LblCounts, LblLevel,
+    LblNormalization, LblScores, LossConfig, Memory, Reference, Rng, Router, RouterConfig, Routing,
+    RoutingStats, Scalar, ScoreFn, SeqLayout, SimBalConfig, SimBalNorm, SimbalError,
+    SimbalWorkspace, WeightLayout, ZLossConfig,
 };
 use simbal_dfdx::Dfdx;
 
@@ -136,6 +138,7 @@ fn check_step<T: Elem>(
     (n, d): (usize, usize),
     seed: u64,
     with_bias: bool,
+    mask: Option<&[u32]>,
 ) where
     Cpu: Device<T>,
 {
@@ -150,6 +153,7 @@ fn check_step<T: Elem>(
         .collect();
     let global = RoutingStats {
         counts: (0..e as u64).map(|i| 3 + i * 2).collect(),
+        routed_counts: (0..e as u64).map(|i| 4 + i).collect(),
         score_sums: vec![1.0; e],
         tokens: 40,
         dropped: 0,
@@ -159,11 +163,16 @@ fn check_step<T: Elem>(
     let mut rr = Router::new(Reference::<T>::new(), cfg).unwrap();
     let mut dr = Router::new(db.clone(), cfg).unwrap();
     let [xd, rd, dwd, bd] = [&x, &r, &dw, &bias].map(|v| db.upload(v).unwrap());
-    let mut pr = rr
-        .forward(&x, &r, with_bias.then_some(bias.as_slice()))
-        .unwrap();
-    let mut pd = dr.forward(&xd, &rd, with_bias.then_some(&bd)).unwrap();
-    let tag = format!("{cfg:?} {losses:?} n={n} d={d}");
+    let (mut br, mut bdf) = (simbal_core::Batch::new(), simbal_core::Batch::new());
+    if with_bias {
+        (br, bdf) = (br.bias(bias.as_slice()), bdf.bias(&bd));
+    }
+    if let Some(m) = mask {
+        (br, bdf) = (br.mask(m), bdf.mask(m));
+    }
+    let mut pr = rr.forward_batch(&x, &r, br).unwrap();
+    let mut pd = dr.forward_batch(&xd, &rd, bdf).unwrap();
+    let tag = format!("{cfg:?} {losses:?} n={n} d={d} mask={mask:?}");
     compare_routing(&tag, &db, &pd, &pr);
     close_scalar(
         &format!("entropy {tag}"),
@@ -172,6 +181,8 @@ fn check_step<T: Elem>(
     );
     let (sr, sd) = (pr.stats().unwrap(), pd.stats().unwrap());
     assert_eq!(sr.counts, sd.counts);
+    assert_eq!(sr.routed_counts, sd.routed_counts);
+    assert_eq!(sr.tokens, sd.tokens);
     let in_t = |v: &[f64]| v.iter().map(|&s| T::of(s)).collect::<Vec<T>>();
     close(
         &format!("score sums {tag}"),
@@ -197,6 +208,11 @@ fn configs(e: usize, k: usize) -> Vec<RouterConfig> {
         base.with_capacity(0.6, DropPolicy::Probs),
         base.with_capacity(0.8, DropPolicy::Position)
             .with_layout(WeightLayout::ExD),
+        base.with_score(ScoreFn::SqrtSoftplus),
+        base.with_score(ScoreFn::SqrtSoftplus)
+            .with_renormalize(false)
+            .with_capacity(0.7, DropPolicy::Probs)
+            .with_min_capacity(2),
     ]
 }
 
@@ -215,13 +231,23 @@ fn loss_sets(n: usize) -> Vec<LossConfig> {
         LossConfig::switch(),
         LossConfig::none().with_lbl(LblConfig {
             alpha: 0.05,
-            level: LblLevel::Sequence { seq_len: n / 2 },
+            level: LblLevel::sequences(n / 2),
             normalization: LblNormalization::HuggingFace,
+            ..LblConfig::default()
+        }),
+        LossConfig::none().with_lbl(LblConfig {
+            alpha: 0.03,
+            level: LblLevel::Sequence(SeqLayout::SequenceMajor { batch: 3 }),
+            scores: LblScores::Raw,
+            counts: LblCounts::Dispatched,
+            ..LblConfig::default()
         }),
         LossConfig::none().with_lbl(LblConfig {
             alpha: 0.02,
             level: LblLevel::GlobalBatch,
             normalization: LblNormalization::Switch,
+            shard_factor: 2.0,
+            ..LblConfig::default()
         }),
         LossConfig::simbal()
             .with_lbl(LblConfig::default())
@@ -235,12 +261,31 @@ where
 {
     let (n, d, e, k) = (12, 6, 8, 2);
     let mut seed = 10;
+    // Tokens 2, 7 and 8 are padding; the second mask leaves sequence-major sequence 2
+    // (tokens 2, 5, 8, 11) and the first batch-major sequence without a valid token.
+    let masks: [&[u32]; 2] = [
+        &[1, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1],
+        &[0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0],
+    ];
     for cfg in configs(e, k) {
         for losses in loss_sets(n) {
             seed += 1;
-            check_step::<T>(cfg, losses, (n, d), seed, seed % 2 == 0);
+            let mask = match seed % 3 {
+                0 => None,
+                m => Some(masks[m as usize - 1]),
+            };
+            check_step::<T>(cfg, losses, (n, d), seed, seed % 2 == 0, mask);
         }
     }
+    // Every token masked.
+    check_step::<T>(
+        RouterConfig::new(e, k).with_score(ScoreFn::Sigmoid),
+        LossConfig::switch().with_z_loss(ZLossConfig { beta: 0.1 }),
+        (n, d),
+        97,
+        false,
+        Some(&[0; 12]),
+    );
     // k = E and E = 1.
     check_step::<T>(
         RouterConfig::new(3, 3),
@@ -248,6 +293,7 @@ where
         (5, 4),
         99,
         false,
+        None,
     );
     check_step::<T>(
         RouterConfig::new(1, 1),
@@ -255,6 +301,7 @@ where
         (5, 4),
         98,
         true,
+        None,
     );
 }
 
@@ -352,7 +399,7 @@ fn huge_logits_stay_finite_f32() {
         -1e30, 5e29, 1e30, -3e29, //
         0.0, 0.0, 0.0, 0.0,
     ];
-    for score in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+    for score in [ScoreFn::Softmax, ScoreFn::Sigmoid, ScoreFn::SqrtSoftplus] {
         let cfg = RouterConfig::new(4, 2).with_score(score);
         logits_step(cfg, 3, &z, &[1.0; 6]);
         // Ties go to the lower index: row 0 picks experts 0 and 1.
@@ -418,6 +465,7 @@ fn kernel_sums_follow_the_request() {
                         p: &mut p,
                         idx: &mut idx[..],
                         gates: &mut gates,
+                        plain: None,
                         request: RouteRequest { max_abs_z: asked },
                     }
                     .check(&be)
@@ -442,6 +490,7 @@ fn kernel_sums_follow_the_request() {
                         gates: &gates,
                         dropped: &dropped[..],
                         dw: &dwd,
+                        groups: Groups::whole(n),
                         lbl: None,
                         z_coef,
                         dz: &mut dz,
@@ -487,6 +536,7 @@ fn memory_and_kernel_checks() {
         p: &mut p,
         idx: &mut idx[..],
         gates: &mut gates,
+        plain: None,
         request: RouteRequest::default(),
     };
     let err = refused(route.check(&be));
@@ -498,7 +548,8 @@ fn memory_and_kernel_checks() {
     let sums = GroupSums {
         n: 6,
         cols: 2,
-        group_len: 4,
+        groups: Groups::Runs { len: 4 },
+        normalize: false,
         a: &a,
         out: &mut out,
     };
@@ -516,6 +567,7 @@ fn memory_and_kernel_checks() {
         gates: &zeros4,
         dropped: &[0; 4][..],
         dw: &zeros4,
+        groups: Groups::whole(2),
         lbl: None,
         z_coef: 0.0,
         dz: &mut dz,
@@ -546,7 +598,12 @@ fn routing_entropy_and_lse_match_reference() {
         0.2, 0.3, 0.5, 0.0, 0.0, 0.0, 0.0, 0.7, 0.1, 0.9, 0.9, 0.9, 1e-300, 0.5, 0.25,
     ];
     let pd = be.upload(&p).unwrap();
-    let entropy = Entropy { n, e, p: &pd };
+    let entropy = Entropy {
+        n,
+        groups: Groups::whole(n),
+        e,
+        p: &pd,
+    };
     let a = be.routing_entropy(entropy.check(&be).unwrap()).unwrap();
     close_scalar(
         "entropy",
@@ -555,7 +612,13 @@ fn routing_entropy_and_lse_match_reference() {
     );
     let empty = be.zeros(0).unwrap();
     assert!(matches!(
-        Entropy { n: 0, e, p: &empty }.check(&be),
+        Entropy {
+            n: 0,
+            groups: Groups::whole(0),
+            e,
+            p: &empty
+        }
+        .check(&be),
         Err(SimbalError::ZeroDim { .. })
     ));
     let z = vec![
@@ -565,6 +628,7 @@ fn routing_entropy_and_lse_match_reference() {
     for scores in [None, Some((ScoreFn::Softmax, &pd))] {
         let args = LseSqSum {
             n,
+            groups: Groups::whole(n),
             e,
             z: &zd,
             scores,
@@ -593,4 +657,207 @@ fn max_abs_sees_nan_and_infinity() {
     assert_eq!(be.max_abs(&be.zeros(0).unwrap()).unwrap(), 0.0);
     // Empty buffers download without touching dfdx's iterator.
     be.download(&be.zeros(0).unwrap(), &mut []).unwrap();
+}
+
+/// The masked and grouped kernels (`route` with the plain top-k, `router_backward` with group
+/// ids, a mask and the normalised LBL, `group_column_sums`, `lse_sq_sum`, `routing_entropy`)
+/// against core's reference rows, every score function.
+#[test]
+fn grouped_and_masked_kernels_match_reference() {
+    use simbal_core::router::reference::{route_rows, router_backward_rows};
+    use simbal_core::tokens::{HostGroups, MASKED};
+    let be = Dfdx::<f64>::cpu();
+    let (n, e, k) = (8, 5, 2);
+    let mut rng = Rng::new(77);
+    let z: Vec<f64> = rand_vec::<f64>(&mut rng, n * e)
+        .iter()
+        .map(|v| 40.0 * v)
+        .collect();
+    let bias: Vec<f64> = rand_vec(&mut rng, e);
+    let dw: Vec<f64> = rand_vec(&mut rng, n * k);
+    let ids = [0, 2, MASKED, 1, 0, MASKED, 2, 1];
+    let all_masked = [MASKED; 8];
+    let [bd, dwd] = [&bias, &dw].map(|v| be.upload(v).unwrap());
+    for score in [ScoreFn::Softmax, ScoreFn::Sigmoid, ScoreFn::SqrtSoftplus] {
+        let cfg = RouterConfig::new(e, k).with_score(score).with_groups(5, 3);
+        let tag = format!("{score:?}");
+        // route, with the plain top-k.
+        let (mut zc, mut p, mut gates) = (
+            be.upload(&z).unwrap(),
+            be.zeros(n * e).unwrap(),
+            be.zeros(n * k).unwrap(),
+        );
+        let (mut idx, mut plain) = (vec![0u32; n * k], vec![0u32; n * k]);
+        be.route(
+            Route {
+                cfg: &cfg,
+                n,
+                logits: Logits::Given,
+                bias: Some(&bd),
+                z: &mut zc,
+                p: &mut p,
+                idx: &mut idx[..],
+                gates: &mut gates,
+                plain: Some(&mut plain[..]),
+                request: RouteRequest::default(),
+            }
+            .check(&be)
+            .unwrap(),
+        )
+        .unwrap();
+        let (mut pw, mut iw, mut gw, mut plw) = (
+            vec![0.0; n * e],
+            vec![0u32; n * k],
+            vec![0.0; n * k],
+            vec![0u32; n * k],
+        );
+        route_rows(
+            &cfg,
+            &z,
+            Some(&bias),
+            &mut pw,
+            &mut iw,
+            &mut gw,
+            Some(&mut plw),
+        );
+        close(&format!("scores {tag}"), &down(&be, &p), &pw);
+        close(&format!("gates {tag}"), &down(&be, &gates), &gw);
+        assert_eq!(idx, iw, "indices {tag}");
+        assert_eq!(plain, plw, "plain top-k {tag}");
+        // group_column_sums, runs and ids, raw and normalised.
+        let ids1 = [0, 0, MASKED, 0, 0, MASKED, 0, 0];
+        for normalize in [false, true] {
+            for (groups, hg, g) in [
+                (Groups::Runs { len: 4 }, HostGroups::Runs { len: 4 }, 2),
+                (
+                    Groups::Ids {
+                        ids: &ids[..],
+                        count: 3,
+                    },
+                    HostGroups::Ids {
+                        ids: &ids[..],
+                        count: 3,
+                    },
+                    3,
+                ),
+                (
+                    Groups::Ids {
+                        ids: &ids1[..],
+                        count: 1,
+                    },
+                    HostGroups::Ids {
+                        ids: &ids1[..],
+                        count: 1,
+                    },
+                    1,
+                ),
+            ] {
+                let mut out = be.zeros(g * e).unwrap();
+                let args = GroupSums {
+                    n,
+                    cols: e,
+                    groups,
+                    normalize,
+                    a: &p,
+                    out: &mut out,
+                };
+                be.group_column_sums(args.check(&be).unwrap()).unwrap();
+                let mut want = vec![0.0; g * e];
+                simbal_core::lbl::reference::group_column_sums(e, hg, normalize, &pw, &mut want);
+                close(
+                    &format!("group sums {tag} {g} normalize={normalize}"),
+                    &down(&be, &out),
+                    &want,
+                );
+            }
+        }
+        // router_backward with group ids, the normalised LBL and z-loss.
+        let coef: Vec<f64> = rand_vec(&mut rng, 3 * e);
+        let cd = be.upload(&coef).unwrap();
+        let dropped = vec![0u32; n * k];
+        for (gids, normalize) in [(&ids, false), (&ids, true), (&all_masked, true)] {
+            let mut dz = be.zeros(n * e).unwrap();
+            let sums = be
+                .router_backward(
+                    RouterBackward {
+                        cfg: &cfg,
+                        n,
+                        z: &zc,
+                        p: &p,
+                        idx: &idx[..],
+                        gates: &gates,
+                        dropped: &dropped[..],
+                        dw: &dwd,
+                        groups: Groups::Ids {
+                            ids: &gids[..],
+                            count: 3,
+                        },
+                        lbl: Some(simbal_core::router::kernels::LblCoef {
+                            coef: &cd,
+                            normalize,
+                        }),
+                        z_coef: 0.03,
+                        dz: &mut dz,
+                        request: BackwardRequest {
+                            lse_sq_sum: true,
+                            max_abs_dz: false,
+                        },
+                    }
+                    .check(&be)
+                    .unwrap(),
+                )
+                .unwrap();
+            let hg = HostGroups::Ids {
+                ids: &gids[..],
+                count: 3,
+            };
+            let mut want = vec![0.0; n * e];
+            router_backward_rows(
+                &cfg,
+                &z,
+                &pw,
+                &iw,
+                &gw,
+                &dropped,
+                &dw,
+                |r| hg.group_of(r).map(|b| &coef[b * e..(b + 1) * e]),
+                normalize,
+                0.03,
+                |r| hg.group_of(r).is_some(),
+                &mut want,
+            );
+            let t = format!("{tag} normalize={normalize} ids={gids:?}");
+            close(&format!("dz {t}"), &down(&be, &dz), &want);
+            let lse = simbal_core::zloss::lse_sq_sum_valid(e, hg, &z);
+            close_scalar(&format!("lse^2 {t}"), sums.lse_sq_sum.unwrap(), lse);
+            // The same masks through lse_sq_sum and routing_entropy.
+            let groups = Groups::Ids {
+                ids: &gids[..],
+                count: 3,
+            };
+            let args = LseSqSum {
+                n,
+                groups,
+                e,
+                z: &zc,
+                scores: None,
+            };
+            close_scalar(
+                &format!("lse_sq_sum {t}"),
+                be.lse_sq_sum(args.check(&be).unwrap()).unwrap(),
+                lse,
+            );
+            let args = Entropy {
+                n,
+                groups,
+                e,
+                p: &p,
+            };
+            close_scalar(
+                &format!("entropy {t}"),
+                be.routing_entropy(args.check(&be).unwrap()).unwrap(),
+                simbal_core::metrics::routing_entropy_valid(n, e, hg, &pw).unwrap(),
+            );
+        }
+    }
 }

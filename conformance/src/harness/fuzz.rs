@@ -27,7 +27,7 @@ use crate::harness::util::*;
 use proptest::prelude::*;
 use simbal_core::{
     Backend, Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization, LossConfig,
-    RouterConfig, RoutingStats, Scalar, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout,
+    RouterConfig, RoutingStats, Scalar, ScoreFn, SeqLayout, SimBalConfig, SimBalNorm, WeightLayout,
     ZLossConfig,
 };
 use std::fmt::Debug;
@@ -111,6 +111,7 @@ pub fn stats() -> impl Strategy<Value = RoutingStats> {
         prop_oneof![Just(0u64), 1..50u64, Just(u64::MAX)],
     )
         .prop_map(|(counts, score_sums, tokens, dropped)| RoutingStats {
+            routed_counts: counts.iter().rev().copied().collect(),
             counts,
             score_sums,
             tokens,
@@ -123,7 +124,11 @@ pub fn router_config(e: usize) -> impl Strategy<Value = RouterConfig> {
     (
         (
             prop_oneof![3 => 1..=e.clamp(1, 64), 1 => dim()],
-            prop_oneof![Just(ScoreFn::Softmax), Just(ScoreFn::Sigmoid)],
+            prop_oneof![
+                Just(ScoreFn::Softmax),
+                Just(ScoreFn::Sigmoid),
+                Just(ScoreFn::SqrtSoftplus)
+            ],
             any::<bool>(),
             coef(),
         ),
@@ -153,7 +158,11 @@ pub fn router_config(e: usize) -> impl Strategy<Value = RouterConfig> {
                     renormalize,
                     scale,
                     groups: groups.map(|(groups, top_groups)| GroupLimit { groups, top_groups }),
-                    capacity: capacity.map(|(factor, policy)| Capacity { factor, policy }),
+                    capacity: capacity.map(|(factor, policy)| Capacity {
+                        factor,
+                        policy,
+                        min: 3,
+                    }),
                     layout,
                     check_finite,
                 }
@@ -169,10 +178,14 @@ pub fn losses() -> impl Strategy<Value = LossConfig> {
         Just(SimBalNorm::ScaleFree)
     ];
     let level = prop_oneof![
-        Just(LblLevel::MicroBatch),
-        dim().prop_map(|seq_len| LblLevel::Sequence { seq_len }),
-        Just(LblLevel::GlobalBatch),
-    ];
+        3 => Just(LblLevel::MicroBatch),
+        1 => dim().prop_map(LblLevel::sequences),
+        1 => dim().prop_map(|batch| LblLevel::Sequence(SeqLayout::SequenceMajor { batch })),
+        1 => Just(LblLevel::Sequence(SeqLayout::Packed)),
+        2 => Just(LblLevel::GlobalBatch),
+    ]
+    // Boxed: the nested strategy types otherwise overflow a test thread's stack in debug builds.
+    .boxed();
     let normalization = prop_oneof![
         Just(LblNormalization::Switch),
         Just(LblNormalization::HuggingFace)
@@ -184,6 +197,8 @@ pub fn losses() -> impl Strategy<Value = LossConfig> {
                 alpha,
                 level,
                 normalization,
+                shard_factor: 1.0,
+                ..LblConfig::default()
             },
         )),
         prop::option::of(coef().prop_map(|beta| ZLossConfig { beta })),

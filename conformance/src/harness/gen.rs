@@ -1,13 +1,17 @@
 //! Random router cases: shapes (N = 1, k = E, E = 1 and D < E all drawn often), router
 //! configurations (score, renormalisation, scale, groups, capacity with both policies, both
 //! layouts, selection bias) and loss configurations (every SimBal norm, LBL at every level with
-//! both normalisations, z-loss), plus the data of a case drawn from its seed.
+//! both normalisations, z-loss), plus the data of a case drawn from its seed. The field's
+//! conventions are drawn too: sqrt-softplus scores, a minimum capacity, LBL scores normalised
+//! or raw, counts routed or dispatched, every sequence layout (packed offsets drawn with the
+//! data), and a token mask (sometimes masking every token).
 
 use proptest::prelude::*;
 use proptest::sample::select;
 use simbal_core::{
-    Capacity, DropPolicy, GroupLimit, LblConfig, LblLevel, LblNormalization, LossConfig, Rng,
-    RouterConfig, RoutingStats, ScoreFn, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
+    Capacity, DropPolicy, GroupLimit, LblConfig, LblCounts, LblLevel, LblNormalization, LblScores,
+    LossConfig, Rng, RouterConfig, RoutingStats, ScoreFn, SeqLayout, SimBalConfig, SimBalNorm,
+    WeightLayout, ZLossConfig,
 };
 
 /// Upper bounds of the random shapes.
@@ -50,6 +54,8 @@ pub struct Case {
     pub losses: LossConfig,
     /// Whether a selection bias is passed.
     pub bias: bool,
+    /// Whether a token mask is passed (drawn with the data).
+    pub mask: bool,
     /// Seed of the data.
     pub seed: u64,
 }
@@ -69,6 +75,11 @@ pub struct Data {
     pub bias: Option<Vec<f64>>,
     /// Merged statistics for global-batch LBL (another shard's counts; carries no gradient).
     pub global: RoutingStats,
+    /// Token mask `N` (about a third masked; every token masked one case in eight), when the
+    /// case has one.
+    pub mask: Option<Vec<u32>>,
+    /// Packed-sequence offsets (a random partition of `N`) for a packed sequence layout.
+    pub offsets: Option<Vec<u32>>,
 }
 
 impl Case {
@@ -88,12 +99,34 @@ impl Case {
         let bias = self.bias.then(|| normal(e, 0.2));
         let mut rng = Rng::new(self.seed ^ 0x5eed);
         let counts: Vec<u64> = (0..e).map(|_| rng.below(3 * n + 1) as u64).collect();
+        let routed_counts: Vec<u64> = (0..e).map(|_| rng.below(3 * n + 1) as u64).collect();
         let global = RoutingStats {
             counts,
+            routed_counts,
             score_sums: vec![0.0; e],
             tokens: (n + rng.below(2 * n + 1)) as u64,
             dropped: 0,
         };
+        let mask = self.mask.then(|| {
+            let all = rng.below(8) == 0;
+            (0..n)
+                .map(|_| u32::from(!all && rng.below(3) != 0))
+                .collect()
+        });
+        let packed = matches!(
+            self.losses.lbl.map(|l| l.level),
+            Some(LblLevel::Sequence(SeqLayout::Packed))
+        );
+        let offsets = packed.then(|| {
+            let mut o = vec![0u32];
+            for t in 1..n {
+                if rng.below(3) == 0 {
+                    o.push(t as u32);
+                }
+            }
+            o.push(n as u32);
+            o
+        });
         Data {
             x,
             r,
@@ -101,6 +134,8 @@ impl Case {
             dw,
             bias,
             global,
+            mask,
+            offsets,
         }
     }
 
@@ -136,7 +171,11 @@ pub fn group_options(e: usize, k: usize) -> Vec<Option<GroupLimit>> {
 }
 
 fn score() -> impl Strategy<Value = ScoreFn> {
-    prop_oneof![Just(ScoreFn::Softmax), Just(ScoreFn::Sigmoid)]
+    prop_oneof![
+        2 => Just(ScoreFn::Softmax),
+        2 => Just(ScoreFn::Sigmoid),
+        1 => Just(ScoreFn::SqrtSoftplus)
+    ]
 }
 
 fn layout() -> impl Strategy<Value = WeightLayout> {
@@ -148,9 +187,14 @@ fn capacity() -> impl Strategy<Value = Option<Capacity>> {
         2 => Just(None),
         1 => (
             select(vec![0.5, 0.75, 1.0, 1.5]),
-            prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)]
+            prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)],
+            select(vec![0usize, 0, 2]),
         )
-            .prop_map(|(factor, policy)| Some(Capacity { factor, policy })),
+            .prop_map(|(factor, policy, min)| Some(Capacity {
+                factor,
+                policy,
+                min
+            })),
     ]
 }
 
@@ -167,10 +211,19 @@ pub fn simbal_config() -> impl Strategy<Value = SimBalConfig> {
         .prop_map(|(norm, lambda)| SimBalConfig { lambda, norm })
 }
 
+/// Every sequence layout of `n` tokens.
+pub fn seq_layout(n: usize) -> impl Strategy<Value = SeqLayout> {
+    prop_oneof![
+        2 => select(divisors(n)).prop_map(|seq_len| SeqLayout::BatchMajor { seq_len }),
+        1 => select(divisors(n)).prop_map(|batch| SeqLayout::SequenceMajor { batch }),
+        1 => Just(SeqLayout::Packed),
+    ]
+}
+
 fn lbl_config(n: usize) -> impl Strategy<Value = LblConfig> {
     let level = prop_oneof![
         Just(LblLevel::MicroBatch),
-        select(divisors(n)).prop_map(|seq_len| LblLevel::Sequence { seq_len }),
+        seq_layout(n).prop_map(LblLevel::Sequence),
         Just(LblLevel::GlobalBatch),
     ];
     (
@@ -180,12 +233,20 @@ fn lbl_config(n: usize) -> impl Strategy<Value = LblConfig> {
             Just(LblNormalization::Switch),
             Just(LblNormalization::HuggingFace)
         ],
+        prop_oneof![3 => Just(LblScores::Normalized), 1 => Just(LblScores::Raw)],
+        prop_oneof![3 => Just(LblCounts::Routed), 1 => Just(LblCounts::Dispatched)],
+        select(vec![1.0, 1.0, 6.0]),
     )
-        .prop_map(|(alpha, level, normalization)| LblConfig {
-            alpha,
-            level,
-            normalization,
-        })
+        .prop_map(
+            |(alpha, level, normalization, scores, counts, shard_factor)| LblConfig {
+                alpha,
+                level,
+                normalization,
+                scores,
+                counts,
+                shard_factor,
+            },
+        )
 }
 
 fn losses(n: usize, set: LossSet) -> impl Strategy<Value = LossConfig> {
@@ -257,9 +318,10 @@ pub fn case(lim: Limits, set: LossSet) -> impl Strategy<Value = Case> {
             router_config(e, k),
             losses(n, set),
             any::<bool>(),
+            prop::bool::weighted(0.3),
             any::<u64>(),
         )
-            .prop_map(move |(cfg, losses, bias, seed)| Case {
+            .prop_map(move |(cfg, losses, bias, mask, seed)| Case {
                 n,
                 d,
                 e,
@@ -267,6 +329,7 @@ pub fn case(lim: Limits, set: LossSet) -> impl Strategy<Value = Case> {
                 cfg,
                 losses,
                 bias,
+                mask,
                 seed,
             })
     })
@@ -296,14 +359,14 @@ pub fn hard_case(set: LossSet) -> impl Strategy<Value = Case> {
                     prop_oneof![Just(DropPolicy::Probs), Just(DropPolicy::Position)],
                 ),
                 losses(n, LossSet::NoSimBal),
-                (any::<bool>(), any::<u64>()),
+                (any::<bool>(), any::<bool>(), any::<u64>()),
             )
                 .prop_map(
                     move |(
                         (g, score, renormalize, scale, layout),
                         (factor, policy),
                         losses,
-                        (bias, seed),
+                        (bias, mask, seed),
                     )| {
                         let simbal = (set == LossSet::All).then_some(SimBalConfig {
                             lambda: 0.1,
@@ -321,12 +384,17 @@ pub fn hard_case(set: LossSet) -> impl Strategy<Value = Case> {
                                 renormalize,
                                 scale,
                                 groups: Some(g),
-                                capacity: Some(Capacity { factor, policy }),
+                                capacity: Some(Capacity {
+                                    factor,
+                                    policy,
+                                    min: 0,
+                                }),
                                 layout,
                                 check_finite: true,
                             },
                             losses: LossConfig { simbal, ..losses },
                             bias,
+                            mask,
                             seed,
                         }
                     },

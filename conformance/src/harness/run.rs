@@ -8,10 +8,10 @@
 use crate::harness::gen::{Case, Data};
 use crate::harness::util::{down, down_idx, fresh, opt_view, up, up_opt, Ctx};
 use proptest::test_runner::TestCaseError;
-use simbal_core::memory::view;
+use simbal_core::memory::{idx_view, view};
 use simbal_core::{
-    Backend, Gradients, LoadMetrics, LogitGradients, LossValues, Memory, Pass, Result, Router,
-    RouterConfig, Routing, RoutingStats, Scalar,
+    Backend, Batch, Gradients, LoadMetrics, LogitGradients, LossValues, Memory, Pass, Result,
+    Router, RouterConfig, Routing, RoutingStats, Scalar,
 };
 
 /// Everything a forward pass produced.
@@ -109,6 +109,10 @@ pub struct Inputs<B: Backend> {
     pub dw: B::Buf,
     /// Selection bias.
     pub bias: Option<B::Buf>,
+    /// Token mask.
+    pub mask: Option<B::IdxBuf>,
+    /// Packed-sequence offsets.
+    pub offsets: Option<B::IdxBuf>,
 }
 
 impl<B: Backend> Inputs<B> {
@@ -120,7 +124,21 @@ impl<B: Backend> Inputs<B> {
             z: up(b, &data.z)?,
             dw: up(b, &data.dw)?,
             bias: up_opt(b, data.bias.as_deref())?,
+            mask: data.mask.as_deref().map(|m| b.idx_upload(m)).transpose()?,
+            offsets: data
+                .offsets
+                .as_deref()
+                .map(|o| b.idx_upload(o))
+                .transpose()?,
         })
+    }
+    /// What the batch carries besides `X`: bias, mask, offsets.
+    pub fn batch(&self) -> Batch<'_, B> {
+        Batch {
+            bias: self.bias(),
+            mask: self.mask.as_ref().map(idx_view::<B>),
+            offsets: self.offsets.as_ref().map(idx_view::<B>),
+        }
     }
     /// Tokens.
     pub fn x(&self) -> &B::View {
@@ -156,7 +174,7 @@ pub fn with_pass<B: Backend, T>(
     let inp = Inputs::new(&io, data).ctx("upload")?;
     let mut router = Router::new(fresh(make), cfg).ctx("Router::new")?;
     let pass = router
-        .forward(inp.x(), inp.r(), inp.bias())
+        .forward_batch(inp.x(), inp.r(), inp.batch())
         .ctx("forward")?;
     f(&io, &inp, pass)
 }
@@ -182,23 +200,23 @@ pub fn step<B: Backend>(
     inp: &Inputs<B>,
 ) -> Result<(Forward, Backward)> {
     let (dw, global) = (inp.dw(), case.global(data));
-    let (x, r, bias) = (inp.x(), inp.r(), inp.bias());
+    let (x, r) = (inp.x(), inp.r());
     match path {
         Path::Tokens => {
-            let mut pass = router.forward(x, r, bias)?;
+            let mut pass = router.forward_batch(x, r, inp.batch())?;
             let fwd = read_forward(io, &pass)?;
             let g = pass.backward(dw, &case.losses, global)?;
             Ok((fwd, read_backward(io, &g)?))
         }
         Path::Resumed => {
-            router.forward(x, r, bias)?;
+            router.forward_batch(x, r, inp.batch())?;
             let fwd = read_forward(io, router.routing()?)?;
             let mut pass = router.resume(x, r)?;
             let g = pass.backward(dw, &case.losses, global)?;
             Ok((fwd, read_backward(io, &g)?))
         }
         Path::Logits => {
-            let mut pass = router.forward_logits(inp.z(), bias)?;
+            let mut pass = router.forward_logits_batch(inp.z(), inp.batch())?;
             let fwd = read_forward(io, &pass)?;
             let g = pass.backward(dw, &case.losses, global)?;
             Ok((fwd, read_logit_backward(io, &g)?))
@@ -265,6 +283,12 @@ pub fn routing_margin(
         rank(&mut cand);
         for r in 0..k.min(cand.len().saturating_sub(1)) {
             margin = margin.min(cand[r].0 - cand[r + 1].0);
+        }
+        // The plain top-k of the scores alone (the LBL's routed counts).
+        let mut plain: Vec<(f64, usize)> = (0..e).map(|c| (pr[c], c)).collect();
+        rank(&mut plain);
+        for r in 0..k.min(e - 1) {
+            margin = margin.min(plain[r].0 - plain[r + 1].0);
         }
     }
     if let Some(cap) = cfg.capacity {

@@ -3,9 +3,10 @@
 //! arguments borrow, so `group_counts`' output is `lbl_coefficients`' input.
 
 use crate::harness::kernel::{Fill, R};
-use simbal_core::lbl::kernels::{GroupCounts, GroupSums, LblCoefficients};
+use simbal_core::lbl::kernels::{GroupCounts, GroupSums, GroupTokens, LblCoefficients};
 use simbal_core::lbl::reference::LblScales;
 use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
+use simbal_core::tokens::Groups;
 use simbal_core::{Backend, LblConfig};
 
 /// The shape of a [`Bufs`].
@@ -19,8 +20,15 @@ pub(crate) struct Shape {
     pub e: usize,
     /// Experts per token.
     pub k: usize,
-    /// Tokens per group (`n / group_len` groups).
+    /// Tokens per group (`n / group_len` groups) when the tokens come in runs.
     pub group_len: usize,
+    /// Tokens are grouped by [`Bufs::ids`] (`Groups::Ids`, masked entries included) instead,
+    /// into this many groups; the LBL coefficients then take [`Bufs::tokens`] per group.
+    pub id_groups: Option<usize>,
+    /// `group_column_sums` normalises each row first.
+    pub normalize: bool,
+    /// `group_counts` counts every assignment (no dropped flags).
+    pub all_assignments: bool,
 }
 
 impl Shape {
@@ -32,7 +40,16 @@ impl Shape {
             e,
             k,
             group_len,
+            id_groups: None,
+            normalize: false,
+            all_assignments: false,
         }
+    }
+
+    /// Groups.
+    pub fn groups(&self) -> usize {
+        self.id_groups
+            .unwrap_or_else(|| self.n / self.group_len.max(1))
     }
 }
 
@@ -54,13 +71,17 @@ pub(crate) struct Bufs<B: Backend> {
     pub sums: B::Buf,
     /// LBL coefficients, `groups x E`.
     pub coef: B::Buf,
+    /// Per-token group ids (`n`; `MASKED` for a masked token).
+    pub ids: B::IdxBuf,
+    /// Valid tokens per group.
+    pub tokens: B::IdxBuf,
 }
 
 impl<B: Backend> Bufs<B> {
     /// Every buffer of `shape` from `fill`, in the order of the fields.
     pub fn new(shape: Shape, fill: &dyn Fill<B>) -> R<Self> {
         let Shape { n, cols, e, k, .. } = shape;
-        let groups = n / shape.group_len.max(1);
+        let groups = shape.groups();
         let (nk, ge) = (n.checked_mul(k), groups.checked_mul(e));
         Ok(Self {
             shape,
@@ -71,6 +92,8 @@ impl<B: Backend> Bufs<B> {
             counts: fill.idx(ge, 3)?,
             sums: fill.vals(ge)?,
             coef: fill.vals(ge)?,
+            ids: fill.idx(Some(n), groups)?,
+            tokens: fill.idx(Some(groups), n)?,
         })
     }
 
@@ -80,7 +103,14 @@ impl<B: Backend> Bufs<B> {
         GroupSums {
             n: s.n,
             cols: s.cols,
-            group_len: s.group_len,
+            groups: match s.id_groups {
+                Some(count) => Groups::Ids {
+                    ids: idx_view::<B>(&self.ids),
+                    count,
+                },
+                None => Groups::Runs { len: s.group_len },
+            },
+            normalize: s.normalize,
             a: view::<B>(&self.a),
             out: view_mut::<B>(&mut self.col_sums),
         }
@@ -93,9 +123,15 @@ impl<B: Backend> Bufs<B> {
             n: s.n,
             k: s.k,
             e: s.e,
-            group_len: s.group_len,
+            groups: match s.id_groups {
+                Some(count) => Groups::Ids {
+                    ids: idx_view::<B>(&self.ids),
+                    count,
+                },
+                None => Groups::Runs { len: s.group_len },
+            },
             idx: idx_view::<B>(&self.idx),
-            dropped: idx_view::<B>(&self.dropped),
+            dropped: (!s.all_assignments).then(|| idx_view::<B>(&self.dropped)),
             out: idx_view_mut::<B>(&mut self.counts),
         }
     }
@@ -109,6 +145,10 @@ impl<B: Backend> Bufs<B> {
         LblCoefficients {
             cfg,
             e: self.shape.e,
+            tokens: match self.shape.id_groups {
+                Some(_) => GroupTokens::PerGroup(idx_view::<B>(&self.tokens)),
+                None => GroupTokens::Uniform(self.shape.group_len),
+            },
             scales,
             counts: idx_view::<B>(&self.counts),
             sums: view::<B>(&self.sums),

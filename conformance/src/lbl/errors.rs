@@ -18,7 +18,7 @@ pub fn sequence_length<B: Backend>(make: &dyn Fn() -> Option<B>) {
     start!(N, make);
     let mut s = setup(make, RouterConfig::new(3, 1), 4, 2);
     for seq_len in [3, 0] {
-        let l = lbl_at(LblLevel::Sequence { seq_len });
+        let l = lbl_at(LblLevel::sequences(seq_len));
         check(
             N,
             &format!("seq_len {seq_len} of 4"),
@@ -83,9 +83,8 @@ pub fn length_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     let cfg = LblConfig::default();
     let scales = LblScales {
         k,
-        count_tokens: 2.0,
-        score_tokens: 2.0,
         groups: 2,
+        factor: 1.0,
     };
     let mut b = right();
     b.sums = bad();

@@ -49,12 +49,12 @@ pub fn kernels<B: Backend>(make: &dyn Fn() -> Option<B>) {
             } else {
                 LblNormalization::Switch
             },
+            ..LblConfig::default()
         };
         let scales = LblScales {
             k,
-            count_tokens: gl as f64,
-            score_tokens: *score_tokens as f64,
             groups: n / gl.max(1),
+            factor: *score_tokens as f64,
         };
         cx.guard("lbl_coefficients", || {
             call!(b, lbl_coefficients(bufs.coefficients(&lcfg, scales)))

@@ -55,8 +55,8 @@ pub fn alpha_at_balance<B: Backend>(make: &dyn Fn() -> Option<B>) {
             for normalization in [LblNormalization::Switch, LblNormalization::HuggingFace] {
                 for level in [
                     LblLevel::MicroBatch,
-                    LblLevel::Sequence { seq_len: e },
-                    LblLevel::Sequence { seq_len: n },
+                    LblLevel::sequences(e),
+                    LblLevel::sequences(n),
                     LblLevel::GlobalBatch,
                 ] {
                     let alpha = 0.37;
@@ -64,6 +64,7 @@ pub fn alpha_at_balance<B: Backend>(make: &dyn Fn() -> Option<B>) {
                         alpha,
                         level,
                         normalization,
+                        ..LblConfig::default()
                     };
                     let v = pass
                         .backward(view::<B>(&dw), &LossConfig::none().with_lbl(lc), Some(&own))
@@ -96,15 +97,16 @@ pub fn levels_agree<B: Backend>(make: &dyn Fn() -> Option<B>) {
     run_prop(NAME, 32, gen::case(gen::SMALL, LossSet::NoSimBal), |case| {
         run::with_pass(make, case.cfg, &case.data(), |io, inp, mut pass| {
             let own = pass.stats().ctx("stats")?;
-            let normalization = case
-                .losses
-                .lbl
-                .map_or(LblNormalization::Switch, |l| l.normalization);
+            // The case's scores, counts and normalisation; the shard factor 1 (own statistics).
+            let base = LblConfig {
+                shard_factor: 1.0,
+                ..case.losses.lbl.unwrap_or_default()
+            };
             let mut run_level = |level| -> Result<(f64, Vec<f64>), TestCaseError> {
                 let lc = LblConfig {
                     alpha: 0.3,
                     level,
-                    normalization,
+                    ..base
                 };
                 let g = pass
                     .backward(inp.dw(), &LossConfig::none().with_lbl(lc), Some(&own))
@@ -112,10 +114,24 @@ pub fn levels_agree<B: Backend>(make: &dyn Fn() -> Option<B>) {
                 Ok((g.losses.lbl.to_f64_lossy(), down(io, g.dz).ctx("dz")?))
             };
             let micro = run_level(LblLevel::MicroBatch)?;
-            let seq = run_level(LblLevel::Sequence { seq_len: case.n })?;
-            let global = run_level(LblLevel::GlobalBatch)?;
+            let seq = run_level(LblLevel::sequences(case.n))?;
             close1("sequence (B = 1) vs micro-batch LBL", seq.0, micro.0, tol)?;
             close("sequence (B = 1) vs micro-batch dZ", &seq.1, &micro.1, tol)?;
+            if own.tokens == 0 {
+                // Every token masked: merged statistics of no token are an error (SPEC).
+                let lc = LossConfig::none().with_lbl(LblConfig {
+                    level: LblLevel::GlobalBatch,
+                    ..base
+                });
+                return match pass.backward(inp.dw(), &lc, Some(&own)) {
+                    Err(simbal_core::SimbalError::MissingGlobalStats) => Ok(()),
+                    other => Err(TestCaseError::fail(format!(
+                        "global-batch LBL over no valid token: {:?}",
+                        other.map(|g| g.losses)
+                    ))),
+                };
+            }
+            let global = run_level(LblLevel::GlobalBatch)?;
             close1(
                 "global (own stats) vs micro-batch LBL",
                 global.0,

@@ -55,6 +55,7 @@ fn lbl(alpha: f64, level: LblLevel, normalization: LblNormalization) -> LossConf
         alpha,
         level,
         normalization,
+        ..LblConfig::default()
     })
 }
 
@@ -117,7 +118,7 @@ pub fn seq_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
         };
         let cfg = lbl(
             f.f64("/args/seq_aux_loss_coeff"),
-            LblLevel::Sequence { seq_len: s },
+            LblLevel::sequences(s),
             LblNormalization::Switch,
         );
         let z = to_batch_major(&f.data("/inputs/logits"));
@@ -175,6 +176,7 @@ pub fn bias_update<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let e = counts.len();
         let stats = RoutingStats {
             tokens: counts.iter().sum(),
+            routed_counts: counts.clone(),
             counts,
             score_sums: vec![0.0; e],
             dropped: 0,

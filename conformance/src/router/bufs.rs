@@ -8,6 +8,7 @@ use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
 use simbal_core::router::kernels::{
     BackwardRequest, Dispatch, LblCoef, Logits, Route, RouteRequest, RouterBackward,
 };
+use simbal_core::tokens::Groups;
 use simbal_core::{Backend, Gemm, RouterConfig, Scalar};
 
 /// The shape of a [`Bufs`].
@@ -23,8 +24,14 @@ pub(crate) struct Shape {
     pub k: usize,
     /// Rows of the logits GEMM of `route` from tokens.
     pub rows: usize,
-    /// Tokens per row of LBL coefficients.
+    /// Tokens per row of LBL coefficients (tokens in runs).
     pub group_len: usize,
+    /// Tokens grouped by [`Bufs::ids`] (masked entries included) into this many groups instead.
+    pub id_groups: Option<usize>,
+    /// `route` writes the plain top-k into [`Bufs::plain`].
+    pub has_plain: bool,
+    /// The LBL coefficients go through the per-token score normalisation.
+    pub normalize: bool,
 }
 
 impl Shape {
@@ -37,6 +44,9 @@ impl Shape {
             k: cfg.k,
             rows: n,
             group_len: 1,
+            id_groups: None,
+            has_plain: false,
+            normalize: false,
         }
     }
 }
@@ -75,6 +85,10 @@ pub(crate) struct Bufs<B: Backend> {
     pub coef: B::Buf,
     /// Logit gradient, `n x E`.
     pub dz: B::Buf,
+    /// The plain top-k, `n x k`.
+    pub plain: B::IdxBuf,
+    /// Per-token group ids, `n`.
+    pub ids: B::IdxBuf,
 }
 
 impl<B: Backend> Bufs<B> {
@@ -97,8 +111,15 @@ impl<B: Backend> Bufs<B> {
             order: fill.idx(nk, 3)?,
             offsets: fill.idx(e.checked_add(1), 3)?,
             dw: fill.vals(nk)?,
-            coef: fill.vals((n / shape.group_len.max(1)).checked_mul(e))?,
+            coef: fill.vals(
+                shape
+                    .id_groups
+                    .unwrap_or(n / shape.group_len.max(1))
+                    .checked_mul(e),
+            )?,
             dz: fill.vals(ne)?,
+            plain: fill.idx(nk, e)?,
+            ids: fill.idx(Some(n), 2)?,
         })
     }
 
@@ -126,6 +147,10 @@ impl<B: Backend> Bufs<B> {
             p: view_mut::<B>(&mut self.p),
             idx: idx_view_mut::<B>(&mut self.idx),
             gates: view_mut::<B>(&mut self.gates),
+            plain: self
+                .shape
+                .has_plain
+                .then(|| idx_view_mut::<B>(&mut self.plain)),
             request,
         }
     }
@@ -162,9 +187,18 @@ impl<B: Backend> Bufs<B> {
             gates: view::<B>(&self.gates),
             dropped: idx_view::<B>(&self.dropped),
             dw: view::<B>(&self.dw),
+            groups: match self.shape.id_groups {
+                Some(count) => Groups::Ids {
+                    ids: idx_view::<B>(&self.ids),
+                    count,
+                },
+                None => Groups::Runs {
+                    len: self.shape.group_len,
+                },
+            },
             lbl: lbl.then(|| LblCoef {
                 coef: view::<B>(&self.coef),
-                group_len: self.shape.group_len,
+                normalize: self.shape.normalize,
             }),
             z_coef: B::Elem::of(z_coef),
             dz: view_mut::<B>(&mut self.dz),

@@ -333,6 +333,8 @@ pub fn backend_error<B: Backend>(make: &dyn Fn() -> Option<B>) {
         dropped: vec![0; 2],
         dw: vec![1.0; 2],
         lbl: None,
+        ids: None,
+        normalize: false,
         z_coef: 0.0,
     };
     match bwd_dz_run(&b, &cfg, &x) {

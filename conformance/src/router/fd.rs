@@ -7,8 +7,8 @@ use crate::harness::fd::{check_coords, params, reject_l1_kink, Eval};
 use crate::harness::gen::{self, Case, Data, Limits, LossSet};
 use crate::harness::util::*;
 use proptest::prelude::*;
-use simbal_core::memory::view;
-use simbal_core::{Backend, Router, Routing, Scalar};
+use simbal_core::memory::{idx_view, view};
+use simbal_core::{Backend, Batch, Router, Routing, Scalar};
 
 /// The objective and the routing of one forward pass, with the gradients its backward gave
 /// (`dX`, `dR` from tokens, `dZ` from logits).
@@ -29,8 +29,14 @@ fn eval_tokens<B: Backend>(
     let rb = up(io, r).ctx("upload R")?;
     let dwb = up(io, dw).ctx("upload dW")?;
     let bias = up_opt(io, data.bias.as_deref()).ctx("upload bias")?;
+    let (mask, offsets) = tokens_of(io, data)?;
+    let batch = Batch {
+        bias: opt_view::<B>(&bias),
+        mask: mask.as_ref().map(idx_view::<B>),
+        offsets: offsets.as_ref().map(idx_view::<B>),
+    };
     let mut pass = router
-        .forward(view::<B>(&xb), view::<B>(&rb), opt_view::<B>(&bias))
+        .forward_batch(view::<B>(&xb), view::<B>(&rb), batch)
         .ctx("forward")?;
     let g = pass
         .backward(view::<B>(&dwb), &case.losses, case.global(data))
@@ -46,6 +52,20 @@ fn eval_tokens<B: Backend>(
     })
 }
 
+/// The case's token mask and packed-sequence offsets, uploaded.
+type TokenBufs<B> = (
+    Option<<B as simbal_core::Memory>::IdxBuf>,
+    Option<<B as simbal_core::Memory>::IdxBuf>,
+);
+
+fn tokens_of<B: Backend>(io: &B, data: &Data) -> Result<TokenBufs<B>, TestCaseError> {
+    let up_idx = |v: &Option<Vec<u32>>| v.as_deref().map(|v| io.idx_upload(v)).transpose();
+    Ok((
+        up_idx(&data.mask).ctx("upload mask")?,
+        up_idx(&data.offsets).ctx("upload offsets")?,
+    ))
+}
+
 /// `sum gates * dW + total` of a pass's routing, with the routing's decisions.
 fn objective<B: Backend>(
     io: &B,
@@ -55,9 +75,13 @@ fn objective<B: Backend>(
 ) -> Result<Eval, TestCaseError> {
     let gates = down(io, routing.gates()).ctx("download gates")?;
     let lin: f64 = gates.iter().zip(dw).map(|(g, w)| g * w).sum();
+    // The plain top-k (the LBL's routed counts) decides too: a step across its boundary is a
+    // kink as much as one across the selection's.
+    let mut idx = down_idx(io, routing.indices()).ctx("download indices")?;
+    idx.extend(down_idx(io, routing.plain_indices()).ctx("download plain top-k")?);
     Ok(Eval {
         f: lin + total,
-        idx: down_idx(io, routing.indices()).ctx("download indices")?,
+        idx,
         dropped: down_idx(io, routing.dropped()).ctx("download dropped")?,
     })
 }
@@ -74,8 +98,14 @@ fn eval_logits<B: Backend>(
     let zb = up(io, z).ctx("upload Z")?;
     let dwb = up(io, dw).ctx("upload dW")?;
     let bias = up_opt(io, data.bias.as_deref()).ctx("upload bias")?;
+    let (mask, offsets) = tokens_of(io, data)?;
+    let batch = Batch {
+        bias: opt_view::<B>(&bias),
+        mask: mask.as_ref().map(idx_view::<B>),
+        offsets: offsets.as_ref().map(idx_view::<B>),
+    };
     let mut pass = router
-        .forward_logits(view::<B>(&zb), opt_view::<B>(&bias))
+        .forward_logits_batch(view::<B>(&zb), batch)
         .ctx("forward_logits")?;
     let g = pass
         .backward(view::<B>(&dwb), &case.losses, case.global(data))

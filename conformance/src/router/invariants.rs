@@ -44,6 +44,9 @@ pub fn score_and_gate_normalisation<B: Backend>(make: &dyn Fn() -> Option<B>) {
                 ScoreFn::Sigmoid => ensure(pr.iter().all(|&v| (0.0..=1.0).contains(&v)), || {
                     format!("sigmoid scores out of [0, 1]: {pr:?}")
                 })?,
+                ScoreFn::SqrtSoftplus => ensure(pr.iter().all(|&v| v >= 0.0), || {
+                    format!("sqrt-softplus scores below 0: {pr:?}")
+                })?,
             }
             let ir = &f.idx[t * k..(t + 1) * k];
             let wr = &f.gates[t * k..(t + 1) * k];
@@ -108,7 +111,7 @@ pub fn dropped_get_no_gradient<B: Backend>(make: &dyn Fn() -> Option<B>) {
             losses: LossConfig {
                 lbl: case.losses.lbl.map(|l| match l.level {
                     LblLevel::Sequence { .. } => LblConfig {
-                        level: LblLevel::Sequence { seq_len: 4 },
+                        level: LblLevel::sequences(4),
                         ..l
                     },
                     _ => l,

@@ -22,7 +22,8 @@ fn routing_input() -> impl Strategy<Value = (usize, RouterConfig, u64, bool)> {
 
 type Routed = (Vec<f64>, Vec<u32>, Vec<f64>);
 
-/// Logits, scores, indices, gates and `max |Z|` of a `route` run.
+/// Logits, scores, indices (then the plain top-k when the selection has a bias or groups),
+/// gates and `max |Z|` of a `route` run.
 type Fused = (Vec<f64>, Vec<f64>, Vec<u32>, Vec<f64>, Option<f64>);
 
 /// Where the logits of a `route` run come from.
@@ -47,20 +48,19 @@ fn route_any<C: Backend>(
     bias: Option<&[f64]>,
     max: bool,
 ) -> R<Fused> {
+    let has_plain = bias.is_some() || cfg.groups.is_some();
+    let shape = Shape {
+        has_plain,
+        ..Shape::of(cfg, n)
+    };
     let (mut b, gemm) = match source {
         Source::Given(z) => {
-            let mut b = Bufs::new(Shape::of(cfg, n), &Zeros(c))?;
+            let mut b = Bufs::new(shape, &Zeros(c))?;
             b.z = up(c, z)?;
             (b, None)
         }
         Source::Tokens { d, x, r } => {
-            let mut b = Bufs::new(
-                Shape {
-                    d,
-                    ..Shape::of(cfg, n)
-                },
-                &Zeros(c),
-            )?;
+            let mut b = Bufs::new(Shape { d, ..shape }, &Zeros(c))?;
             (b.x, b.r) = (up(c, x)?, up(c, r)?);
             let g = match cfg.layout {
                 WeightLayout::DxE => Gemm::new(n, cfg.experts, d),
@@ -73,10 +73,14 @@ fn route_any<C: Backend>(
     let request = RouteRequest { max_abs_z: max };
     let sums = call!(c, route(b.route(cfg, gemm, request)))?;
     let z = if gemm.is_some() { &b.zt } else { &b.z };
+    let mut idx = down_idx(c, &b.idx)?;
+    if has_plain {
+        idx.extend(down_idx(c, &b.plain)?);
+    }
     Ok((
         down(c, z)?,
         down(c, &b.p)?,
-        down_idx(c, &b.idx)?,
+        idx,
         down(c, &b.gates)?,
         sums.max_abs_z.map(|v| v.to_f64_lossy()),
     ))
@@ -211,6 +215,10 @@ pub(crate) struct BwdIn {
     pub(crate) dropped: Vec<u32>,
     pub(crate) dw: Vec<f64>,
     pub(crate) lbl: Option<(Vec<f64>, usize)>,
+    /// Per-token group ids (masked tokens included) and their number, instead of runs.
+    pub(crate) ids: Option<(Vec<u32>, usize)>,
+    /// LBL coefficients through the score normalisation.
+    pub(crate) normalize: bool,
     pub(crate) z_coef: f64,
 }
 
@@ -220,10 +228,15 @@ fn bwd_run<C: Backend>(c: &C, cfg: &RouterConfig, x: &BwdIn, request: BackwardRe
     let mut b = Bufs::new(
         Shape {
             group_len,
+            id_groups: x.ids.as_ref().map(|i| i.1),
+            normalize: x.normalize,
             ..Shape::of(cfg, x.n)
         },
         &Zeros(c),
     )?;
+    if let Some((ids, _)) = &x.ids {
+        b.ids = c.idx_upload(ids)?;
+    }
     (b.z, b.p, b.gates, b.dw) = (up(c, &x.z)?, up(c, &x.p)?, up(c, &x.gates)?, up(c, &x.dw)?);
     (b.idx, b.dropped) = (c.idx_upload(&x.idx)?, c.idx_upload(&x.dropped)?);
     if let Some((coef, _)) = &x.lbl {
@@ -281,14 +294,27 @@ fn bwd_input<T: Scalar>(
         .map(|_| u32::from(with_drop && rng.below(3) == 0))
         .collect();
     let dw = rounded::<T>(&gen::normal(&mut rng, n * k, 1.0));
+    // Tokens in runs, or (one case in three) in groups by id with about a third masked.
+    let ids = (rng.below(2) == 0).then(|| {
+        let count = [1, 1, 2, 3][rng.below(4)];
+        let ids: Vec<u32> = (0..n)
+            .map(|_| match rng.below(3) {
+                0 => simbal_core::tokens::MASKED,
+                _ => rng.below(count) as u32,
+            })
+            .collect();
+        (ids, count)
+    });
     let lbl = with_lbl.then(|| {
         let divs = gen::divisors(n);
         let group_len = divs[rng.below(divs.len())];
+        let groups = ids.as_ref().map_or(n / group_len, |i| i.1);
         (
-            rounded::<T>(&gen::normal(&mut rng, (n / group_len) * e, 0.1)),
+            rounded::<T>(&gen::normal(&mut rng, groups * e, 0.1)),
             group_len,
         )
     });
+    let normalize = !cfg.score.is_distribution() && rng.below(2) == 0;
     let z_coef = if with_z { 0.02 } else { 0.0 };
     BwdIn {
         n,
@@ -299,6 +325,8 @@ fn bwd_input<T: Scalar>(
         dropped,
         dw,
         lbl,
+        ids,
+        normalize,
         z_coef,
     }
 }

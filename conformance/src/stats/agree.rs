@@ -13,7 +13,7 @@ fn forward_and_stats<B: Backend>(
     r: &mut Router<B>,
     i: &Inputs<B>,
 ) -> simbal_core::Result<(Forward, run::StatsOf)> {
-    r.forward(i.x(), i.r(), i.bias())?;
+    r.forward_batch(i.x(), i.r(), i.batch())?;
     Ok((run::read_forward(io, r.routing()?)?, run::stats(r)?))
 }
 
@@ -36,6 +36,11 @@ pub fn stats_and_metrics<B: Backend>(make: &dyn Fn() -> Option<B>) {
                 &format!("stats counts vs {tag}"),
                 &got.0.counts,
                 &want.0.counts,
+            )?;
+            same(
+                &format!("stats routed counts vs {tag}"),
+                &got.0.routed_counts,
+                &want.0.routed_counts,
             )?;
             same(
                 &format!("stats tokens, dropped vs {tag}"),

@@ -37,6 +37,7 @@ pub fn stats_mismatch<B: Backend>(make: &dyn Fn() -> Option<B>) {
     assert_eq!(a, before, "{N}: a failed merge changed the statistics");
     let bad = RoutingStats {
         counts: vec![0; 3],
+        routed_counts: vec![0; 3],
         score_sums: vec![0.0; 2],
         tokens: 1,
         dropped: 0,

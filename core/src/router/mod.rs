@@ -17,7 +17,7 @@ pub mod select;
 mod workspace;
 
 use crate::backend::Backend;
-use crate::config::{RouterConfig, WeightLayout};
+use crate::config::{RouterConfig, ScoreFn, WeightLayout};
 use crate::error::{Result, SimbalError};
 use crate::gemm::Gemm;
 use crate::memory::{idx_view_mut, view_mut, Memory};
@@ -370,6 +370,14 @@ fn dispatched<'a, B: Backend>(
     cfg: &'a RouterConfig,
     ws: &'a mut Workspace<B>,
 ) -> Result<Routed<'a, B>> {
+    if cfg.check_finite && cfg.score == ScoreFn::SqrtSoftplus && !cfg.renormalize {
+        // Unbounded scores times the scale can overflow the gates; renormalised gates and the
+        // bounded score functions cannot.
+        let m = b.max_abs(crate::memory::view::<B>(&ws.routing.gates))?;
+        if !num_traits::Float::is_finite(m) {
+            return Err(SimbalError::Overflow { what: "gates" });
+        }
+    }
     dispatch(b, cfg, &mut ws.routing)?;
     ws.routed = true;
     Ok(Routed {

@@ -3,7 +3,7 @@
 
 use super::score::{
     lbl_norm_backward_row, lbl_norm_inv, logsumexp_row, score_backward_row, score_row,
-    sqrt_softplus_slope,
+    sqrt_softplus_slope_over_p,
 };
 use super::select::{gates_row, plain_topk_row, renorm_eps, select_row};
 use crate::config::{DropPolicy, RouterConfig, ScoreFn};
@@ -189,7 +189,7 @@ pub fn router_backward_rows<'c, T: Scalar>(
             // may underflow (saturated sigmoid rows), and `a_j / denom` would then overflow
             // into `inf * 0 = NaN`. Softmax: `dz_c += [c = i_j] a_j q_c - p_c sum_j a_j q_{i_j}`;
             // sigmoid: `dz_{i_j} += a_j q_{i_j} (1 - p_{i_j})`; sqrt-softplus:
-            // `dz_{i_j} += a_j q_{i_j} sigmoid(z) / (2 p)`.
+            // `dz_{i_j} += a_j q_{i_j} sigmoid(z) / (2 p^2)`.
             let mut sum = T::zero();
             let mut dot = T::zero();
             for j in 0..k {
@@ -221,7 +221,7 @@ pub fn router_backward_rows<'c, T: Scalar>(
                 ScoreFn::SqrtSoftplus => {
                     for j in 0..k {
                         let i = ir[j] as usize;
-                        dzr[i] = dzr[i] + a(j) * (pr[i] * inv) * sqrt_softplus_slope(pr[i]);
+                        dzr[i] = dzr[i] + a(j) * (pr[i] * inv) * sqrt_softplus_slope_over_p(pr[i]);
                     }
                 }
             }

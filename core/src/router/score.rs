@@ -84,6 +84,18 @@ pub fn sqrt_softplus_slope<T: Scalar>(p: T) -> T {
     }
 }
 
+/// `sigmoid(z) / (2 p^2)` from `p = sqrt(softplus(z))`: the slope over `p`, which stays
+/// finite (`-> 1/2`) as `p -> 0`, for gate terms scaled by `p / denom`.
+#[inline]
+pub fn sqrt_softplus_slope_over_p<T: Scalar>(p: T) -> T {
+    let p2 = p * p;
+    if p2 > T::zero() {
+        -(-p2).exp_m1() / (T::of(2.0) * p2)
+    } else {
+        T::of(0.5)
+    }
+}
+
 /// Writes `score(z)` into `p`.
 #[inline]
 pub fn score_row<T: Scalar>(score: ScoreFn, z: &[T], p: &mut [T]) {
