@@ -311,6 +311,7 @@ mutants! {
     /// Group column sums off by one token.
     GroupSums: lbl_bug_is_caught => [
         lbl::invariants::alpha_at_balance, router::agree::backward, lbl::kernels::group_reductions,
+        lbl::conventions::global_batch_is_exact,
     ];
     /// `check_finite` never reports.
     NoFiniteCheck: finite_check_bug_is_caught =>
@@ -332,7 +333,10 @@ mutants! {
         router::fd::router_objective, router::agree::backward, router::kernels::router_backward,
     ];
     /// The backward treats masked tokens as valid (one-group ids ignored).
-    MaskIgnored: mask_bug_is_caught => [router::agree::backward, router::kernels::router_backward];
+    MaskIgnored: mask_bug_is_caught => [
+        router::agree::backward, router::kernels::router_backward,
+        lbl::conventions::masked_equals_compacted,
+    ];
     /// Routing statistics' score sums miss the last token.
     StatsSums: stats_bug_is_caught => [
         stats::kernels::routing_stats,

@@ -1,10 +1,11 @@
 //! The load-balancing loss (LBL, its kernel family in [`simbal_core::lbl`]): its kernels on
 //! their own ([`kernels`]), the SPEC's invariants ([`invariants`]: `alpha` at balance, levels
-//! agreeing), its errors ([`errors`]) and its kernels on arbitrary input ([`fuzz`]). Its
+//! agreeing; [`conventions`]: a mask equals compaction, global-batch LBL is exact), its errors ([`errors`]) and its kernels on arbitrary input ([`fuzz`]). Its
 //! gradient is checked through the router's finite differences and agreement checks, which draw
 //! every LBL level.
 
 mod bufs;
+pub mod conventions;
 pub mod errors;
 pub mod fuzz;
 pub mod invariants;
@@ -18,6 +19,8 @@ crate::__conformance_op! {
         kernel_coefficients => kernels::coefficients,
         invariant_alpha_at_balance => invariants::alpha_at_balance,
         invariant_levels_agree => invariants::levels_agree,
+        invariant_masked_equals_compacted => conventions::masked_equals_compacted,
+        invariant_global_batch_is_exact => conventions::global_batch_is_exact,
         error_sequence_length => errors::sequence_length,
         error_missing_global_stats => errors::missing_global_stats,
         error_invalid_coefficient => errors::invalid_coefficient,
