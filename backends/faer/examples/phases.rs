@@ -11,6 +11,7 @@ use simbal_core::lbl::kernels::GroupSums;
 use simbal_core::router::kernels::{
     BackwardRequest, Dispatch, Logits, Route, RouteRequest, RouterBackward,
 };
+use simbal_core::tokens::Groups;
 use simbal_core::zloss::LseSqSum;
 use simbal_core::{
     orthogonal_init, Backend, Gemm, GemmArgs, LblConfig, LossConfig, Reference, Rng, Router,
@@ -60,6 +61,7 @@ fn route<T, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
         p,
         idx,
         gates,
+        plain: None,
         request: RouteRequest::default(),
     };
     be.route(a.check(be).expect("route args")).expect("route");
@@ -138,6 +140,7 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
             p: &mut p[..],
             idx: &mut idx[..],
             gates: &mut gates[..],
+            plain: None,
             request: RouteRequest::default(),
         };
         be.route(a.check(&be).expect("route args")).expect("route");
@@ -176,6 +179,7 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
                 gates: &gates[..],
                 dropped: &dropped[..],
                 dw: &dw[..],
+                groups: Groups::whole(n),
                 lbl: None,
                 z_coef,
                 dz: &mut dz[..],
@@ -194,6 +198,7 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
     let t_lse = time(reps, || {
         let a = LseSqSum {
             n,
+            groups: Groups::whole(n),
             e,
             z: &z[..],
             scores: None,
@@ -205,7 +210,8 @@ fn run<T: FaerElem>(n: usize, d: usize, e: usize, k: usize) {
         let a = GroupSums {
             n,
             cols: e,
-            group_len: n,
+            groups: Groups::whole(n),
+            normalize: false,
             a: &p[..],
             out: &mut sums[..],
         };

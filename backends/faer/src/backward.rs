@@ -9,6 +9,7 @@ use crate::{Faer, FaerElem};
 use rayon::prelude::*;
 use simbal_core::config::{RouterConfig, ScoreFn};
 use simbal_core::router::reference::router_backward_rows;
+use simbal_core::tokens::MASKED;
 
 /// The inputs of the backward row kernel over a block of rows (lengths checked by core).
 #[doc(hidden)]
@@ -28,9 +29,17 @@ pub struct BackwardRows<'a, T> {
     pub dropped: &'a [u32],
     /// Gate gradient, `rows x k`.
     pub dw: &'a [T],
-    /// LBL coefficients of the whole pass (`groups x E`) and tokens per group.
-    pub lbl: Option<(&'a [T], usize)>,
-    /// Index in the pass of the block's first row (picks its LBL coefficient rows).
+    /// LBL coefficients of the whole pass (`groups x E`).
+    pub lbl: Option<&'a [T]>,
+    /// The LBL's scores are each token's scores normalised to sum 1 (its `dL/dq` row goes
+    /// through the normalisation).
+    pub normalize: bool,
+    /// Tokens per group when the groups are runs (`ids` is `None`).
+    pub group_len: usize,
+    /// Per-token group ids of the whole pass ([`MASKED`]: no LBL, no z-loss), or `None`: runs
+    /// of `group_len` tokens, all valid.
+    pub ids: Option<&'a [u32]>,
+    /// Index in the pass of the block's first row (picks its LBL coefficient rows and ids).
     pub r0: usize,
     /// z-loss coefficient `beta * 2 / N` (0 without z-loss).
     pub z_coef: T,
@@ -39,14 +48,25 @@ pub struct BackwardRows<'a, T> {
 }
 
 impl<'a, T: Copy> BackwardRows<'a, T> {
-    /// The LBL coefficient row of block row `r`.
+    /// The LBL coefficient row of block row `r` (`None` without LBL or for a masked token).
     #[inline]
     pub fn coef_row(&self, r: usize) -> Option<&'a [T]> {
         let e = self.cfg.experts;
-        self.lbl.map(|(c, len)| {
-            let grp = (self.r0 + r) / len;
-            &c[grp * e..(grp + 1) * e]
-        })
+        let c = self.lbl?;
+        let grp = match self.ids {
+            None => (self.r0 + r) / self.group_len,
+            Some(ids) => match ids[self.r0 + r] {
+                MASKED => return None,
+                g => g as usize,
+            },
+        };
+        Some(&c[grp * e..(grp + 1) * e])
+    }
+
+    /// Whether block row `r` is a valid (unmasked) token.
+    #[inline]
+    pub fn valid(&self, r: usize) -> bool {
+        self.ids.is_none_or(|ids| ids[self.r0 + r] != MASKED)
     }
 
     /// Rows `[r0, r1)` of this block.
@@ -116,29 +136,46 @@ impl<T: FaerElem> Faer<T> {
     }
 }
 
-/// Backward rows of a block through core's kernel; returns the rows' `sum lse(z_t)^2` when
-/// `x.lse_sq` (else 0). With softmax scores each row's `lse` is taken once (vectorised in `f32`)
-/// for both the z-loss term, added after core's kernel exactly as core adds it
-/// (`dz += z_coef lse(z) p`, last), and the sum.
+/// Backward rows of a block through core's kernel (every score function, the LBL's per-token
+/// normalisation, masked tokens); returns the valid rows' `sum lse(z_t)^2` when `x.lse_sq`
+/// (else 0). With softmax scores each row's `lse` is taken once (vectorised in `f32`) for both
+/// the z-loss term, added after core's kernel exactly as core adds it (`dz += z_coef lse(z) p`,
+/// last), and the sum.
 pub(crate) fn rows_generic<T: FaerElem>(x: &BackwardRows<'_, T>, dz: &mut [T]) -> T {
     let e = x.cfg.experts;
     let coef_row = |r: usize| x.coef_row(r);
+    let valid = |r: usize| x.valid(r);
     let rows = |z_coef: T, dz: &mut [T]| {
-        let (cfg, z, p, idx, gates) = (x.cfg, x.z, x.p, x.idx, x.gates);
-        router_backward_rows(cfg, z, p, idx, gates, x.dropped, x.dw, coef_row, z_coef, dz);
+        let (cfg, z, p, idx, gates, dropped, dw) =
+            (x.cfg, x.z, x.p, x.idx, x.gates, x.dropped, x.dw);
+        let norm = x.normalize;
+        router_backward_rows(
+            cfg, z, p, idx, gates, dropped, dw, coef_row, norm, z_coef, valid, dz,
+        );
     };
     if x.cfg.score != ScoreFn::Softmax {
         rows(x.z_coef, dz);
-        return if x.lse_sq {
-            T::lse_sq_sum(e, x.z)
-        } else {
-            T::zero()
+        return match (x.lse_sq, x.ids) {
+            (false, _) => T::zero(),
+            (true, None) => T::lse_sq_sum(e, x.z),
+            (true, Some(_)) => {
+                let mut sum = T::zero();
+                T::lse_rows(e, x.z, |r, l| {
+                    if valid(r) {
+                        sum += l * l;
+                    }
+                });
+                sum
+            }
         };
     }
     rows(T::zero(), dz);
     let mut sum = T::zero();
     if x.z_coef != T::zero() || x.lse_sq {
         T::lse_rows(e, x.z, |r, l| {
+            if !valid(r) {
+                return;
+            }
             sum += l * l;
             if x.z_coef != T::zero() {
                 let c = x.z_coef * l;

@@ -5,6 +5,7 @@
 
 use crate::{Faer, FaerElem};
 use rayon::prelude::*;
+use simbal_core::router::score::lbl_norm_inv;
 use simbal_core::Scalar;
 
 /// Least elements a rayon task of a row kernel should get.
@@ -39,48 +40,79 @@ impl<T> Faer<T> {
 }
 
 impl<T: FaerElem> Faer<T> {
-    /// `f` over [`REDUCE_PARTS`] fixed row blocks of `a` and `b` (`n x e` each), the partial
-    /// results added in block order: the same value on any number of threads.
+    /// `f(r0, a_block, b_block)` over [`REDUCE_PARTS`] fixed row blocks of `a` and `b` (`n x e`
+    /// each; `r0` the block's first row), the partial results added in block order: the same
+    /// value on any number of threads.
     pub(crate) fn row_partial_sums(
         &self,
         n: usize,
         e: usize,
-        f: impl Fn(&[T], &[T]) -> T + Sync,
+        f: impl Fn(usize, &[T], &[T]) -> T + Sync,
         a: &[T],
         b: &[T],
     ) -> T {
         if n == 0 || e == 0 {
             return T::zero(); // no rows (blocks of 0 elements cannot be chunked)
         }
-        let chunk = n.div_ceil(REDUCE_PARTS) * e;
+        let rows = n.div_ceil(REDUCE_PARTS);
+        let chunk = rows * e;
         let mut parts = [T::zero(); REDUCE_PARTS];
         if self.row_block(n, e).is_some() {
             a.par_chunks(chunk)
                 .zip(b.par_chunks(chunk))
                 .zip(parts.par_iter_mut())
-                .for_each(|((ab, bb), s)| *s = f(ab, bb));
+                .enumerate()
+                .for_each(|(i, ((ab, bb), s))| *s = f(i * rows, ab, bb));
         } else {
-            for ((ab, bb), s) in a.chunks(chunk).zip(b.chunks(chunk)).zip(parts.iter_mut()) {
-                *s = f(ab, bb);
+            let blocks = a.chunks(chunk).zip(b.chunks(chunk)).zip(parts.iter_mut());
+            for (i, ((ab, bb), s)) in blocks.enumerate() {
+                *s = f(i * rows, ab, bb);
             }
         }
         parts.iter().fold(T::zero(), |acc, &s| acc + s)
     }
 
-    /// Column sums in `f64` of the `n x e` matrix `p` into `out` (`1 <= e <= SUMS_MAX_E`):
-    /// [`REDUCE_PARTS`] fixed row blocks summed in a fixed binary tree, so the value does not
-    /// depend on the thread count; the halves run in parallel when the work is worth a split.
-    pub(crate) fn column_sums(&self, n: usize, e: usize, p: &[T], out: &mut [f64]) {
+    /// Column sums in `f64` of the `n x e` matrix `p` into `out` (`1 <= e <= SUMS_MAX_E`), each
+    /// row normalised first when `normalize` (core's `stats_of`: `v * inv` in `f64` with
+    /// `inv = lbl_norm_inv(row)`): [`REDUCE_PARTS`] fixed row blocks summed in a fixed binary
+    /// tree, so the value does not depend on the thread count; the halves run in parallel when
+    /// the work is worth a split.
+    pub(crate) fn column_sums(
+        &self,
+        n: usize,
+        e: usize,
+        normalize: bool,
+        p: &[T],
+        out: &mut [f64],
+    ) {
         let leaf = n.div_ceil(REDUCE_PARTS).max(1) * e;
-        tree_column_sums(self.row_block(n, e).is_some(), e, leaf, p, out);
+        let par = self.row_block(n, e).is_some();
+        tree_column_sums(par, normalize, e, leaf, p, out);
     }
 }
 
-/// Column sums of the rows of `p` (width `e`) into `out`: one pass over a block of at most `leaf`
-/// elements, otherwise the sum of the two halves (split at a whole number of leaves).
-fn tree_column_sums<T: Scalar>(par: bool, e: usize, leaf: usize, p: &[T], out: &mut [f64]) {
+/// Column sums of the rows of `p` (width `e`, normalised when `norm`) into `out`: one pass over
+/// a block of at most `leaf` elements, otherwise the sum of the two halves (split at a whole
+/// number of leaves).
+fn tree_column_sums<T: Scalar>(
+    par: bool,
+    norm: bool,
+    e: usize,
+    leaf: usize,
+    p: &[T],
+    out: &mut [f64],
+) {
     if p.len() <= leaf {
         out.fill(0.0);
+        if norm {
+            for row in p.chunks_exact(e) {
+                let inv = lbl_norm_inv(row).to_f64_lossy();
+                for (s, &v) in out.iter_mut().zip(row) {
+                    *s += v.to_f64_lossy() * inv;
+                }
+            }
+            return;
+        }
         for row in p.chunks_exact(e) {
             for (s, &v) in out.iter_mut().zip(row) {
                 *s += v.to_f64_lossy();
@@ -94,12 +126,12 @@ fn tree_column_sums<T: Scalar>(par: bool, e: usize, leaf: usize, p: &[T], out: &
     let right = &mut right[..e];
     if par {
         rayon::join(
-            || tree_column_sums(par, e, leaf, lo, out),
-            || tree_column_sums(par, e, leaf, hi, right),
+            || tree_column_sums(par, norm, e, leaf, lo, out),
+            || tree_column_sums(par, norm, e, leaf, hi, right),
         );
     } else {
-        tree_column_sums(par, e, leaf, lo, out);
-        tree_column_sums(par, e, leaf, hi, right);
+        tree_column_sums(par, norm, e, leaf, lo, out);
+        tree_column_sums(par, norm, e, leaf, hi, right);
     }
     for (o, &r) in out.iter_mut().zip(right.iter()) {
         *o += r;
@@ -125,7 +157,7 @@ mod tests {
             }
             let sums = |par| {
                 let mut out = vec![f64::NAN; e];
-                Faer::<f32>::with_par(par).column_sums(n, e, &p, &mut out);
+                Faer::<f32>::with_par(par).column_sums(n, e, false, &p, &mut out);
                 out
             };
             let (seq, par) = (sums(Par::Seq), sums(Par::rayon(3)));

@@ -77,7 +77,7 @@ impl FaerElem for f32 {
     }
 
     fn backward_rows(rows: &BackwardRows<'_, f32>, dz: &mut [f32]) -> f32 {
-        if rows.cfg.score == ScoreFn::Softmax && rows.cfg.renormalize {
+        if rows.cfg.score == ScoreFn::Softmax && rows.cfg.renormalize && !rows.normalize {
             backward_f32::backward_rows(rows, dz)
         } else {
             backward::rows_generic(rows, dz)

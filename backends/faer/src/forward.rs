@@ -10,8 +10,13 @@ use simbal_core::config::RouterConfig;
 use simbal_core::router::kernels::{Logits, Route, RouteSums};
 use simbal_core::Gemm;
 
-/// What the forward rows write: scores, indices, gates.
-type Routed<'a, T> = (&'a mut [T], &'a mut [u32], &'a mut [T]);
+/// What the forward rows write: scores, indices, gates and, when asked, the plain top-k.
+type Routed<'a, T> = (
+    &'a mut [T],
+    &'a mut [u32],
+    &'a mut [T],
+    Option<&'a mut [u32]>,
+);
 
 /// Least rows per task of the fused logits-and-routing forward.
 const FUSED_MIN_ROWS: usize = 64;
@@ -28,12 +33,13 @@ impl<T: FaerElem> Faer<T> {
             p,
             idx,
             gates,
+            plain,
             request,
         } = a;
         let want_max = request.max_abs_z;
         if let Logits::Tokens { gemm: g, x, r } = logits {
             if let Some(blocks) = self.fused_blocks(&g) {
-                let out = (p, idx, gates);
+                let out = (p, idx, gates, plain);
                 let m = self.logits_and_route(blocks, cfg, &g, x, r, bias, z, out, want_max);
                 return RouteSums {
                     max_abs_z: want_max.then_some(m),
@@ -49,6 +55,7 @@ impl<T: FaerElem> Faer<T> {
             p,
             idx,
             gates,
+            plain,
         };
         self.route_rows(n, rows);
         RouteSums { max_abs_z }
@@ -69,23 +76,37 @@ impl<T: FaerElem> Faer<T> {
         let Some(rows) = self.row_block(n, e) else {
             return T::route_rows(x);
         };
-        (
+        let block = |z, p, idx, gates, plain| {
+            T::route_rows(ForwardRows {
+                cfg,
+                z,
+                bias,
+                p,
+                idx,
+                gates,
+                plain,
+            })
+        };
+        let blocks = (
             x.z.par_chunks(rows * e),
             x.p.par_chunks_mut(rows * e),
             x.idx.par_chunks_mut(rows * k),
             x.gates.par_chunks_mut(rows * k),
-        )
-            .into_par_iter()
-            .for_each(|(z, p, idx, gates)| {
-                T::route_rows(ForwardRows {
-                    cfg,
-                    z,
-                    bias,
-                    p,
-                    idx,
-                    gates,
-                })
-            });
+        );
+        match x.plain {
+            None => blocks
+                .into_par_iter()
+                .for_each(|(z, p, i, w)| block(z, p, i, w, None)),
+            Some(pl) => (
+                blocks.0,
+                blocks.1,
+                blocks.2,
+                blocks.3,
+                pl.par_chunks_mut(rows * k),
+            )
+                .into_par_iter()
+                .for_each(|(z, p, i, w, l)| block(z, p, i, w, Some(l))),
+        }
     }
 
     /// `z = gemm(x, r)` and the forward rows into `(p, idx, gates)` in `blocks` tasks, each
@@ -100,40 +121,52 @@ impl<T: FaerElem> Faer<T> {
         r: &[T],
         bias: Option<&[T]>,
         z: &mut [T],
-        (p, idx, gates): Routed<'_, T>,
+        (p, idx, gates, plain): Routed<'_, T>,
         max_abs_z: bool,
     ) -> T {
         let (n, e, k, kd) = (g.m, cfg.experts, cfg.k, g.k);
         let rows = n.div_ceil(blocks).div_ceil(gemm::ALIGN) * gemm::ALIGN;
-        (
+        let block = |xb: &[T], zb: &mut [T], pb, ib, wb, lb| {
+            let gb = Gemm {
+                m: zb.len() / e,
+                ..*g
+            };
+            gemm::gemm(&gb, 1, xb, r, zb);
+            let m = if max_abs_z {
+                max_abs_lanes(zb)
+            } else {
+                T::zero()
+            };
+            T::route_rows(ForwardRows {
+                cfg,
+                z: zb,
+                bias,
+                p: pb,
+                idx: ib,
+                gates: wb,
+                plain: lb,
+            });
+            m
+        };
+        let blocks = (
             x.par_chunks(rows * kd),
             z.par_chunks_mut(rows * e),
             p.par_chunks_mut(rows * e),
             idx.par_chunks_mut(rows * k),
             gates.par_chunks_mut(rows * k),
-        )
-            .into_par_iter()
-            .map(|(xb, zb, pb, ib, wb)| {
-                let gb = Gemm {
-                    m: zb.len() / e,
-                    ..*g
-                };
-                gemm::gemm(&gb, 1, xb, r, zb);
-                let m = if max_abs_z {
-                    max_abs_lanes(zb)
-                } else {
-                    T::zero()
-                };
-                T::route_rows(ForwardRows {
-                    cfg,
-                    z: zb,
-                    bias,
-                    p: pb,
-                    idx: ib,
-                    gates: wb,
-                });
-                m
-            })
-            .reduce(T::zero, max_nan)
+        );
+        match plain {
+            None => blocks
+                .into_par_iter()
+                .map(|(xb, zb, pb, ib, wb)| block(xb, zb, pb, ib, wb, None))
+                .reduce(T::zero, max_nan),
+            Some(pl) => {
+                let (xs, zs, ps, is, ws) = blocks;
+                (xs, zs, ps, is, ws, pl.par_chunks_mut(rows * k))
+                    .into_par_iter()
+                    .map(|(xb, zb, pb, ib, wb, lb)| block(xb, zb, pb, ib, wb, Some(lb)))
+                    .reduce(T::zero, max_nan)
+            }
+        }
     }
 }

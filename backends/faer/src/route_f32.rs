@@ -113,13 +113,14 @@ impl WithSimd for Packed<'_> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let Packed(x) = self;
-        let (cfg, bias) = (x.cfg, x.bias);
+        let Packed(mut x) = self;
+        let (cfg, bias, k) = (x.cfg, x.bias, x.cfg.k);
+        let mut plain = x.plain.take();
         let softmax = cfg.score == ScoreFn::Softmax;
         // Scratch for the whole block: filling 4 KiB per row would cost more than the top-k.
         let mut keys = [0i64; MAX_PACKED_E];
         let keys = &mut keys[..cfg.experts];
-        for (zr, pr, ir, wr) in x.rows() {
+        for (r, (zr, pr, ir, wr)) in x.rows().enumerate() {
             if softmax {
                 softmax_row(zr, pr);
             } else {
@@ -127,6 +128,16 @@ impl WithSimd for Packed<'_> {
             }
             top_k_packed(pr, bias, keys, ir);
             gates_row(cfg, pr, ir, wr);
+            if let Some(pl) = plain.as_deref_mut() {
+                // The plain top-k: the packed keys without the bias (no group limit here, so
+                // without a bias it is the selection).
+                let pl = &mut pl[r * k..(r + 1) * k];
+                if bias.is_some() {
+                    top_k_packed(pr, None, keys, pl);
+                } else {
+                    pl.copy_from_slice(ir);
+                }
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 use crate::FaerElem;
 use simbal_core::config::{RouterConfig, ScoreFn};
 use simbal_core::router::score::score_row;
-use simbal_core::router::select::{gates_row, select_row};
+use simbal_core::router::select::{gates_row, plain_topk_row, select_row};
 use simbal_core::Scalar;
 
 /// Largest `k` the one-pass top-k keeps on the stack; larger `k` uses core's `select_row`.
@@ -36,6 +36,8 @@ pub struct ForwardRows<'a, T> {
     pub idx: &'a mut [u32],
     /// Gates, `rows x k`.
     pub gates: &'a mut [T],
+    /// The plain top-k of the scores alone (`rows x k`: no bias, no groups), when asked.
+    pub plain: Option<&'a mut [u32]>,
 }
 
 impl<'a, T> ForwardRows<'a, T> {
@@ -62,15 +64,19 @@ fn ungrouped(cfg: &RouterConfig) -> bool {
 }
 
 /// Forward rows of a block for any element type (same contract and results as
-/// `simbal_core::router::reference::route_rows`), with the insertion top-k of [`top_k_row`].
-pub(crate) fn route_rows<T: FaerElem>(x: ForwardRows<'_, T>) {
+/// `simbal_core::router::reference::route_rows`), with the insertion top-k of [`top_k_row`]
+/// for the selection and the plain top-k.
+pub(crate) fn route_rows<T: FaerElem>(mut x: ForwardRows<'_, T>) {
     let (cfg, bias) = (x.cfg, x.bias);
-    let fast = ungrouped(cfg) && cfg.k <= MAX_FAST_K;
+    let k = cfg.k;
+    let small_k = k <= MAX_FAST_K;
+    let fast = ungrouped(cfg) && small_k;
     let softmax = cfg.score == ScoreFn::Softmax;
     if softmax {
         T::softmax_rows(cfg.experts, x.z, x.p);
     }
-    for (zr, pr, ir, wr) in x.rows() {
+    let mut plain = x.plain.take();
+    for (r, (zr, pr, ir, wr)) in x.rows().enumerate() {
         if !softmax {
             score_row(cfg.score, zr, pr);
         }
@@ -80,6 +86,14 @@ pub(crate) fn route_rows<T: FaerElem>(x: ForwardRows<'_, T>) {
             select_row(cfg, pr, bias, ir);
         }
         gates_row(cfg, pr, ir, wr);
+        if let Some(pl) = plain.as_deref_mut() {
+            let pl = &mut pl[r * k..(r + 1) * k];
+            if small_k {
+                top_k_row(pr, None, pl);
+            } else {
+                plain_topk_row(pr, pl);
+            }
+        }
     }
 }
 

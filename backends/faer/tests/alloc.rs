@@ -40,7 +40,7 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
         .map(|i| T::of(((i % 13) as f64 - 6.0) / 6.0))
         .collect();
     let seq = LblConfig {
-        level: LblLevel::Sequence { seq_len: 256 },
+        level: LblLevel::sequences(256),
         ..LblConfig::default()
     };
     let global = LblConfig {
@@ -71,6 +71,7 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
         let mut stats = RoutingStats::empty(e);
         let global = RoutingStats {
             counts: vec![64; e],
+            routed_counts: vec![64; e],
             score_sums: vec![64.0; e],
             tokens: 512,
             dropped: 0,

@@ -13,6 +13,7 @@ use simbal_core::router::kernels::{
     BackwardRequest, LblCoef, Logits, Route, RouteRequest, RouterBackward,
 };
 use simbal_core::stats::CollectStats;
+use simbal_core::tokens::Groups;
 use simbal_core::zloss::LseSqSum;
 use simbal_core::{
     simbal_loss, Backend, DropPolicy, Gemm, LblConfig, LblLevel, LblNormalization, LogitsPass,
@@ -30,8 +31,8 @@ fn backends<T: FaerElem>() -> Vec<Faer<T>> {
     ]
 }
 
-/// Router configurations over `e = 16` experts, covering every branch of the row kernels: both
-/// score functions, renormalisation and scale, group limits (effective and not), capacity with
+/// Router configurations over `e = 16` experts, covering every branch of the row kernels: every
+/// score function, renormalisation and scale, group limits (effective and not), capacity with
 /// both policies, `k = 1`, `k = E`.
 fn configs() -> Vec<RouterConfig> {
     let e = 16;
@@ -50,13 +51,18 @@ fn configs() -> Vec<RouterConfig> {
         RouterConfig::new(e, 2).with_capacity(0.5, DropPolicy::Position),
         RouterConfig::new(e, 1),
         RouterConfig::new(e, e),
+        RouterConfig::new(e, 4).with_score(ScoreFn::SqrtSoftplus),
+        RouterConfig::new(e, 2)
+            .with_score(ScoreFn::SqrtSoftplus)
+            .with_renormalize(false)
+            .with_scale(2.5),
     ]
 }
 
 /// Loss configurations for the backward passes from logits (`n` divisible by 256).
 fn dense_losses() -> Vec<LossConfig> {
     let seq = LblConfig {
-        level: LblLevel::Sequence { seq_len: 256 },
+        level: LblLevel::sequences(256),
         ..LblConfig::default()
     };
     let hf = LblConfig {
@@ -107,6 +113,7 @@ fn logits<T: Scalar>(n: usize, e: usize, seed: u64) -> Vec<T> {
 fn global_stats(mut g: RoutingStats, e: usize) -> RoutingStats {
     let other = RoutingStats {
         counts: (0..e as u64).map(|c| 3 * c + 1).collect(),
+        routed_counts: (0..e as u64).map(|c| 2 * c + 3).collect(),
         score_sums: (0..e).map(|c| 0.5 + c as f64).collect(),
         tokens: 200,
         dropped: 0,
@@ -160,6 +167,7 @@ fn logits_path<T: FaerElem>() {
                 compare_forward(&what, &fp, &rp);
                 let sf = stats_of(&fp);
                 assert_eq!(sf.counts, sr.counts, "{what}: stats counts");
+                assert_eq!(sf.routed_counts, sr.routed_counts, "{what}: routed counts");
                 assert_eq!(sf.dropped, sr.dropped, "{what}: stats dropped");
                 assert_eq!(sf.tokens, sr.tokens, "{what}: stats tokens");
                 assert_close_as::<T>(
@@ -429,6 +437,7 @@ fn kernels_refuse_bad_input() {
         p: &mut vec![0.0; n * e],
         idx: &mut vec![0; n * k],
         gates: &mut vec![0.0; n * k],
+        plain: None,
         request: RouteRequest::default(),
     }
     .check(&be)
@@ -456,9 +465,10 @@ fn kernels_refuse_bad_input() {
             gates: &w[..],
             dropped: &dropped[..],
             dw,
-            lbl: group_len.map(|group_len| LblCoef {
+            groups: group_len.map_or(Groups::whole(n), |len| Groups::Runs { len }),
+            lbl: group_len.map(|_| LblCoef {
                 coef: &coef[..],
-                group_len,
+                normalize: false,
             }),
             z_coef: 0.0,
             dz: &mut dz[..],
@@ -524,7 +534,17 @@ fn lse_sq_sum<T: Scalar, B: Backend<Elem = T, View = [T]>>(
     softmax: Option<&[T]>,
 ) -> simbal_core::Result<T> {
     let scores = softmax.map(|p| (ScoreFn::Softmax, p));
-    be.lse_sq_sum(LseSqSum { n, e, z, scores }.check(be)?)
+    let groups = Groups::whole(n);
+    be.lse_sq_sum(
+        LseSqSum {
+            n,
+            groups,
+            e,
+            z,
+            scores,
+        }
+        .check(be)?,
+    )
 }
 
 /// Per-group column sums through the backend's kernel.
@@ -540,7 +560,8 @@ fn group_sums<T: Scalar, B: Backend<Elem = T, View = [T]>>(
         GroupSums {
             n,
             cols,
-            group_len,
+            groups: Groups::Runs { len: group_len },
+            normalize: false,
             a,
             out,
         }
@@ -578,12 +599,18 @@ fn reductions_match_reference() {
     }
     let stats = |be: &Faer<f64>| {
         let counts = vec![3u32; e];
+        let (idx, dropped) = (vec![1u32; 2 * n], vec![0u32; 2 * n]);
         let mut out = RoutingStats::default();
         let a = CollectStats {
             n,
             k: 2,
             p: &p[..],
+            normalize: false,
+            idx: &idx[..],
+            dropped: &dropped[..],
             counts: &counts[..],
+            plain: None,
+            groups: Groups::whole(n),
             out: &mut out,
         };
         be.routing_stats(a.check(be).unwrap()).unwrap();

@@ -72,6 +72,18 @@ pub fn route_given<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>
     z: &[T],
     bias: Option<&[T]>,
 ) -> Result<(Vec<T>, Vec<u32>, Vec<T>)> {
+    route_given_plain(be, cfg, n, z, bias, None)
+}
+
+/// [`route_given`], also writing the plain top-k into `plain` when given.
+pub fn route_given_plain<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
+    be: &B,
+    cfg: &RouterConfig,
+    n: usize,
+    z: &[T],
+    bias: Option<&[T]>,
+    plain: Option<&mut [u32]>,
+) -> Result<(Vec<T>, Vec<u32>, Vec<T>)> {
     let (ne, nk) = (n * cfg.experts, n * cfg.k);
     let mut z = z.to_vec();
     let (mut p, mut idx, mut gates) = (vec![T::zero(); ne], vec![0u32; nk], vec![T::zero(); nk]);
@@ -85,6 +97,7 @@ pub fn route_given<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>
             p: &mut p[..],
             idx: &mut idx[..],
             gates: &mut gates[..],
+            plain,
             request: RouteRequest::default(),
         }
         .check(be)?,
