@@ -1,45 +1,103 @@
-//! The losses and the bias update against Megatron-Core and HF: Switch LBL, sequence LBL,
-//! z-loss, `get_updated_expert_bias`, HF's `load_balancing_loss_func`.
+//! The losses and the bias update against Megatron-Core and HF: micro-batch LBL (softmax and
+//! normalised sigmoid, with and without a token mask), sequence LBL on Megatron's `[S, B]` rows,
+//! z-loss, `get_updated_expert_bias`, HF's `load_balancing_loss_func` (with `attention_mask`).
+//! The departures of the oracles (all-masked NaN, Megatron's one count for uneven sequences) and
+//! the LBL counts options are in [`super::masked`].
 
 use super::fixture::{near, near1, ok, tol, Fx};
-use super::{BIAS, HF_LBL, SEQ_LBL, SWITCH_LBL, Z_LOSS};
-use crate::harness::run::{read_forward, read_logit_backward};
+use super::{BIAS, HF_LBL, HF_MASKED_LBL, MASKED_LBL, MASKED_Z_LOSS, SEQ_LBL, SIGMOID_LBL};
+use super::{SWITCH_LBL, Z_LOSS};
 use crate::harness::util::*;
-use simbal_core::memory::{view, view_mut};
+use simbal_core::memory::{idx_view, view, view_mut};
 use simbal_core::{
-    update_bias, Backend, BiasUpdateConfig, LblConfig, LblLevel, LblNormalization, LossConfig,
-    Router, RouterConfig, RoutingStats, ZLossConfig,
+    update_bias, Backend, Batch, BiasUpdateConfig, LblConfig, LblLevel, LblNormalization,
+    LossConfig, Router, RouterConfig, RoutingStats, ScoreFn, SeqLayout, ZLossConfig,
 };
 
-/// One softmax top-`k` pass from `z` (`n x e`) with `losses` and `dW = 0`: the counts, the
-/// loss values `(lbl, z_loss)` and `dZ`.
-fn loss_pass<B: Backend>(
+/// What one pass from logits with `dW = 0` gave: the statistics of its valid tokens, the loss
+/// values and `dZ`.
+pub(super) struct Run {
+    pub stats: RoutingStats,
+    /// `(lbl, z_loss)`.
+    pub losses: [f64; 2],
+    pub dz: Vec<f64>,
+}
+
+/// One pass of a router of `cfg` from `z` (`n x e`) with the token `mask` (1 = valid) and the
+/// selection `bias`, then the backward of `losses` with `dW = 0`.
+pub(super) fn run<B: Backend>(
     make: &dyn Fn() -> Option<B>,
     io: &B,
     z: &[f64],
-    e: usize,
-    k: usize,
+    cfg: RouterConfig,
+    mask: Option<&[u32]>,
+    bias: Option<&[f64]>,
     losses: &LossConfig,
-) -> (Vec<u32>, [f64; 2], Vec<f64>) {
+) -> Run {
+    let n = z.len() / cfg.experts;
     let zb = ok("upload", up(io, z));
-    let dw = ok("upload", up(io, &vec![0.0; z.len() / e * k]));
-    let mut router = ok(
-        "Router::new",
-        Router::new(fresh(make), RouterConfig::new(e, k)),
-    );
+    let dw = ok("upload", up(io, &vec![0.0; n * cfg.k]));
+    let mask = mask.map(|m| ok("idx_upload", io.idx_upload(m)));
+    let bias = bias.map(|b| ok("upload", up(io, b)));
+    let mut router = ok("Router::new", Router::new(fresh(make), cfg));
+    let batch = Batch {
+        bias: bias.as_ref().map(view::<B>),
+        mask: mask.as_ref().map(idx_view::<B>),
+        offsets: None,
+    };
     let mut pass = ok(
-        "forward_logits",
-        router.forward_logits(view::<B>(&zb), None),
+        "forward_logits_batch",
+        router.forward_logits_batch(view::<B>(&zb), batch),
     );
-    let counts = ok("download", read_forward(io, &pass)).counts;
+    let stats = ok("stats", pass.stats());
     let g = ok("backward", pass.backward(view::<B>(&dw), losses, None));
-    let back = ok("download", read_logit_backward(io, &g));
-    (counts, [back.losses[1], back.losses[2]], back.dz)
+    let back = ok("download", crate::harness::run::read_logit_backward(io, &g));
+    Run {
+        stats,
+        losses: [back.losses[1], back.losses[2]],
+        dz: back.dz,
+    }
+}
+
+/// The fixture's token mask at `ptr` (1 = valid), if it has one.
+pub(super) fn mask_at(f: &Fx, ptr: &str) -> Option<Vec<u32>> {
+    f.opt(ptr).map(|_| {
+        f.data(ptr)
+            .iter()
+            .map(|&v| {
+                assert!(v == 0.0 || v == 1.0, "{}: mask value {v}", f.name);
+                v as u32
+            })
+            .collect()
+    })
+}
+
+/// Megatron's `score_function` as simbal's router: softmax, or sigmoid (renormalised gates
+/// for `k > 1`, which the LBL does not see: `dW = 0`).
+pub(super) fn megatron_router(f: &Fx, e: usize, k: usize) -> RouterConfig {
+    match f.str("/args/score_function") {
+        "softmax" => RouterConfig::new(e, k),
+        "sigmoid" => RouterConfig::new(e, k)
+            .with_score(ScoreFn::Sigmoid)
+            .with_renormalize(k > 1),
+        s => panic!("{}: score function {s}", f.name),
+    }
+}
+
+/// Integer data (counts) of the fixture at `ptr`.
+pub(super) fn counts_at(f: &Fx, ptr: &str) -> Vec<u64> {
+    f.data(ptr)
+        .iter()
+        .map(|&c| {
+            assert!(c >= 0.0 && c.fract() == 0.0, "{}: count {c}", f.name);
+            c as u64
+        })
+        .collect()
 }
 
 /// The fixture's loss value against `value` and its gradient against `dz`, each named in the
 /// failure message.
-fn value_and_dz<B: Backend>(f: &Fx, value: (&str, f64), dz: (&str, &[f64], &[f64])) {
+pub(super) fn value_and_dz<B: Backend>(f: &Fx, value: (&str, f64), dz: (&str, &[f64], &[f64])) {
     let name = |what: &str| format!("{}: {what}", f.name);
     near1(
         &name(value.0),
@@ -50,7 +108,9 @@ fn value_and_dz<B: Backend>(f: &Fx, value: (&str, f64), dz: (&str, &[f64], &[f64
     near(&name(dz.0), dz.1, dz.2, tol::<B>());
 }
 
-fn lbl(alpha: f64, level: LblLevel, normalization: LblNormalization) -> LossConfig {
+/// LBL alone with `alpha`, `level` and `normalization`, SPEC's default scores (normalised)
+/// and counts (routed).
+pub(super) fn lbl(alpha: f64, level: LblLevel, normalization: LblNormalization) -> LossConfig {
     LossConfig::none().with_lbl(LblConfig {
         alpha,
         level,
@@ -60,39 +120,83 @@ fn lbl(alpha: f64, level: LblLevel, normalization: LblNormalization) -> LossConf
 }
 
 /// Megatron's micro-batch aux loss (`switch_load_balancing_loss_func` as `TopKRouter.routing`
-/// assembles it), softmax, no mask: value, `dZ` and counts.
-pub fn switch_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const NAME: &str = "oracles::switch_lbl";
-    let Some(io) = acquire(make, NAME) else {
+/// assembles it) on each fixture of `list` (with a mask iff `masked`): LBL value and `dZ`; the
+/// LBL counts (`routed_counts`, and the kept counts of this plain router) equal
+/// `tokens_per_expert`, the valid tokens `total_num_tokens`, the score sums the column sums of
+/// `scores_for_aux_loss` (masked rows zero there).
+fn mc_lbl_on<B: Backend>(
+    make: &dyn Fn() -> Option<B>,
+    name: &str,
+    list: &[super::Fixture],
+    masked: bool,
+) {
+    let Some(io) = acquire(make, name) else {
         return;
     };
-    for fixture in SWITCH_LBL {
+    for fixture in list {
         let f = Fx::parse(fixture);
-        assert_eq!(f.str("/args/score_function"), "softmax", "{}", f.name);
-        assert!(f.opt("/inputs/valid").is_none(), "{}: masked", f.name);
+        let mask = mask_at(&f, "/inputs/valid");
+        assert_eq!(mask.is_some(), masked, "{}: masked", f.name);
         let (e, k) = (f.usize("/args/num_experts"), f.usize("/args/topk"));
         let cfg = lbl(
             f.f64("/args/moe_aux_loss_coeff"),
             LblLevel::MicroBatch,
             LblNormalization::Switch,
         );
-        let (counts, v, dz) = loss_pass(make, &io, &f.data("/inputs/logits"), e, k, &cfg);
-        let want: Vec<u32> = f
-            .data("/outputs/tokens_per_expert")
-            .iter()
-            .map(|&c| c as u32)
-            .collect();
-        assert_eq!(counts, want, "{}: counts", f.name);
+        let z = f.data("/inputs/logits");
+        let r = run(
+            make,
+            &io,
+            &z,
+            megatron_router(&f, e, k),
+            mask.as_deref(),
+            None,
+            &cfg,
+        );
+        let want = counts_at(&f, "/outputs/tokens_per_expert");
+        assert_eq!(r.stats.routed_counts, want, "{}: routed counts", f.name);
+        assert_eq!(r.stats.counts, want, "{}: kept counts", f.name);
+        assert_eq!(
+            r.stats.tokens as f64,
+            f.f64("/outputs/total_num_tokens"),
+            "{}: valid tokens",
+            f.name
+        );
+        let q = f.data("/outputs/scores_for_aux_loss");
+        let sums: Vec<f64> = (0..e).map(|j| q.iter().skip(j).step_by(e).sum()).collect();
+        near(
+            &format!("{}: score sums", f.name),
+            &r.stats.score_sums,
+            &sums,
+            tol::<B>(),
+        );
         value_and_dz::<B>(
             &f,
-            ("LBL", v[0]),
-            ("dZ", &dz, &f.data("/grads/d_loss_d_logits")),
+            ("LBL", r.losses[0]),
+            ("dZ", &r.dz, &f.data("/grads/d_loss_d_logits")),
         );
     }
 }
 
-/// Megatron's sequence aux loss (`TopKRouter._apply_seq_aux_loss`), softmax, no mask, its
-/// `[S, B]` rows permuted to simbal's batch-major `[B, S]`: value and `dZ`.
+/// Megatron's micro-batch aux loss, softmax, no mask.
+pub fn switch_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    mc_lbl_on(make, "oracles::switch_lbl", SWITCH_LBL, false);
+}
+
+/// Megatron's micro-batch aux loss, sigmoid scores normalised per token (SPEC `Normalized`),
+/// no mask.
+pub fn sigmoid_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    mc_lbl_on(make, "oracles::sigmoid_lbl", SIGMOID_LBL, false);
+}
+
+/// Megatron's micro-batch aux loss with a padding mask (softmax and normalised sigmoid).
+pub fn masked_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    mc_lbl_on(make, "oracles::masked_lbl", MASKED_LBL, true);
+}
+
+/// Megatron's sequence aux loss (`TopKRouter._apply_seq_aux_loss`), softmax and normalised
+/// sigmoid, no mask, on its `[S, B]` rows as they are (`SeqLayout::SequenceMajor`): value,
+/// `dZ`, and the counts summed over the sequences.
 pub fn seq_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "oracles::seq_lbl";
     let Some(io) = acquire(make, NAME) else {
@@ -100,61 +204,86 @@ pub fn seq_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
     };
     for fixture in SEQ_LBL {
         let f = Fx::parse(fixture);
-        assert_eq!(f.str("/args/score_function"), "softmax", "{}", f.name);
         assert!(f.opt("/inputs/valid_sb").is_none(), "{}: masked", f.name);
         let (e, k) = (f.usize("/args/num_experts"), f.usize("/args/topk"));
         let (s, b) = (f.usize("/args/seq_length"), f.usize("/args/bsz"));
         assert_eq!(f.shape("/inputs/logits"), [s, b, e], "{}", f.name);
-        // Megatron's row s*B + b is simbal's row b*S + s.
-        let to_batch_major = |v: &[f64]| {
-            let mut out = vec![0.0; v.len()];
-            for si in 0..s {
-                for bi in 0..b {
-                    let (from, to) = ((si * b + bi) * e, (bi * s + si) * e);
-                    out[to..to + e].copy_from_slice(&v[from..from + e]);
-                }
-            }
-            out
-        };
         let cfg = lbl(
             f.f64("/args/seq_aux_loss_coeff"),
-            LblLevel::sequences(s),
+            LblLevel::Sequence(SeqLayout::SequenceMajor { batch: b }),
             LblNormalization::Switch,
         );
-        let z = to_batch_major(&f.data("/inputs/logits"));
-        let (_, v, dz) = loss_pass(make, &io, &z, e, k, &cfg);
+        let z = f.data("/inputs/logits");
+        let r = run(make, &io, &z, megatron_router(&f, e, k), None, None, &cfg);
+        assert_eq!(
+            r.stats.routed_counts,
+            seq_counts(&f, b, e),
+            "{}: counts",
+            f.name
+        );
         value_and_dz::<B>(
             &f,
-            ("sequence LBL", v[0]),
-            (
-                "dZ (batch-major)",
-                &dz,
-                &to_batch_major(&f.data("/grads/d_loss_d_logits")),
-            ),
+            ("sequence LBL", r.losses[0]),
+            ("dZ", &r.dz, &f.data("/grads/d_loss_d_logits")),
         );
     }
 }
 
-/// Megatron's `z_loss_func`, no mask: value and `dZ`.
-pub fn z_loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const NAME: &str = "oracles::z_loss";
-    let Some(io) = acquire(make, NAME) else {
+/// `tokens_per_expert_per_seq` (`B x E`) summed over the sequences.
+pub(super) fn seq_counts(f: &Fx, b: usize, e: usize) -> Vec<u64> {
+    let per = counts_at(f, "/outputs/tokens_per_expert_per_seq");
+    assert_eq!(per.len(), b * e, "{}: per-sequence counts", f.name);
+    (0..e)
+        .map(|j| (0..b).map(|bi| per[bi * e + j]).sum())
+        .collect()
+}
+
+/// Megatron's `z_loss_func` on each fixture of `list` (with a padding mask iff `masked`):
+/// value and `dZ`.
+fn z_loss_on<B: Backend>(
+    make: &dyn Fn() -> Option<B>,
+    name: &str,
+    list: &[super::Fixture],
+    masked: bool,
+) {
+    let Some(io) = acquire(make, name) else {
         return;
     };
-    for fixture in Z_LOSS {
+    for fixture in list {
         let f = Fx::parse(fixture);
-        assert!(f.opt("/inputs/valid").is_none(), "{}: masked", f.name);
+        let mask = mask_at(&f, "/inputs/valid");
+        assert_eq!(mask.is_some(), masked, "{}: masked", f.name);
         let e = f.shape("/inputs/logits")[1];
         let cfg = LossConfig::none().with_z_loss(ZLossConfig {
             beta: f.f64("/args/z_loss_coeff"),
         });
-        let (_, v, dz) = loss_pass(make, &io, &f.data("/inputs/logits"), e, 2, &cfg);
+        let z = f.data("/inputs/logits");
+        let r = run(
+            make,
+            &io,
+            &z,
+            RouterConfig::new(e, 2),
+            mask.as_deref(),
+            None,
+            &cfg,
+        );
         value_and_dz::<B>(
             &f,
-            ("z-loss", v[1]),
-            ("dZ", &dz, &f.data("/grads/d_loss_d_logits")),
+            ("z-loss", r.losses[1]),
+            ("dZ", &r.dz, &f.data("/grads/d_loss_d_logits")),
         );
     }
+}
+
+/// Megatron's `z_loss_func`, no mask.
+pub fn z_loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    z_loss_on(make, "oracles::z_loss", Z_LOSS, false);
+}
+
+/// Megatron's `z_loss_func` with a padding mask (all masked included: loss 0, gradient 0, as
+/// Megatron's `clamp(min=1)` and the SPEC).
+pub fn masked_z_loss<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    z_loss_on(make, "oracles::masked_z_loss", MASKED_Z_LOSS, true);
 }
 
 /// Megatron's `get_updated_expert_bias` (one rank): `update_bias`, not centred.
@@ -165,14 +294,7 @@ pub fn bias_update<B: Backend>(make: &dyn Fn() -> Option<B>) {
     };
     for fixture in BIAS {
         let f = Fx::parse(fixture);
-        let counts: Vec<u64> = f
-            .data("/inputs/tokens_per_expert")
-            .iter()
-            .map(|&c| {
-                assert!(c >= 0.0 && c.fract() == 0.0, "{}: count {c}", f.name);
-                c as u64
-            })
-            .collect();
+        let counts = counts_at(&f, "/inputs/tokens_per_expert");
         let e = counts.len();
         let stats = RoutingStats {
             tokens: counts.iter().sum(),
@@ -199,43 +321,79 @@ pub fn bias_update<B: Backend>(make: &dyn Fn() -> Option<B>) {
     }
 }
 
-/// HF transformers' `load_balancing_loss_func` without `attention_mask`: the layers' logits
-/// stacked into one pass (HF pools their counts and score sums), HuggingFace normalisation,
-/// `alpha = 1`: value and each layer's `dZ`.
-pub fn hf_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const NAME: &str = "oracles::hf_lbl";
-    let Some(io) = acquire(make, NAME) else {
+/// HF's pooled layers: the layers' `[B*S, E]` arrays at `{prefix}{l}` stacked into one.
+pub(super) fn hf_stack(f: &Fx, prefix: &str) -> Vec<f64> {
+    let (e, layers) = (f.usize("/args/num_experts"), f.usize("/args/num_layers"));
+    let rows = f.usize("/args/batch_size") * f.usize("/args/seq_len");
+    let mut v = Vec::new();
+    for l in 0..layers {
+        let d = f.data(&format!("{prefix}{l}"));
+        assert_eq!(d.len(), rows * e, "{}: layer {l}", f.name);
+        v.extend(d);
+    }
+    v
+}
+
+/// HF's `attention_mask` (`[B, S]`, batch-major as the rows), repeated for every layer.
+pub(super) fn hf_mask(f: &Fx) -> Option<Vec<u32>> {
+    let m = mask_at(f, "/inputs/attention_mask")?;
+    let rows = f.usize("/args/batch_size") * f.usize("/args/seq_len");
+    assert_eq!(m.len(), rows, "{}: attention_mask", f.name);
+    Some(m.repeat(f.usize("/args/num_layers")))
+}
+
+/// HF transformers' `load_balancing_loss_func` on each fixture of `list` (with an
+/// `attention_mask` iff `masked`): the layers' logits stacked into one pass (HF pools their
+/// counts and score sums), the mask repeated per layer, HuggingFace normalisation, `alpha = 1`:
+/// value and each layer's `dZ` (zero on masked rows).
+fn hf_lbl_on<B: Backend>(
+    make: &dyn Fn() -> Option<B>,
+    name: &str,
+    list: &[super::Fixture],
+    masked: bool,
+) {
+    let Some(io) = acquire(make, name) else {
         return;
     };
-    for fixture in HF_LBL {
+    for fixture in list {
         let f = Fx::parse(fixture);
-        assert!(
-            f.opt("/inputs/attention_mask").is_none(),
-            "{}: masked",
-            f.name
-        );
+        let mask = hf_mask(&f);
+        assert_eq!(mask.is_some(), masked, "{}: masked", f.name);
         let (e, k) = (f.usize("/args/num_experts"), f.usize("/args/top_k"));
-        let layers = f.usize("/args/num_layers");
-        let rows = f.usize("/args/batch_size") * f.usize("/args/seq_len");
-        let stack = |prefix: &str| {
-            let mut v = Vec::new();
-            for l in 0..layers {
-                let d = f.data(&format!("{prefix}{l}"));
-                assert_eq!(d.len(), rows * e, "{}: layer {l}", f.name);
-                v.extend(d);
-            }
-            v
-        };
         let cfg = lbl(1.0, LblLevel::MicroBatch, LblNormalization::HuggingFace);
-        let (_, v, dz) = loss_pass(make, &io, &stack("/inputs/gate_logits_"), e, k, &cfg);
+        let z = hf_stack(&f, "/inputs/gate_logits_");
+        let r = run(
+            make,
+            &io,
+            &z,
+            RouterConfig::new(e, k),
+            mask.as_deref(),
+            None,
+            &cfg,
+        );
+        if let Some(m) = &mask {
+            let valid = m.iter().filter(|&&v| v == 1).count() as u64;
+            assert_eq!(r.stats.tokens, valid, "{}: valid tokens", f.name);
+        }
         value_and_dz::<B>(
             &f,
-            ("HF LBL", v[0]),
+            ("HF LBL", r.losses[0]),
             (
                 "dZ (layers stacked)",
-                &dz,
-                &stack("/grads/d_loss_d_gate_logits_"),
+                &r.dz,
+                &hf_stack(&f, "/grads/d_loss_d_gate_logits_"),
             ),
         );
     }
+}
+
+/// HF's `load_balancing_loss_func` without `attention_mask`.
+pub fn hf_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    hf_lbl_on(make, "oracles::hf_lbl", HF_LBL, false);
+}
+
+/// HF's `load_balancing_loss_func` with `attention_mask` (Mixtral and Qwen2-MoE, 1 and 2
+/// layers).
+pub fn hf_masked_lbl<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    hf_lbl_on(make, "oracles::hf_masked_lbl", HF_MASKED_LBL, true);
 }

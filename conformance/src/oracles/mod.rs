@@ -4,56 +4,59 @@
 //! `make_fixtures.py`). The fixtures are embedded with `include_str!`, so the tests read no file
 //! at run time.
 //!
-//! Only the conventions simbal implements today are asserted. Tolerance (SPEC, "against an
-//! outside reference that computes in f32"): `|simbal - oracle| <= tol * max(1, |oracle|)` per
-//! element, `tol = 1e-5` for `f64` backends and the SPEC's `f32` tolerance `1e-4` for `f32`
-//! backends (whose inputs are the fixture's logits rounded to `f32`); indices, routing sets,
-//! kept sets and counts exactly.
+//! Every fixture is asserted (issue 11): the conventions the first version lacked (token mask,
+//! normalised sigmoid LBL scores, `Routed` LBL counts, Megatron's `[S, B]` sequence layout,
+//! HF's `attention_mask`) are simbal's now. Tolerance (SPEC, "against an outside reference that
+//! computes in f32"): `|simbal - oracle| <= tol * max(1, |oracle|)` per element, `tol = 1e-5`
+//! for `f64` backends and the SPEC's `f32` tolerance `1e-4` for `f32` backends (whose inputs are
+//! the fixture's logits rounded to `f32`); indices, routing sets, kept sets, counts and valid
+//! token counts exactly. Every loss check compares the value and `dZ` (torch autograd's
+//! gradient with respect to the float64 logits, `dW = 0`).
 //!
 //! ## Asserted
 //!
 //! | check | fixtures | simbal mapping |
 //! |---|---|---|
 //! | `oracle_router_maps` | the 12 `mc_router_*` | `forward_logits` with the config read from `calls[0].args`: `softmax`, `use_pre_softmax=false` -> renormalised gates; `use_pre_softmax=true` -> not renormalised; `sigmoid` renormalised iff `k > 1`; `scaling_factor` -> `scale`; `num_groups`/`group_topk` -> `groups`; `expert_bias` -> selection bias; `apply_router_token_dropping(probs)` -> `capacity(cf, Probs)`. Per token the index set equals `routing_map`'s row, the kept (not dropped) set equals `final_map`'s, each gate equals the dense `routing_probs`/`final_probs` at its index (0 when dropped), counts equal `routed_counts`/`kept_counts`; `dZ` from `dW[t, j] = vjp_upstream[t, idx[t, j]]` (no loss) equals `d sum(final_probs * vjp_upstream)/d logits` |
-//! | `oracle_switch_lbl` | `mc_lbl_softmax` | softmax top-2 router, LBL `{alpha: 0.37, MicroBatch, Switch}`, `dW = 0`: LBL value, `dZ`, and counts = `tokens_per_expert` |
-//! | `oracle_seq_lbl` | `mc_seq_lbl_softmax`, `mc_seq_lbl_softmax_b1` | LBL `Sequence { seq_len: S }` on the fixture's `[S, B]` rows permuted to simbal's batch-major `[B, S]` (row `s*B + b` -> `b*S + s`; `dZ` permuted back). simbal has no sequence-major option: the permutation is done here |
+//! | `oracle_switch_lbl` | `mc_lbl_softmax` | softmax top-2 router, LBL `{alpha: 0.37, MicroBatch, Switch}` (default scores and counts), no mask: LBL value, `dZ`; `routed_counts` and kept counts = `tokens_per_expert`, `tokens` = `total_num_tokens`, `score_sums` = column sums of `scores_for_aux_loss` |
+//! | `oracle_sigmoid_lbl` | `mc_lbl_sigmoid` | the same on a sigmoid router: `LblScores::Normalized` (default) is Megatron's `q = p / (sum p + 1e-20)` |
+//! | `oracle_masked_lbl` | `mc_lbl_softmax_masked`, `mc_lbl_sigmoid_masked` | the same with `Batch::mask` = `inputs.valid` (1 = valid; Megatron's `padding_mask` negated): `N_v` averaging, masked rows `dZ = 0` |
+//! | `oracle_seq_lbl` | `mc_seq_lbl_softmax`, `mc_seq_lbl_softmax_b1`, `mc_seq_lbl_sigmoid` | LBL `Sequence(SequenceMajor { batch: B })` on the fixture's `[S, B]` rows as they are (row `s*B + b` in sequence `b`): value, `dZ`, `routed_counts` = `tokens_per_expert_per_seq` summed over sequences |
 //! | `oracle_z_loss` | `mc_zloss`, `mc_zloss_large_logits` | z-loss `{beta: 0.013}` alone, `dW = 0`: value and `dZ` |
+//! | `oracle_masked_z_loss` | `mc_zloss_masked`, `mc_zloss_all_masked` | the same with `Batch::mask`; all masked: loss 0, `dZ` 0 (Megatron's `clamp(min=1)` = SPEC) |
 //! | `oracle_bias_update` | `mc_expert_bias_update`, `mc_expert_bias_update_ties` | `update_bias` (not centred) from the fixture's counts and float32 bias |
 //! | `oracle_hf_lbl` | `hf_lbl_mixtral_1layer`, `hf_lbl_mixtral_2layers`, `hf_lbl_mixtral_k1` | LBL `{alpha: 1, MicroBatch, HuggingFace}`, no mask; HF pools the layers' counts and score sums into one LBL over `L * N` tokens, so the layers' logits are stacked into one pass of `L * N` rows (gradient split back per layer) |
+//! | `oracle_hf_masked_lbl` | `hf_lbl_mixtral_masked`, `hf_lbl_mixtral_masked_2layers`, `hf_lbl_qwen2_moe_masked` | the same with `Batch::mask` = `attention_mask` (`[B, S]` batch-major like the rows) repeated for every stacked layer; `tokens` = `L` times the mask's ones |
+//! | `oracle_routed_counts` | `mc_lbl_sigmoid_vs_dispatch_counts` | a dispatching sigmoid router (`dispatch_router_args`: bias, groups 4/2, scale 2.5, capacity 0.75 `Probs`): `LblCounts::Routed` (default) gives the oracle's value and `dZ`, `routed_counts` = `tokens_per_expert` while kept counts = `dispatch_kept_counts`; `LblCounts::Dispatched` gives the SPEC value 0.1613462311823455 of `observations.txt` and the SPEC `dZ`, both recomputed in the test in `f64` from the kept counts (the formula reproduces the oracle's value and `dZ` on the routed counts to 1e-12 first) |
+//! | `oracle_all_masked_lbl` | `mc_lbl_softmax_all_masked`, `hf_lbl_mixtral_all_masked` | departure: the oracle is NaN (asserted, so the fixture keeps showing it); simbal's LBL is exactly 0, every `dZ` exactly 0, `tokens` 0, counts 0 (SPEC) |
+//! | `oracle_seq_lbl_uneven` | `mc_seq_lbl_softmax_masked_uneven` | departure: `SequenceMajor { batch: 2 }` with `Batch::mask` = `valid_sb` (6 and 8 valid tokens) asserted against the SPEC (per-sequence `N_v`) recomputed in the test in `f64` (value, `dZ`, per-sequence counts = the fixture's), not against the oracle; see below |
 //!
-//! ## Not checked yet (issue 11)
+//! ## Departures of the oracle
 //!
-//! These need conventions simbal does not implement yet; nothing is asserted on them. "oracle"
-//! and "SPEC" are from `conformance/oracles/observations.txt` (SPEC's formulas in float64);
-//! "simbal today" is `Reference<f64>` on the same logits with the nearest configuration simbal
-//! has (no mask, raw sigmoid scores, kept counts of its own routing; `[S, B]` rows permuted as in
-//! `oracle_seq_lbl`), printed by a throw-away diagnostic, not a test.
+//! These fixtures are asserted, but simbal is not asked to equal the oracle there:
 //!
-//! | fixture | needs | observed |
+//! | fixture | oracle | SPEC (asserted for simbal) |
 //! |---|---|---|
-//! | `mc_lbl_sigmoid` | sigmoid LBL scores normalised per token, `q = p / (sum p + 1e-20)`; simbal's LBL uses the raw sigmoid `p` | oracle 0.39478340109081356 = SPEC (normalised q); simbal today 1.628495075835347 |
-//! | `mc_lbl_sigmoid_masked` | token mask, and normalised sigmoid `q` | oracle 0.375763997994275, SPEC 0.37576399149641576 (rel. 1.7e-8, float32 `N_v`); simbal today (no mask) 1.5949776519844527 |
-//! | `mc_lbl_softmax_masked` | token mask (`N_v` averaging, masked rows no gradient) | oracle 0.501972496509552, SPEC 0.5019725239888909; simbal today (every token counted) 0.427449423255047 |
-//! | `mc_lbl_softmax_all_masked` | token mask with no valid token; Megatron gives NaN (no clamp) where SPEC gives 0 | oracle NaN, SPEC 0; simbal today (no mask) 0.41971010162198785 |
-//! | `mc_lbl_sigmoid_vs_dispatch_counts` | counts from the plain top-k of the scores, before bias, groups and capacity (SPEC `Routed`; simbal counts the kept assignments of its own routing), and normalised sigmoid `q` | oracle 0.3838663132662577; SPEC `Dispatched` 0.1613462311823455; simbal today (plain sigmoid router, raw p) 1.4900989556834192 |
-//! | `mc_seq_lbl_sigmoid` | normalised sigmoid `q` (the `[S, B]` layout is mapped as in `oracle_seq_lbl`) | oracle 0.3952161234995023 = SPEC; simbal today 1.55411262155768 |
-//! | `mc_seq_lbl_softmax_masked_uneven` | token mask, Megatron's `[S, B]` layout with one `total_num_tokens` (mean valid count) for every sequence, unlike SPEC's per-sequence `N_v` | oracle 0.43393945693969727, SPEC 0.43405167926371 (rel. 2.6e-4): never to be asserted as is; simbal today (no mask) 0.4368836323022822 |
-//! | `mc_zloss_masked` | token mask | oracle 0.15389576856532813 = SPEC; simbal today (no mask) 0.1396095636009306 |
-//! | `mc_zloss_all_masked` | token mask with no valid token (loss 0, gradient 0) | oracle 0 = SPEC; simbal today (no mask) 0.11458211646749786 |
-//! | `hf_lbl_mixtral_masked` | HF `attention_mask` (token mask) | oracle 2.278160333633423, SPEC 2.278160275821743; simbal today (no mask) 2.325619819049945 |
-//! | `hf_lbl_mixtral_masked_2layers` | `attention_mask` reused per layer, layers pooled | oracle 2.184448003768921, SPEC 2.1844480048735315 |
-//! | `hf_lbl_mixtral_all_masked` | `attention_mask` with no valid token; HF gives NaN where SPEC gives 0 | oracle NaN, SPEC 0; simbal today (no mask) 2.494553838816576 |
-//! | `hf_lbl_qwen2_moe_masked` | `attention_mask` | oracle 2.102264404296875, SPEC 2.102264364594794; simbal today (no mask) 2.096504520406997 |
+//! | `mc_lbl_softmax_all_masked` | no valid token: Megatron's micro-batch LBL has no clamp, `0 * coeff / 0` -> loss and gradient NaN | LBL 0, `dZ` 0 (as Megatron's own z-loss, whose `clamp(min=1)` gives 0) |
+//! | `hf_lbl_mixtral_all_masked` | all-zero `attention_mask`: HF divides 0 by 0 -> NaN | LBL 0, `dZ` 0 |
+//! | `mc_seq_lbl_softmax_masked_uneven` | every sequence divided by one `total_num_tokens` = the mean valid count (7): 0.43393945693969727 | each sequence by its own `N_v` (6, 8): 0.43405167926371 (rel. 2.6e-4). The test recomputes both in `f64`: the SPEC formula gives `observations.txt`'s value to 1e-12, and with the mean count instead it gives the oracle's value and `dZ` to 1e-5, so the departure is exactly the count; it also asserts the two differ by more than the `f32` tolerance |
 //!
-//! Observed worst error of the asserted checks (faer): 1.3e-7 in `f64`, 1.8e-7 in `f32` (float32
-//! inside Megatron and HF), against tolerances of 1e-5 and 1e-4.
+//! Observed worst error (`|simbal - oracle| / max(1, |oracle|)`, or against the SPEC for the
+//! departures), the same on the reference, faer (parallel and sequential) and dfdx backends:
+//! 1.3e-7 in `f64` and 1.8e-7 in `f32`, both in `oracle_router_maps` (float32 inside Megatron and
+//! HF), against tolerances of 1e-5 and 1e-4. Of the checks added by issue 11: 2.7e-8 in `f64`
+//! (`mc_lbl_softmax_masked`'s value: Megatron's float32 softmax), 4.3e-8 in `f32`
+//! (`mc_seq_lbl_softmax_masked_uneven` against the SPEC); the all-masked checks are exact.
 //!
-//! Layout: the fixture lists and this table here; JSON access and the comparison in `fixture`;
-//! the router check in [`router`]; the loss and bias checks in [`losses`]. The unit test
-//! `every_fixture_accounted_for` fails when a fixture file is in neither list.
+//! Layout: the fixture lists and these tables here; JSON access and the comparison in
+//! `fixture`; the router check in [`router`]; the loss and bias checks in [`losses`]; the
+//! departures and the LBL counts options in [`masked`]. The unit test
+//! `every_fixture_accounted_for` fails when a fixture file is in no list (`NOT_YET`, the
+//! fixtures not checked yet, is empty now).
 
 pub(crate) mod fixture;
 pub mod losses;
+pub mod masked;
 pub mod router;
 
 crate::__conformance_op! {
@@ -62,10 +65,17 @@ crate::__conformance_op! {
     conformance_oracles, oracles {
         oracle_router_maps => router::router_maps,
         oracle_switch_lbl => losses::switch_lbl,
+        oracle_sigmoid_lbl => losses::sigmoid_lbl,
+        oracle_masked_lbl => losses::masked_lbl,
         oracle_seq_lbl => losses::seq_lbl,
         oracle_z_loss => losses::z_loss,
+        oracle_masked_z_loss => losses::masked_z_loss,
         oracle_bias_update => losses::bias_update,
         oracle_hf_lbl => losses::hf_lbl,
+        oracle_hf_masked_lbl => losses::hf_masked_lbl,
+        oracle_all_masked_lbl => masked::all_masked,
+        oracle_routed_counts => masked::routed_counts,
+        oracle_seq_lbl_uneven => masked::seq_lbl_uneven,
     }
 }
 
@@ -97,48 +107,75 @@ pub const ROUTER: &[Fixture] = &[
     fixture!("mc_router_sigmoid_bias_capacity_probs"),
     fixture!("mc_router_softmax_post_capacity_probs"),
 ];
-/// The micro-batch LBL fixtures (`oracle_switch_lbl`).
+/// The micro-batch softmax LBL fixture without mask (`oracle_switch_lbl`).
 pub const SWITCH_LBL: &[Fixture] = &[fixture!("mc_lbl_softmax")];
-/// The sequence-level LBL fixtures (`oracle_seq_lbl`).
+/// The micro-batch normalised-sigmoid LBL fixture without mask (`oracle_sigmoid_lbl`).
+pub const SIGMOID_LBL: &[Fixture] = &[fixture!("mc_lbl_sigmoid")];
+/// The masked micro-batch LBL fixtures (`oracle_masked_lbl`).
+pub const MASKED_LBL: &[Fixture] = &[
+    fixture!("mc_lbl_softmax_masked"),
+    fixture!("mc_lbl_sigmoid_masked"),
+];
+/// The sequence-level LBL fixtures without mask (`oracle_seq_lbl`).
 pub const SEQ_LBL: &[Fixture] = &[
     fixture!("mc_seq_lbl_softmax"),
     fixture!("mc_seq_lbl_softmax_b1"),
+    fixture!("mc_seq_lbl_sigmoid"),
 ];
-/// The z-loss fixtures (`oracle_z_loss`).
+/// The z-loss fixtures without mask (`oracle_z_loss`).
 pub const Z_LOSS: &[Fixture] = &[fixture!("mc_zloss"), fixture!("mc_zloss_large_logits")];
+/// The masked z-loss fixtures (`oracle_masked_z_loss`).
+pub const MASKED_Z_LOSS: &[Fixture] =
+    &[fixture!("mc_zloss_masked"), fixture!("mc_zloss_all_masked")];
 /// The bias-update fixtures (`oracle_bias_update`).
 pub const BIAS: &[Fixture] = &[
     fixture!("mc_expert_bias_update"),
     fixture!("mc_expert_bias_update_ties"),
 ];
-/// The HF LBL fixtures (`oracle_hf_lbl`).
+/// The HF LBL fixtures without `attention_mask` (`oracle_hf_lbl`).
 pub const HF_LBL: &[Fixture] = &[
     fixture!("hf_lbl_mixtral_1layer"),
     fixture!("hf_lbl_mixtral_2layers"),
     fixture!("hf_lbl_mixtral_k1"),
 ];
-/// The fixtures not checked yet (see the module docs for why).
-pub const NOT_YET: &[&str] = &[
-    "mc_lbl_sigmoid",
-    "mc_lbl_sigmoid_masked",
-    "mc_lbl_softmax_masked",
-    "mc_lbl_softmax_all_masked",
-    "mc_lbl_sigmoid_vs_dispatch_counts",
-    "mc_seq_lbl_sigmoid",
-    "mc_seq_lbl_softmax_masked_uneven",
-    "mc_zloss_masked",
-    "mc_zloss_all_masked",
-    "hf_lbl_mixtral_masked",
-    "hf_lbl_mixtral_masked_2layers",
-    "hf_lbl_mixtral_all_masked",
-    "hf_lbl_qwen2_moe_masked",
+/// The HF LBL fixtures with `attention_mask` (`oracle_hf_masked_lbl`).
+pub const HF_MASKED_LBL: &[Fixture] = &[
+    fixture!("hf_lbl_mixtral_masked"),
+    fixture!("hf_lbl_mixtral_masked_2layers"),
+    fixture!("hf_lbl_qwen2_moe_masked"),
 ];
+/// The fixtures with no valid token, where the oracle gives NaN (`oracle_all_masked_lbl`).
+pub const ALL_MASKED: &[Fixture] = &[
+    fixture!("mc_lbl_softmax_all_masked"),
+    fixture!("hf_lbl_mixtral_all_masked"),
+];
+/// The LBL counts fixture on a dispatching router (`oracle_routed_counts`).
+pub const ROUTED_COUNTS: &[Fixture] = &[fixture!("mc_lbl_sigmoid_vs_dispatch_counts")];
+/// The sequence LBL with uneven valid counts, asserted against the SPEC, not the oracle
+/// (`oracle_seq_lbl_uneven`).
+pub const SEQ_UNEVEN: &[Fixture] = &[fixture!("mc_seq_lbl_softmax_masked_uneven")];
+/// The fixtures not checked yet (none left).
+pub const NOT_YET: &[&str] = &[];
 
 /// Every asserted fixture, by check.
 pub fn asserted() -> impl Iterator<Item = &'static Fixture> {
-    [ROUTER, SWITCH_LBL, SEQ_LBL, Z_LOSS, BIAS, HF_LBL]
-        .into_iter()
-        .flatten()
+    [
+        ROUTER,
+        SWITCH_LBL,
+        SIGMOID_LBL,
+        MASKED_LBL,
+        SEQ_LBL,
+        Z_LOSS,
+        MASKED_Z_LOSS,
+        BIAS,
+        HF_LBL,
+        HF_MASKED_LBL,
+        ALL_MASKED,
+        ROUTED_COUNTS,
+        SEQ_UNEVEN,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 #[cfg(test)]
