@@ -6,41 +6,46 @@ use simbal_core::Scalar;
 
 /// `c (m x n) = a (m x p) * b (p x n)`, or `+=` when `acc`.
 pub(crate) fn gemm_nn<T: Scalar>(n: usize, p: usize, a: &[T], b: &[T], c: &mut [T], acc: bool) {
-    if !acc {
-        c.iter_mut().for_each(|v| *v = T::zero());
-    }
+    zero_unless(acc, c);
     if n == 0 || p == 0 {
         return;
     }
     for (a_row, c_row) in a.chunks_exact(p).zip(c.chunks_exact_mut(n)) {
         for (&aik, b_row) in a_row.iter().zip(b.chunks_exact(n)) {
-            if aik == T::zero() {
-                continue;
-            }
-            for (cv, &bv) in c_row.iter_mut().zip(b_row) {
-                *cv = *cv + aik * bv;
-            }
+            axpy_row(c_row, aik, b_row);
         }
     }
 }
 
 /// `c (m x n) = a^T * b` with `a` stored `p x m` and `b` stored `p x n`, or `+=` when `acc`.
 pub(crate) fn gemm_tn<T: Scalar>(m: usize, n: usize, a: &[T], b: &[T], c: &mut [T], acc: bool) {
-    if !acc {
-        c.iter_mut().for_each(|v| *v = T::zero());
-    }
+    zero_unless(acc, c);
     if n == 0 || m == 0 {
         return;
     }
     for (a_row, b_row) in a.chunks_exact(m).zip(b.chunks_exact(n)) {
         for (&ai, c_row) in a_row.iter().zip(c.chunks_exact_mut(n)) {
-            if ai == T::zero() {
-                continue;
-            }
-            for (cv, &bv) in c_row.iter_mut().zip(b_row) {
-                *cv = *cv + ai * bv;
-            }
+            axpy_row(c_row, ai, b_row);
         }
+    }
+}
+
+/// Zeroes `c` unless the product accumulates into it.
+#[inline]
+fn zero_unless<T: Scalar>(acc: bool, c: &mut [T]) {
+    if !acc {
+        c.iter_mut().for_each(|v| *v = T::zero());
+    }
+}
+
+/// `c_row += a * b_row`, skipped when `a` is zero (as the loops it serves always did).
+#[inline(always)]
+fn axpy_row<T: Scalar>(c_row: &mut [T], a: T, b_row: &[T]) {
+    if a == T::zero() {
+        return;
+    }
+    for (cv, &bv) in c_row.iter_mut().zip(b_row) {
+        *cv = *cv + a * bv;
     }
 }
 
@@ -50,9 +55,7 @@ pub(crate) fn gemm_nt<T: Scalar>(n: usize, p: usize, a: &[T], b: &[T], c: &mut [
         return;
     }
     if p == 0 {
-        if !acc {
-            c.iter_mut().for_each(|v| *v = T::zero());
-        }
+        zero_unless(acc, c);
         return;
     }
     for (a_row, c_row) in a.chunks_exact(p).zip(c.chunks_exact_mut(n)) {

@@ -136,6 +136,18 @@ struct Args {
     no_progress: bool,
 }
 
+/// `set_given!(args => dst { field, field = arg, .. })`: each `dst.field` takes the optional
+/// command-line value `args.field` (or `args.arg`) when one was given, else keeps its default.
+macro_rules! set_given {
+    ($args:ident => $dst:ident { $($field:ident $(= $arg:ident)?),* $(,)? }) => {
+        $(if let Some(v) = set_given!(@arg $args, $field $(, $arg)?) {
+            $dst.$field = v;
+        })*
+    };
+    (@arg $args:ident, $field:ident) => { $args.$field };
+    (@arg $args:ident, $field:ident, $arg:ident) => { $args.$arg };
+}
+
 fn config(a: Args) -> Result<ExperimentConfig> {
     let mut cfg = match a.corpus {
         Some(corpus) => ExperimentConfig::default_text(corpus),
@@ -150,44 +162,12 @@ fn config(a: Args) -> Result<ExperimentConfig> {
         *context = a.context;
         *val_fraction = a.val_fraction;
     } else if let TaskSpec::Synthetic { config, task_seed } = &mut cfg.task {
-        if let Some(v) = a.dim {
-            config.dim = v;
-        }
-        if let Some(v) = a.clusters {
-            config.clusters = v;
-        }
-        if let Some(v) = a.clusters_per_seq {
-            config.clusters_per_seq = v;
-        }
-        if let Some(v) = a.zipf {
-            config.zipf = v;
-        }
-        if let Some(v) = a.shared_mean {
-            config.shared_mean = v;
-        }
-        if let Some(v) = a.noise {
-            config.noise = v;
-        }
+        set_given!(a => config { dim, clusters, clusters_per_seq, zipf, shared_mean, noise });
         *task_seed = a.task_seed;
     }
     let t = &mut cfg.train;
-    let set = |dst: &mut usize, v: Option<usize>| {
-        if let Some(v) = v {
-            *dst = v;
-        }
-    };
-    set(&mut t.steps, a.steps);
-    set(&mut t.batch_seqs, a.batch_seqs);
-    set(&mut t.seq_len, a.seq_len);
-    set(&mut t.eval_every, a.eval_every);
-    set(&mut t.experts, a.experts);
-    set(&mut t.k, a.top_k);
-    set(&mut t.hidden, a.hidden);
-    set(&mut t.text_emb, a.emb);
-    set(&mut t.text_width, a.width);
-    if let Some(lr) = a.lr {
-        t.lr = lr;
-    }
+    set_given!(a => t { steps, batch_seqs, seq_len, eval_every, experts, hidden, lr });
+    set_given!(a => t { k = top_k, text_emb = emb, text_width = width });
     t.capacity_factor = a.capacity_factor;
     cfg.methods = if a.methods.trim() == "all" {
         Method::ALL.to_vec()

@@ -13,8 +13,10 @@ use simbal_core::router::kernels::{
 use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
 use simbal_core::stats::{fill_counts, CollectStats};
 use simbal_core::zloss::LseSqSum;
-use simbal_core::{Backend, Checked, Result, SimbalError, WeightLayout};
+use simbal_core::{Backend, Checked, Result, SimbalError};
 
+use crate::kernels::reduce::RowStat;
+use crate::kernels::util::Whole;
 use crate::kernels::{
     dispatch, gemm, lbl, reduce, router_backward, router_forward, simbal, util, DevBuf,
 };
@@ -66,8 +68,14 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             gating: gating(a.cfg),
             groups: a.cfg.groups.map(|g| (g.groups, g.top_groups)),
         };
-        router_forward::route_rows(&self.client, &o, a.n, a.z, a.bias, a.p, a.idx, a.gates)
-            .map_err(map_err)?;
+        let rows = router_forward::RowBufs {
+            n: a.n,
+            z: a.z,
+            p: a.p,
+            idx: a.idx,
+            gates: a.gates,
+        };
+        router_forward::route_rows(&self.client, &o, rows, a.bias).map_err(map_err)?;
         // Every index the kernel writes is below E: later index checks are free.
         a.idx.bound = u32::try_from(a.cfg.experts).ok();
         let max_abs_z = a.request.max_abs_z.then(|| self.max_abs(a.z)).transpose()?;
@@ -105,11 +113,13 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
                 gating: gating(a.cfg),
                 z_coef: a.z_coef,
             },
-            n,
-            a.z,
-            a.p,
-            a.idx,
-            a.gates,
+            router_forward::RowBufs {
+                n,
+                z: a.z,
+                p: a.p,
+                idx: a.idx,
+                gates: a.gates,
+            },
             a.dropped,
             a.dw,
             lbl,
@@ -118,7 +128,14 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         .map_err(map_err)?;
         let lse = if a.request.lse_sq_sum {
             let out = DevBuf::<f32>::empty(&self.client, 1);
-            reduce::lse_sq_sum(&self.client, n, e, a.z, &out, 0).map_err(map_err)?;
+            let z = a.z;
+            util::reduce_all(
+                &self.client,
+                Whole::Rows(RowStat::LseSq { n, e, z }),
+                &out,
+                0,
+            )
+            .map_err(map_err)?;
             Some(out)
         } else {
             None
@@ -135,9 +152,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
-        let a = a.into_inner();
-        reduce::group_column_sums(&self.client, a.n, a.cols, a.group_len, a.a, a.out)
-            .map_err(map_err)
+        reduce::group_column_sums(&self.client, &a).map_err(map_err)
     }
 
     fn group_counts(&self, a: Checked<GroupCounts<'_, Self>>) -> Result<()> {
@@ -175,7 +190,15 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     /// From the logits alone (one row pass: the scores are not needed).
     fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<f32> {
         let a = a.into_inner();
-        self.scalar(|out| reduce::lse_sq_sum(&self.client, a.n, a.e, a.z, out, 0))
+        let (n, e, z) = (a.n, a.e, a.z);
+        self.scalar(|out| {
+            util::reduce_all(
+                &self.client,
+                Whole::Rows(RowStat::LseSq { n, e, z }),
+                out,
+                0,
+            )
+        })
     }
 
     fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<f32> {
@@ -190,16 +213,11 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn normalize_columns(&self, a: Checked<NormalizeColumns<'_, Self>>) -> Result<()> {
-        let a = a.into_inner();
-        let de = a.layout == WeightLayout::DxE;
-        simbal::normalize_columns(&self.client, de, a.d, a.e, a.r, a.norms, a.rn).map_err(map_err)
+        simbal::normalize_columns(&self.client, &a).map_err(map_err)
     }
 
     fn scale_free_project(&self, a: Checked<ScaleFreeProject<'_, Self>>) -> Result<()> {
-        let a = a.into_inner();
-        let de = a.layout == WeightLayout::DxE;
-        simbal::scale_free_project(&self.client, de, a.d, a.e, a.rn, a.norms, a.g, a.grad)
-            .map_err(map_err)
+        simbal::scale_free_project(&self.client, &a).map_err(map_err)
     }
 
     /// Column sums of the scores on the device (one group of `n` rows), then one `E`-long
@@ -215,8 +233,16 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         let e = counts.len;
         let mut sums = vec![0.0f32; e];
         if n > 0 {
-            let dev = DevBuf::<f32>::empty(&self.client, e);
-            reduce::group_column_sums(&self.client, n, e, n, p, &dev).map_err(map_err)?;
+            let mut dev = DevBuf::<f32>::empty(&self.client, e);
+            let (cols, group_len, a, out) = (e, n, p, &mut dev);
+            let all_rows = GroupSums {
+                n,
+                cols,
+                group_len,
+                a,
+                out,
+            };
+            reduce::group_column_sums(&self.client, &all_rows).map_err(map_err)?;
             sums = dev.read(&self.client).map_err(map_err)?;
         }
         let counts = counts.read(&self.client).map_err(map_err)?;
@@ -229,7 +255,12 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
 
     fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<f32> {
         let a = a.into_inner();
-        let h = self.scalar(|out| reduce::routing_entropy(&self.client, a.n, a.e, a.p, out, 0))?;
+        let stat = RowStat::Entropy {
+            n: a.n,
+            e: a.e,
+            p: a.p,
+        };
+        let h = self.scalar(|out| util::reduce_all(&self.client, Whole::Rows(stat), out, 0))?;
         if h.is_finite() {
             Ok(h)
         } else {

@@ -1,8 +1,8 @@
 mod common;
 use common::*;
-use simbal_cubecl::kernels::reduce::{
-    first_non_finite, group_column_sums, lse_sq_sum, routing_entropy,
-};
+use simbal_core::lbl::kernels::GroupSums;
+use simbal_cubecl::kernels::reduce::{first_non_finite, group_column_sums, RowStat};
+use simbal_cubecl::kernels::util::{reduce_all, Whole};
 use simbal_cubecl::kernels::DevBuf;
 
 #[test]
@@ -17,8 +17,16 @@ fn group_column_sums_match() {
         (33, 256, 11),
     ] {
         let a = rng.vec(n * cols);
-        let out = DevBuf::<f32>::empty(&c, (n / glen) * cols);
-        group_column_sums(&c, n, cols, glen, &up(&c, &a), &out).unwrap();
+        let mut out = DevBuf::<f32>::empty(&c, (n / glen) * cols);
+        let (da, group_len) = (up(&c, &a), glen);
+        let sums = GroupSums {
+            n,
+            cols,
+            group_len,
+            a: &da,
+            out: &mut out,
+        };
+        group_column_sums(&c, &sums).unwrap();
         let mut want = vec![0.0f32; (n / glen) * cols];
         for t in 0..n {
             for j in 0..cols {
@@ -32,8 +40,15 @@ fn group_column_sums_match() {
             1e-5,
         );
     }
-    let out = DevBuf::<f32>::empty(&c, 3);
-    assert!(group_column_sums(&c, 10, 1, 3, &up(&c, &[0.0; 10]), &out).is_err());
+    let (a, out) = (&up(&c, &[0.0; 10]), &mut DevBuf::<f32>::empty(&c, 3));
+    let uneven = GroupSums {
+        n: 10,
+        cols: 1,
+        group_len: 3,
+        a,
+        out,
+    };
+    assert!(group_column_sums(&c, &uneven).is_err());
 }
 
 #[test]
@@ -43,9 +58,11 @@ fn lse_and_entropy_match() {
     for &(n, e) in &[(1, 1), (50, 8), (33, 100), (7, 256)] {
         let z: Vec<f32> = rng.vec(n * e).iter().map(|v| v * 3.0).collect();
         let out = DevBuf::<f32>::empty(&c, 2);
-        lse_sq_sum(&c, n, e, &up(&c, &z), &out, 0).unwrap();
+        let dz = up(&c, &z);
+        reduce_all(&c, Whole::Rows(RowStat::LseSq { n, e, z: &dz }), &out, 0).unwrap();
         let p: Vec<f32> = z.iter().map(|v| v.abs()).collect();
-        routing_entropy(&c, n, e, &up(&c, &p), &out, 1).unwrap();
+        let dp = up(&c, &p);
+        reduce_all(&c, Whole::Rows(RowStat::Entropy { n, e, p: &dp }), &out, 1).unwrap();
         let mut lse = 0.0f32;
         let mut h = 0.0f32;
         for t in 0..n {
@@ -73,7 +90,9 @@ fn lse_and_entropy_match() {
     }
     // Huge logits: lse stays finite.
     let out = DevBuf::<f32>::empty(&c, 1);
-    lse_sq_sum(&c, 1, 3, &up(&c, &[1e30, -1e30, 0.0]), &out, 0).unwrap();
+    let z = up(&c, &[1e30, -1e30, 0.0]);
+    let stat = RowStat::LseSq { n: 1, e: 3, z: &z };
+    reduce_all(&c, Whole::Rows(stat), &out, 0).unwrap();
     assert!(down(&c, &out)[0].is_finite() || down(&c, &out)[0] == f32::INFINITY);
 }
 

@@ -1,7 +1,7 @@
 mod common;
 use common::*;
 use simbal_cubecl::kernels::router_backward::{router_backward_rows, BackOptions};
-use simbal_cubecl::kernels::router_forward::RouteOptions;
+use simbal_cubecl::kernels::router_forward::{RouteOptions, RowBufs};
 use simbal_cubecl::kernels::DevBuf;
 
 #[test]
@@ -43,14 +43,18 @@ fn backward_matches_reference() {
                     let want = backward_reference(n, &o, &z, &p, &idx, &gates, &dropped, &dw, lbl);
                     let dcoef = up(&c, &coef);
                     let dz = DevBuf::<f32>::empty(&c, n * e);
+                    let (z, p) = (&up(&c, &z), &up(&c, &p));
+                    let (idx, gates) = (&up_u32(&c, &idx), &up(&c, &gates));
                     router_backward_rows(
                         &c,
                         &o,
-                        n,
-                        &up(&c, &z),
-                        &up(&c, &p),
-                        &up_u32(&c, &idx),
-                        &up(&c, &gates),
+                        RowBufs {
+                            n,
+                            z,
+                            p,
+                            idx,
+                            gates,
+                        },
                         &up_u32(&c, &dropped),
                         &up(&c, &dw),
                         with_lbl.then_some((&dcoef, seq)),
@@ -75,32 +79,16 @@ fn backward_rejects_bad_lengths() {
     let f = |len: usize| DevBuf::<f32>::empty(&c, len);
     let u = |len: usize| DevBuf::<u32>::empty(&c, len);
     // n = 3 with a sequence length of 2 does not divide.
-    let r = router_backward_rows(
-        &c,
-        &o,
-        3,
-        &f(12),
-        &f(12),
-        &u(6),
-        &f(6),
-        &u(6),
-        &f(6),
-        Some((&f(4), 2)),
-        &f(12),
-    );
+    let (z, p12, p11, idx, gates) = (&f(12), &f(12), &f(11), &u(6), &f(6));
+    let rows = |p| RowBufs {
+        n: 3,
+        z,
+        p,
+        idx,
+        gates,
+    };
+    let r = router_backward_rows(&c, &o, rows(p12), &u(6), &f(6), Some((&f(4), 2)), &f(12));
     assert!(r.is_err());
-    let r = router_backward_rows(
-        &c,
-        &o,
-        3,
-        &f(12),
-        &f(11),
-        &u(6),
-        &f(6),
-        &u(6),
-        &f(6),
-        None,
-        &f(12),
-    );
+    let r = router_backward_rows(&c, &o, rows(p11), &u(6), &f(6), None, &f(12));
     assert!(r.is_err());
 }

@@ -1,6 +1,6 @@
 mod common;
 use common::*;
-use simbal_cubecl::kernels::router_forward::{route_rows, RouteOptions};
+use simbal_cubecl::kernels::router_forward::{route_rows, RouteOptions, RowBufs};
 use simbal_cubecl::kernels::DevBuf;
 
 /// Options of `E` experts, `k` a token, without a group limit.
@@ -25,7 +25,14 @@ fn device(
     let p = DevBuf::<f32>::empty(c, n * e);
     let idx = DevBuf::<u32>::empty(c, n * k);
     let g = DevBuf::<f32>::empty(c, n * k);
-    route_rows(c, o, n, &dz, db.as_ref(), &p, &idx, &g).unwrap();
+    let rows = RowBufs {
+        n,
+        z: &dz,
+        p: &p,
+        idx: &idx,
+        gates: &g,
+    };
+    route_rows(c, o, rows, db.as_ref()).unwrap();
     (down(c, &p), down_u32(c, &idx), down(c, &g))
 }
 
@@ -127,8 +134,15 @@ fn forward_rejects_bad_config() {
         groups,
         ..options(4, k, true, true, 1.0)
     };
+    let rows = |n| RowBufs {
+        n,
+        z: &z,
+        p: &p,
+        idx: &idx,
+        gates: &g,
+    };
     // k > E; groups that do not divide E; logits of 2 rows routed as 3.
-    assert!(route_rows(&c, &opts(5, None), 2, &z, None, &p, &idx, &g).is_err());
-    assert!(route_rows(&c, &opts(1, Some((3, 1))), 2, &z, None, &p, &idx, &g).is_err());
-    assert!(route_rows(&c, &opts(1, None), 3, &z, None, &p, &idx, &g).is_err());
+    assert!(route_rows(&c, &opts(5, None), rows(2), None).is_err());
+    assert!(route_rows(&c, &opts(1, Some((3, 1))), rows(2), None).is_err());
+    assert!(route_rows(&c, &opts(1, None), rows(3), None).is_err());
 }

@@ -1,5 +1,7 @@
 mod common;
 use common::*;
+use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject};
+use simbal_core::WeightLayout;
 use simbal_cubecl::kernels::gemm::{gemm, GemmDims};
 use simbal_cubecl::kernels::simbal::{
     normalize_columns, ortho_error, scale_free_project, simbal_residual, Norm,
@@ -101,10 +103,23 @@ fn device(
 ) -> (f32, Vec<f32>) {
     let stored = if dxe { r.to_vec() } else { transpose(d, e, r) };
     let dr = up(c, &stored);
-    let norms = DevBuf::<f32>::empty(c, e);
-    let rn = DevBuf::<f32>::empty(c, d * e);
+    let layout = if dxe {
+        WeightLayout::DxE
+    } else {
+        WeightLayout::ExD
+    };
+    let mut norms = DevBuf::<f32>::empty(c, e);
+    let mut rn = DevBuf::<f32>::empty(c, d * e);
     let w = if norm == Norm::ScaleFree {
-        normalize_columns(c, dxe, d, e, &dr, &norms, &rn).unwrap();
+        let a = NormalizeColumns {
+            layout,
+            d,
+            e,
+            r: &dr,
+            norms: &mut norms,
+            rn: &mut rn,
+        };
+        normalize_columns(c, &a).unwrap();
         &rn
     } else {
         &dr
@@ -161,8 +176,18 @@ fn device(
         gemm(c, &g2, &gram, w, &dn).unwrap();
     }
     let grad = if norm == Norm::ScaleFree {
-        let grad = up(c, &vec![0.0; d * e]);
-        scale_free_project(c, dxe, d, e, &rn, &norms, &dn, &grad).unwrap();
+        let mut grad = up(c, &vec![0.0; d * e]);
+        let (rn, norms, g) = (&rn, &norms, &dn);
+        let a = ScaleFreeProject {
+            layout,
+            d,
+            e,
+            rn,
+            norms,
+            g,
+            grad: &mut grad,
+        };
+        scale_free_project(c, &a).unwrap();
         grad
     } else {
         dn

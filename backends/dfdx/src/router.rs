@@ -37,11 +37,7 @@ pub(crate) fn route<E: Scalar + Dtype, D: Device<E>>(
             .check(be)?,
         )?;
     }
-    let max_abs_z = if a.request.max_abs_z {
-        Some(be.max_abs(a.z)?)
-    } else {
-        None
-    };
+    let max_abs_z = a.request.max_abs_z.then(|| be.max_abs(a.z)).transpose()?;
     if n == 0 {
         return Ok(RouteSums { max_abs_z });
     }
@@ -141,11 +137,7 @@ pub(crate) fn router_backward<E: Scalar + Dtype, D: Device<E>>(
         }
     }
     *a.dz = Dfdx::flat(dzt)?;
-    let max_abs_dz = if a.request.max_abs_dz {
-        Some(be.max_abs(a.dz)?)
-    } else {
-        None
-    };
+    let max_abs_dz = a.request.max_abs_dz.then(|| be.max_abs(a.dz)).transpose()?;
     Ok(BackwardSums {
         lse_sq_sum,
         max_abs_dz,

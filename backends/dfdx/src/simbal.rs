@@ -63,8 +63,7 @@ pub(crate) fn normalize_columns<E: Scalar + Dtype, D: Device<E>>(
     let rt = Dfdx::as_dxe(a.layout, d, e, a.r)?;
     let nrm: Vector<E, D> =
         dx(dx(dx(rt.clone().try_square())?.try_sum::<_, Axis<0>>())?.try_sqrt())?;
-    let inv = safe_recip(be, nrm.clone())?;
-    let inv = dx(inv.try_broadcast_like::<_, Axis<0>>(&(d, e)))?;
+    let inv = recip_per_column(be, nrm.clone(), d)?;
     *a.rn = Dfdx::store_layout(a.layout, dx(rt.try_mul(inv))?)?;
     *a.norms = nrm;
     Ok(())
@@ -75,17 +74,16 @@ pub(crate) fn scale_free_project<E: Scalar + Dtype, D: Device<E>>(
     be: &Dfdx<E, D>,
     a: ScaleFreeProject<'_, Dfdx<E, D>>,
 ) -> Result<()> {
-    let (d, e) = (a.d, a.e);
-    if d == 0 || e == 0 {
+    if a.d == 0 || a.e == 0 {
         return Ok(());
     }
+    let (d, e) = (a.d, a.e);
     let rnt = Dfdx::as_dxe(a.layout, d, e, a.rn)?;
     let gt = Dfdx::as_dxe(a.layout, d, e, a.g)?;
     let old = Dfdx::as_dxe(a.layout, d, e, a.grad)?;
     let dot: Vector<E, D> = dx(dx(rnt.clone().try_mul(gt.clone()))?.try_sum::<_, Axis<0>>())?;
     let dot = dx(dot.try_broadcast_like::<_, Axis<0>>(&(d, e)))?;
-    let inv = safe_recip(be, a.norms.clone())?;
-    let inv = dx(inv.try_broadcast_like::<_, Axis<0>>(&(d, e)))?;
+    let inv = recip_per_column(be, a.norms.clone(), d)?;
     let v = dx(dx(gt.try_sub(dx(rnt.try_mul(dot))?))?.try_mul(inv))?;
     *a.grad = Dfdx::store_layout(a.layout, dx(old.try_add(v))?)?;
     Ok(())
@@ -98,13 +96,16 @@ fn eye<E: Scalar + Dtype, D: Device<E>>(be: &Dfdx<E, D>, e: usize) -> Result<Mat
     dx(upper.try_mul(lower))
 }
 
-/// `1 / x` where `x > 0`, else 0 (a zero column stays zero).
-fn safe_recip<E: Scalar + Dtype, D: Device<E>>(
+/// `1 / x` where `x > 0`, else 0 (a zero column stays zero), per column of a `d x E` matrix:
+/// the scale of both the normalisation and its backward.
+fn recip_per_column<E: Scalar + Dtype, D: Device<E>>(
     be: &Dfdx<E, D>,
     x: Vector<E, D>,
-) -> Result<Vector<E, D>> {
+    d: usize,
+) -> Result<Matrix<E, D>> {
     let len = x.shape().0;
     let pos = dx(x.try_gt(E::zero()))?;
     let zeros: Tensor<(usize,), E, D> = dx(be.dev.try_zeros_like(&(len,)))?;
-    dx(pos.try_choose(dx(x.try_recip())?, zeros))
+    let inv = dx(pos.try_choose(dx(x.try_recip())?, zeros))?;
+    dx(inv.try_broadcast_like::<_, Axis<0>>(&(d, len)))
 }

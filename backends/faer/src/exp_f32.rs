@@ -130,10 +130,12 @@ impl WithSimd for SoftmaxRows<'_> {
     }
 }
 
-/// `f(row, lse)` for every row of width `e` of `z`.
+/// `f(row, lse)` for every row of width `e` of `z`; with the rows' softmax `p`, `lse` comes
+/// from it ([`lse_from_softmax`]). One dispatch either way, the choice made once per call.
 struct LseRows<'a, F> {
     e: usize,
     z: &'a [f32],
+    p: Option<&'a [f32]>,
     f: F,
 }
 
@@ -141,27 +143,18 @@ impl<F: FnMut(usize, f32)> WithSimd for LseRows<'_, F> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: Simd>(mut self, _simd: S) {
-        for (i, zr) in self.z.chunks_exact(self.e).enumerate() {
-            (self.f)(i, logsumexp_row(zr));
-        }
-    }
-}
-
-/// `f(row, lse)` for every row of width `e` of `z`, from the rows' softmax `p`.
-struct LseRowsFromSoftmax<'a, F> {
-    e: usize,
-    z: &'a [f32],
-    p: &'a [f32],
-    f: F,
-}
-
-impl<F: FnMut(usize, f32)> WithSimd for LseRowsFromSoftmax<'_, F> {
-    type Output = ();
-    #[inline(always)]
-    fn with_simd<S: Simd>(mut self, _simd: S) {
-        let rows = self.z.chunks_exact(self.e).zip(self.p.chunks_exact(self.e));
-        for (i, (zr, pr)) in rows.enumerate() {
-            (self.f)(i, lse_from_softmax(zr, pr));
+        let z_rows = self.z.chunks_exact(self.e);
+        match self.p {
+            Some(p) => {
+                for (i, (zr, pr)) in z_rows.zip(p.chunks_exact(self.e)).enumerate() {
+                    (self.f)(i, lse_from_softmax(zr, pr));
+                }
+            }
+            None => {
+                for (i, zr) in z_rows.enumerate() {
+                    (self.f)(i, logsumexp_row(zr));
+                }
+            }
         }
     }
 }
@@ -169,7 +162,12 @@ impl<F: FnMut(usize, f32)> WithSimd for LseRowsFromSoftmax<'_, F> {
 /// Calls `f(row, lse(row))` for every row of width `e >= 1` of `z`, in order, taking `lse`
 /// from the rows' softmax `p` ([`lse_from_softmax`]).
 pub(crate) fn lse_rows_from_softmax(e: usize, z: &[f32], p: &[f32], f: impl FnMut(usize, f32)) {
-    Arch::new().dispatch(LseRowsFromSoftmax { e, z, p, f });
+    Arch::new().dispatch(LseRows {
+        e,
+        z,
+        p: Some(p),
+        f,
+    });
 }
 
 /// Softmax of every row of width `e >= 1` of `z` into `p` (same length as `z`).
@@ -179,7 +177,7 @@ pub(crate) fn softmax_rows(e: usize, z: &[f32], p: &mut [f32]) {
 
 /// Calls `f(row, lse(row))` for every row of width `e >= 1` of `z`, in order.
 pub(crate) fn lse_rows(e: usize, z: &[f32], f: impl FnMut(usize, f32)) {
-    Arch::new().dispatch(LseRows { e, z, f });
+    Arch::new().dispatch(LseRows { e, z, p: None, f });
 }
 
 #[cfg(test)]

@@ -146,23 +146,24 @@ fn split<T: FaerElem>(
     let (m, n) = (dst.nrows(), dst.ncols());
     if m.max(n) < 2 {
         matmul(dst, accum, lhs, rhs, alpha, Par::Seq);
-    } else if m >= n {
+        return;
+    }
+    // The two halves `(dst, lhs, rhs)`: rows of `dst` and `lhs`, or columns of `dst` and `rhs`.
+    let (first, second) = if m >= n {
         let mid = cut(m, left, blocks);
         let (top, bottom) = dst.split_at_row_mut(mid);
         let (lt, lb) = lhs.split_at_row(mid);
-        rayon::join(
-            || split(top, accum, lt, rhs, alpha, left),
-            || split(bottom, accum, lb, rhs, alpha, blocks - left),
-        );
+        ((top, lt, rhs), (bottom, lb, rhs))
     } else {
         let mid = cut(n, left, blocks);
         let (l, r) = dst.split_at_col_mut(mid);
         let (rl, rr) = rhs.split_at_col(mid);
-        rayon::join(
-            || split(l, accum, lhs, rl, alpha, left),
-            || split(r, accum, lhs, rr, alpha, blocks - left),
-        );
-    }
+        ((l, lhs, rl), (r, lhs, rr))
+    };
+    rayon::join(
+        || split(first.0, accum, first.1, first.2, alpha, left),
+        || split(second.0, accum, second.1, second.2, alpha, blocks - left),
+    );
 }
 
 /// Where to cut `len` so the first part gets `left / blocks` of it, rounded to [`ALIGN`] when

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, gemm, normal};
+use common::{assert_close, gemm, normal, per_elem_test};
 use simbal_core::{Gemm, Memory, Reference, Scalar, SimbalError};
 use simbal_faer::{Faer, FaerElem, Par};
 
@@ -78,15 +78,7 @@ fn all_shapes<T: FaerElem>() {
     }
 }
 
-#[test]
-fn gemm_matches_reference_f64() {
-    all_shapes::<f64>();
-}
-
-#[test]
-fn gemm_matches_reference_f32() {
-    all_shapes::<f32>();
-}
+per_elem_test!(all_shapes: gemm_matches_reference_f32 = f32, gemm_matches_reference_f64 = f64);
 
 fn beta_zero_ignores_nan<T: FaerElem>() {
     for be in backends::<T>() {
@@ -229,12 +221,4 @@ fn check_gram<T: FaerElem>() {
     }
 }
 
-#[test]
-fn gram_f32() {
-    check_gram::<f32>();
-}
-
-#[test]
-fn gram_f64() {
-    check_gram::<f64>();
-}
+per_elem_test!(check_gram: gram_f32 = f32, gram_f64 = f64);

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, assert_close_as, assert_close_scalar, assert_losses, normal, route_given,
+    assert_close, assert_close_as, assert_close_scalar, assert_losses, normal, per_elem_test,
+    route_given,
 };
 use simbal_core::lbl::kernels::GroupSums;
 use simbal_core::router::kernels::{
@@ -187,15 +188,7 @@ fn logits_path<T: FaerElem>() {
     }
 }
 
-#[test]
-fn logits_path_f64() {
-    logits_path::<f64>();
-}
-
-#[test]
-fn logits_path_f32() {
-    logits_path::<f32>();
-}
+per_elem_test!(logits_path: logits_path_f32 = f32, logits_path_f64 = f64);
 
 /// More experts per token than the one-pass top-k keeps on the stack: core's selection.
 #[test]
@@ -385,15 +378,7 @@ fn token_path<T: FaerElem>() {
     }
 }
 
-#[test]
-fn token_path_f64() {
-    token_path::<f64>();
-}
-
-#[test]
-fn token_path_f32() {
-    token_path::<f32>();
-}
+per_elem_test!(token_path: token_path_f32 = f32, token_path_f64 = f64);
 
 /// Bad input to the overridden kernels is refused with core's typed errors by the arguments'
 /// checks, before any kernel runs: never a panic.

@@ -256,31 +256,44 @@ pub fn histogram<R: Runtime>(
     Ok(())
 }
 
-fn plan<R: Runtime>(
-    client: &ComputeClient<R>,
+/// The buffers of a dispatch plan over `e` experts: kept counts, the expert-sorted order and
+/// its offsets, from the indices.
+struct Plan<'a> {
     e: usize,
-    idx: &DevBuf<u32>,
-    dropped: Option<&DevBuf<u32>>,
-    counts: &DevBuf<u32>,
-    order: &DevBuf<u32>,
-    offsets: &DevBuf<u32>,
-) -> Result<(), KernelError> {
-    let d = dropped.unwrap_or(idx);
-    launch!(
-        client,
-        Launch::cubes(e)?,
-        plan_kernel(
-            idx.arg(),
-            d.arg(),
-            counts.arg(),
-            offsets.arg(),
-            order.arg(),
-            idx.len as u32,
-            e as u32,
-            dropped.is_some(),
-        )
-    );
-    Ok(())
+    idx: &'a DevBuf<u32>,
+    counts: &'a DevBuf<u32>,
+    order: &'a DevBuf<u32>,
+    offsets: &'a DevBuf<u32>,
+}
+
+impl Plan<'_> {
+    /// Enqueues the counts ([`histogram`], one group of `per` assignments) and [`plan_kernel`]
+    /// over the assignments kept by `dropped` (all without).
+    fn build<R: Runtime>(
+        &self,
+        client: &ComputeClient<R>,
+        per: usize,
+        dropped: Option<&DevBuf<u32>>,
+    ) -> Result<(), KernelError> {
+        let (e, idx) = (self.e, self.idx);
+        histogram(client, e, per, idx, dropped, self.counts)?;
+        let d = dropped.unwrap_or(idx);
+        launch!(
+            client,
+            Launch::cubes(e)?,
+            plan_kernel(
+                idx.arg(),
+                d.arg(),
+                self.counts.arg(),
+                self.offsets.arg(),
+                self.order.arg(),
+                idx.len as u32,
+                e as u32,
+                dropped.is_some(),
+            )
+        );
+        Ok(())
+    }
 }
 
 /// Capacity of the dispatch.
@@ -321,8 +334,14 @@ pub fn dispatch<R: Runtime>(
     fits_u32("indices", nk)?;
     fits_u32("offsets", e + 1)?;
     fill_zero(client, dropped)?;
-    histogram(client, e, nk.max(1), idx, None, counts)?;
-    plan(client, e, idx, None, counts, order, offsets)?;
+    let plan = Plan {
+        e,
+        idx,
+        counts,
+        order,
+        offsets,
+    };
+    plan.build(client, nk.max(1), None)?;
     let Some(cap) = capacity else {
         return Ok(());
     };
@@ -350,6 +369,5 @@ pub fn dispatch<R: Runtime>(
             apply_drops_kernel(gates.arg(), dropped.arg(), nk32)
         );
     }
-    histogram(client, e, nk, idx, Some(dropped), counts)?;
-    plan(client, e, idx, Some(dropped), counts, order, offsets)
+    plan.build(client, nk, Some(dropped))
 }

@@ -1,11 +1,11 @@
 //! LBL coefficients from per-group kept counts and score sums (`groups x E` each), as the core's
 //! `lbl::reference::lbl_value_and_coef`: `coef[b, e] = c_scale * counts[b, e]` (one elementwise kernel,
 //! `c_scale = alpha E (k) / (k T_f T_p B)` computed on the host in f64), and the loss value
-//! `sum coef * sums` ([`super::util::dot_all`]: one cube, fixed order, deterministic).
+//! `sum coef * sums` ([`super::util::reduce_all`]: one cube, fixed order, deterministic).
 
 use cubecl::prelude::*;
 
-use super::util::{check_slot, dot_all};
+use super::util::{check_slot, reduce_all, Whole};
 use super::{check_len, element_index, DevBuf, KernelError, Launch};
 
 #[cube(launch_unchecked)]
@@ -39,5 +39,5 @@ pub fn lbl_coefficients<R: Runtime>(
             lbl_coef_kernel(counts.arg(), coef.arg(), c_scale, len)
         );
     }
-    dot_all(client, coef, sums, out, at)
+    reduce_all(client, Whole::Dot(coef, sums), out, at)
 }

@@ -147,17 +147,13 @@ impl core::fmt::Display for KernelError {
 
 impl std::error::Error for KernelError {}
 
-/// Checks a buffer length.
+/// Checks a buffer length (core's check, reported as a [`KernelError::Length`]).
 pub fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(KernelError::Length {
-            what,
-            expected,
-            actual,
-        })
-    }
+    simbal_core::shape::check_len(what, expected, actual).map_err(|_| KernelError::Length {
+        what,
+        expected,
+        actual,
+    })
 }
 
 /// Checks a buffer length against `a * b`; an overflowing product is reported as a mismatch

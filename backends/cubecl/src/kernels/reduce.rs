@@ -4,11 +4,12 @@
 
 use cubecl::prelude::*;
 
-use super::router_forward::{row_layout, row_thread};
-use super::util::{
-    fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, sum_all, tree_max, tree_sum,
-};
+use super::router_forward::{row_elem, row_layout, row_thread};
+use super::util::{fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, tree_max, tree_sum};
+use simbal_core::lbl::kernels::GroupSums;
+
 use super::{check_len, check_len2, element_index, linear_cube, DevBuf, KernelError, Launch};
+use crate::CubeclBackend;
 
 /// Columns per cube and row lanes of [`group_column_sums`].
 const COLS: usize = 32;
@@ -17,16 +18,11 @@ const ROW_LANES: usize = 8;
 /// One cube per (group, block of 32 columns): 8 row lanes each sum a strided share of the
 /// group's rows, then a fixed-order tree over the lanes.
 #[cube(launch_unchecked)]
-fn group_column_sums_kernel(
-    a: &Array<f32>,
-    out: &mut Array<f32>,
-    cols: u32,
-    group_len: u32,
-    blocks: u32,
-) {
+fn group_column_sums_kernel(a: &Array<f32>, out: &mut Array<f32>, cols: u32, group_len: u32) {
+    let blocks = (cols as usize).div_ceil(COLS);
     let cube = linear_cube();
-    let col = (cube % blocks as usize) * COLS + UNIT_POS_X as usize;
-    let b = cube / blocks as usize;
+    let col = (cube % blocks) * COLS + UNIT_POS_X as usize;
+    let b = cube / blocks;
     let rl = UNIT_POS_Y as usize;
     let cols = cols as usize;
     let glen = group_len as usize;
@@ -59,12 +55,16 @@ fn group_column_sums_kernel(
 /// `a` in groups of `group_len` consecutive rows.
 pub fn group_column_sums<R: Runtime>(
     client: &ComputeClient<R>,
-    n: usize,
-    cols: usize,
-    group_len: usize,
-    a: &DevBuf<f32>,
-    out: &DevBuf<f32>,
+    sums: &GroupSums<'_, CubeclBackend<R>>,
 ) -> Result<(), KernelError> {
+    let GroupSums {
+        n,
+        cols,
+        group_len,
+        a,
+        ..
+    } = *sums;
+    let out = &*sums.out;
     if group_len == 0 || n % group_len != 0 {
         return Err(KernelError::Unsupported(format!(
             "group length {group_len} does not divide {n}"
@@ -81,13 +81,7 @@ pub fn group_column_sums<R: Runtime>(
     launch!(
         client,
         launch,
-        group_column_sums_kernel(
-            a.arg(),
-            out.arg(),
-            cols as u32,
-            group_len as u32,
-            blocks as u32,
-        )
+        group_column_sums_kernel(a.arg(), out.arg(), cols as u32, group_len as u32)
     );
     Ok(())
 }
@@ -107,27 +101,20 @@ pub fn row_max_exp_sum(
     #[comptime] e: usize,
     #[comptime] lanes: usize,
 ) -> (f32, f32) {
-    let mut mx = ninf;
+    let mut top = ninf;
     let mut c = lane;
     while c < e {
-        let mut v = 0.0f32;
-        if valid {
-            v = x[start + c];
-        }
-        if v > mx {
-            mx = v;
+        let v = row_elem(x, start + c, valid);
+        if v > top {
+            top = v;
         }
         c += lanes;
     }
-    mx = tree_max(rs, rb, lane, mx, lanes);
+    let mx = tree_max(rs, rb, lane, top, lanes);
     let mut sum = 0.0f32;
     c = lane;
     while c < e {
-        let mut v = 0.0f32;
-        if valid {
-            v = x[start + c];
-        }
-        sum += f32::exp(v - mx);
+        sum += f32::exp(row_elem(x, start + c, valid) - mx);
         c += lanes;
     }
     sum = tree_sum(rs, rb, lane, sum, lanes);
@@ -187,20 +174,47 @@ fn row_stat_kernel(
     }
 }
 
-fn row_stat<R: Runtime>(
+/// A per-row statistic of an `n x e` matrix, summed over the rows by
+/// [`super::util::reduce_all`].
+#[derive(Debug, Clone, Copy)]
+pub enum RowStat<'a> {
+    /// `sum_t lse(z_t)^2` over the logits `z`.
+    LseSq {
+        /// Rows.
+        n: usize,
+        /// Columns.
+        e: usize,
+        /// The logits.
+        z: &'a DevBuf<f32>,
+    },
+    /// The mean per-token entropy (nats) of the scores `p`, each row normalised to sum 1.
+    Entropy {
+        /// Rows.
+        n: usize,
+        /// Columns.
+        e: usize,
+        /// The scores.
+        p: &'a DevBuf<f32>,
+    },
+}
+
+/// Enqueues [`row_stat_kernel`]: the statistic of each row and the factor of their sum; `None`
+/// for an empty matrix (the statistic is 0).
+pub(super) fn row_partials<R: Runtime>(
     client: &ComputeClient<R>,
-    n: usize,
-    e: usize,
-    x: &DevBuf<f32>,
-    entropy: bool,
-    out: &DevBuf<f32>,
-    at: usize,
-    factor: f32,
-) -> Result<(), KernelError> {
+    stat: RowStat<'_>,
+) -> Result<Option<(DevBuf<f32>, f32)>, KernelError> {
+    let (n, e, x, entropy) = match stat {
+        RowStat::LseSq { n, e, z } => (n, e, z, false),
+        RowStat::Entropy { n: 0, .. } => {
+            return Err(KernelError::Unsupported("entropy of zero rows".into()))
+        }
+        RowStat::Entropy { n, e, p } => (n, e, p, true),
+    };
     check_len2(if entropy { "scores" } else { "logits" }, n, e, x.len)?;
     fits_u32("rows", n * e)?;
     if n == 0 || e == 0 {
-        return fill_zero(client, out);
+        return Ok(None);
     }
     let (lanes, rows) = row_layout(e);
     let per_row = DevBuf::<f32>::empty(client, n);
@@ -219,35 +233,8 @@ fn row_stat<R: Runtime>(
             entropy
         )
     );
-    sum_all(client, &per_row, out, at, factor)
-}
-
-/// Enqueues `out[at] = sum_t lse(z_t)^2` over the `n x e` logits.
-pub fn lse_sq_sum<R: Runtime>(
-    client: &ComputeClient<R>,
-    n: usize,
-    e: usize,
-    z: &DevBuf<f32>,
-    out: &DevBuf<f32>,
-    at: usize,
-) -> Result<(), KernelError> {
-    row_stat(client, n, e, z, false, out, at, 1.0)
-}
-
-/// Enqueues `out[at] =` the mean per-token entropy (nats) of the `n x e` scores, each row
-/// normalised to sum 1.
-pub fn routing_entropy<R: Runtime>(
-    client: &ComputeClient<R>,
-    n: usize,
-    e: usize,
-    p: &DevBuf<f32>,
-    out: &DevBuf<f32>,
-    at: usize,
-) -> Result<(), KernelError> {
-    if n == 0 {
-        return Err(KernelError::Unsupported("entropy of zero rows".into()));
-    }
-    row_stat(client, n, e, p, true, out, at, 1.0 / n as f32)
+    let factor = if entropy { 1.0 / n as f32 } else { 1.0 };
+    Ok(Some((per_row, factor)))
 }
 
 #[cube(launch_unchecked)]

@@ -10,7 +10,7 @@
 use cubecl::prelude::*;
 
 use super::reduce::row_max_exp_sum;
-use super::router_forward::{check_rows, row_launch, row_thread, Gating, RowShape};
+use super::router_forward::{row_elem, row_launch, row_thread, Gating, RowBufs, RowShape};
 use super::util::{fits_u32, tree_sum};
 use super::{check_len2, DevBuf, KernelError};
 
@@ -44,30 +44,10 @@ fn kept_dw(dw: &Array<f32>, dropped: &Array<u32>, at: usize) -> f32 {
     g
 }
 
-/// The renormalised gates' shared terms of the row whose assignments start at `base`:
-/// `1 / (sum_l p_{i_l} + tiny)` and `sum_l dW_l w_l`.
+/// Expert and kept gate gradient (see [`kept_dw`]) of assignment `at`.
 #[cube]
-fn renorm_terms(
-    idx: &Array<u32>,
-    gates: &Array<f32>,
-    dropped: &Array<u32>,
-    dw: &Array<f32>,
-    ps: &SharedMemory<f32>,
-    base: usize,
-    pb: usize,
-    #[comptime] e: usize,
-    #[comptime] k: usize,
-) -> (f32, f32) {
-    let mut sum = 0.0f32;
-    let mut dot = 0.0f32;
-    for j in 0..k {
-        let i = idx[base + j] as usize;
-        if i < e {
-            sum += ps[pb + i];
-        }
-        dot += kept_dw(dw, dropped, base + j) * gates[base + j];
-    }
-    (1.0 / (sum + f32::MIN_POSITIVE), dot)
+fn assignment(idx: &Array<u32>, dw: &Array<f32>, dropped: &Array<u32>, at: usize) -> (usize, f32) {
+    (idx[at] as usize, kept_dw(dw, dropped, at))
 }
 
 #[cube(launch_unchecked)]
@@ -120,8 +100,7 @@ fn router_backward_kernel(
         if valid && lane == 0 {
             let base = row * k;
             for j in 0..k {
-                let i = idx[base + j] as usize;
-                let g = kept_dw(dw, dropped, base + j);
+                let (i, g) = assignment(idx, dw, dropped, base + j);
                 if i < e {
                     ds[pb + i] = ds[pb + i] + scale * g;
                 }
@@ -158,14 +137,27 @@ fn router_backward_kernel(
     if cfg.row.renorm {
         let mut ms = SharedMemory::<f32>::new(comptime!(cfg.row.rows));
         sync_cube();
+        // The row's shared terms `inv = 1 / (sum_l p_{i_l} + tiny)` and `dot = sum_l dW_l w_l`,
+        // by its lane 0 (the one that uses them).
+        let base = row * k;
+        let mut inv = 0.0f32;
+        let mut dot = 0.0f32;
+        if valid && lane == 0 {
+            let mut sum = 0.0f32;
+            for j in 0..k {
+                let (i, g) = assignment(idx, dw, dropped, base + j);
+                if i < e {
+                    sum += ps[pb + i];
+                }
+                dot += g * gates[base + j];
+            }
+            inv = 1.0 / (sum + f32::MIN_POSITIVE);
+        }
         if lane == 0 {
             let mut m = 0.0f32;
             if valid && cfg.row.softmax {
-                let base = row * k;
-                let (inv, dot) = renorm_terms(idx, gates, dropped, dw, &ps, base, pb, e, k);
                 for j in 0..k {
-                    let i = idx[base + j] as usize;
-                    let g = kept_dw(dw, dropped, base + j);
+                    let (i, g) = assignment(idx, dw, dropped, base + j);
                     if i < e {
                         m += (scale * g - dot) * (ps[pb + i] * inv);
                     }
@@ -184,11 +176,8 @@ fn router_backward_kernel(
             sync_cube();
         }
         if valid && lane == 0 {
-            let base = row * k;
-            let (inv, dot) = renorm_terms(idx, gates, dropped, dw, &ps, base, pb, e, k);
             for j in 0..k {
-                let i = idx[base + j] as usize;
-                let g = kept_dw(dw, dropped, base + j);
+                let (i, g) = assignment(idx, dw, dropped, base + j);
                 if i < e {
                     let pi = ps[pb + i];
                     let q = pi * inv;
@@ -212,10 +201,7 @@ fn router_backward_kernel(
             if cfg.row.softmax {
                 ds[pb + c] = ds[pb + c] + cz * ps[pb + c];
             } else {
-                let mut v = 0.0f32;
-                if valid {
-                    v = z[row * e + c];
-                }
+                let v = row_elem(z, row * e + c, valid);
                 ds[pb + c] = ds[pb + c] + cz * (f32::exp(v - mx) / sum);
             }
             c += lanes;
@@ -231,24 +217,21 @@ fn router_backward_kernel(
     }
 }
 
-/// Enqueues the backward rows: `dz` (`n x E`). `lbl` is the `B x E` coefficient matrix with its
+/// Enqueues the backward rows: `dz` (`n x E`) from the forward's `rows`, the dropped flags and
+/// the gate gradient `dw` (`n x k`). `lbl` is the `B x E` coefficient matrix with its
 /// group length (tokens per sequence, dividing `n`).
 #[allow(clippy::too_many_arguments)]
 pub fn router_backward_rows<R: Runtime>(
     client: &ComputeClient<R>,
     o: &BackOptions,
-    n: usize,
-    z: &DevBuf<f32>,
-    p: &DevBuf<f32>,
-    idx: &DevBuf<u32>,
-    gates: &DevBuf<f32>,
+    rows: RowBufs<'_>,
     dropped: &DevBuf<u32>,
     dw: &DevBuf<f32>,
     lbl: Option<(&DevBuf<f32>, usize)>,
     dz: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
     let (e, k) = (o.gating.e, o.gating.k);
-    check_rows(n, &o.gating, z, p, idx, gates)?;
+    let n = rows.check(&o.gating)?;
     check_len2("dropped flags", n, k, dropped.len)?;
     check_len2("gate gradient", n, k, dw.len)?;
     check_len2("logit gradient", n, e, dz.len)?;
@@ -278,10 +261,10 @@ pub fn router_backward_rows<R: Runtime>(
         client,
         launch,
         router_backward_kernel(
-            z.arg(),
-            p.arg(),
-            idx.arg(),
-            gates.arg(),
+            rows.z.arg(),
+            rows.p.arg(),
+            rows.idx.arg(),
+            rows.gates.arg(),
             dropped.arg(),
             dw.arg(),
             coef.arg(),

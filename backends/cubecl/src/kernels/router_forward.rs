@@ -93,6 +93,16 @@ pub fn row_thread(#[comptime] rows: usize) -> (usize, usize, usize) {
     (UNIT_POS_X as usize, ty, linear_cube() * rows + ty)
 }
 
+/// `x[at]` of a row kernel's row, 0 (and not read) for a row past the end (`!valid`).
+#[cube]
+pub fn row_elem(x: &Array<f32>, at: usize, valid: bool) -> f32 {
+    let mut v = 0.0f32;
+    if valid {
+        v = x[at];
+    }
+    v
+}
+
 /// Logistic sigmoid without overflow for either sign (as the reference).
 #[cube]
 pub fn sigmoid(v: f32) -> f32 {
@@ -151,6 +161,19 @@ pub fn score_row_shared(
     }
 }
 
+/// The better of the best pick so far `(bs, bi)` and the candidate `(s, i)` under [`before()`],
+/// the candidate only when it may be picked (`ok`).
+#[cube]
+fn keep_best(ok: bool, s: f32, i: u32, bs: f32, bi: u32) -> (f32, u32) {
+    let mut best_s = bs;
+    let mut best_i = bi;
+    if ok && before(s, i, bs, bi) {
+        best_s = s;
+        best_i = i;
+    }
+    (best_s, best_i)
+}
+
 #[cube(launch_unchecked)]
 fn route_rows_kernel(
     z: &Array<f32>,
@@ -181,11 +204,7 @@ fn route_rows_kernel(
     // Stage the logits.
     let mut c = lane;
     while c < e {
-        let mut v = 0.0f32;
-        if valid {
-            v = z[row * e + c];
-        }
-        ps[pb + c] = v;
+        ps[pb + c] = row_elem(z, row * e + c, valid);
         c += lanes;
     }
     let softmax = comptime!(cfg.row.softmax);
@@ -232,11 +251,9 @@ fn route_rows_kernel(
                 for cc in start..start + glen {
                     let s = ks[pb + cc];
                     let ci = cc as u32;
-                    let ok = after(prev_s, prev_i, s, ci);
-                    if ok && before(s, ci, bs, bi) {
-                        bs = s;
-                        bi = ci;
-                    }
+                    let (ns, ni) = keep_best(after(prev_s, prev_i, s, ci), s, ci, bs, bi);
+                    bs = ns;
+                    bi = ni;
                 }
                 if bi != NONE {
                     total += bs;
@@ -258,11 +275,9 @@ fn route_rows_kernel(
             while g < ng {
                 let s = gs[gb + g];
                 let gi = g as u32;
-                let ok = after(prev_s, prev_i, s, gi);
-                if ok && before(s, gi, bs, bi) {
-                    bs = s;
-                    bi = gi;
-                }
+                let (ns, ni) = keep_best(after(prev_s, prev_i, s, gi), s, gi, bs, bi);
+                bs = ns;
+                bi = ni;
                 g += lanes;
             }
             let (ws, wi) = tree_argmax(&mut rs, &mut ri, rb, lane, bs, bi, lanes);
@@ -294,10 +309,9 @@ fn route_rows_kernel(
                     ok = false;
                 }
             }
-            if ok && before(s, ci, bs, bi) {
-                bs = s;
-                bi = ci;
-            }
+            let (ns, ni) = keep_best(ok, s, ci, bs, bi);
+            bs = ns;
+            bi = ni;
             c += lanes;
         }
         let (ws, wi) = tree_argmax(&mut rs, &mut ri, rb, lane, bs, bi, lanes);
@@ -347,22 +361,33 @@ pub fn row_layout(e: usize) -> (usize, usize) {
     (lanes, (256 / lanes).max(1))
 }
 
-/// Checks `g`'s `k` of `E` and the buffers both row kernels take for `n` rows: logits and scores
-/// (`n x E`), indices and gates (`n x k`).
-pub(super) fn check_rows(
-    n: usize,
-    g: &Gating,
-    z: &DevBuf<f32>,
-    p: &DevBuf<f32>,
-    idx: &DevBuf<u32>,
-    gates: &DevBuf<f32>,
-) -> Result<(), KernelError> {
-    let (e, k) = (g.e, g.k);
-    check_top_k(e, k)?;
-    check_len2("logits", n, e, z.len)?;
-    check_len2("scores", n, e, p.len)?;
-    check_len2("indices", n, k, idx.len)?;
-    check_len2("gates", n, k, gates.len)
+/// The buffers of `n` token rows that both row kernels take: logits and scores (`n x E`),
+/// expert indices (best first) and gates (`n x k`).
+#[derive(Debug, Clone, Copy)]
+pub struct RowBufs<'a> {
+    /// Tokens `n`.
+    pub n: usize,
+    /// Logits.
+    pub z: &'a DevBuf<f32>,
+    /// Scores.
+    pub p: &'a DevBuf<f32>,
+    /// Expert indices.
+    pub idx: &'a DevBuf<u32>,
+    /// Gates.
+    pub gates: &'a DevBuf<f32>,
+}
+
+impl RowBufs<'_> {
+    /// Checks `g`'s `k` of `E` and the lengths of the buffers; the number of rows.
+    pub(super) fn check(&self, g: &Gating) -> Result<usize, KernelError> {
+        let (n, e, k) = (self.n, g.e, g.k);
+        check_top_k(e, k)?;
+        check_len2("logits", n, e, self.z.len)?;
+        check_len2("scores", n, e, self.p.len)?;
+        check_len2("indices", n, k, self.idx.len)?;
+        check_len2("gates", n, k, self.gates.len)?;
+        Ok(n)
+    }
 }
 
 /// The launch of a row kernel of shape `row` over `n` rows, refused when its shared memory
@@ -389,19 +414,16 @@ fn shared_bytes(s: &RouteShape) -> usize {
     4 * r.rows * (2 * r.e + 2 * r.lanes + r.k + 2 * s.groups.max(1))
 }
 
-/// Enqueues the forward rows: `p` (`n x E`), `idx` and `gates` (`n x k`) from logits `z`.
+/// Enqueues the forward rows: `p` (`n x E`), `idx` and `gates` (`n x k`) from logits `z`, with
+/// the selection bias (`E`) if any.
 pub fn route_rows<R: Runtime>(
     client: &ComputeClient<R>,
     o: &RouteOptions,
-    n: usize,
-    z: &DevBuf<f32>,
+    rows: RowBufs<'_>,
     bias: Option<&DevBuf<f32>>,
-    p: &DevBuf<f32>,
-    idx: &DevBuf<u32>,
-    gates: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
     let (e, k) = (o.gating.e, o.gating.k);
-    check_rows(n, &o.gating, z, p, idx, gates)?;
+    let n = rows.check(&o.gating)?;
     if let Some(b) = bias {
         check_len("selection bias", e, b.len)?;
     }
@@ -433,11 +455,11 @@ pub fn route_rows<R: Runtime>(
         client,
         launch,
         route_rows_kernel(
-            z.arg(),
+            rows.z.arg(),
             bias.arg(),
-            p.arg(),
-            idx.arg(),
-            gates.arg(),
+            rows.p.arg(),
+            rows.idx.arg(),
+            rows.gates.arg(),
             n32,
             o.gating.scale,
             f32::NEG_INFINITY,

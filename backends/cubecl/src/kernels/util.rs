@@ -3,6 +3,7 @@
 
 use cubecl::prelude::*;
 
+use super::reduce::{row_partials, RowStat};
 use super::{element_index, DevBuf, KernelError, Launch, NONE};
 
 /// Writes the 32-bit word `value` into every element (an f32 fill passes its bits).
@@ -65,7 +66,7 @@ pub fn fill_zero<R: Runtime, T: CubeElement>(
 
 /// What [`reduce_all_kernel`] computes of a whole buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Whole {
+enum WholeOp {
     /// `sum x`.
     Sum,
     /// `sum x y`.
@@ -84,7 +85,7 @@ fn reduce_all_kernel(
     len: u32,
     at: u32,
     factor: f32,
-    #[comptime] op: Whole,
+    #[comptime] op: WholeOp,
 ) {
     let tx = UNIT_POS as usize;
     let mut s = SharedMemory::<f32>::new(256usize);
@@ -92,13 +93,13 @@ fn reduce_all_kernel(
     let mut i = tx;
     while i < len as usize {
         match op {
-            Whole::Sum => {
+            WholeOp::Sum => {
                 acc += x[i];
             }
-            Whole::Dot => {
+            WholeOp::Dot => {
                 acc += x[i] * y[i];
             }
-            Whole::Max => {
+            WholeOp::Max => {
                 let v = x[i];
                 if v > acc {
                     acc = v;
@@ -107,7 +108,7 @@ fn reduce_all_kernel(
         }
         i += 256usize;
     }
-    let max = comptime!(op == Whole::Max);
+    let max = comptime!(op == WholeOp::Max);
     let total = tree_reduce(&mut s, 0usize, tx, acc, 256usize, max);
     if tx == 0 {
         out[at as usize] = factor * total;
@@ -126,16 +127,48 @@ pub fn check_slot(what: &'static str, out: &DevBuf<f32>, at: usize) -> Result<u3
     fits_u32(what, at)
 }
 
-/// Enqueues [`reduce_all_kernel`] over the first `x.len` elements (of `y` too for a dot).
-fn reduce_all<R: Runtime>(
+/// A whole buffer reduced to one value by [`reduce_all`].
+#[derive(Debug, Clone, Copy)]
+pub enum Whole<'a> {
+    /// `factor * sum x`.
+    Sum(&'a DevBuf<f32>, f32),
+    /// `sum_i a[i] b[i]` over the elements of `a`; `b` holds at least as many.
+    Dot(&'a DevBuf<f32>, &'a DevBuf<f32>),
+    /// `max(0, max x)` over the non-NaN elements of `x`.
+    Max(&'a DevBuf<f32>),
+    /// A per-row statistic summed over the rows; 0 in every element of `out` for an empty
+    /// matrix.
+    Rows(RowStat<'a>),
+}
+
+/// Enqueues `out[at] =` the reduction `what`, its final pass one cube in a fixed order
+/// (deterministic).
+pub fn reduce_all<R: Runtime>(
     client: &ComputeClient<R>,
-    op: Whole,
-    x: &DevBuf<f32>,
-    y: &DevBuf<f32>,
+    what: Whole<'_>,
     out: &DevBuf<f32>,
     at: usize,
-    factor: f32,
 ) -> Result<(), KernelError> {
+    let (op, x, y, factor) = match what {
+        Whole::Sum(x, factor) => (WholeOp::Sum, x, x, factor),
+        Whole::Dot(a, b) if b.len < a.len => {
+            return Err(KernelError::Length {
+                what: "dot operand",
+                expected: a.len,
+                actual: b.len,
+            })
+        }
+        Whole::Dot(a, b) => (WholeOp::Dot, a, b, 1.0),
+        Whole::Max(x) => (WholeOp::Max, x, x, 1.0),
+        Whole::Rows(stat) => {
+            return match row_partials(client, stat)? {
+                Some((per_row, factor)) => {
+                    reduce_all(client, Whole::Sum(&per_row, factor), out, at)
+                }
+                None => fill_zero(client, out),
+            };
+        }
+    };
     let at = check_slot("reduction output", out, at)?;
     let len = fits_u32("reduced buffer", x.len)?;
     launch!(
@@ -144,45 +177,6 @@ fn reduce_all<R: Runtime>(
         reduce_all_kernel(x.arg(), y.arg(), out.arg(), len, at, factor, op)
     );
     Ok(())
-}
-
-/// `out[at] = factor * sum(x)`, deterministic.
-pub fn sum_all<R: Runtime>(
-    client: &ComputeClient<R>,
-    x: &DevBuf<f32>,
-    out: &DevBuf<f32>,
-    at: usize,
-    factor: f32,
-) -> Result<(), KernelError> {
-    reduce_all(client, Whole::Sum, x, x, out, at, factor)
-}
-
-/// `out[at] = sum_i a[i] b[i]`, deterministic; `b` holds at least as many elements as `a`.
-pub fn dot_all<R: Runtime>(
-    client: &ComputeClient<R>,
-    a: &DevBuf<f32>,
-    b: &DevBuf<f32>,
-    out: &DevBuf<f32>,
-    at: usize,
-) -> Result<(), KernelError> {
-    if b.len < a.len {
-        return Err(KernelError::Length {
-            what: "dot operand",
-            expected: a.len,
-            actual: b.len,
-        });
-    }
-    reduce_all(client, Whole::Dot, a, b, out, at, 1.0)
-}
-
-/// `out[at] = max(0, max x)` over the non-NaN elements of `x`.
-pub fn max_all<R: Runtime>(
-    client: &ComputeClient<R>,
-    x: &DevBuf<f32>,
-    out: &DevBuf<f32>,
-    at: usize,
-) -> Result<(), KernelError> {
-    reduce_all(client, Whole::Max, x, x, out, at, 1.0)
 }
 
 /// [`tree_sum`], or with `max` [`tree_max`]: one fixed-order tree for both.

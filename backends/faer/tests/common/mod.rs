@@ -5,6 +5,18 @@ use simbal_core::config::RouterConfig;
 use simbal_core::router::kernels::{Logits, Route, RouteRequest};
 use simbal_core::{Backend, Gemm, GemmArgs, LossValues, Result, Rng, Scalar};
 
+/// `per_elem_test!(check: test_f32 = f32, test_f64 = f64)`: the generic `check::<T>()` as one
+/// test per element type, so each precision fails on its own.
+// Not every test file of the crate uses it.
+#[allow(unused_macros)]
+macro_rules! per_elem_test {
+    ($check:ident: $($test:ident = $elem:ty),+ $(,)?) => {
+        $(#[test] fn $test() { $check::<$elem>(); })+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_elem_test;
+
 /// `n` normal samples of standard deviation `std` from `seed`.
 pub fn normal<T: Scalar>(seed: u64, n: usize, std: f64) -> Vec<T> {
     let mut v = vec![T::zero(); n];

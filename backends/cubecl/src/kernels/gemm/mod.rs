@@ -59,34 +59,45 @@ const MT: usize = 4; // micro-tile side
 const SA: usize = BM + 1;
 const SB: usize = BN + 1;
 
+/// The run-time scalars of a product, shared by its kernels (each reads those it needs).
+#[derive(CubeLaunch, CubeType)]
+struct GemmScalars {
+    /// Rows of `C`.
+    m: u32,
+    /// Columns of `C`.
+    n: u32,
+    /// Inner dimension.
+    k: u32,
+    /// K per split (all of K without a split).
+    k_chunk: u32,
+    /// Product scale.
+    alpha: f32,
+    /// Scale of the old `C`.
+    beta: f32,
+}
+
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 fn gemm_kernel(
     a: &Array<f32>,
     b: &Array<f32>,
     c: &mut Array<f32>,
-    m: u32,
-    n: u32,
-    k: u32,
-    k_chunk: u32,
-    alpha: f32,
-    beta: f32,
+    sc: &GemmScalars,
     #[comptime] trans_a: bool,
     #[comptime] trans_b: bool,
     #[comptime] beta_zero: bool,
     #[comptime] split: bool,
 ) {
-    let m = m as usize;
-    let n = n as usize;
-    let k = k as usize;
+    let m = sc.m as usize;
+    let n = sc.n as usize;
+    let k = sc.k as usize;
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
     let tid = ty * TS + tx;
     let row0 = CUBE_POS_Y as usize * BM;
     let col0 = CUBE_POS_X as usize * BN;
     // Split-K: cube z handles K range [k_begin, k_end) and writes slice z of the workspace.
-    let k_begin = CUBE_POS_Z as usize * k_chunk as usize;
-    let mut k_end = k_begin + k_chunk as usize;
+    let k_begin = CUBE_POS_Z as usize * sc.k_chunk as usize;
+    let mut k_end = k_begin + sc.k_chunk as usize;
     if k_end > k {
         k_end = k;
     }
@@ -173,7 +184,7 @@ fn gemm_kernel(
                 if split {
                     c[slice + i * n + j] = acc[r * MT + q];
                 } else {
-                    store(c, i * n + j, acc[r * MT + q], alpha, beta, beta_zero);
+                    store(c, i * n + j, acc[r * MT + q], sc.alpha, sc.beta, beta_zero);
                 }
             }
         }
@@ -251,6 +262,12 @@ impl<R: Runtime> Product<'_, R> {
         Ok(cubes as u32)
     }
 
+    /// The product's [`GemmScalars`], K in chunks of `k_chunk`.
+    fn scalars(&self, k_chunk: u32) -> GemmScalarsLaunch<R> {
+        let g = self.g;
+        GemmScalarsLaunch::new(g.m as u32, g.n as u32, g.k as u32, k_chunk, g.alpha, g.beta)
+    }
+
     /// [`gemm_kernel`] over 64 x 64 tiles, splitting K when the tiles are few.
     fn tiled(&self) -> Result<(), KernelError> {
         let g = self.g;
@@ -268,12 +285,7 @@ impl<R: Runtime> Product<'_, R> {
                 self.a.arg(),
                 self.b.arg(),
                 work.target(self.c).arg(),
-                g.m as u32,
-                g.n as u32,
-                g.k as u32,
-                work.chunk,
-                g.alpha,
-                g.beta,
+                self.scalars(work.chunk),
                 g.trans_a,
                 g.trans_b,
                 g.beta == 0.0,
@@ -289,20 +301,18 @@ impl<R: Runtime> Product<'_, R> {
 fn split_reduce_kernel(
     work: &Array<f32>,
     c: &mut Array<f32>,
-    len: u32,
-    splits: u32,
-    alpha: f32,
-    beta: f32,
+    sc: &GemmScalars,
     #[comptime] beta_zero: bool,
 ) {
     let i = element_index();
-    let len = len as usize;
+    let len = sc.m as usize * sc.n as usize;
     if i < len {
-        let mut s = 0.0f32;
-        for z in 0..splits as usize {
-            s += work[z * len + i];
+        let splits = (sc.k as usize).div_ceil(sc.k_chunk as usize);
+        let mut sum = 0.0f32;
+        for z in 0..splits {
+            sum += work[z * len + i];
         }
-        store(c, i, s, alpha, beta, beta_zero);
+        store(c, i, sum, sc.alpha, sc.beta, beta_zero);
     }
 }
 
@@ -350,21 +360,13 @@ impl SplitWork {
             return Ok(());
         };
         let g = p.g;
-        let Some((launch, len)) = Launch::per_element("GEMM output", g.m * g.n)? else {
+        let Some((launch, _)) = Launch::per_element("GEMM output", g.m * g.n)? else {
             return Ok(());
         };
         launch!(
             p.client,
             launch,
-            split_reduce_kernel(
-                work.arg(),
-                p.c.arg(),
-                len,
-                self.splits,
-                g.alpha,
-                g.beta,
-                g.beta == 0.0,
-            )
+            split_reduce_kernel(work.arg(), p.c.arg(), p.scalars(self.chunk), g.beta == 0.0)
         );
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{store, Product, SplitWork};
+use super::{store, GemmScalars, Product, SplitWork};
 use crate::kernels::{linear_cube, KernelError, Launch};
 
 /// Widest output the skinny kernels take (the router's `E`); wider outputs use the tiled kernel.
@@ -55,15 +55,11 @@ fn sum_accumulators(
 /// (coalesced reads of `A`), the `n` partial sums in registers, then a fixed-order tree over the
 /// lanes in shared memory. One pass over `A`, no tiles wasted on absent columns.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 fn skinny_nn_kernel(
     a: &Array<f32>,
     b: &Array<f32>,
     c: &mut Array<f32>,
-    m: u32,
-    k: u32,
-    alpha: f32,
-    beta: f32,
+    sc: &GemmScalars,
     #[comptime] n: usize,
     #[comptime] trans_b: bool,
     #[comptime] beta_zero: bool,
@@ -71,8 +67,8 @@ fn skinny_nn_kernel(
     let lane = UNIT_POS_X as usize;
     let y = UNIT_POS_Y as usize;
     let row = linear_cube() * SK_ROWS + y;
-    let m = m as usize;
-    let k = k as usize;
+    let m = sc.m as usize;
+    let k = sc.k as usize;
     let mut acc = Array::<f32>::new(n);
     #[unroll]
     for j in 0..n {
@@ -98,8 +94,8 @@ fn skinny_nn_kernel(
             c,
             row * n + lane,
             s[y * SK_LANES * n + lane],
-            alpha,
-            beta,
+            sc.alpha,
+            sc.beta,
             beta_zero,
         );
     }
@@ -111,16 +107,11 @@ fn skinny_nn_kernel(
 /// token lanes, each summing a strided share of its split's tokens; a fixed-order tree over the
 /// token lanes, then (`split`) one slice of the workspace per split, summed in order after.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 fn skinny_tn_kernel(
     a: &Array<f32>,
     b: &Array<f32>,
     c: &mut Array<f32>,
-    m: u32,
-    k: u32,
-    k_chunk: u32,
-    alpha: f32,
-    beta: f32,
+    sc: &GemmScalars,
     #[comptime] n: usize,
     #[comptime] beta_zero: bool,
     #[comptime] split: bool,
@@ -128,10 +119,10 @@ fn skinny_tn_kernel(
     let lane = UNIT_POS_X as usize;
     let y = UNIT_POS_Y as usize;
     let col = CUBE_POS_X as usize * SK_LANES + lane;
-    let m = m as usize;
-    let k = k as usize;
-    let t_begin = CUBE_POS_Y as usize * k_chunk as usize;
-    let mut t_end = t_begin + k_chunk as usize;
+    let m = sc.m as usize;
+    let k = sc.k as usize;
+    let t_begin = CUBE_POS_Y as usize * sc.k_chunk as usize;
+    let mut t_end = t_begin + sc.k_chunk as usize;
     if t_end > k {
         t_end = k;
     }
@@ -163,7 +154,7 @@ fn skinny_tn_kernel(
             if split {
                 c[slice + o] = v;
             } else {
-                store(c, o, v, alpha, beta, beta_zero);
+                store(c, o, v, sc.alpha, sc.beta, beta_zero);
             }
         }
     }
@@ -181,10 +172,7 @@ impl<R: Runtime> Product<'_, R> {
                 self.a.arg(),
                 self.b.arg(),
                 self.c.arg(),
-                g.m as u32,
-                g.k as u32,
-                g.alpha,
-                g.beta,
+                self.scalars(g.k as u32),
                 g.n,
                 g.trans_b,
                 g.beta == 0.0,
@@ -215,11 +203,7 @@ impl<R: Runtime> Product<'_, R> {
                 self.a.arg(),
                 self.b.arg(),
                 work.target(self.c).arg(),
-                g.m as u32,
-                g.k as u32,
-                work.chunk,
-                g.alpha,
-                g.beta,
+                self.scalars(work.chunk),
                 g.n,
                 g.beta == 0.0,
                 work.is_split(),
