@@ -1,18 +1,29 @@
-//! [`simbal_core::Backend`] for [`CubeclBackend`]: every kernel on the device. Core has checked
-//! each kernel's arguments before the call ([`Checked`]), so nothing here restates a length
-//! check; the launchers in [`crate::kernels`] keep their own, being public.
+//! [`simbal_core::Backend`] for [`CubeclBackend`]: every kernel on the device for the default
+//! conventions. Core has checked each kernel's arguments before the call ([`Checked`]), so
+//! nothing here restates a length check; the launchers in [`crate::kernels`] keep their own,
+//! being public.
+//!
+//! Not yet on the device (issue 11; each goes through core's host-staged default, correct but
+//! with a transfer each way): sqrt-softplus scores (route and backward), the LBL's per-token
+//! score normalisation in the backward and the sums, and every token statistic over a mask or
+//! sequence ids (`Groups::Ids`: group sums and counts, LBL coefficients with per-group tokens,
+//! z-loss, statistics, entropy). The plain top-k of a biased or grouped selection runs on the
+//! device as a second launch of the row kernel without bias and groups.
 
 use cubecl::prelude::*;
 use simbal_core::config::{DropPolicy, LblNormalization, RouterConfig, ScoreFn, SimBalNorm};
 use simbal_core::gemm::GemmArgs;
-use simbal_core::lbl::kernels::{GroupCounts, GroupSums, LblCoefficients};
-use simbal_core::metrics::Entropy;
+use simbal_core::lbl::kernels::{
+    self as lbl_staged, GroupCounts, GroupSums, GroupTokens, LblCoefficients,
+};
+use simbal_core::metrics::{self as metrics_staged, Entropy};
 use simbal_core::router::kernels::{
-    BackwardSums, Dispatch, Logits, Route, RouteSums, RouterBackward,
+    self as router_staged, BackwardSums, Dispatch, Logits, Route, RouteSums, RouterBackward,
 };
 use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
-use simbal_core::stats::{fill_counts, CollectStats};
-use simbal_core::zloss::LseSqSum;
+use simbal_core::stats::{self as stats_staged, fill_counts, CollectStats};
+use simbal_core::tokens::Groups;
+use simbal_core::zloss::{self as zloss_staged, LseSqSum};
 use simbal_core::{Backend, Checked, Result, SimbalError};
 
 use crate::kernels::reduce::RowStat;
@@ -51,7 +62,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     /// The logits GEMM (for [`Logits::Tokens`]), the forward row kernel, then `max |Z|` when
     /// asked (queued behind the rows, so one wait covers both).
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<f32>> {
-        let a = a.into_inner();
+        let mut a = a.into_inner();
         if let Logits::Tokens { gemm, x, r } = a.logits {
             let z = &mut *a.z;
             self.gemm(
@@ -64,19 +75,39 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
                 .check(self)?,
             )?;
         }
-        let o = router_forward::RouteOptions {
-            gating: gating(a.cfg),
-            groups: a.cfg.groups.map(|g| (g.groups, g.top_groups)),
-        };
-        let rows = router_forward::RowBufs {
-            n: a.n,
-            z: a.z,
-            p: a.p,
-            idx: a.idx,
-            gates: a.gates,
-        };
-        router_forward::route_rows(&self.client, &o, rows, a.bias).map_err(map_err)?;
-        // Every index the kernel writes is below E: later index checks are free.
+        if a.cfg.score == ScoreFn::SqrtSoftplus {
+            // No sqrt-softplus row kernel yet: the host rows (the logits stay as computed).
+            a.logits = Logits::Given;
+            router_staged::route_rows_staged(self, &mut a)?;
+        } else {
+            let o = router_forward::RouteOptions {
+                gating: gating(a.cfg),
+                groups: a.cfg.groups.map(|g| (g.groups, g.top_groups)),
+            };
+            if let Some(plain) = a.plain.as_deref_mut() {
+                // The plain top-k: the same rows without bias and groups, into scratch gates.
+                let scratch = DevBuf::<f32>::empty(&self.client, a.gates.len);
+                let plain_o = router_forward::RouteOptions { groups: None, ..o };
+                let rows = router_forward::RowBufs {
+                    n: a.n,
+                    z: a.z,
+                    p: a.p,
+                    idx: plain,
+                    gates: &scratch,
+                };
+                router_forward::route_rows(&self.client, &plain_o, rows, None).map_err(map_err)?;
+                plain.bound = u32::try_from(a.cfg.experts).ok();
+            }
+            let rows = router_forward::RowBufs {
+                n: a.n,
+                z: a.z,
+                p: a.p,
+                idx: a.idx,
+                gates: a.gates,
+            };
+            router_forward::route_rows(&self.client, &o, rows, a.bias).map_err(map_err)?;
+        }
+        // Every index the rows write is below E: later index checks are free.
         a.idx.bound = u32::try_from(a.cfg.experts).ok();
         let max_abs_z = a.request.max_abs_z.then(|| self.max_abs(a.z)).transpose()?;
         Ok(RouteSums { max_abs_z })
@@ -104,9 +135,19 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     /// The backward row kernel, then the sums the request asks for: `sum lse^2` is queued
     /// before `max |dZ|` waits, so one wait covers both.
     fn router_backward(&self, a: Checked<RouterBackward<'_, Self>>) -> Result<BackwardSums<f32>> {
-        let a = a.into_inner();
+        let mut a = a.into_inner();
         let (n, e) = (a.n, a.cfg.experts);
-        let lbl = a.lbl.map(|l| (l.coef, l.group_len));
+        let group_len = match a.groups {
+            Groups::Runs { len } => Some(len),
+            Groups::Ids { .. } => None,
+        };
+        let normalize = a.lbl.as_ref().is_some_and(|l| l.normalize);
+        let Some(group_len) = group_len.filter(|_| {
+            !normalize && a.cfg.score != ScoreFn::SqrtSoftplus
+        }) else {
+            return self.router_backward_staged(&mut a);
+        };
+        let lbl = a.lbl.map(|l| (l.coef, group_len));
         router_backward::router_backward_rows(
             &self.client,
             &router_backward::BackOptions {
@@ -152,28 +193,39 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
-        reduce::group_column_sums(&self.client, &a).map_err(map_err)
+        if matches!(a.groups, Groups::Runs { .. }) && !a.normalize {
+            reduce::group_column_sums(&self.client, &a).map_err(map_err)
+        } else {
+            lbl_staged::group_column_sums_staged(self, a)
+        }
     }
 
     fn group_counts(&self, a: Checked<GroupCounts<'_, Self>>) -> Result<()> {
+        let Groups::Runs { len } = a.groups else {
+            return lbl_staged::group_counts_staged(self, a);
+        };
         let a = a.into_inner();
         if a.k == 0 || a.n == 0 {
             // No assignments: the histogram's group of `group_len k` would be empty.
             return util::fill_zero(&self.client, a.out).map_err(map_err);
         }
-        let per = a.group_len * a.k;
-        dispatch::histogram(&self.client, a.e, per, a.idx, Some(a.dropped), a.out).map_err(map_err)
+        let per = len * a.k;
+        dispatch::histogram(&self.client, a.e, per, a.idx, a.dropped, a.out).map_err(map_err)
     }
 
     fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<f32> {
+        let GroupTokens::Uniform(tokens) = a.tokens else {
+            return lbl_staged::lbl_coefficients_staged(self, a);
+        };
         let a = a.into_inner();
         let s = a.scales;
         // As `lbl::reference::lbl_value_and_coef`: the scale in f64, rounded once to f32.
-        let mut ae = a.cfg.alpha * a.e as f64;
+        let mut ae = a.cfg.alpha * a.e as f64 * s.factor;
         if a.cfg.normalization == LblNormalization::HuggingFace {
             ae *= s.k as f64;
         }
-        let c_scale = ae / (s.k as f64 * s.count_tokens * s.score_tokens * s.groups as f64);
+        let t = tokens as f64;
+        let c_scale = ae / (s.k as f64 * t * t * s.groups as f64);
         self.scalar(|out| {
             lbl::lbl_coefficients(
                 &self.client,
@@ -189,6 +241,9 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
 
     /// From the logits alone (one row pass: the scores are not needed).
     fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<f32> {
+        if matches!(a.groups, Groups::Ids { .. }) {
+            return zloss_staged::lse_sq_sum_staged(self, a);
+        }
         let a = a.into_inner();
         let (n, e, z) = (a.n, a.e, a.z);
         self.scalar(|out| {
@@ -223,22 +278,28 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     /// Column sums of the scores on the device (one group of `n` rows), then one `E`-long
     /// download each of the sums and the counts.
     fn routing_stats(&self, a: Checked<CollectStats<'_, Self>>) -> Result<()> {
+        if matches!(a.groups, Groups::Ids { .. }) || a.normalize || a.plain.is_some() {
+            return stats_staged::routing_stats_staged(self, a);
+        }
         let CollectStats {
             n,
             k,
             p,
+            idx,
             counts,
             out,
+            ..
         } = a.into_inner();
         let e = counts.len;
         let mut sums = vec![0.0f32; e];
         if n > 0 {
             let mut dev = DevBuf::<f32>::empty(&self.client, e);
-            let (cols, group_len, a, out) = (e, n, p, &mut dev);
+            let (cols, a, out) = (e, p, &mut dev);
             let all_rows = GroupSums {
                 n,
                 cols,
-                group_len,
+                groups: Groups::whole(n),
+                normalize: false,
                 a,
                 out,
             };
@@ -249,11 +310,22 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         for (s, &v) in out.score_sums.iter_mut().zip(&sums) {
             *s = f64::from(v);
         }
-        fill_counts(out, n, k, &counts);
+        if !fill_counts(out, n, k, &counts) {
+            // Something was dropped: the routed counts are those of every assignment.
+            out.routed_counts.iter_mut().for_each(|c| *c = 0);
+            for i in idx.read(&self.client).map_err(map_err)? {
+                if let Some(c) = out.routed_counts.get_mut(i as usize) {
+                    *c += 1;
+                }
+            }
+        }
         Ok(())
     }
 
     fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<f32> {
+        if matches!(a.groups, Groups::Ids { .. }) {
+            return metrics_staged::routing_entropy_staged(self, a);
+        }
         let a = a.into_inner();
         let stat = RowStat::Entropy {
             n: a.n,
@@ -286,6 +358,31 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             what,
             row: at / cols,
             col: at % cols,
+        })
+    }
+}
+
+impl<R: Runtime> CubeclBackend<R> {
+    /// The router backward through core's host rows (the trait default, for what the device
+    /// kernel does not cover yet), with the sums the request asks for.
+    fn router_backward_staged(&self, a: &mut RouterBackward<'_, Self>) -> Result<BackwardSums<f32>> {
+        router_staged::router_backward_rows_staged(self, a)?;
+        let lse_sq_sum = if a.request.lse_sq_sum {
+            let args = LseSqSum {
+                n: a.n,
+                groups: a.groups,
+                e: a.cfg.experts,
+                z: a.z,
+                scores: None,
+            };
+            Some(self.lse_sq_sum(args.check(self)?)?)
+        } else {
+            None
+        };
+        let max_abs_dz = a.request.max_abs_dz.then(|| self.max_abs(a.dz)).transpose()?;
+        Ok(BackwardSums {
+            lse_sq_sum,
+            max_abs_dz,
         })
     }
 }

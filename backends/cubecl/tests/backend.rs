@@ -134,6 +134,7 @@ fn router_steps_match_reference() {
         alpha: 0.01,
         level,
         normalization: LblNormalization::Switch,
+        ..LblConfig::default()
     };
     let cases: Vec<(RouterConfig, LossConfig, usize, usize)> = vec![
         (RouterConfig::new(8, 2), LossConfig::simbal(), 64, 16),
@@ -146,7 +147,7 @@ fn router_steps_match_reference() {
         (
             RouterConfig::new(32, 4).with_capacity(1.0, DropPolicy::Probs),
             LossConfig::simbal()
-                .with_lbl(lbl(LblLevel::Sequence { seq_len: 16 }))
+                .with_lbl(lbl(LblLevel::sequences(16)))
                 .with_z_loss(ZLossConfig::default()),
             128,
             48,

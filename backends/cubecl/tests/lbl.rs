@@ -1,10 +1,10 @@
 //! `CubeclBackend::lbl_coefficients` (the `kernels::lbl` kernels) against the core's host formula
-//! `lbl::reference::lbl_value_and_coef` in f64: both normalisations, one to many groups, counts and score
-//! tokens equal (micro-batch, sequence) or not (global-batch style).
+//! `lbl::reference::lbl_value_and_coef` in f64: both normalisations, one to many groups, a shard
+//! factor (global-batch style).
 mod common;
 use common::{gpu, Rng, R};
 use simbal_core::config::{LblLevel, LblNormalization};
-use simbal_core::lbl::kernels::LblCoefficients;
+use simbal_core::lbl::kernels::{GroupTokens, LblCoefficients};
 use simbal_core::lbl::reference::{lbl_value_and_coef, LblScales};
 use simbal_core::{Backend, LblConfig, Memory, SimbalError};
 use simbal_cubecl::kernels::{lbl, DevBuf, KernelError};
@@ -16,6 +16,7 @@ fn coefficients(
     cfg: &LblConfig,
     e: usize,
     scales: LblScales,
+    tokens: usize,
     counts: &DevBuf<u32>,
     sums: &DevBuf<f32>,
     coef: &mut DevBuf<f32>,
@@ -24,6 +25,7 @@ fn coefficients(
         cfg,
         e,
         scales,
+        tokens: GroupTokens::Uniform(tokens),
         counts,
         sums,
         coef,
@@ -31,14 +33,12 @@ fn coefficients(
     b.lbl_coefficients(a.check(b)?)
 }
 
-/// Random kept counts (at most `k T_f` per group) and score sums (in `[0, T_p)`), `groups x e`.
-fn inputs(rng: &mut Rng, s: &LblScales, e: usize) -> (Vec<u32>, Vec<f32>) {
+/// Random counts (at most `k T` per group) and score sums (in `[0, T)`), `groups x e`.
+fn inputs(rng: &mut Rng, s: &LblScales, e: usize, t: usize) -> (Vec<u32>, Vec<f32>) {
     let len = s.groups * e;
-    let max_count = s.k * s.count_tokens as usize + 1;
+    let max_count = s.k * t + 1;
     let counts = (0..len).map(|_| rng.below(max_count) as u32).collect();
-    let sums = (0..len)
-        .map(|_| rng.unif() * s.score_tokens as f32)
-        .collect();
+    let sums = (0..len).map(|_| rng.unif() * t as f32).collect();
     (counts, sums)
 }
 
@@ -46,49 +46,46 @@ fn inputs(rng: &mut Rng, s: &LblScales, e: usize) -> (Vec<u32>, Vec<f32>) {
 fn lbl_coefficients_match_host_formula() {
     let Some(b) = gpu() else { return };
     let mut rng = Rng::new(77);
-    // (groups, e, k, count tokens, score tokens)
+    // (groups, e, k, tokens per group, factor)
     let shapes = [
-        (1, 1, 1, 1.0, 1.0),
-        (1, 8, 2, 64.0, 64.0),
-        (2, 7, 3, 5.0, 5.0),
-        (3, 16, 4, 20.0, 20.0),
-        (5, 64, 8, 33.0, 33.0),
-        (16, 300, 6, 12.0, 12.0),
-        (64, 300, 2, 40.0, 40.0), // 19200 coefficients: many cubes, long strided sum
-        (1, 32, 4, 4096.0, 128.0), // global-batch style: T_f != T_p
+        (1, 1, 1, 1, 1.0),
+        (1, 8, 2, 64, 1.0),
+        (2, 7, 3, 5, 1.0),
+        (3, 16, 4, 20, 1.0),
+        (5, 64, 8, 33, 1.0),
+        (16, 300, 6, 12, 1.0),
+        (64, 300, 2, 40, 1.0), // 19200 coefficients: many cubes, long strided sum
+        (1, 32, 4, 4096, 6.0), // global-batch style: merged tokens, a shard factor
     ];
-    for &(groups, e, k, tf, tp) in &shapes {
+    for &(groups, e, k, t, factor) in &shapes {
         for norm in [LblNormalization::Switch, LblNormalization::HuggingFace] {
             for alpha in [0.01, 1.0] {
                 let cfg = LblConfig {
                     alpha,
                     level: LblLevel::MicroBatch,
                     normalization: norm,
+                    ..LblConfig::default()
                 };
-                let s = LblScales {
-                    k,
-                    count_tokens: tf,
-                    score_tokens: tp,
-                    groups,
-                };
-                let (counts, sums) = inputs(&mut rng, &s, e);
+                let s = LblScales { k, groups, factor };
+                let (counts, sums) = inputs(&mut rng, &s, e, t);
+                let tf = |_| t as f64;
                 let sums64: Vec<f64> = sums.iter().map(|&v| f64::from(v)).collect();
                 let mut want = vec![0.0f64; groups * e];
                 let want_v =
-                    lbl_value_and_coef(&cfg, e, &s, |i| counts[i] as f64, &sums64, &mut want);
+                    lbl_value_and_coef(&cfg, e, &s, tf, |i| counts[i] as f64, &sums64, &mut want);
                 let mut want32 = vec![0.0f32; groups * e];
                 let want32_v =
-                    lbl_value_and_coef(&cfg, e, &s, |i| counts[i] as f64, &sums, &mut want32);
+                    lbl_value_and_coef(&cfg, e, &s, tf, |i| counts[i] as f64, &sums, &mut want32);
 
                 let cb = b.idx_upload(&counts).unwrap();
                 let sb = b.upload(&sums).unwrap();
                 let mut coef = b.upload(&vec![f32::NAN; groups * e]).unwrap();
-                let got_v = coefficients(&b, &cfg, e, s, &cb, &sb, &mut coef).unwrap();
+                let got_v = coefficients(&b, &cfg, e, s, t, &cb, &sb, &mut coef).unwrap();
                 let mut got = vec![0.0f32; groups * e];
                 b.download(&coef, &mut got).unwrap();
 
                 let tag =
-                    format!("groups={groups} e={e} k={k} T_f={tf} T_p={tp} {norm:?} alpha={alpha}");
+                    format!("groups={groups} e={e} k={k} T={t} x{factor} {norm:?} alpha={alpha}");
                 // Each coefficient: two f32 roundings of an exact f64 product.
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     let err = (f64::from(g) - w).abs();
@@ -126,14 +123,13 @@ fn lbl_coefficients_known_value() {
     };
     let s = LblScales {
         k: 1,
-        count_tokens: 4.0,
-        score_tokens: 4.0,
         groups: 1,
+        factor: 1.0,
     };
     let cb = b.idx_upload(&[1, 1, 1, 1]).unwrap();
     let sb = b.upload(&[1.0; 4]).unwrap();
     let mut coef = b.zeros(4).unwrap();
-    let v = coefficients(&b, &cfg, 4, s, &cb, &sb, &mut coef).unwrap();
+    let v = coefficients(&b, &cfg, 4, s, 4, &cb, &sb, &mut coef).unwrap();
     let mut got = [0.0f32; 4];
     b.download(&coef, &mut got).unwrap();
     assert_eq!(got, [0.125; 4]);
@@ -146,9 +142,8 @@ fn lbl_coefficients_check_lengths() {
     let cfg = LblConfig::default();
     let s = LblScales {
         k: 2,
-        count_tokens: 4.0,
-        score_tokens: 4.0,
         groups: 2,
+        factor: 1.0,
     };
     let counts = b.idx_zeros(6).unwrap();
     let sums = b.zeros(6).unwrap();
@@ -165,15 +160,15 @@ fn lbl_coefficients_check_lengths() {
         other => panic!("{what}: {other:?}"),
     };
     is_len(
-        coefficients(&b, &cfg, 3, s, &short_counts, &sums, &mut coef),
+        coefficients(&b, &cfg, 3, s, 4, &short_counts, &sums, &mut coef),
         "LBL group counts",
     );
     is_len(
-        coefficients(&b, &cfg, 3, s, &counts, &short_sums, &mut coef),
+        coefficients(&b, &cfg, 3, s, 4, &counts, &short_sums, &mut coef),
         "LBL group sums",
     );
     is_len(
-        coefficients(&b, &cfg, 3, s, &counts, &sums, &mut short_coef),
+        coefficients(&b, &cfg, 3, s, 4, &counts, &sums, &mut short_coef),
         "LBL coefficients",
     );
     // groups * e overflows: saturates, a mismatch rather than a panic.
@@ -182,7 +177,7 @@ fn lbl_coefficients_check_lengths() {
         ..s
     };
     assert!(matches!(
-        coefficients(&b, &cfg, 3, huge, &counts, &sums, &mut coef),
+        coefficients(&b, &cfg, 3, huge, 4, &counts, &sums, &mut coef),
         Err(SimbalError::LengthMismatch {
             expected: usize::MAX,
             ..
@@ -193,7 +188,7 @@ fn lbl_coefficients_check_lengths() {
     let (c0, s0) = (b.idx_zeros(0).unwrap(), b.zeros(0).unwrap());
     let mut k0 = b.zeros(0).unwrap();
     assert_eq!(
-        coefficients(&b, &cfg, 3, none, &c0, &s0, &mut k0).unwrap(),
+        coefficients(&b, &cfg, 3, none, 4, &c0, &s0, &mut k0).unwrap(),
         0.0
     );
     // The launcher itself refuses mismatched buffers and a missing output slot.

@@ -1,6 +1,7 @@
 mod common;
 use common::*;
 use simbal_core::lbl::kernels::GroupSums;
+use simbal_core::tokens::Groups;
 use simbal_cubecl::kernels::reduce::{first_non_finite, group_column_sums, RowStat};
 use simbal_cubecl::kernels::util::{reduce_all, Whole};
 use simbal_cubecl::kernels::DevBuf;
@@ -18,11 +19,12 @@ fn group_column_sums_match() {
     ] {
         let a = rng.vec(n * cols);
         let mut out = DevBuf::<f32>::empty(&c, (n / glen) * cols);
-        let (da, group_len) = (up(&c, &a), glen);
+        let da = up(&c, &a);
         let sums = GroupSums {
             n,
             cols,
-            group_len,
+            groups: Groups::Runs { len: glen },
+            normalize: false,
             a: &da,
             out: &mut out,
         };
@@ -44,7 +46,8 @@ fn group_column_sums_match() {
     let uneven = GroupSums {
         n: 10,
         cols: 1,
-        group_len: 3,
+        groups: Groups::Runs { len: 3 },
+        normalize: false,
         a,
         out,
     };

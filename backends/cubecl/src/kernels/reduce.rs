@@ -7,6 +7,7 @@ use cubecl::prelude::*;
 use super::router_forward::{row_elem, row_layout, row_thread};
 use super::util::{fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, tree_max, tree_sum};
 use simbal_core::lbl::kernels::GroupSums;
+use simbal_core::tokens::Groups;
 
 use super::{check_len, check_len2, element_index, linear_cube, DevBuf, KernelError, Launch};
 use crate::CubeclBackend;
@@ -57,13 +58,15 @@ pub fn group_column_sums<R: Runtime>(
     client: &ComputeClient<R>,
     sums: &GroupSums<'_, CubeclBackend<R>>,
 ) -> Result<(), KernelError> {
-    let GroupSums {
-        n,
-        cols,
-        group_len,
-        a,
-        ..
-    } = *sums;
+    let (n, cols, a) = (sums.n, sums.cols, sums.a);
+    let group_len = match sums.groups {
+        Groups::Runs { len } if !sums.normalize => len,
+        _ => {
+            return Err(KernelError::Unsupported(
+                "group sums by token ids or of normalised rows (the backend stages them)".into(),
+            ))
+        }
+    };
     let out = &*sums.out;
     if group_len == 0 || n % group_len != 0 {
         return Err(KernelError::Unsupported(format!(
