@@ -115,6 +115,7 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
                 p: &mut p,
                 idx: &mut idx,
                 gates: &mut gates,
+                plain: None,
                 request: RouteRequest::default(),
             };
             be.route(a.check(&be).unwrap()).unwrap();
@@ -142,6 +143,7 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
                 gates: &gates,
                 dropped: &dropped,
                 dw: &dw,
+                groups: simbal_core::tokens::Groups::whole(n),
                 lbl: None,
                 z_coef: 1e-3,
                 dz: &mut dz,

@@ -142,9 +142,9 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             Groups::Ids { .. } => None,
         };
         let normalize = a.lbl.as_ref().is_some_and(|l| l.normalize);
-        let Some(group_len) = group_len.filter(|_| {
-            !normalize && a.cfg.score != ScoreFn::SqrtSoftplus
-        }) else {
+        let Some(group_len) =
+            group_len.filter(|_| !normalize && a.cfg.score != ScoreFn::SqrtSoftplus)
+        else {
             return self.router_backward_staged(&mut a);
         };
         let lbl = a.lbl.map(|l| (l.coef, group_len));
@@ -365,7 +365,10 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
 impl<R: Runtime> CubeclBackend<R> {
     /// The router backward through core's host rows (the trait default, for what the device
     /// kernel does not cover yet), with the sums the request asks for.
-    fn router_backward_staged(&self, a: &mut RouterBackward<'_, Self>) -> Result<BackwardSums<f32>> {
+    fn router_backward_staged(
+        &self,
+        a: &mut RouterBackward<'_, Self>,
+    ) -> Result<BackwardSums<f32>> {
         router_staged::router_backward_rows_staged(self, a)?;
         let lse_sq_sum = if a.request.lse_sq_sum {
             let args = LseSqSum {
@@ -379,7 +382,11 @@ impl<R: Runtime> CubeclBackend<R> {
         } else {
             None
         };
-        let max_abs_dz = a.request.max_abs_dz.then(|| self.max_abs(a.dz)).transpose()?;
+        let max_abs_dz = a
+            .request
+            .max_abs_dz
+            .then(|| self.max_abs(a.dz))
+            .transpose()?;
         Ok(BackwardSums {
             lse_sq_sum,
             max_abs_dz,
