@@ -159,6 +159,28 @@ def router_case(name, seed, n, *, k=K, score_function="softmax", use_pre_softmax
 
 # ----------------------------------------------------------------------------- LBL (micro-batch)
 
+def sinkhorn_case(name, seed, n, *, k=K, note=None):
+    """Megatron's `sinkhorn` router type (TopKRouter.sinkhorn_load_balancing, training mode):
+    indices = top-k of moe_utils.sinkhorn(logits.float()); scores = sigmoid(logits) for k = 1,
+    softmax(logits, float32) otherwise, gathered at the indices (no renormalisation)."""
+    z = logits_np(seed, n, scale=2.0)
+    x = torch.tensor(z, dtype=torch.float64)
+    with torch.no_grad():
+        balanced = moe_utils.sinkhorn(x.to(torch.float32))
+        _, idx = torch.topk(balanced, k=k, dim=1)
+    probs = torch.sigmoid(x) if k == 1 else torch.softmax(x, dim=-1, dtype=torch.float32).type_as(x)
+    rmap = torch.zeros_like(probs).int().scatter(1, idx, 1).bool()
+    write(name, {
+        "kind": "router_sinkhorn",
+        "oracle": MC + ".sinkhorn + TopKRouter.sinkhorn_load_balancing",
+        "calls": [{"function": MC + ".sinkhorn", "args": {"tol": 0.0001}}],
+        "inputs": {"logits": arr(x), "seed": seed, "num_tokens": n, "num_experts": E, "topk": k},
+        "outputs": {"balanced": arr(balanced), "routing_map": arr(rmap),
+                    "scores": arr(probs * rmap), "routed_counts": arr(rmap.sum(dim=0))},
+        "notes": note or "",
+    })
+
+
 def lbl_case(name, seed, n, *, k=K, score_function="softmax", coeff=0.37, valid=None,
              router_kwargs=None, note=None):
     """Reproduces TopKRouter.routing's aux-loss path: compute_routing_scores_for_aux_loss ->
@@ -382,6 +404,12 @@ def main():
     router_case("mc_router_softmax_post_capacity_probs", 112, 20, score_function="softmax", use_pre_softmax=False,
                 capacity_factor=0.8, drop_policy="probs",
                 note="capacity C = ceil(20*2/8*0.8) = 4.")
+
+    # Sinkhorn router type
+    sinkhorn_case("mc_router_sinkhorn", 113, 32, k=2,
+                  note="skewed by nothing: seeded logits; sinkhorn in float32, no iteration cap (loops until mean |d1 change| <= 1e-4).")
+    sinkhorn_case("mc_router_sinkhorn_k1", 114, 24, k=1,
+                  note="topk = 1: scores are sigmoid(logits).")
 
     # micro-batch LBL
     lbl_case("mc_lbl_softmax", 201, 16, score_function="softmax")

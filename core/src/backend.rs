@@ -52,22 +52,7 @@ pub trait Backend: Memory {
     /// # Errors
     /// Backend failures.
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<Self::Elem>> {
-        let mut a = a.into_inner();
-        if let Logits::Tokens { gemm, x, r } = a.logits {
-            self.gemm(Checked::new(GemmArgs {
-                gemm,
-                a: x,
-                b: r,
-                c: &mut *a.z,
-            }))?;
-        }
-        let max_abs_z = if a.request.max_abs_z {
-            Some(self.max_abs(a.z)?)
-        } else {
-            None
-        };
-        router::route_rows_staged(self, &mut a)?;
-        Ok(RouteSums { max_abs_z })
+        route_staged(self, a)
     }
 
     /// Capacity dropping and the dispatch plan.
@@ -213,4 +198,32 @@ pub trait Backend: Memory {
         let x = stage_elems_in(self, buf)?;
         crate::shape::check_finite(what, cols, &x)
     }
+}
+
+/// The default of [`Backend::route`]: the logits GEMM through the backend's own GEMM, `max |Z|`
+/// when asked, and the rows staged on the host ([`router::route_rows_staged`]). A backend that
+/// overrides `route` calls it for what its own kernel does not cover (Sinkhorn selection).
+///
+/// # Errors
+/// Backend failures.
+pub fn route_staged<B: Backend + ?Sized>(
+    b: &B,
+    a: Checked<Route<'_, B>>,
+) -> Result<RouteSums<B::Elem>> {
+    let mut a = a.into_inner();
+    if let Logits::Tokens { gemm, x, r } = a.logits {
+        b.gemm(Checked::new(GemmArgs {
+            gemm,
+            a: x,
+            b: r,
+            c: &mut *a.z,
+        }))?;
+    }
+    let max_abs_z = if a.request.max_abs_z {
+        Some(b.max_abs(a.z)?)
+    } else {
+        None
+    };
+    router::route_rows_staged(b, &mut a)?;
+    Ok(RouteSums { max_abs_z })
 }

@@ -89,6 +89,33 @@ impl Capacity {
     }
 }
 
+/// How the experts of a token are selected.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Selection {
+    /// The top-k of the scores plus the selection bias (with the group limit, if any).
+    #[default]
+    TopK,
+    /// Megatron-Core's `sinkhorn` router type (BASE layers' balanced assignment): the top-k of
+    /// the Sinkhorn-balanced `exp(Z)` over the whole batch, the gates from the usual scores.
+    /// Deterministic; no selection bias, no group limit.
+    Sinkhorn {
+        /// Stop when the mean change of the expert scaling is at most this (Megatron: 1e-4).
+        tol: f64,
+        /// Iteration cap (at least 1).
+        max_iters: usize,
+    },
+}
+
+impl Selection {
+    /// Sinkhorn selection with Megatron's tolerance 1e-4 and a cap of 100 iterations.
+    pub fn sinkhorn() -> Self {
+        Selection::Sinkhorn {
+            tol: 1e-4,
+            max_iters: 100,
+        }
+    }
+}
+
 /// How tokens are routed: everything the forward pass needs besides the data.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouterConfig {
@@ -108,6 +135,8 @@ pub struct RouterConfig {
     pub capacity: Option<Capacity>,
     /// Layout of the router weight.
     pub layout: WeightLayout,
+    /// How experts are selected.
+    pub selection: Selection,
     /// Check inputs for non-finite values (on by default; turn off for speed).
     pub check_finite: bool,
 }
@@ -124,6 +153,7 @@ impl RouterConfig {
             groups: None,
             capacity: None,
             layout: WeightLayout::DxE,
+            selection: Selection::TopK,
             check_finite: true,
         }
     }
@@ -164,6 +194,11 @@ impl RouterConfig {
         }
         self
     }
+    /// Sets the selection (top-k or Sinkhorn).
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
+        self
+    }
     /// Sets the router weight layout.
     pub fn with_layout(mut self, layout: WeightLayout) -> Self {
         self.layout = layout;
@@ -183,7 +218,9 @@ impl RouterConfig {
     /// [`SimbalError::GroupsDoNotDivide`], [`SimbalError::TooManyGroups`],
     /// [`SimbalError::InvalidTopGroups`], [`SimbalError::GroupSelectionTooSmall`] for a group
     /// limit that does not fit; [`SimbalError::InvalidCapacityFactor`] for a capacity factor
-    /// that is not finite and positive.
+    /// that is not finite and positive; for Sinkhorn selection,
+    /// [`SimbalError::InvalidCoefficient`] for a negative or non-finite tolerance or a zero
+    /// iteration cap and [`SimbalError::Unsupported`] with a group limit.
     pub fn validate(&self) -> Result<()> {
         let e = self.experts;
         if e == 0 {
@@ -234,6 +271,25 @@ impl RouterConfig {
         if let Some(c) = self.capacity {
             if !(c.factor.is_finite() && c.factor > 0.0) {
                 return Err(SimbalError::InvalidCapacityFactor { value: c.factor });
+            }
+        }
+        if let Selection::Sinkhorn { tol, max_iters } = self.selection {
+            if !(tol.is_finite() && tol >= 0.0) {
+                return Err(SimbalError::InvalidCoefficient {
+                    what: "Sinkhorn tolerance",
+                    value: tol,
+                });
+            }
+            if max_iters == 0 {
+                return Err(SimbalError::InvalidCoefficient {
+                    what: "Sinkhorn iteration cap",
+                    value: 0.0,
+                });
+            }
+            if self.groups.is_some() {
+                return Err(SimbalError::Unsupported {
+                    what: "Sinkhorn selection with a group limit",
+                });
             }
         }
         Ok(())

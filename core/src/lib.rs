@@ -51,8 +51,8 @@ pub use bias::update_bias;
 pub use checked::Checked;
 pub use config::{
     BiasUpdateConfig, Capacity, DropPolicy, GroupLimit, LblConfig, LblCounts, LblLevel,
-    LblNormalization, LblScores, LossConfig, RouterConfig, ScoreFn, SeqLayout, SimBalConfig,
-    SimBalNorm, WeightLayout, ZLossConfig,
+    LblNormalization, LblScores, LossConfig, RouterConfig, ScoreFn, Selection, SeqLayout,
+    SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
 };
 pub use error::{Result, SimbalError};
 pub use gemm::{Gemm, GemmArgs};

@@ -7,7 +7,7 @@
 //! with a transfer each way): sqrt-softplus scores (route and backward), the LBL's per-token
 //! score normalisation in the backward and the sums, and every token statistic over a mask or
 //! sequence ids (`Groups::Ids`: group sums and counts, LBL coefficients with per-group tokens,
-//! z-loss, statistics, entropy). The plain top-k of a biased or grouped selection runs on the
+//! z-loss, statistics, entropy), and Sinkhorn selection (a whole-batch iteration). The plain top-k of a biased or grouped selection runs on the
 //! device as a second launch of the row kernel without bias and groups.
 
 use cubecl::prelude::*;
@@ -62,6 +62,10 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     /// The logits GEMM (for [`Logits::Tokens`]), the forward row kernel, then `max |Z|` when
     /// asked (queued behind the rows, so one wait covers both).
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<f32>> {
+        if a.cfg.selection != simbal_core::Selection::TopK {
+            // Sinkhorn balances over the whole batch: core's host rows after the device GEMM.
+            return simbal_core::backend::route_staged(self, a);
+        }
         let mut a = a.into_inner();
         if let Logits::Tokens { gemm, x, r } = a.logits {
             let z = &mut *a.z;

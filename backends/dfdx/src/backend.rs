@@ -183,6 +183,10 @@ impl<E: Scalar + Dtype, D: Device<E>> Backend for Dfdx<E, D> {
     }
 
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<E>> {
+        if a.cfg.selection != simbal_core::Selection::TopK {
+            // Sinkhorn balances over the whole batch: core's rows (dfdx's GEMM still).
+            return simbal_core::backend::route_staged(self, a);
+        }
         crate::router::route(self, a.into_inner())
     }
 

@@ -17,6 +17,7 @@ use simbal_core::router::kernels::{BackwardSums, Route, RouteSums, RouterBackwar
 use simbal_core::stats::{self, CollectStats};
 use simbal_core::tokens::{Groups, HostGroups, MASKED};
 use simbal_core::zloss::LseSqSum;
+use simbal_core::Selection;
 use simbal_core::{Backend, Checked, Result, ScoreFn};
 
 impl<T: FaerElem> Backend for Faer<T> {
@@ -29,6 +30,10 @@ impl<T: FaerElem> Backend for Faer<T> {
     }
 
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<T>> {
+        if a.cfg.selection != Selection::TopK {
+            // Sinkhorn balances over the whole batch: core's rows (faer's GEMM still).
+            return simbal_core::backend::route_staged(self, a);
+        }
         Ok(self.route_checked(a.into_inner()))
     }
 

@@ -83,8 +83,23 @@ pub fn reject_near_tie(case: &Case, data: &Data, f64_fwd: &Forward, tol: f64) ->
         &f64_fwd.idx,
     );
     if m < tol {
-        Err(reject(format!("routing margin {m:.2e} below tolerance")))
-    } else {
-        Ok(())
+        return Err(reject(format!("routing margin {m:.2e} below tolerance")));
     }
+    if let simbal_core::Selection::Sinkhorn { tol: st, max_iters } = case.cfg.selection {
+        // The balanced scores decide the selection; the iteration amplifies rounding, so the
+        // margin (relative to each row's largest balanced score) must clear 100x the tolerance.
+        let (e, k) = (case.e, case.k);
+        let mut b = vec![0.0; f64_fwd.z.len()];
+        simbal_core::router::sinkhorn::sinkhorn_scores(e, &f64_fwd.z, st, max_iters, &mut b);
+        for row in b.chunks_exact(e.max(1)) {
+            let mut v = row.to_vec();
+            v.sort_by(|a, b| b.total_cmp(a));
+            // Every adjacent pair among the first k + 1 (the indices are ranked, best first).
+            let floor = 100.0 * tol * v[0].abs().max(f64::MIN_POSITIVE);
+            if (0..k.min(e - 1)).any(|r| v[r] - v[r + 1] < floor) {
+                return Err(reject("Sinkhorn selection near a tie".to_string()));
+            }
+        }
+    }
+    Ok(())
 }

@@ -164,6 +164,7 @@ pub fn router_config(e: usize) -> impl Strategy<Value = RouterConfig> {
                         min: 3,
                     }),
                     layout,
+                    selection: simbal_core::Selection::TopK,
                     check_finite,
                 }
             },

@@ -295,9 +295,10 @@ pub fn router_config(e: usize, k: usize) -> impl Strategy<Value = RouterConfig> 
         select(vec![1.0, 2.5, 0.5]),
         capacity(),
         layout(),
+        prop::bool::weighted(0.15),
     )
         .prop_map(
-            move |(groups, score, renormalize, scale, capacity, layout)| RouterConfig {
+            move |(groups, score, renormalize, scale, capacity, layout, sinkhorn)| RouterConfig {
                 experts: e,
                 k,
                 score,
@@ -306,6 +307,16 @@ pub fn router_config(e: usize, k: usize) -> impl Strategy<Value = RouterConfig> 
                 groups,
                 capacity,
                 layout,
+                // Sinkhorn selection (no group limit), with a small cap: every backend runs it
+                // through core's rows, so the cases agree exactly.
+                selection: if sinkhorn && groups.is_none() {
+                    simbal_core::Selection::Sinkhorn {
+                        tol: 1e-4,
+                        max_iters: 30,
+                    }
+                } else {
+                    simbal_core::Selection::TopK
+                },
                 check_finite: true,
             },
         )
@@ -328,7 +339,8 @@ pub fn case(lim: Limits, set: LossSet) -> impl Strategy<Value = Case> {
                 k,
                 cfg,
                 losses,
-                bias,
+                // No selection bias with Sinkhorn selection (refused).
+                bias: bias && cfg.selection == simbal_core::Selection::TopK,
                 mask,
                 seed,
             })
@@ -390,6 +402,7 @@ pub fn hard_case(set: LossSet) -> impl Strategy<Value = Case> {
                                     min: 0,
                                 }),
                                 layout,
+                                selection: simbal_core::Selection::TopK,
                                 check_finite: true,
                             },
                             losses: LossConfig { simbal, ..losses },

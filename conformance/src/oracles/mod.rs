@@ -18,6 +18,7 @@
 //! | check | fixtures | simbal mapping |
 //! |---|---|---|
 //! | `oracle_router_maps` | the 12 `mc_router_*` | `forward_logits` with the config read from `calls[0].args`: `softmax`, `use_pre_softmax=false` -> renormalised gates; `use_pre_softmax=true` -> not renormalised; `sigmoid` renormalised iff `k > 1`; `scaling_factor` -> `scale`; `num_groups`/`group_topk` -> `groups`; `expert_bias` -> selection bias; `apply_router_token_dropping(probs)` -> `capacity(cf, Probs)`. Per token the index set equals `routing_map`'s row, the kept (not dropped) set equals `final_map`'s, each gate equals the dense `routing_probs`/`final_probs` at its index (0 when dropped), counts equal `routed_counts`/`kept_counts`; `dZ` from `dW[t, j] = vjp_upstream[t, idx[t, j]]` (no loss) equals `d sum(final_probs * vjp_upstream)/d logits` |
+//! | `oracle_router_sinkhorn` | `mc_router_sinkhorn`, `mc_router_sinkhorn_k1` | `forward_logits` with `Selection::Sinkhorn { tol: 1e-4 }` (Megatron's tolerance, no cap there: a cap of 100000 here), scores `sigmoid` for `k = 1` and `softmax` otherwise, not renormalised (Megatron gathers the scores at the balanced top-k). Per token the index set equals `routing_map`'s row, each gate equals `scores` at its index, counts equal `routed_counts` |
 //! | `oracle_switch_lbl` | `mc_lbl_softmax` | softmax top-2 router, LBL `{alpha: 0.37, MicroBatch, Switch}` (default scores and counts), no mask: LBL value, `dZ`; `routed_counts` and kept counts = `tokens_per_expert`, `tokens` = `total_num_tokens`, `score_sums` = column sums of `scores_for_aux_loss` |
 //! | `oracle_sigmoid_lbl` | `mc_lbl_sigmoid` | the same on a sigmoid router: `LblScores::Normalized` (default) is Megatron's `q = p / (sum p + 1e-20)` |
 //! | `oracle_masked_lbl` | `mc_lbl_softmax_masked`, `mc_lbl_sigmoid_masked` | the same with `Batch::mask` = `inputs.valid` (1 = valid; Megatron's `padding_mask` negated): `N_v` averaging, masked rows `dZ = 0` |
@@ -58,12 +59,14 @@ pub(crate) mod fixture;
 pub mod losses;
 pub mod masked;
 pub mod router;
+pub mod sinkhorn;
 
 crate::__conformance_op! {
     /// The oracle fixtures' tests, as a module `oracles` of `#[test]`s on the backend `$make`
     /// builds (see [`crate::conformance_suite!`]).
     conformance_oracles, oracles {
         oracle_router_maps => router::router_maps,
+        oracle_router_sinkhorn => sinkhorn::router_sinkhorn,
         oracle_switch_lbl => losses::switch_lbl,
         oracle_sigmoid_lbl => losses::sigmoid_lbl,
         oracle_masked_lbl => losses::masked_lbl,
@@ -106,6 +109,11 @@ pub const ROUTER: &[Fixture] = &[
     fixture!("mc_router_softmax_pre_capacity_probs"),
     fixture!("mc_router_sigmoid_bias_capacity_probs"),
     fixture!("mc_router_softmax_post_capacity_probs"),
+];
+/// The Sinkhorn router fixtures (`oracle_router_sinkhorn`).
+pub const SINKHORN: &[Fixture] = &[
+    fixture!("mc_router_sinkhorn"),
+    fixture!("mc_router_sinkhorn_k1"),
 ];
 /// The micro-batch softmax LBL fixture without mask (`oracle_switch_lbl`).
 pub const SWITCH_LBL: &[Fixture] = &[fixture!("mc_lbl_softmax")];
@@ -161,6 +169,7 @@ pub const NOT_YET: &[&str] = &[];
 pub fn asserted() -> impl Iterator<Item = &'static Fixture> {
     [
         ROUTER,
+        SINKHORN,
         SWITCH_LBL,
         SIGMOID_LBL,
         MASKED_LBL,

@@ -5,7 +5,7 @@
 
 use super::reference;
 use crate::checked::Checked;
-use crate::config::RouterConfig;
+use crate::config::{RouterConfig, Selection};
 use crate::error::{Result, SimbalError};
 use crate::gemm::Gemm;
 use crate::memory::Memory;
@@ -76,7 +76,8 @@ impl<'a, M: Memory + ?Sized> Route<'a, M> {
     /// The configuration's own errors ([`RouterConfig::validate`]);
     /// [`SimbalError::LengthMismatch`] unless `z` and `p` hold `n x E`, `idx` and `gates`
     /// `n x k` (and `plain`), `bias` `E`, and for [`Logits::Tokens`] the GEMM has `m = n`,
-    /// `n = E` and `x`, `r` fit it.
+    /// `n = E` and `x`, `r` fit it; [`SimbalError::Unsupported`] for a selection bias with
+    /// Sinkhorn selection.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
         let cfg = self.cfg;
         cfg.validate()?;
@@ -93,6 +94,11 @@ impl<'a, M: Memory + ?Sized> Route<'a, M> {
         }
         if let Some(b) = self.bias {
             check_len("selection bias", cfg.experts, m.len(b))?;
+            if cfg.selection != Selection::TopK {
+                return Err(SimbalError::Unsupported {
+                    what: "a selection bias with Sinkhorn selection",
+                });
+            }
         }
         if let Logits::Tokens { gemm, x, r } = &self.logits {
             check_len("logits GEMM rows", self.n, gemm.m)?;
@@ -105,8 +111,9 @@ impl<'a, M: Memory + ?Sized> Route<'a, M> {
     }
 }
 
-/// Scores, top-k and gates of the logits in `z` on the host (the default of the row part of
-/// [`crate::Backend::route`]).
+/// Scores, selection and gates of the logits in `z` on the host (the default of the row part
+/// of [`crate::Backend::route`]); Sinkhorn selection over the whole batch
+/// ([`super::sinkhorn`]). Backends route Sinkhorn selection here.
 ///
 /// # Errors
 /// Transfer failures of a device backend.
@@ -123,15 +130,28 @@ pub fn route_rows_staged<M: Memory + ?Sized>(m: &M, a: &mut Route<'_, M>) -> Res
         Some(pl) => Some(stage_out::<_, Idxs>(m, pl, false)?),
         None => None,
     };
-    reference::route_rows(
-        a.cfg,
-        &z,
-        bias.as_deref(),
-        p.slice(),
-        idx.slice(),
-        gates.slice(),
-        plain.as_mut().map(|pl| pl.slice()),
-    );
+    let plain_out = plain.as_mut().map(|pl| pl.slice());
+    if a.cfg.selection == Selection::TopK {
+        let b = bias.as_deref();
+        reference::route_rows(
+            a.cfg,
+            &z,
+            b,
+            p.slice(),
+            idx.slice(),
+            gates.slice(),
+            plain_out,
+        );
+    } else {
+        super::sinkhorn::route_sinkhorn(
+            a.cfg,
+            &z,
+            p.slice(),
+            idx.slice(),
+            gates.slice(),
+            plain_out,
+        );
+    }
     p.finish(m)?;
     idx.finish(m)?;
     if let Some(pl) = plain {

@@ -14,6 +14,7 @@ pub mod reference;
 pub mod routing;
 pub mod score;
 pub mod select;
+pub mod sinkhorn;
 mod workspace;
 
 use crate::backend::Backend;
@@ -341,8 +342,10 @@ fn route_rows<B: Backend>(
     bias: Option<&B::View>,
     request: RouteRequest,
 ) -> Result<RouteSums<B::Elem>> {
-    // The LBL counts the plain top-k of the scores; only a bias or groups make it differ.
-    routing.has_plain = bias.is_some() || cfg.groups.is_some();
+    // The LBL counts the plain top-k of the scores; only a bias, groups or Sinkhorn selection
+    // make it differ.
+    routing.has_plain =
+        bias.is_some() || cfg.groups.is_some() || cfg.selection != crate::config::Selection::TopK;
     b.route(
         Route {
             cfg,
