@@ -10,7 +10,9 @@ JSON schema:
 Objective (f32), for X (N x D), R (D x E), upstream gate gradient dW (N x k):
 
     Z = X R,  P = softmax(Z) row-wise,  (vals, idx) = top-k of P per row,
-    W = vals / sum(vals),  c_e = #tokens routed to e (no grad),
+    W = vals / sum(vals),  c_e = #tokens routed to e (no grad): the plain top-k, simbal's
+    default LblCounts::Routed (no bias, groups or capacity here, so also the dispatched counts);
+    softmax scores, which simbal's default LBL score normalisation leaves as they are,
     L = sum(W * dW) + 0.1 * SimBal(R) + 0.01 * LBL + 1e-3 * zloss
     SimBal(R) = sum_ab |(R^T R - I)_ab|
     LBL       = E * sum_e f_e * Pbar_e,  f_e = c_e / (k N) (constant), Pbar_e = mean_t P_te

@@ -16,7 +16,7 @@ import sys
 
 SHAPE_ORDER = ["paper-M", "paper-L", "mixtral", "deepseek",
                "simbal-768x32", "simbal-1536x32", "simbal-7168x256"]
-OP_ORDER = ["step", "forward", "gemm-floor", "bytes-floor", "simbal"]
+OP_ORDER = ["step", "step-masked", "forward", "gemm-floor", "bytes-floor", "simbal"]
 STEP_SHAPES = ["paper-M", "paper-L", "mixtral", "deepseek"]
 FILES = [("simbal", "simbal.json"), ("torch", "torch.json"), ("jax", "jax.json")]
 

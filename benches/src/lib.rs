@@ -179,6 +179,22 @@ pub fn run_step<B: Backend>(
     Ok(grads.losses.total)
 }
 
+/// [`run_step`] with a token mask (`N`, 1 = valid): what padding costs.
+///
+/// # Errors
+/// The router's errors.
+pub fn run_step_masked<B: Backend>(
+    router: &mut Router<B>,
+    inp: &StepInputs<B>,
+    mask: &B::IdxView,
+    losses: &LossConfig,
+) -> Result<B::Elem> {
+    let batch = simbal_core::Batch::new().mask(mask);
+    let mut pass = router.forward_batch(view::<B>(&inp.x), view::<B>(&inp.r), batch)?;
+    let grads = pass.backward(view::<B>(&inp.dw), losses, None)?;
+    Ok(grads.losses.total)
+}
+
 /// Forward-only routing (inference).
 ///
 /// # Errors

@@ -141,16 +141,26 @@ fn body(args: &Args) {
             let inp = inputs(&b, s, args, 0)?;
             let mut router = step_router(b, s)?;
             let mut router2 = step_router(b, s)?;
+            let mut router3 = step_router(b, s)?;
+            // The default step with a token mask: every eighth token padding.
+            let mask: Vec<u32> = (0..s.n).map(|t| u32::from(t % 8 != 7)).collect();
             let mut floor = GemmFloor::new(&b, s)?;
             let x_host: &[f32] = &inp.x; // faer buffers are host vectors
             let mut bytes = ByteFloor::<f32>::new(s);
-            // The four ops take turns, one call each per round, so a burst of load from a
+            // The ops take turns, one call each per round, so a burst of load from a
             // neighbour hits all of them alike and their ratios stay meaningful.
-            let mut ops: [NamedOp<'_, '_>; 4] = [
+            let mut ops: [NamedOp<'_, '_>; 5] = [
                 (
                     "step",
                     Box::new(|| {
                         run_step(&mut router, &inp, &losses).expect("step");
+                    }),
+                ),
+                (
+                    "step-masked",
+                    Box::new(|| {
+                        run_step_masked(&mut router3, &inp, &mask[..], &losses)
+                            .expect("masked step");
                     }),
                 ),
                 (
