@@ -185,15 +185,8 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         } else {
             None
         };
-        let max_abs_dz = a
-            .request
-            .max_abs_dz
-            .then(|| self.max_abs(a.dz))
-            .transpose()?;
-        Ok(BackwardSums {
-            lse_sq_sum: lse.map(|out| self.read_first(&out)).transpose()?,
-            max_abs_dz,
-        })
+        let read = || lse.map(|out| self.read_first(&out)).transpose();
+        self.backward_sums(a.request.max_abs_dz, a.dz, read)
     }
 
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
@@ -386,13 +379,20 @@ impl<R: Runtime> CubeclBackend<R> {
         } else {
             None
         };
-        let max_abs_dz = a
-            .request
-            .max_abs_dz
-            .then(|| self.max_abs(a.dz))
-            .transpose()?;
+        self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum))
+    }
+
+    /// The sums of a router backward whose `dz` is written: `max |dZ|` when `max_abs_dz`
+    /// (the request asks for it), then `lse_sq_sum()` (`sum lse^2`, when asked).
+    fn backward_sums(
+        &self,
+        max_abs_dz: bool,
+        dz: &DevBuf<f32>,
+        lse_sq_sum: impl FnOnce() -> Result<Option<f32>>,
+    ) -> Result<BackwardSums<f32>> {
+        let max_abs_dz = max_abs_dz.then(|| self.max_abs(dz)).transpose()?;
         Ok(BackwardSums {
-            lse_sq_sum,
+            lse_sq_sum: lse_sq_sum()?,
             max_abs_dz,
         })
     }

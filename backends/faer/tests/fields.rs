@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, assert_close_as, assert_close_scalar, assert_losses, normal};
-use common::{route_given, route_given_plain};
+use common::{backends, elems_test, per_elem_test, route_given, route_given_plain};
 use simbal_core::lbl::kernels::GroupSums;
 use simbal_core::router::kernels::{BackwardRequest, LblCoef, RouterBackward};
 use simbal_core::router::select::plain_topk_row;
@@ -17,31 +17,37 @@ use simbal_core::{
     orthogonal_init, Backend, Batch, LblConfig, LblLevel, LossConfig, Memory, Reference, Router,
     RouterConfig, RoutingStats, Scalar, ScoreFn, SeqLayout, ZLossConfig,
 };
-use simbal_faer::{Faer, FaerElem, Par};
+use simbal_faer::FaerElem;
 
-fn backends<T: FaerElem>() -> Vec<Faer<T>> {
-    vec![
-        Faer::with_par(Par::Seq),
-        Faer::with_par(Par::rayon(4)),
-        Faer::new(),
-    ]
+/// `(want, got)`: `body` with `|b, x|` bound to `(reference, x_ref)`, then to `(backend, x_be)`:
+/// one kernel call written once for both backends (their types differ).
+macro_rules! both {
+    (($rf:expr, $x_rf:expr), ($be:expr, $x_be:expr), |$b:ident, $x:ident| $body:expr) => {
+        (
+            {
+                let ($b, $x) = ($rf, $x_rf);
+                $body
+            },
+            {
+                let ($b, $x) = ($be, $x_be);
+                $body
+            },
+        )
+    };
 }
 
 /// Every score function, with and without renormalisation (the `f32` fused backward sweep is
 /// softmax with renormalisation; the rest run core's rows).
 fn configs(e: usize) -> Vec<RouterConfig> {
-    vec![
-        RouterConfig::new(e, 4),
-        RouterConfig::new(e, 2)
-            .with_renormalize(false)
-            .with_scale(2.5),
-        RouterConfig::new(e, 4).with_score(ScoreFn::Sigmoid),
+    let mut v = common::base_configs(e);
+    v.extend([
         RouterConfig::new(e, 4).with_score(ScoreFn::SqrtSoftplus),
         RouterConfig::new(e, 3)
             .with_score(ScoreFn::SqrtSoftplus)
             .with_renormalize(false),
         RouterConfig::new(e, 4).with_groups(4, 2),
-    ]
+    ]);
+    v
 }
 
 /// A mask with runs of padding (the tail of every 256-token sequence) and scattered holes.
@@ -129,11 +135,7 @@ fn plain_topk<T: FaerElem>() {
     }
 }
 
-#[test]
-fn plain_topk_matches_reference() {
-    plain_topk::<f32>();
-    plain_topk::<f64>();
-}
+elems_test!(plain_topk_matches_reference: plain_topk(f32, f64));
 
 /// The fused logits GEMM and routing writes the plain top-k of each block too.
 fn fused_plain<T: FaerElem>() {
@@ -159,11 +161,7 @@ fn fused_plain<T: FaerElem>() {
     }
 }
 
-#[test]
-fn fused_forward_writes_the_plain_topk() {
-    fused_plain::<f32>();
-    fused_plain::<f64>();
-}
+elems_test!(fused_forward_writes_the_plain_topk: fused_plain(f32, f64));
 
 /// The loss configurations of the masked passes: every level and layout, with the z-loss.
 fn losses() -> Vec<(LossConfig, bool)> {
@@ -262,15 +260,7 @@ fn masked_router<T: FaerElem>() {
     }
 }
 
-#[test]
-fn masked_router_f64() {
-    masked_router::<f64>();
-}
-
-#[test]
-fn masked_router_f32() {
-    masked_router::<f32>();
-}
+per_elem_test!(masked_router: masked_router_f64 = f64, masked_router_f32 = f32);
 
 /// `router_backward` called directly with per-token ids (masked tokens), the LBL's per-token
 /// normalisation and every score function equals the reference backend's staged rows.
@@ -284,19 +274,22 @@ fn backward_direct<T: FaerElem>() {
         let (p, idx, gates) = route_given(&Reference::<T>::new(), &cfg, n, &z, None).unwrap();
         let dw = normal::<T>(53 + ci as u64, n * k, 1.0);
         let dropped: Vec<u32> = (0..n * k).map(|a| u32::from(a % 11 == 3)).collect();
+        let rows = Rows {
+            cfg: &cfg,
+            z: &z,
+            p,
+            idx,
+            gates,
+            dropped,
+            dw,
+            coef: &coef,
+        };
         for with_ids in [false, true] {
             for normalize in [false, true] {
                 let want = backward_of(
                     &Reference::<T>::new(),
-                    &cfg,
-                    &z,
-                    &p,
-                    &idx,
-                    &gates,
-                    &dropped,
-                    &dw,
+                    &rows,
                     g_ref(with_ids, &ids, groups, n),
-                    &coef,
                     normalize,
                 );
                 for be in backends::<T>() {
@@ -304,19 +297,7 @@ fn backward_direct<T: FaerElem>() {
                         "config {ci} ids {with_ids} normalize {normalize} {:?}",
                         be.par()
                     );
-                    let got = backward_of(
-                        &be,
-                        &cfg,
-                        &z,
-                        &p,
-                        &idx,
-                        &gates,
-                        &dropped,
-                        &dw,
-                        g_ref(with_ids, &ids, groups, n),
-                        &coef,
-                        normalize,
-                    );
+                    let got = backward_of(&be, &rows, g_ref(with_ids, &ids, groups, n), normalize);
                     assert_rel(&format!("{what}: dz"), &got.0, &want.0, tol::<T>());
                     assert_rel(&format!("{what}: lse^2"), &[got.1], &[want.1], tol::<T>());
                     assert_eq!(got.2.is_nan(), want.2.is_nan(), "{what}: max |dz|");
@@ -326,36 +307,44 @@ fn backward_direct<T: FaerElem>() {
     }
 }
 
+/// What one `router_backward` call of [`backward_of`] reads besides the groups: the routed
+/// rows, `dW` and the LBL coefficients.
+struct Rows<'a, T> {
+    cfg: &'a RouterConfig,
+    z: &'a [T],
+    p: Vec<T>,
+    idx: Vec<u32>,
+    gates: Vec<T>,
+    dropped: Vec<u32>,
+    dw: Vec<T>,
+    coef: &'a [T],
+}
+
 /// `dz`, `sum lse^2` and `max |dz|` of one `router_backward` call.
-#[allow(clippy::too_many_arguments)]
 fn backward_of<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
     be: &B,
-    cfg: &RouterConfig,
-    z: &[T],
-    p: &[T],
-    idx: &[u32],
-    gates: &[T],
-    dropped: &[u32],
-    dw: &[T],
+    r: &Rows<'_, T>,
     groups: Groups<'_, B>,
-    coef: &[T],
     normalize: bool,
 ) -> (Vec<T>, T, T) {
-    let n = z.len() / cfg.experts;
-    let mut dz = vec![T::nan(); z.len()];
+    let n = r.z.len() / r.cfg.experts;
+    let mut dz = vec![T::nan(); r.z.len()];
     let sums = be
         .router_backward(
             RouterBackward {
-                cfg,
+                cfg: r.cfg,
                 n,
-                z,
-                p,
-                idx,
-                gates,
-                dropped,
-                dw,
+                z: r.z,
+                p: &r.p[..],
+                idx: &r.idx[..],
+                gates: &r.gates[..],
+                dropped: &r.dropped[..],
+                dw: &r.dw[..],
                 groups,
-                lbl: Some(LblCoef { coef, normalize }),
+                lbl: Some(LblCoef {
+                    coef: r.coef,
+                    normalize,
+                }),
                 z_coef: T::of(0.01),
                 dz: &mut dz[..],
                 request: BackwardRequest {
@@ -370,11 +359,7 @@ fn backward_of<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
     (dz, sums.lse_sq_sum.unwrap(), sums.max_abs_dz.unwrap())
 }
 
-#[test]
-fn backward_kernel_matches_reference_rows() {
-    backward_direct::<f64>();
-    backward_direct::<f32>();
-}
+elems_test!(backward_kernel_matches_reference_rows: backward_direct(f64, f32));
 
 /// Group sums (normalised or not), `sum lse^2` and the statistics with per-token ids or runs.
 fn reductions<T: FaerElem>() {
@@ -390,26 +375,19 @@ fn reductions<T: FaerElem>() {
         for with_ids in [false, true] {
             let what = format!("ids {with_ids} {:?}", be.par());
             for normalize in [false, true] {
-                let mut want = vec![T::zero(); groups * e];
-                let mut got = vec![T::nan(); groups * e];
-                let a = GroupSums {
-                    n,
-                    cols: e,
-                    groups: g_ref(with_ids, &ids, groups, n),
-                    normalize,
-                    a: &p[..],
-                    out: &mut want[..],
-                };
-                rf.group_column_sums(a.check(&rf).unwrap()).unwrap();
-                let a = GroupSums {
-                    n,
-                    cols: e,
-                    groups: g_ref(with_ids, &ids, groups, n),
-                    normalize,
-                    a: &p[..],
-                    out: &mut got[..],
-                };
-                be.group_column_sums(a.check(&be).unwrap()).unwrap();
+                let (want, got) = both!((&rf, T::zero()), (&be, T::nan()), |b, init| {
+                    let mut out = vec![init; groups * e];
+                    let a = GroupSums {
+                        n,
+                        cols: e,
+                        groups: g_ref(with_ids, &ids, groups, n),
+                        normalize,
+                        a: &p[..],
+                        out: &mut out[..],
+                    };
+                    b.group_column_sums(a.check(b).unwrap()).unwrap();
+                    out
+                });
                 assert_rel(
                     &format!("{what}: group sums {normalize}"),
                     &got,
@@ -417,64 +395,39 @@ fn reductions<T: FaerElem>() {
                     tol::<T>(),
                 );
             }
-            let want = rf
-                .lse_sq_sum(
-                    LseSqSum {
-                        n,
-                        groups: g_ref(with_ids, &ids, groups, n),
-                        e,
-                        z: &z[..],
-                        scores: None,
-                    }
-                    .check(&rf)
-                    .unwrap(),
-                )
-                .unwrap();
-            let got = be
-                .lse_sq_sum(
-                    LseSqSum {
-                        n,
-                        groups: g_ref(with_ids, &ids, groups, n),
-                        e,
-                        z: &z[..],
-                        scores: Some((cfg.score, &p[..])),
-                    }
-                    .check(&be)
-                    .unwrap(),
-                )
-                .unwrap();
+            // The reference from the logits, the backend from the scores.
+            let scores = Some((cfg.score, &p[..]));
+            let (want, got) = both!((&rf, None), (&be, scores), |b, scores| {
+                let a = LseSqSum {
+                    n,
+                    groups: g_ref(with_ids, &ids, groups, n),
+                    e,
+                    z: &z[..],
+                    scores,
+                };
+                b.lse_sq_sum(a.check(b).unwrap()).unwrap()
+            });
             assert_rel(&format!("{what}: lse^2"), &[got], &[want], tol::<T>());
             for (pl, dr) in [(None, false), (None, true), (Some(&plain[..]), false)] {
                 let drop = if dr { dropped.clone() } else { vec![0; n * k] };
                 let counts = kept_counts(e, &idx, &drop);
-                let mut want = RoutingStats::default();
-                let a = CollectStats {
-                    n,
-                    k,
-                    p: &p[..],
-                    normalize: true,
-                    idx: &idx[..],
-                    dropped: &drop[..],
-                    counts: &counts[..],
-                    plain: pl,
-                    groups: g_ref(with_ids, &ids, groups, n),
-                    out: &mut want,
-                };
-                rf.routing_stats(a.check(&rf).unwrap()).unwrap();
-                let mut got = RoutingStats::default();
-                let a = CollectStats {
-                    n,
-                    k,
-                    p: &p[..],
-                    normalize: true,
-                    idx: &idx[..],
-                    dropped: &drop[..],
-                    counts: &counts[..],
-                    plain: pl,
-                    groups: g_ref(with_ids, &ids, groups, n),
-                    out: &mut got,
-                };
-                be.routing_stats(a.check(&be).unwrap()).unwrap();
+                let (want, got) = both!((&rf, ()), (&be, ()), |b, _unit| {
+                    let mut out = RoutingStats::default();
+                    let a = CollectStats {
+                        n,
+                        k,
+                        p: &p[..],
+                        normalize: true,
+                        idx: &idx[..],
+                        dropped: &drop[..],
+                        counts: &counts[..],
+                        plain: pl,
+                        groups: g_ref(with_ids, &ids, groups, n),
+                        out: &mut out,
+                    };
+                    b.routing_stats(a.check(b).unwrap()).unwrap();
+                    out
+                });
                 let what = format!("{what} plain {} dropped {dr}", pl.is_some());
                 assert_eq!(
                     (&got.counts, &got.routed_counts, got.tokens, got.dropped),
@@ -512,8 +465,4 @@ fn kept_counts(e: usize, idx: &[u32], dropped: &[u32]) -> Vec<u32> {
     c
 }
 
-#[test]
-fn reductions_with_groups_match_reference() {
-    reductions::<f64>();
-    reductions::<f32>();
-}
+elems_test!(reductions_with_groups_match_reference: reductions(f64, f32));

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, assert_close_as, assert_close_scalar, assert_losses, normal, per_elem_test,
-    route_given,
+    assert_close, assert_close_as, assert_close_scalar, assert_losses, backends, normal,
+    per_elem_test, route_given,
 };
 use simbal_core::lbl::kernels::GroupSums;
 use simbal_core::router::kernels::{
@@ -23,26 +23,13 @@ use simbal_core::{
 };
 use simbal_faer::{Faer, FaerElem, Par};
 
-/// The parallel settings every comparison runs under (4 blocks even on a 2-core machine).
-fn backends<T: FaerElem>() -> Vec<Faer<T>> {
-    vec![
-        Faer::with_par(Par::Seq),
-        Faer::with_par(Par::rayon(4)),
-        Faer::new(),
-    ]
-}
-
 /// Router configurations over `e = 16` experts, covering every branch of the row kernels: every
 /// score function, renormalisation and scale, group limits (effective and not), capacity with
 /// both policies, `k = 1`, `k = E`.
 fn configs() -> Vec<RouterConfig> {
     let e = 16;
-    vec![
-        RouterConfig::new(e, 4),
-        RouterConfig::new(e, 2)
-            .with_renormalize(false)
-            .with_scale(2.5),
-        RouterConfig::new(e, 4).with_score(ScoreFn::Sigmoid),
+    let mut v = common::base_configs(e);
+    v.extend([
         RouterConfig::new(e, 3)
             .with_score(ScoreFn::Sigmoid)
             .with_renormalize(false),
@@ -57,7 +44,8 @@ fn configs() -> Vec<RouterConfig> {
             .with_score(ScoreFn::SqrtSoftplus)
             .with_renormalize(false)
             .with_scale(2.5),
-    ]
+    ]);
+    v
 }
 
 /// Loss configurations for the backward passes from logits (`n` divisible by 256).

@@ -240,16 +240,15 @@ pub fn global_batch_is_exact<B: Backend>(make: &dyn Fn() -> Option<B>) {
             }),
             ..case.clone()
         };
+        // Shard `s` with the LBL `level` and `shard_factor`, the all-reduced statistics `global`.
+        let run_shard = |s: usize, level, factor, global: Option<&RoutingStats>| {
+            run_case(make, &shard_case(level, factor), &shard_data(s), global)
+        };
         // Forward every shard first: the statistics all-reduced after the forward.
         let mut merged = RoutingStats::empty(e);
         let mut own = Vec::new();
         for s in 0..shards {
-            let (_, st) = run_case(
-                make,
-                &shard_case(LblLevel::MicroBatch, 1.0),
-                &shard_data(s),
-                None,
-            )?;
+            let (_, st) = run_shard(s, LblLevel::MicroBatch, 1.0, None)?;
             merged.merge(&st).ctx("merge")?;
             own.push(st);
         }
@@ -263,21 +262,11 @@ pub fn global_batch_is_exact<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let mut dr = vec![0.0; full.dr.len()];
         let mut dx = Vec::new();
         for s in 0..shards {
-            let (g, _) = run_case(
-                make,
-                &shard_case(LblLevel::GlobalBatch, 1.0),
-                &shard_data(s),
-                Some(&merged),
-            )?;
+            let (g, _) = run_shard(s, LblLevel::GlobalBatch, 1.0, Some(&merged))?;
             value += g.losses[1];
             dr.iter_mut().zip(&g.dr).for_each(|(a, b)| *a += b);
             dx.extend(g.dx);
-            let (avg, _) = run_case(
-                make,
-                &shard_case(LblLevel::GlobalBatch, shards as f64),
-                &shard_data(s),
-                Some(&merged),
-            )?;
+            let (avg, _) = run_shard(s, LblLevel::GlobalBatch, shards as f64, Some(&merged))?;
             averaged += avg.losses[1] / shards as f64;
         }
         close1("sum of the shards' LBL", value, full.losses[1], tol)?;
@@ -296,12 +285,7 @@ pub fn global_batch_is_exact<B: Backend>(make: &dyn Fn() -> Option<B>) {
             if so_far.tokens == 0 {
                 continue;
             }
-            let (g, _) = run_case(
-                make,
-                &shard_case(LblLevel::GlobalBatch, 1.0),
-                &shard_data(s),
-                Some(&so_far),
-            )?;
+            let (g, _) = run_shard(s, LblLevel::GlobalBatch, 1.0, Some(&so_far))?;
             let (nt, k) = (so_far.tokens as f64, case.k as f64);
             let hf = lbl.normalization == simbal_core::LblNormalization::HuggingFace;
             let counts = so_far.lbl_counts(lbl.counts);

@@ -1,8 +1,24 @@
 //! Reading an embedded fixture's JSON, and the comparison at the outside-oracle tolerance.
 
-use crate::harness::util::is_f64;
+use crate::harness::util::{acquire, is_f64};
 use serde_json::Value;
 use simbal_core::Backend;
+
+/// Runs `check` on the backend `make` builds (the check `name` is skipped, or fails under CI,
+/// when it builds none) and each fixture of `list`, parsed.
+pub(super) fn each<B: Backend>(
+    make: &dyn Fn() -> Option<B>,
+    name: &str,
+    list: &[super::Fixture],
+    mut check: impl FnMut(&B, Fx),
+) {
+    let Some(io) = acquire(make, name) else {
+        return;
+    };
+    for fixture in list {
+        check(&io, Fx::parse(fixture));
+    }
+}
 
 // ----------------------------------------------------------------------------- JSON access
 

@@ -4,11 +4,10 @@
 //! `N_v`, recomputed here in `f64`), and `Routed` against `Dispatched` counts on a dispatching
 //! router (bias, groups, scale, capacity).
 
-use super::fixture::{near, near1, tol, Fx};
+use super::fixture::{each, near, near1, tol};
 use super::losses::value_and_dz;
 use super::losses::{counts_at, hf_mask, hf_stack, lbl, mask_at, megatron_router, run, seq_counts};
 use super::{ALL_MASKED, ROUTED_COUNTS, SEQ_UNEVEN};
-use crate::harness::util::acquire;
 use simbal_core::{
     Backend, DropPolicy, LblConfig, LblCounts, LblLevel, LblNormalization, LossConfig,
     RouterConfig, SeqLayout,
@@ -19,12 +18,7 @@ use simbal_core::{
 /// shows the departure), simbal's LBL is exactly 0, every `dZ` exactly 0, no valid token and
 /// no count.
 pub fn all_masked<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const NAME: &str = "oracles::all_masked";
-    let Some(io) = acquire(make, NAME) else {
-        return;
-    };
-    for fixture in ALL_MASKED {
-        let f = Fx::parse(fixture);
+    each(make, "oracles::all_masked", ALL_MASKED, |io, f| {
         let (mask, z, router, cfg) = match f.str("/kind") {
             "lbl" => {
                 let (e, k) = (f.usize("/args/num_experts"), f.usize("/args/topk"));
@@ -56,7 +50,7 @@ pub fn all_masked<B: Backend>(make: &dyn Fn() -> Option<B>) {
             "{}: oracle not NaN",
             f.name
         );
-        let r = run(make, &io, &z, router, Some(&mask), None, &cfg);
+        let r = run(make, io, &z, router, Some(&mask), None, &cfg);
         assert_eq!(r.stats.tokens, 0, "{}: valid tokens", f.name);
         assert!(
             r.stats.routed_counts.iter().all(|&c| c == 0),
@@ -72,7 +66,7 @@ pub fn all_masked<B: Backend>(make: &dyn Fn() -> Option<B>) {
             f.name,
             bad.map(|i| r.dz[i])
         );
-    }
+    });
 }
 
 /// Gradient of `alpha E / (k N^2) sum_e c_e sum_t q_te` with respect to the sigmoid logits `z`
@@ -109,11 +103,7 @@ fn sigmoid_lbl_dz(z: &[f64], e: usize, k: usize, alpha: f64, c: &[u64]) -> Vec<f
 pub fn routed_counts<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "oracles::routed_counts";
     const SPEC_DISPATCHED: f64 = 0.1613462311823455;
-    let Some(io) = acquire(make, NAME) else {
-        return;
-    };
-    for fixture in ROUTED_COUNTS {
-        let f = Fx::parse(fixture);
+    each(make, NAME, ROUTED_COUNTS, |io, f| {
         assert!(f.opt("/inputs/valid").is_none(), "{}: masked", f.name);
         assert_eq!(f.str("/args/score_function"), "sigmoid", "{}", f.name);
         let (e, k) = (f.usize("/args/num_experts"), f.usize("/args/topk"));
@@ -132,7 +122,7 @@ pub fn routed_counts<B: Backend>(make: &dyn Fn() -> Option<B>) {
 
         // Routed (the default): the oracle.
         let cfg = lbl(alpha, LblLevel::MicroBatch, LblNormalization::Switch);
-        let r = run(make, &io, &z, router, None, Some(&bias), &cfg);
+        let r = run(make, io, &z, router, None, Some(&bias), &cfg);
         assert_eq!(r.stats.routed_counts, routed, "{}: routed counts", f.name);
         assert_eq!(r.stats.counts, kept, "{}: kept counts", f.name);
         value_and_dz::<B>(
@@ -173,7 +163,7 @@ pub fn routed_counts<B: Backend>(make: &dyn Fn() -> Option<B>) {
             counts: LblCounts::Dispatched,
             ..LblConfig::default()
         });
-        let r = run(make, &io, &z, router, None, Some(&bias), &cfg);
+        let r = run(make, io, &z, router, None, Some(&bias), &cfg);
         near1(
             &name("LBL (Dispatched) vs SPEC"),
             r.losses[0],
@@ -186,7 +176,7 @@ pub fn routed_counts<B: Backend>(make: &dyn Fn() -> Option<B>) {
             &sigmoid_lbl_dz(&z, e, k, alpha, &kept),
             tol::<B>(),
         );
-    }
+    });
 }
 
 /// SPEC's sequence LBL of softmax logits `z` on Megatron's `[S, B]` rows (row `s*B + b` in
@@ -253,11 +243,7 @@ fn seq_lbl_f64(
 pub fn seq_lbl_uneven<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "oracles::seq_lbl_uneven";
     const SPEC: f64 = 0.43405167926371;
-    let Some(io) = acquire(make, NAME) else {
-        return;
-    };
-    for fixture in SEQ_UNEVEN {
-        let f = Fx::parse(fixture);
+    each(make, NAME, SEQ_UNEVEN, |io, f| {
         assert_eq!(f.str("/args/score_function"), "softmax", "{}", f.name);
         let (e, k) = (f.usize("/args/num_experts"), f.usize("/args/topk"));
         let (s, b) = (f.usize("/args/seq_length"), f.usize("/args/bsz"));
@@ -308,7 +294,7 @@ pub fn seq_lbl_uneven<B: Backend>(make: &dyn Fn() -> Option<B>) {
         );
         let r = run(
             make,
-            &io,
+            io,
             &z,
             megatron_router(&f, e, k),
             Some(&mask),
@@ -329,5 +315,5 @@ pub fn seq_lbl_uneven<B: Backend>(make: &dyn Fn() -> Option<B>) {
         );
         near1(&name("sequence LBL vs SPEC"), r.losses[0], spec, tol::<B>());
         near(&name("dZ vs SPEC"), &r.dz, &spec_dz, tol::<B>());
-    }
+    });
 }

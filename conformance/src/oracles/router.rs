@@ -1,7 +1,7 @@
 //! Megatron-Core's router (`topk_routing_with_score_function`, `apply_router_token_dropping`)
 //! against simbal's `forward_logits` and its backward.
 
-use super::fixture::{data_of, near, num, ok, tol, Fx};
+use super::fixture::{data_of, each, near, num, ok, tol, Fx};
 use super::ROUTER;
 use crate::harness::run::{read_forward, read_logit_backward};
 use crate::harness::util::*;
@@ -61,25 +61,20 @@ fn row_set(map: &[f64], e: usize, t: usize) -> Vec<u32> {
 /// Megatron's `topk_routing_with_score_function` (and `apply_router_token_dropping` with the
 /// `probs` policy): routing and kept sets, gates, counts and the gate VJP.
 pub fn router_maps<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const NAME: &str = "oracles::router_maps";
-    let Some(io) = acquire(make, NAME) else {
-        return;
-    };
-    let t = tol::<B>();
-    for fixture in ROUTER {
-        let f = Fx::parse(fixture);
+    each(make, "oracles::router_maps", ROUTER, |io, f| {
+        let t = tol::<B>();
         let name = f.name;
         let (cfg, bias) = router_config(&f);
         let (n, e, k) = (f.usize("/inputs/num_tokens"), cfg.experts, cfg.k);
         assert_eq!(f.shape("/inputs/logits"), [n, e], "{name}");
-        let z = ok("upload", up(&io, &f.data("/inputs/logits")));
-        let bias_buf = ok("upload", up_opt(&io, bias.as_deref()));
+        let z = ok("upload", up(io, &f.data("/inputs/logits")));
+        let bias_buf = ok("upload", up_opt(io, bias.as_deref()));
         let mut router = ok("Router::new", Router::new(fresh(make), cfg));
         let mut pass = ok(
             "forward_logits",
             router.forward_logits(view::<B>(&z), opt_view::<B>(&bias_buf)),
         );
-        let fwd = ok("download", read_forward(&io, &pass));
+        let fwd = ok("download", read_forward(io, &pass));
         let map = f.data("/outputs/routing_map");
         let capped = f.opt("/outputs/final_map").is_some();
         let (fmap, fprobs, counts) = if capped {
@@ -131,13 +126,13 @@ pub fn router_maps<B: Backend>(make: &dyn Fn() -> Option<B>) {
         let counts: Vec<u32> = counts.iter().map(|&c| c as u32).collect();
         assert_eq!(fwd.counts, counts, "{name}: counts");
         near(&format!("{name}: gates"), &fwd.gates, &want_gates, t);
-        let dw = ok("upload", up(&io, &dw));
+        let dw = ok("upload", up(io, &dw));
         let g = ok(
             "backward",
             pass.backward(view::<B>(&dw), &LossConfig::none(), None),
         );
-        let back = ok("download", read_logit_backward(&io, &g));
+        let back = ok("download", read_logit_backward(io, &g));
         let want = f.data("/grads/d_sum(final_probs*vjp_upstream)_d_logits");
         near(&format!("{name}: dZ of the gate VJP"), &back.dz, &want, t);
-    }
+    });
 }

@@ -1,7 +1,7 @@
 //! Megatron-Core's `sinkhorn` router type (`moe_utils.sinkhorn` then the top-k, scores from
 //! `sigmoid` for k = 1 and `softmax` otherwise) against simbal's `Selection::Sinkhorn`.
 
-use super::fixture::{near, ok, tol, Fx};
+use super::fixture::{each, near, ok, tol};
 use super::SINKHORN;
 use crate::harness::run::read_forward;
 use crate::harness::util::*;
@@ -13,12 +13,7 @@ use simbal_core::{Backend, Router, RouterConfig, ScoreFn, Selection};
 /// costs, Megatron in float32 on `exp(Z)`; the fixtures' logits keep the balanced scores'
 /// top-k away from ties, so the selections agree exactly.
 pub fn router_sinkhorn<B: Backend>(make: &dyn Fn() -> Option<B>) {
-    const NAME: &str = "oracles::router_sinkhorn";
-    let Some(io) = acquire(make, NAME) else {
-        return;
-    };
-    for fx in SINKHORN {
-        let f = Fx::parse(fx);
+    each(make, "oracles::router_sinkhorn", SINKHORN, |io, f| {
         let (n, e, k) = (
             f.usize("/inputs/num_tokens"),
             f.usize("/inputs/num_experts"),
@@ -38,13 +33,13 @@ pub fn router_sinkhorn<B: Backend>(make: &dyn Fn() -> Option<B>) {
                 max_iters: 100_000,
             });
         let z = rounded::<B::Elem>(&f.data("/inputs/logits"));
-        let zb = ok("upload", up(&io, &z));
+        let zb = ok("upload", up(io, &z));
         let mut router = ok("Router::new", Router::new(fresh(make), cfg));
         let pass = ok(
             "forward_logits",
             router.forward_logits(view::<B>(&zb), None),
         );
-        let fw = ok("download", read_forward(&io, &pass));
+        let fw = ok("download", read_forward(io, &pass));
         let map = f.data("/outputs/routing_map");
         let scores = f.data("/outputs/scores");
         let mut gates = Vec::new();
@@ -74,5 +69,5 @@ pub fn router_sinkhorn<B: Backend>(make: &dyn Fn() -> Option<B>) {
             .map(|&c| c as u32)
             .collect();
         assert_eq!(fw.counts, counts, "{}: counts", f.name);
-    }
+    });
 }

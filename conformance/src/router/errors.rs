@@ -6,9 +6,12 @@ use super::kernels::{bwd_dz_run, dispatch_run, BwdIn};
 use crate::harness::errors::{check, new_router, refused, setup, start, Input};
 use crate::harness::kernel::Zeros;
 use crate::harness::util::*;
-use simbal_core::memory::view;
+use simbal_core::memory::{idx_view, view};
 use simbal_core::router::kernels::{BackwardRequest, RouteRequest};
-use simbal_core::{Backend, DropPolicy, Gemm, LossConfig, Router, RouterConfig, SimbalError};
+use simbal_core::{
+    Backend, Batch, DropPolicy, Gemm, LblConfig, LblLevel, LossConfig, Router, RouterConfig,
+    Scalar, SeqLayout, SimbalError,
+};
 
 /// `ZeroDim`: `N = 0`, `D = 0`, `E = 0`.
 pub fn zero_dim<B: Backend>(make: &dyn Fn() -> Option<B>) {
@@ -341,4 +344,112 @@ pub fn backend_error<B: Backend>(make: &dyn Fn() -> Option<B>) {
         Err(SimbalError::Backend { .. }) => {}
         other => panic!("{NAME}: router_backward with index 3 of 3 experts gave {other:?}"),
     }
+}
+
+/// The batch's token mask and sequence offsets: `InvalidMask` (an entry other than 0 or 1),
+/// `LengthMismatch` (a mask without `N` entries), `InvalidOffsets` (not starting at 0, not
+/// increasing, not ending at `N`), `Unsupported` (a packed layout without offsets);
+/// `InvalidCoefficient` for a shard factor that is not finite and positive; a mask with no
+/// valid token is no error: every token-averaged loss is 0 with zero gradient.
+pub fn token_mask_and_offsets<B: Backend>(make: &dyn Fn() -> Option<B>) {
+    const N: &str = "router::errors::token_mask_and_offsets";
+    start!(N, make);
+    let mut s = setup(make, RouterConfig::new(3, 1), 4, 2);
+    let idx = |v: &[u32]| s.io.idx_upload(v).expect("upload");
+    let (two, short) = (idx(&[1, 2, 1, 1]), idx(&[1, 1, 1]));
+    let (bad_start, flat, short_end) = (idx(&[1, 4]), idx(&[0, 2, 2, 4]), idx(&[0, 3]));
+    let (good, none) = (idx(&[0, 1, 4]), idx(&[0, 0, 0, 0]));
+    let fwd = |s: &mut crate::harness::errors::Setup<B>, batch: Batch<'_, B>| {
+        s.router
+            .forward_batch(view::<B>(&s.x), view::<B>(&s.r), batch)
+            .map(|_| ())
+    };
+    let mask = |m| Batch::new().mask(idx_view::<B>(m));
+    let offsets = |o| Batch::new().offsets(idx_view::<B>(o));
+    check(N, "mask entry 2", fwd(&mut s, mask(&two)), |e| {
+        *e == SimbalError::InvalidMask { token: 1, value: 2 }
+    });
+    check(N, "mask of 3 for N = 4", fwd(&mut s, mask(&short)), |e| {
+        matches!(
+            e,
+            SimbalError::LengthMismatch {
+                what: "token mask",
+                ..
+            }
+        )
+    });
+    for (what, o, pos) in [
+        ("offsets from 1", &bad_start, 0),
+        ("offsets not increasing", &flat, 2),
+        ("offsets ending at 3 of 4", &short_end, 1),
+    ] {
+        check(
+            N,
+            what,
+            fwd(&mut s, offsets(o)),
+            |e| matches!(e, SimbalError::InvalidOffsets { position, tokens: 4, .. } if *position == pos),
+        );
+    }
+    s.still_works(N);
+    let packed = LossConfig::none().with_lbl(LblConfig {
+        level: LblLevel::Sequence(SeqLayout::Packed),
+        ..LblConfig::default()
+    });
+    check(
+        N,
+        "packed without offsets",
+        s.backward(&packed, None),
+        |e| matches!(e, SimbalError::Unsupported { .. }),
+    );
+    let bad_factor = LossConfig::none().with_lbl(LblConfig {
+        shard_factor: 0.0,
+        ..LblConfig::default()
+    });
+    check(N, "shard factor 0", s.backward(&bad_factor, None), |e| {
+        matches!(
+            e,
+            SimbalError::InvalidCoefficient {
+                what: "LBL shard factor",
+                ..
+            }
+        )
+    });
+    // Packed offsets that fit: no error.
+    let ok_packed = s
+        .router
+        .forward_batch(view::<B>(&s.x), view::<B>(&s.r), offsets(&good))
+        .and_then(|mut p| {
+            p.backward(view::<B>(&s.dw), &packed, None)
+                .map(|g| g.losses.lbl)
+        });
+    assert!(
+        ok_packed.is_ok(),
+        "{N}: packed offsets that fit: {ok_packed:?}"
+    );
+    // No valid token: LBL and z-loss 0, aux gradient 0 (with a zero gate gradient).
+    let zero_dw = s.up(&[0.0; 4]);
+    let both = packed_free_losses();
+    let mut pass = s
+        .router
+        .forward_batch(view::<B>(&s.x), view::<B>(&s.r), mask(&none))
+        .expect("forward with every token masked");
+    assert_eq!(pass.valid_tokens(), 0, "{N}: valid tokens");
+    let g = pass
+        .backward(view::<B>(&zero_dw), &both, None)
+        .expect("backward with every token masked");
+    let dz = down(&s.io, g.dz).expect("download");
+    assert!(
+        g.losses.lbl.to_f64_lossy() == 0.0
+            && g.losses.z_loss.to_f64_lossy() == 0.0
+            && dz.iter().all(|&v| v == 0.0),
+        "{N}: every token masked: {:?}, dZ {dz:?}",
+        g.losses
+    );
+}
+
+/// Micro-batch LBL and z-loss.
+fn packed_free_losses() -> LossConfig {
+    LossConfig::none()
+        .with_lbl(LblConfig::default())
+        .with_z_loss(simbal_core::ZLossConfig::default())
 }

@@ -28,13 +28,8 @@ fn eval_tokens<B: Backend>(
     let xb = up(io, x).ctx("upload X")?;
     let rb = up(io, r).ctx("upload R")?;
     let dwb = up(io, dw).ctx("upload dW")?;
-    let bias = up_opt(io, data.bias.as_deref()).ctx("upload bias")?;
-    let (mask, offsets) = tokens_of(io, data)?;
-    let batch = Batch {
-        bias: opt_view::<B>(&bias),
-        mask: mask.as_ref().map(idx_view::<B>),
-        offsets: offsets.as_ref().map(idx_view::<B>),
-    };
+    let bufs = BatchBufs::upload(io, data)?;
+    let batch = bufs.batch();
     let mut pass = router
         .forward_batch(view::<B>(&xb), view::<B>(&rb), batch)
         .ctx("forward")?;
@@ -52,18 +47,31 @@ fn eval_tokens<B: Backend>(
     })
 }
 
-/// The case's token mask and packed-sequence offsets, uploaded.
-type TokenBufs<B> = (
-    Option<<B as simbal_core::Memory>::IdxBuf>,
-    Option<<B as simbal_core::Memory>::IdxBuf>,
-);
+/// The case's selection bias, token mask and packed-sequence offsets, uploaded.
+struct BatchBufs<B: Backend> {
+    bias: Option<B::Buf>,
+    mask: Option<B::IdxBuf>,
+    offsets: Option<B::IdxBuf>,
+}
 
-fn tokens_of<B: Backend>(io: &B, data: &Data) -> Result<TokenBufs<B>, TestCaseError> {
-    let up_idx = |v: &Option<Vec<u32>>| v.as_deref().map(|v| io.idx_upload(v)).transpose();
-    Ok((
-        up_idx(&data.mask).ctx("upload mask")?,
-        up_idx(&data.offsets).ctx("upload offsets")?,
-    ))
+impl<B: Backend> BatchBufs<B> {
+    fn upload(io: &B, data: &Data) -> Result<Self, TestCaseError> {
+        let up_idx = |v: &Option<Vec<u32>>| v.as_deref().map(|v| io.idx_upload(v)).transpose();
+        Ok(Self {
+            bias: up_opt(io, data.bias.as_deref()).ctx("upload bias")?,
+            mask: up_idx(&data.mask).ctx("upload mask")?,
+            offsets: up_idx(&data.offsets).ctx("upload offsets")?,
+        })
+    }
+
+    /// The pass's batch fields, viewing these buffers.
+    fn batch(&self) -> Batch<'_, B> {
+        Batch {
+            bias: opt_view::<B>(&self.bias),
+            mask: self.mask.as_ref().map(idx_view::<B>),
+            offsets: self.offsets.as_ref().map(idx_view::<B>),
+        }
+    }
 }
 
 /// `sum gates * dW + total` of a pass's routing, with the routing's decisions.
@@ -97,13 +105,8 @@ fn eval_logits<B: Backend>(
 ) -> Result<Point, TestCaseError> {
     let zb = up(io, z).ctx("upload Z")?;
     let dwb = up(io, dw).ctx("upload dW")?;
-    let bias = up_opt(io, data.bias.as_deref()).ctx("upload bias")?;
-    let (mask, offsets) = tokens_of(io, data)?;
-    let batch = Batch {
-        bias: opt_view::<B>(&bias),
-        mask: mask.as_ref().map(idx_view::<B>),
-        offsets: offsets.as_ref().map(idx_view::<B>),
-    };
+    let bufs = BatchBufs::upload(io, data)?;
+    let batch = bufs.batch();
     let mut pass = router
         .forward_logits_batch(view::<B>(&zb), batch)
         .ctx("forward_logits")?;

@@ -42,6 +42,7 @@ crate::__conformance_op! {
         error_no_forward => errors::no_forward,
         error_unsupported => errors::unsupported,
         error_backend => errors::backend_error,
+        error_token_mask_and_offsets => errors::token_mask_and_offsets,
         fuzz_router => fuzz::router,
         fuzz_kernels => fuzz::kernels,
     }

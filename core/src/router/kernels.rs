@@ -189,8 +189,7 @@ impl<'a, M: Memory + ?Sized> Dispatch<'a, M> {
     /// `dropped` and `order` hold `n x k`, `counts` `E` and `offsets` `E + 1`;
     /// [`SimbalError::Backend`] when an index is not below `E`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
-        let s = self.check_lengths(m)?;
-        expert_indices(m, s.idx, s.cfg.experts).map(|()| s)
+        scan_indices(m, self.check_lengths(m)?, |s| (s.idx, s.cfg.experts))
     }
 
     /// [`Dispatch::check`] without the index scan, for indices the same backend's `route` wrote.
@@ -311,8 +310,7 @@ impl<'a, M: Memory + ?Sized> RouterBackward<'a, M> {
     /// `groups x E`; the groups' errors ([`Groups::check`]); [`SimbalError::Backend`] when an
     /// index is not below `E`.
     pub fn check(self, m: &M) -> Result<Checked<Self>> {
-        let s = self.check_lengths(m)?;
-        expert_indices(m, s.idx, s.cfg.experts).map(|()| s)
+        scan_indices(m, self.check_lengths(m)?, |s| (s.idx, s.cfg.experts))
     }
 
     /// [`RouterBackward::check`] without the index scan, for indices the same backend's `route`
@@ -381,6 +379,18 @@ pub fn router_backward_rows_staged<M: Memory + ?Sized>(
         )
     })?;
     dz.finish(m)
+}
+
+/// Arguments whose lengths passed, once their expert indices (as `of` names them, with `E`)
+/// are all below `E` too.
+fn scan_indices<M: Memory + ?Sized, A>(
+    m: &M,
+    s: Checked<A>,
+    of: impl FnOnce(&A) -> (&M::IdxView, usize),
+) -> Result<Checked<A>> {
+    let (idx, e) = of(&s);
+    expert_indices(m, idx, e)?;
+    Ok(s)
 }
 
 /// Every expert index must be below `e`; a bad index buffer is a backend error.

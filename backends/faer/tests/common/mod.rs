@@ -3,7 +3,8 @@
 
 use simbal_core::config::RouterConfig;
 use simbal_core::router::kernels::{Logits, Route, RouteRequest};
-use simbal_core::{Backend, Gemm, GemmArgs, LossValues, Result, Rng, Scalar};
+use simbal_core::{Backend, Gemm, GemmArgs, LossValues, Result, Rng, Scalar, ScoreFn};
+use simbal_faer::{Faer, FaerElem, Par};
 
 /// `per_elem_test!(check: test_f32 = f32, test_f64 = f64)`: the generic `check::<T>()` as one
 /// test per element type, so each precision fails on its own.
@@ -16,6 +17,42 @@ macro_rules! per_elem_test {
 }
 #[allow(unused_imports)]
 pub(crate) use per_elem_test;
+
+/// `elems_test!(test: check(f32, f64))`: one test running the generic `check::<T>()` for each
+/// element type in turn.
+#[allow(unused_macros)]
+macro_rules! elems_test {
+    ($test:ident: $check:ident($($elem:ty),+ $(,)?)) => {
+        #[test]
+        fn $test() {
+            $($check::<$elem>();)+
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use elems_test;
+
+/// The parallel settings every router comparison runs under (4 blocks even on a 2-core
+/// machine).
+pub fn backends<T: FaerElem>() -> Vec<Faer<T>> {
+    vec![
+        Faer::with_par(Par::Seq),
+        Faer::with_par(Par::rayon(4)),
+        Faer::new(),
+    ]
+}
+
+/// The router configurations every comparison of the router's rows starts with, over `e`
+/// experts: softmax renormalised, softmax plain and scaled, sigmoid.
+pub fn base_configs(e: usize) -> Vec<RouterConfig> {
+    vec![
+        RouterConfig::new(e, 4),
+        RouterConfig::new(e, 2)
+            .with_renormalize(false)
+            .with_scale(2.5),
+        RouterConfig::new(e, 4).with_score(ScoreFn::Sigmoid),
+    ]
+}
 
 /// `n` normal samples of standard deviation `std` from `seed`.
 pub fn normal<T: Scalar>(seed: u64, n: usize, std: f64) -> Vec<T> {
