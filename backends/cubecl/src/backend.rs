@@ -3,12 +3,17 @@
 //! nothing here restates a length check; the launchers in [`crate::kernels`] keep their own,
 //! being public.
 //!
-//! Not yet on the device (issue 11; each goes through core's host-staged default, correct but
-//! with a transfer each way): sqrt-softplus scores (route and backward), the LBL's per-token
-//! score normalisation in the backward and the sums, and every token statistic over a mask or
-//! sequence ids (`Groups::Ids`: group sums and counts, LBL coefficients with per-group tokens,
-//! z-loss, statistics, entropy), and Sinkhorn selection (a whole-batch iteration). The plain top-k of a biased or grouped selection runs on the
-//! device as a second launch of the row kernel without bias and groups.
+//! On the device as well (issue 11): token groups as per-token ids with masked tokens
+//! (`Groups::Ids`) in the router backward (masked rows: no LBL row, no z-loss term), the group
+//! column sums and counts, `sum lse^2` and the routing entropy (means over the valid rows); the
+//! LBL's per-token score normalisation in the backward and the group sums.
+//!
+//! Still through core's host-staged defaults (correct, with a transfer each way): sqrt-softplus
+//! scores (route and backward), LBL coefficients with per-group valid tokens
+//! (`GroupTokens::PerGroup`), routing statistics over ids, normalised scores or a separate plain
+//! top-k, and Sinkhorn selection (a whole-batch iteration). The plain top-k of a biased or
+//! grouped selection runs on the device as a second launch of the row kernel without bias and
+//! groups.
 
 use cubecl::prelude::*;
 use simbal_core::config::{DropPolicy, LblNormalization, RouterConfig, ScoreFn, SimBalNorm};
@@ -16,20 +21,20 @@ use simbal_core::gemm::GemmArgs;
 use simbal_core::lbl::kernels::{
     self as lbl_staged, GroupCounts, GroupSums, GroupTokens, LblCoefficients,
 };
-use simbal_core::metrics::{self as metrics_staged, Entropy};
+use simbal_core::metrics::Entropy;
 use simbal_core::router::kernels::{
     self as router_staged, BackwardSums, Dispatch, Logits, Route, RouteSums, RouterBackward,
 };
 use simbal_core::simbal::kernels::{NormalizeColumns, ScaleFreeProject, SimbalResidual};
 use simbal_core::stats::{self as stats_staged, fill_counts, CollectStats};
 use simbal_core::tokens::Groups;
-use simbal_core::zloss::{self as zloss_staged, LseSqSum};
+use simbal_core::zloss::LseSqSum;
 use simbal_core::{Backend, Checked, Result, SimbalError};
 
 use crate::kernels::reduce::RowStat;
 use crate::kernels::util::Whole;
 use crate::kernels::{
-    dispatch, gemm, lbl, reduce, router_backward, router_forward, simbal, util, DevBuf,
+    dispatch, gemm, groups, lbl, reduce, router_backward, router_forward, simbal, util, DevBuf,
 };
 use crate::{map_err, CubeclBackend};
 
@@ -140,19 +145,19 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     /// before `max |dZ|` waits, so one wait covers both.
     fn router_backward(&self, a: Checked<RouterBackward<'_, Self>>) -> Result<BackwardSums<f32>> {
         let mut a = a.into_inner();
-        let (n, e) = (a.n, a.cfg.experts);
-        let group_len = match a.groups {
-            Groups::Runs { len } => Some(len),
-            Groups::Ids { .. } => None,
-        };
-        let normalize = a.lbl.as_ref().is_some_and(|l| l.normalize);
-        let Some(group_len) =
-            group_len.filter(|_| !normalize && a.cfg.score != ScoreFn::SqrtSoftplus)
-        else {
+        let n = a.n;
+        if a.cfg.score == ScoreFn::SqrtSoftplus {
             return self.router_backward_staged(&mut a);
+        }
+        let groups = match a.groups {
+            Groups::Runs { len } => router_backward::TokenGroups::Runs(len),
+            Groups::Ids { ids, count } => router_backward::TokenGroups::Ids { ids, count },
         };
-        let lbl = a.lbl.map(|l| (l.coef, group_len));
-        router_backward::router_backward_rows(
+        let lbl = a.lbl.as_ref().map(|l| router_backward::BackLbl {
+            coef: l.coef,
+            normalize: l.normalize,
+        });
+        router_backward::router_backward_grouped(
             &self.client,
             &router_backward::BackOptions {
                 gating: gating(a.cfg),
@@ -167,10 +172,28 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             },
             a.dropped,
             a.dw,
+            groups,
             lbl,
             a.dz,
         )
         .map_err(map_err)?;
+        if let Groups::Ids { .. } = a.groups {
+            // The masked sum of lse^2 (its own launch), after the rows.
+            let lse_sq_sum = if a.request.lse_sq_sum {
+                let args = LseSqSum {
+                    n,
+                    groups: a.groups,
+                    e: a.cfg.experts,
+                    z: a.z,
+                    scores: None,
+                };
+                Some(self.lse_sq_sum(args.check(self)?)?)
+            } else {
+                None
+            };
+            return self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum));
+        }
+        let e = a.cfg.experts;
         let lse = if a.request.lse_sq_sum {
             let out = DevBuf::<f32>::empty(&self.client, 1);
             let z = a.z;
@@ -190,18 +213,27 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
-        if matches!(a.groups, Groups::Runs { .. }) && !a.normalize {
-            reduce::group_column_sums(&self.client, &a).map_err(map_err)
-        } else {
-            lbl_staged::group_column_sums_staged(self, a)
-        }
+        groups::group_column_sums(&self.client, &a).map_err(map_err)
     }
 
     fn group_counts(&self, a: Checked<GroupCounts<'_, Self>>) -> Result<()> {
-        let Groups::Runs { len } = a.groups else {
-            return lbl_staged::group_counts_staged(self, a);
-        };
         let a = a.into_inner();
+        let len = match a.groups {
+            Groups::Runs { len } => len,
+            Groups::Ids { ids, count } => {
+                return groups::histogram_by_ids(
+                    &self.client,
+                    a.e,
+                    a.k,
+                    ids,
+                    count,
+                    a.idx,
+                    a.dropped,
+                    a.out,
+                )
+                .map_err(map_err)
+            }
+        };
         if a.k == 0 || a.n == 0 {
             // No assignments: the histogram's group of `group_len k` would be empty.
             return util::fill_zero(&self.client, a.out).map_err(map_err);
@@ -238,11 +270,12 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
 
     /// From the logits alone (one row pass: the scores are not needed).
     fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<f32> {
-        if matches!(a.groups, Groups::Ids { .. }) {
-            return zloss_staged::lse_sq_sum_staged(self, a);
-        }
         let a = a.into_inner();
         let (n, e, z) = (a.n, a.e, a.z);
+        if let Groups::Ids { ids, count } = a.groups {
+            let sums = self.masked_row_sums(RowStat::LseSq { n, e, z }, ids, count)?;
+            return Ok(sums[0]);
+        }
         self.scalar(|out| {
             util::reduce_all(
                 &self.client,
@@ -320,16 +353,23 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn routing_entropy(&self, a: Checked<Entropy<'_, Self>>) -> Result<f32> {
-        if matches!(a.groups, Groups::Ids { .. }) {
-            return metrics_staged::routing_entropy_staged(self, a);
-        }
         let a = a.into_inner();
         let stat = RowStat::Entropy {
             n: a.n,
             e: a.e,
             p: a.p,
         };
-        let h = self.scalar(|out| util::reduce_all(&self.client, Whole::Rows(stat), out, 0))?;
+        let h = if let Groups::Ids { ids, count } = a.groups {
+            // The mean over the valid rows (0 when there are none), as the reference.
+            let [total, valid] = self.masked_row_sums(stat, ids, count)?;
+            if valid > 0.0 {
+                total / valid
+            } else {
+                0.0
+            }
+        } else {
+            self.scalar(|out| util::reduce_all(&self.client, Whole::Rows(stat), out, 0))?
+        };
         if h.is_finite() {
             Ok(h)
         } else {
@@ -380,6 +420,20 @@ impl<R: Runtime> CubeclBackend<R> {
             None
         };
         self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum))
+    }
+
+    /// `[sum of stat over the valid rows, valid rows]` of a masked row statistic
+    /// ([`reduce::masked_row_sums`]), one two-element read.
+    fn masked_row_sums(
+        &self,
+        stat: RowStat<'_>,
+        ids: &DevBuf<u32>,
+        count: usize,
+    ) -> Result<[f32; 2]> {
+        let out = DevBuf::<f32>::empty(&self.client, 2);
+        reduce::masked_row_sums(&self.client, stat, ids, count, &out).map_err(map_err)?;
+        let v = out.read(&self.client).map_err(map_err)?;
+        Ok([v[0], v[1]])
     }
 
     /// The sums of a router backward whose `dz` is written: `max |dZ|` when `max_abs_dz`

@@ -32,6 +32,7 @@ macro_rules! launch {
 
 pub mod dispatch;
 pub mod gemm;
+pub mod groups;
 pub mod lbl;
 pub mod reduce;
 pub mod router_backward;

@@ -2,92 +2,20 @@
 //! expert counts ([`super::dispatch::histogram`]), `sum_t lse(Z_t)^2`, the mean routing entropy
 //! and the first non-finite value of a buffer. Float sums run in a fixed order (deterministic).
 
+// Comptime flags guard runtime tests: nesting keeps the comptime branch separate.
+#![allow(clippy::collapsible_if)]
+
 use cubecl::prelude::*;
 
 use super::router_forward::{row_elem, row_layout, row_thread};
-use super::util::{fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, tree_max, tree_sum};
-use simbal_core::lbl::kernels::GroupSums;
-use simbal_core::tokens::Groups;
+use super::util::{
+    fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, reduce_all, tree_max, tree_sum,
+    Whole,
+};
 
 use super::{check_len, check_len2, element_index, linear_cube, DevBuf, KernelError, Launch};
-use crate::CubeclBackend;
 
-/// Columns per cube and row lanes of [`group_column_sums`].
-const COLS: usize = 32;
-const ROW_LANES: usize = 8;
-
-/// One cube per (group, block of 32 columns): 8 row lanes each sum a strided share of the
-/// group's rows, then a fixed-order tree over the lanes.
-#[cube(launch_unchecked)]
-fn group_column_sums_kernel(a: &Array<f32>, out: &mut Array<f32>, cols: u32, group_len: u32) {
-    let blocks = (cols as usize).div_ceil(COLS);
-    let cube = linear_cube();
-    let col = (cube % blocks) * COLS + UNIT_POS_X as usize;
-    let b = cube / blocks;
-    let rl = UNIT_POS_Y as usize;
-    let cols = cols as usize;
-    let glen = group_len as usize;
-    let mut s = SharedMemory::<f32>::new(COLS * ROW_LANES);
-    let mut acc = 0.0f32;
-    if col < cols {
-        let mut r = rl;
-        while r < glen {
-            acc += a[(b * glen + r) * cols + col];
-            r += ROW_LANES;
-        }
-    }
-    let slot = rl * COLS + UNIT_POS_X as usize;
-    s[slot] = acc;
-    sync_cube();
-    let mut stride = comptime!(ROW_LANES / 2).runtime();
-    while stride > 0 {
-        if rl < stride {
-            s[slot] = s[slot] + s[slot + stride * COLS];
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    if rl == 0 && col < cols {
-        out[b * cols + col] = s[slot];
-    }
-}
-
-/// Enqueues `out[b, c] = sum over the rows t of group b of a[t, c]` for the `n x cols` matrix
-/// `a` in groups of `group_len` consecutive rows.
-pub fn group_column_sums<R: Runtime>(
-    client: &ComputeClient<R>,
-    sums: &GroupSums<'_, CubeclBackend<R>>,
-) -> Result<(), KernelError> {
-    let (n, cols, a) = (sums.n, sums.cols, sums.a);
-    let group_len = match sums.groups {
-        Groups::Runs { len } if !sums.normalize => len,
-        _ => {
-            return Err(KernelError::Unsupported(
-                "group sums by token ids or of normalised rows (the backend stages them)".into(),
-            ))
-        }
-    };
-    let out = &*sums.out;
-    if group_len == 0 || n % group_len != 0 {
-        return Err(KernelError::Unsupported(format!(
-            "group length {group_len} does not divide {n}"
-        )));
-    }
-    check_len2("matrix", n, cols, a.len)?;
-    check_len2("group sums", n / group_len, cols, out.len)?;
-    fits_u32("matrix", n * cols)?;
-    if cols == 0 || n == 0 {
-        return Ok(());
-    }
-    let blocks = cols.div_ceil(COLS);
-    let launch = Launch::cubes_2d(blocks * (n / group_len), COLS, ROW_LANES)?;
-    launch!(
-        client,
-        launch,
-        group_column_sums_kernel(a.arg(), out.arg(), cols as u32, group_len as u32)
-    );
-    Ok(())
-}
+pub use super::groups::group_column_sums;
 
 /// `(max, sum exp(x - max))` of the `e` elements of a row from `x[start]` (those of an invalid
 /// row read as 0), shared by the row's `lanes` lanes through `rs[rb..rb + lanes]`. All threads
@@ -125,20 +53,39 @@ pub fn row_max_exp_sum(
 }
 
 /// Per-row statistic, one row per group of `lanes` threads: `lse(x_t)^2` (`entropy = false`) or
-/// the entropy of the row normalised to sum 1 (0 for a row whose sum is not positive).
+/// the entropy of the row normalised to sum 1 (0 for a row whose sum is not positive). With
+/// `masked`, a row whose group id `ids[t]` is at or above `count` writes 0, and `flags[t]` is
+/// 1 for a valid row, 0 for a masked one.
 #[cube(launch_unchecked)]
 fn row_stat_kernel(
     x: &Array<f32>,
+    ids: &Array<u32>,
     out: &mut Array<f32>,
+    flags: &mut Array<f32>,
     n: u32,
+    count: u32,
     ninf: f32,
     #[comptime] e: usize,
     #[comptime] lanes: usize,
     #[comptime] rows: usize,
     #[comptime] entropy: bool,
+    #[comptime] masked: bool,
 ) {
     let (lane, ty, row) = row_thread(rows);
     let valid = row < n as usize;
+    let mut keep = true;
+    if masked {
+        if valid {
+            keep = ids[row] < count;
+            if lane == 0 {
+                let mut fl = 0.0f32;
+                if keep {
+                    fl = 1.0;
+                }
+                flags[row] = fl;
+            }
+        }
+    }
     let mut rs = SharedMemory::<f32>::new(comptime!(lanes * rows));
     let rb = ty * lanes;
     if entropy {
@@ -165,14 +112,21 @@ fn row_stat_kernel(
             }
         }
         h = tree_sum(&mut rs, rb, lane, h, lanes);
+        if !keep {
+            h = 0.0;
+        }
         if valid && lane == 0 {
             out[row] = h;
         }
     } else {
         let (mx, sum) = row_max_exp_sum(x, &mut rs, row * e, valid, rb, lane, ninf, e, lanes);
         let l = mx + f32::ln(sum);
+        let mut l2 = l * l;
+        if !keep {
+            l2 = 0.0;
+        }
         if valid && lane == 0 {
-            out[row] = l * l;
+            out[row] = l2;
         }
     }
 }
@@ -207,6 +161,42 @@ pub(super) fn row_partials<R: Runtime>(
     client: &ComputeClient<R>,
     stat: RowStat<'_>,
 ) -> Result<Option<(DevBuf<f32>, f32)>, KernelError> {
+    Ok(row_stat_launch(client, stat, None)?.map(|(per_row, factor, _)| (per_row, factor)))
+}
+
+/// Enqueues `out[0] = sum of the statistic over the valid rows` and `out[1] = valid rows` (as
+/// f32), a row being valid when its group id in `ids` (`n`) is below `count` (core's `MASKED`
+/// is not). Both are 0 for an empty matrix.
+pub fn masked_row_sums<R: Runtime>(
+    client: &ComputeClient<R>,
+    stat: RowStat<'_>,
+    ids: &DevBuf<u32>,
+    count: usize,
+    out: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    let n = match stat {
+        RowStat::LseSq { n, .. } | RowStat::Entropy { n, .. } => n,
+    };
+    check_len("token group ids", n, ids.len)?;
+    check_len("masked row sums", 2, out.len)?;
+    fits_u32("groups", count)?;
+    match row_stat_launch(client, stat, Some((ids, count)))? {
+        Some((per_row, _, flags)) => {
+            reduce_all(client, Whole::Sum(&per_row, 1.0), out, 0)?;
+            reduce_all(client, Whole::Sum(&flags, 1.0), out, 1)
+        }
+        None => fill_zero(client, out),
+    }
+}
+
+/// [`row_stat_kernel`] over `stat`'s rows (masked by `mask`'s ids and count when given): the
+/// per-row values, their sum's factor and the valid flags (masked launches only).
+#[allow(clippy::type_complexity)]
+fn row_stat_launch<R: Runtime>(
+    client: &ComputeClient<R>,
+    stat: RowStat<'_>,
+    mask: Option<(&DevBuf<u32>, usize)>,
+) -> Result<Option<(DevBuf<f32>, f32, DevBuf<f32>)>, KernelError> {
     let (n, e, x, entropy) = match stat {
         RowStat::LseSq { n, e, z } => (n, e, z, false),
         RowStat::Entropy { n: 0, .. } => {
@@ -221,23 +211,32 @@ pub(super) fn row_partials<R: Runtime>(
     }
     let (lanes, rows) = row_layout(e);
     let per_row = DevBuf::<f32>::empty(client, n);
+    let flags = DevBuf::<f32>::empty(client, if mask.is_some() { n } else { 1 });
+    let (ids, count) = match mask {
+        Some((ids, count)) => (ids.clone(), count),
+        None => (DevBuf::empty(client, 1), 0),
+    };
     let launch = Launch::rows(n, lanes, rows)?;
     launch!(
         client,
         launch,
         row_stat_kernel(
             x.arg(),
+            ids.arg(),
             per_row.arg(),
+            flags.arg(),
             n as u32,
+            count as u32,
             f32::NEG_INFINITY,
             e,
             lanes,
             rows,
-            entropy
+            entropy,
+            mask.is_some(),
         )
     );
     let factor = if entropy { 1.0 / n as f32 } else { 1.0 };
-    Ok(Some((per_row, factor)))
+    Ok(Some((per_row, factor, flags)))
 }
 
 #[cube(launch_unchecked)]

@@ -12,7 +12,7 @@ use cubecl::prelude::*;
 use super::reduce::row_max_exp_sum;
 use super::router_forward::{row_elem, row_launch, row_thread, Gating, RowBufs, RowShape};
 use super::util::{fits_u32, tree_sum};
-use super::{check_len2, DevBuf, KernelError};
+use super::{check_len, check_len2, DevBuf, KernelError};
 
 /// Compile-time shape and options of the backward row kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,6 +23,35 @@ pub struct BackShape {
     pub has_lbl: bool,
     /// The z-loss term is on (`z_coef != 0`).
     pub has_z: bool,
+    /// Per-token group ids (`ids[t] >= count`, [`super::NONE`] included: a masked token, with
+    /// no LBL row and no z-loss term); else runs of `group_len` tokens.
+    pub ids: bool,
+    /// The LBL coefficient row goes through the per-token normalisation `q = p / (sum p +
+    /// 1e-20)`: `dL/dp = inv (c - <c, q>)`.
+    pub normalize: bool,
+}
+
+/// How the backward's token rows map to LBL coefficient rows (and which are masked).
+#[derive(Debug, Clone, Copy)]
+pub enum TokenGroups<'a> {
+    /// Runs of `len` consecutive tokens (dividing `n`), all valid.
+    Runs(usize),
+    /// Group id per token (`n`); an id at or above `count` (as `MASKED`) is a masked token.
+    Ids {
+        /// The ids, `n`.
+        ids: &'a DevBuf<u32>,
+        /// Groups (coefficient rows).
+        count: usize,
+    },
+}
+
+/// The LBL term of a backward launch.
+#[derive(Debug, Clone, Copy)]
+pub struct BackLbl<'a> {
+    /// `groups x E` coefficients (`dL/dq`).
+    pub coef: &'a DevBuf<f32>,
+    /// Through the per-token normalisation (see [`BackShape::normalize`]).
+    pub normalize: bool,
 }
 
 /// Host-side options of a backward launch.
@@ -59,9 +88,11 @@ fn router_backward_kernel(
     dropped: &Array<u32>,
     dw: &Array<f32>,
     coef: &Array<f32>,
+    ids: &Array<u32>,
     dz: &mut Array<f32>,
     n: u32,
     group_len: u32,
+    count: u32,
     scale: f32,
     z_coef: f32,
     ninf: f32,
@@ -79,14 +110,25 @@ fn router_backward_kernel(
     let pb = ty * e;
     let rb = ty * lanes;
 
+    // The row's coefficient row, and whether the token is masked (ids only).
+    let mut grp = row / group_len as usize;
+    let mut masked = false;
+    if cfg.ids {
+        let mut id = 0u32;
+        if valid {
+            id = ids[row];
+        }
+        masked = id >= count;
+        grp = id as usize;
+    }
     let mut c = lane;
     while c < e {
         let mut pv = 0.0f32;
         let mut dv = 0.0f32;
         if valid {
             pv = p[row * e + c];
-            if cfg.has_lbl {
-                dv = coef[(row / group_len as usize) * e + c];
+            if cfg.has_lbl && !masked {
+                dv = coef[grp * e + c];
             }
         }
         ps[pb + c] = pv;
@@ -94,6 +136,33 @@ fn router_backward_kernel(
         c += lanes;
     }
     sync_cube();
+
+    // The LBL's per-token normalisation: `dL/dp = inv (c - <c, p inv>)`, inv = 1/(sum p + eps).
+    if comptime!(cfg.has_lbl && cfg.normalize) {
+        let mut sp = 0.0f32;
+        c = lane;
+        while c < e {
+            sp += ps[pb + c];
+            c += lanes;
+        }
+        sp = tree_sum(&mut rs, rb, lane, sp, lanes);
+        let inv = 1.0 / (sp + 1e-20);
+        let mut dot = 0.0f32;
+        c = lane;
+        while c < e {
+            dot += ds[pb + c] * (ps[pb + c] * inv);
+            c += lanes;
+        }
+        dot = tree_sum(&mut rs, rb, lane, dot, lanes);
+        if !masked {
+            c = lane;
+            while c < e {
+                ds[pb + c] = inv * (ds[pb + c] - dot);
+                c += lanes;
+            }
+        }
+        sync_cube();
+    }
 
     // Plain gates: the gate term joins dP before the score backward.
     if !cfg.row.renorm {
@@ -197,6 +266,9 @@ fn router_backward_kernel(
         let (mx, sum) = row_max_exp_sum(z, &mut rs, row * e, valid, rb, lane, ninf, e, lanes);
         let cz = z_coef * (mx + f32::ln(sum));
         c = lane;
+        if masked {
+            c = e;
+        }
         while c < e {
             if cfg.row.softmax {
                 ds[pb + c] = ds[pb + c] + cz * ps[pb + c];
@@ -230,20 +302,50 @@ pub fn router_backward_rows<R: Runtime>(
     lbl: Option<(&DevBuf<f32>, usize)>,
     dz: &DevBuf<f32>,
 ) -> Result<(), KernelError> {
+    let groups = TokenGroups::Runs(lbl.map_or(rows.n.max(1), |(_, len)| len));
+    let lbl = lbl.map(|(coef, _)| BackLbl {
+        coef,
+        normalize: false,
+    });
+    router_backward_grouped(client, o, rows, dropped, dw, groups, lbl, dz)
+}
+
+/// [`router_backward_rows`] with the tokens' groups given as runs or per-token ids (masked
+/// tokens: no LBL row, no z-loss term) and the LBL term optionally through the per-token
+/// normalisation.
+#[allow(clippy::too_many_arguments)]
+pub fn router_backward_grouped<R: Runtime>(
+    client: &ComputeClient<R>,
+    o: &BackOptions,
+    rows: RowBufs<'_>,
+    dropped: &DevBuf<u32>,
+    dw: &DevBuf<f32>,
+    groups: TokenGroups<'_>,
+    lbl: Option<BackLbl<'_>>,
+    dz: &DevBuf<f32>,
+) -> Result<(), KernelError> {
     let (e, k) = (o.gating.e, o.gating.k);
     let n = rows.check(&o.gating)?;
     check_len2("dropped flags", n, k, dropped.len)?;
     check_len2("gate gradient", n, k, dw.len)?;
     check_len2("logit gradient", n, e, dz.len)?;
-    let mut group_len = n.max(1);
-    if let Some((coef, len)) = lbl {
-        if len == 0 || n % len != 0 {
-            return Err(KernelError::Unsupported(format!(
-                "sequence length {len} does not divide {n}"
-            )));
+    let (group_len, count, ids) = match groups {
+        TokenGroups::Runs(len) => {
+            if len == 0 || n % len != 0 {
+                return Err(KernelError::Unsupported(format!(
+                    "sequence length {len} does not divide {n}"
+                )));
+            }
+            (len, n / len, None)
         }
-        check_len2("LBL coefficients", n / len, e, coef.len)?;
-        group_len = len;
+        TokenGroups::Ids { ids, count } => {
+            check_len("token group ids", n, ids.len)?;
+            fits_u32("groups", count)?;
+            (1, count, Some(ids))
+        }
+    };
+    if let Some(l) = lbl {
+        check_len2("LBL coefficients", count, e, l.coef.len)?;
     }
     if n == 0 {
         return Ok(());
@@ -253,10 +355,13 @@ pub fn router_backward_rows<R: Runtime>(
         row: RowShape::new(&o.gating),
         has_lbl: lbl.is_some(),
         has_z: o.z_coef != 0.0,
+        ids: ids.is_some(),
+        normalize: lbl.is_some_and(|l| l.normalize),
     };
     let r = &shape.row;
     let launch = row_launch(client, n, r, 4 * r.rows * (2 * e + r.lanes))?;
-    let coef = lbl.map_or_else(|| DevBuf::empty(client, 1), |(c, _)| c.clone());
+    let coef = lbl.map_or_else(|| DevBuf::empty(client, 1), |l| l.coef.clone());
+    let ids = ids.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
     launch!(
         client,
         launch,
@@ -268,9 +373,11 @@ pub fn router_backward_rows<R: Runtime>(
             dropped.arg(),
             dw.arg(),
             coef.arg(),
+            ids.arg(),
             dz.arg(),
             n as u32,
             group_len as u32,
+            count as u32,
             o.gating.scale,
             o.z_coef,
             f32::NEG_INFINITY,
