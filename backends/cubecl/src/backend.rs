@@ -157,7 +157,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             coef: l.coef,
             normalize: l.normalize,
         });
-        router_backward::router_backward_grouped(
+        router_backward::router_backward_rows(
             &self.client,
             &router_backward::BackOptions {
                 gating: gating(a.cfg),
@@ -179,18 +179,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         .map_err(map_err)?;
         if let Groups::Ids { .. } = a.groups {
             // The masked sum of lse^2 (its own launch), after the rows.
-            let lse_sq_sum = if a.request.lse_sq_sum {
-                let args = LseSqSum {
-                    n,
-                    groups: a.groups,
-                    e: a.cfg.experts,
-                    z: a.z,
-                    scores: None,
-                };
-                Some(self.lse_sq_sum(args.check(self)?)?)
-            } else {
-                None
-            };
+            let lse_sq_sum = self.lse_of(&a)?;
             return self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum));
         }
         let e = a.cfg.experts;
@@ -407,19 +396,23 @@ impl<R: Runtime> CubeclBackend<R> {
         a: &mut RouterBackward<'_, Self>,
     ) -> Result<BackwardSums<f32>> {
         router_staged::router_backward_rows_staged(self, a)?;
-        let lse_sq_sum = if a.request.lse_sq_sum {
-            let args = LseSqSum {
-                n: a.n,
-                groups: a.groups,
-                e: a.cfg.experts,
-                z: a.z,
-                scores: None,
-            };
-            Some(self.lse_sq_sum(args.check(self)?)?)
-        } else {
-            None
-        };
+        let lse_sq_sum = self.lse_of(a)?;
         self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum))
+    }
+
+    /// `sum lse^2` over the valid tokens of a backward's groups, when the request asks.
+    fn lse_of(&self, a: &RouterBackward<'_, Self>) -> Result<Option<f32>> {
+        if !a.request.lse_sq_sum {
+            return Ok(None);
+        }
+        let args = LseSqSum {
+            n: a.n,
+            groups: a.groups,
+            e: a.cfg.experts,
+            z: a.z,
+            scores: None,
+        };
+        Ok(Some(self.lse_sq_sum(args.check(self)?)?))
     }
 
     /// `[sum of stat over the valid rows, valid rows]` of a masked row statistic

@@ -1,7 +1,7 @@
 //! The `Backend` implementation against the core's `Reference<f32>` through the core's `Router`:
 //! whole forward/backward steps, every output compared.
 mod common;
-use common::{gpu, Rng};
+use common::{close_scaled as close, gpu, read_f as f, read_u as u, Rng};
 use simbal_core::config::{LblLevel, LblNormalization};
 use simbal_core::memory::view;
 use simbal_core::router::kernels::Dispatch;
@@ -25,17 +25,6 @@ struct Out {
     losses: [f32; 4],
     entropy: f32,
     stats: RoutingStats,
-}
-
-fn f<B: Memory<Elem = f32>>(b: &B, x: &B::View) -> Vec<f32> {
-    let mut h = vec![0.0; b.len(x)];
-    b.download(x, &mut h).unwrap();
-    h
-}
-fn u<B: Memory<Elem = f32>>(b: &B, x: &B::IdxView) -> Vec<u32> {
-    let mut h = vec![0; b.idx_len(x)];
-    b.idx_download(x, &mut h).unwrap();
-    h
 }
 
 /// One forward and backward through the core's router; every output read back.
@@ -84,17 +73,6 @@ fn step<B: Backend<Elem = f32> + Clone>(
         losses: [l.simbal, l.lbl, l.z_loss, l.total],
         entropy,
         stats,
-    }
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    let scale = want.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * scale,
-            "{what}[{i}]: {g} vs {w} (scale {scale})"
-        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! inputs: per-token group ids with masked tokens, the LBL's per-token normalisation,
 //! sqrt-softplus scores, per-group valid tokens.
 mod common;
-use common::{gpu, Rng};
+use common::{close_scaled as close, gpu, read_f as f, read_u as u, Rng};
 use simbal_core::lbl::kernels::{GroupCounts, GroupSums};
 use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
 use simbal_core::metrics::Entropy;
@@ -84,18 +84,6 @@ impl Case {
     }
 }
 
-fn f<B: Memory<Elem = f32>>(b: &B, x: &B::View) -> Vec<f32> {
-    let mut h = vec![0.0; b.len(x)];
-    b.download(x, &mut h).unwrap();
-    h
-}
-
-fn u<B: Memory<Elem = f32>>(b: &B, x: &B::IdxView) -> Vec<u32> {
-    let mut h = vec![0; b.idx_len(x)];
-    b.idx_download(x, &mut h).unwrap();
-    h
-}
-
 /// The case's groups: its ids, or runs of `n / count` tokens.
 fn groups<'a, B: Memory>(c: &Case, by_ids: bool, ids: &'a B::IdxView) -> Groups<'a, B> {
     if by_ids {
@@ -105,17 +93,6 @@ fn groups<'a, B: Memory>(c: &Case, by_ids: bool, ids: &'a B::IdxView) -> Groups<
         }
     } else {
         Groups::Runs { len: c.n / c.count }
-    }
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    let scale = want.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * scale,
-            "{what}[{i}]: {g} vs {w} (scale {scale})"
-        );
     }
 }
 

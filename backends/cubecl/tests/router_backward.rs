@@ -1,6 +1,8 @@
 mod common;
 use common::*;
-use simbal_cubecl::kernels::router_backward::{router_backward_rows, BackOptions};
+use simbal_cubecl::kernels::router_backward::{
+    router_backward_rows, BackLbl, BackOptions, TokenGroups,
+};
 use simbal_cubecl::kernels::router_forward::{RouteOptions, RowBufs};
 use simbal_cubecl::kernels::DevBuf;
 
@@ -57,7 +59,11 @@ fn backward_matches_reference() {
                         },
                         &up_u32(&c, &dropped),
                         &up(&c, &dw),
-                        with_lbl.then_some((&dcoef, seq)),
+                        TokenGroups::Runs(if with_lbl { seq } else { n }),
+                        with_lbl.then_some(BackLbl {
+                            coef: &dcoef,
+                            normalize: false,
+                        }),
                         &dz,
                     )
                     .unwrap();
@@ -87,8 +93,16 @@ fn backward_rejects_bad_lengths() {
         idx,
         gates,
     };
-    let r = router_backward_rows(&c, &o, rows(p12), &u(6), &f(6), Some((&f(4), 2)), &f(12));
+    let coef = f(4);
+    let lbl = || {
+        Some(BackLbl {
+            coef: &coef,
+            normalize: false,
+        })
+    };
+    let runs = TokenGroups::Runs(2);
+    let r = router_backward_rows(&c, &o, rows(p12), &u(6), &f(6), runs, lbl(), &f(12));
     assert!(r.is_err());
-    let r = router_backward_rows(&c, &o, rows(p11), &u(6), &f(6), None, &f(12));
+    let r = router_backward_rows(&c, &o, rows(p11), &u(6), &f(6), runs, None, &f(12));
     assert!(r.is_err());
 }

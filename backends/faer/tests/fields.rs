@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, assert_close_as, assert_close_scalar, assert_losses, normal};
-use common::{backends, elems_test, per_elem_test, route_given, route_given_plain};
+use common::{backends, elems_test, per_elem_test, route_given};
 use simbal_core::lbl::kernels::GroupSums;
 use simbal_core::router::kernels::{BackwardRequest, LblCoef, RouterBackward};
 use simbal_core::router::select::plain_topk_row;
@@ -107,11 +107,11 @@ fn plain_topk<T: FaerElem>() {
         for bias in [None, Some(&bias[..])] {
             let mut want_plain = vec![0u32; n * k];
             let rf = Reference::<T>::new();
-            let want = route_given_plain(&rf, &cfg, n, z, bias, Some(&mut want_plain)).unwrap();
+            let want = route_given(&rf, &cfg, n, z, bias, Some(&mut want_plain)).unwrap();
             for be in backends::<T>() {
                 let what = format!("{cfg:?} bias {} {:?}", bias.is_some(), be.par());
                 let mut plain = vec![u32::MAX; n * k];
-                let got = route_given_plain(&be, &cfg, n, z, bias, Some(&mut plain)).unwrap();
+                let got = route_given(&be, &cfg, n, z, bias, Some(&mut plain)).unwrap();
                 // The plain top-k of the backend's own scores, exactly.
                 let mut own = vec![0u32; n * k];
                 for (pr, ir) in got.0.chunks(e).zip(own.chunks_mut(k)) {
@@ -119,7 +119,7 @@ fn plain_topk<T: FaerElem>() {
                 }
                 assert_eq!(plain, own, "{what}: plain top-k of its scores");
                 // Without the plain top-k the selection is the same.
-                let alone = route_given(&be, &cfg, n, z, bias).unwrap();
+                let alone = route_given(&be, &cfg, n, z, bias, None).unwrap();
                 assert_eq!(alone.1, got.1, "{what}: indices without plain");
                 assert_close(&format!("{what}: scores"), &got.0, &want.0);
                 // f32 scores differ from the reference's by ulps (vectorised `exp`): with 70
@@ -271,7 +271,7 @@ fn backward_direct<T: FaerElem>() {
     let ids = ids(n, groups);
     for (ci, cfg) in configs(e).into_iter().enumerate() {
         let k = cfg.k;
-        let (p, idx, gates) = route_given(&Reference::<T>::new(), &cfg, n, &z, None).unwrap();
+        let (p, idx, gates) = route_given(&Reference::<T>::new(), &cfg, n, &z, None, None).unwrap();
         let dw = normal::<T>(53 + ci as u64, n * k, 1.0);
         let dropped: Vec<u32> = (0..n * k).map(|a| u32::from(a % 11 == 3)).collect();
         let rows = Rows {
@@ -366,7 +366,7 @@ fn reductions<T: FaerElem>() {
     let (n, e, k, groups) = (4096, 8, 2, 8);
     let z = normal::<T>(61, n * e, 2.0);
     let cfg = RouterConfig::new(e, k).with_score(ScoreFn::SqrtSoftplus);
-    let (p, idx, _) = route_given(&Reference::<T>::new(), &cfg, n, &z, None).unwrap();
+    let (p, idx, _) = route_given(&Reference::<T>::new(), &cfg, n, &z, None, None).unwrap();
     let plain: Vec<u32> = idx.iter().map(|&i| (i + 1) % e as u32).collect();
     let ids = ids(n, groups);
     let dropped: Vec<u32> = (0..n * k).map(|a| u32::from(a % 7 == 1)).collect();

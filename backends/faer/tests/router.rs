@@ -209,9 +209,9 @@ fn non_finite_logits_select_like_reference() {
     }
     for score in [ScoreFn::Sigmoid, ScoreFn::Softmax] {
         let cfg = RouterConfig::new(e, k).with_score(score);
-        let want = route_given(&Reference::<f32>::new(), &cfg, n, &z, None).unwrap();
+        let want = route_given(&Reference::<f32>::new(), &cfg, n, &z, None, None).unwrap();
         for be in backends::<f32>() {
-            let got = route_given(&be, &cfg, n, &z, None).unwrap();
+            let got = route_given(&be, &cfg, n, &z, None, None).unwrap();
             assert_eq!(got.1, want.1, "{score:?}: indices");
             // Scores and gates lie in [0, 1] (scale 1): NaN where the reference has NaN,
             // otherwise within the SPEC's f32 tolerance (the vectorised exp is not bitwise
@@ -376,9 +376,9 @@ fn kernels_refuse_bad_input() {
     let (n, e, k) = (8, 4, 2);
     let cfg = RouterConfig::new(e, k);
     let z = vec![0.0f32; n * e];
-    let (p, idx, w) = route_given(&be, &cfg, n, &z, None).unwrap();
+    let (p, idx, w) = route_given(&be, &cfg, n, &z, None, None).unwrap();
     let route = |cfg: &RouterConfig, n: usize, z: &[f32], bias: Option<&[f32]>| {
-        route_given(&be, cfg, n, z, bias).map(|_| ())
+        route_given(&be, cfg, n, z, bias, None).map(|_| ())
     };
     let err = route(&cfg, n, &z[e..], None).unwrap_err();
     assert!(matches!(

@@ -103,13 +103,7 @@ impl<B: Backend> Bufs<B> {
         GroupSums {
             n: s.n,
             cols: s.cols,
-            groups: match s.id_groups {
-                Some(count) => Groups::Ids {
-                    ids: idx_view::<B>(&self.ids),
-                    count,
-                },
-                None => Groups::Runs { len: s.group_len },
-            },
+            groups: groups_of(s, &self.ids),
             normalize: s.normalize,
             a: view::<B>(&self.a),
             out: view_mut::<B>(&mut self.col_sums),
@@ -123,13 +117,7 @@ impl<B: Backend> Bufs<B> {
             n: s.n,
             k: s.k,
             e: s.e,
-            groups: match s.id_groups {
-                Some(count) => Groups::Ids {
-                    ids: idx_view::<B>(&self.ids),
-                    count,
-                },
-                None => Groups::Runs { len: s.group_len },
-            },
+            groups: groups_of(s, &self.ids),
             idx: idx_view::<B>(&self.idx),
             dropped: (!s.all_assignments).then(|| idx_view::<B>(&self.dropped)),
             out: idx_view_mut::<B>(&mut self.counts),
@@ -154,5 +142,16 @@ impl<B: Backend> Bufs<B> {
             sums: view::<B>(&self.sums),
             coef: view_mut::<B>(&mut self.coef),
         }
+    }
+}
+
+/// The tokens' groups of a shape: by `ids` or in runs.
+fn groups_of<B: Backend>(s: Shape, ids: &B::IdxBuf) -> Groups<'_, B> {
+    match s.id_groups {
+        Some(count) => Groups::Ids {
+            ids: idx_view::<B>(ids),
+            count,
+        },
+        None => Groups::Runs { len: s.group_len },
     }
 }

@@ -52,6 +52,13 @@ impl<'a, M: Memory + ?Sized> Batch<'a, M> {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Only a selection bias, if any.
+    pub fn with_bias(bias: Option<&'a M::View>) -> Self {
+        Self {
+            bias,
+            ..Self::default()
+        }
+    }
     /// With a selection bias.
     pub fn bias(mut self, bias: &'a M::View) -> Self {
         self.bias = Some(bias);

@@ -114,14 +114,7 @@ impl<B: Backend> Router<B> {
         r: &'a B::View,
         bias: Option<&B::View>,
     ) -> Result<Pass<'a, B>> {
-        self.forward_batch(
-            x,
-            r,
-            Batch {
-                bias,
-                ..Batch::new()
-            },
-        )
+        self.forward_batch(x, r, Batch::with_bias(bias))
     }
 
     /// [`Router::forward`] with what the batch carries besides `X`: selection bias, token mask
@@ -188,13 +181,7 @@ impl<B: Backend> Router<B> {
         z: &B::View,
         bias: Option<&B::View>,
     ) -> Result<LogitsPass<'_, B>> {
-        self.forward_logits_batch(
-            z,
-            Batch {
-                bias,
-                ..Batch::new()
-            },
-        )
+        self.forward_logits_batch(z, Batch::with_bias(bias))
     }
 
     /// [`Router::forward_logits`] with a token mask and sequence offsets (see [`Batch`]).

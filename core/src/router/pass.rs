@@ -76,6 +76,18 @@ impl<'a, B: Backend> Routed<'a, B> {
     }
 }
 
+/// A pass derefs to the [`Routed`] it holds (and so to its [`Routing`]).
+macro_rules! derefs_to_routed {
+    ($pass:ident) => {
+        impl<'a, B: Backend> Deref for $pass<'a, B> {
+            type Target = Routed<'a, B>;
+            fn deref(&self) -> &Routed<'a, B> {
+                &self.routed
+            }
+        }
+    };
+}
+
 /// A forward pass from tokens: derefs to [`Routed`] (and so to its [`Routing`]);
 /// [`Pass::backward`] runs the backward of the same `X` and `R`.
 pub struct Pass<'a, B: Backend> {
@@ -84,12 +96,7 @@ pub struct Pass<'a, B: Backend> {
     pub(super) r: &'a B::View,
 }
 
-impl<'a, B: Backend> Deref for Pass<'a, B> {
-    type Target = Routed<'a, B>;
-    fn deref(&self) -> &Routed<'a, B> {
-        &self.routed
-    }
-}
+derefs_to_routed!(Pass);
 
 impl<B: Backend> Pass<'_, B> {
     /// Backward from the gate gradient `dw` (`N x k`) and the configured losses: returns the
@@ -189,12 +196,7 @@ pub struct LogitsPass<'a, B: Backend> {
     pub(super) routed: Routed<'a, B>,
 }
 
-impl<'a, B: Backend> Deref for LogitsPass<'a, B> {
-    type Target = Routed<'a, B>;
-    fn deref(&self) -> &Routed<'a, B> {
-        &self.routed
-    }
-}
+derefs_to_routed!(LogitsPass);
 
 impl<B: Backend> LogitsPass<'_, B> {
     /// Backward to `dZ` from the gate gradient `dw` (`N x k`) and the configured losses. SimBal

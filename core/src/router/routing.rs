@@ -2,7 +2,7 @@
 //! ([`Gradients`], [`LogitGradients`]), borrowed from the router's reusable workspace.
 
 use crate::error::Result;
-use crate::memory::{idx_view, view, Memory};
+use crate::memory::{idx_view, Memory};
 
 /// Loss values of one backward pass (each 0 when not configured).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -28,6 +28,18 @@ pub struct Shape {
     pub e: usize,
     /// Experts per token `k`.
     pub k: usize,
+}
+
+/// Accessors borrowing a routing's buffers as views: `name: field as View | IdxView;`.
+macro_rules! buffer_views {
+    ($($(#[$doc:meta])* $name:ident: $field:ident as $kind:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> &B::$kind {
+                core::borrow::Borrow::borrow(&self.$field)
+            }
+        )*
+    };
 }
 
 /// The routing of one forward pass: every buffer the forward wrote, with its shape. Returned
@@ -76,40 +88,26 @@ impl<B: Memory> Routing<B> {
     pub fn tokens(&self) -> usize {
         self.shape.n
     }
-    /// Expert indices (`N x k`, best first).
-    pub fn indices(&self) -> &B::IdxView {
-        idx_view::<B>(&self.idx)
-    }
-    /// Gates (`N x k`; 0 for dropped assignments).
-    pub fn gates(&self) -> &B::View {
-        view::<B>(&self.gates)
-    }
-    /// Scores `P` (`N x E`).
-    pub fn scores(&self) -> &B::View {
-        view::<B>(&self.p)
-    }
-    /// Logits `Z` (`N x E`).
-    pub fn logits(&self) -> &B::View {
-        view::<B>(&self.z)
-    }
-    /// Dropped flags (`N x k`, 1 = dropped by the capacity limit).
-    pub fn dropped(&self) -> &B::IdxView {
-        idx_view::<B>(&self.dropped)
-    }
-    /// Kept assignments per expert (`E`): the sizes of the dispatch plan's segments, masked
-    /// tokens included (they are dispatched); [`crate::RoutingStats::counts`] counts the valid
-    /// tokens only.
-    pub fn counts(&self) -> &B::IdxView {
-        idx_view::<B>(&self.counts)
-    }
-    /// Dispatch plan: kept assignment ids `t * k + j` grouped by expert, in token order within
-    /// each expert (the first `offsets[E]` entries of an `N x k` buffer).
-    pub fn dispatch_order(&self) -> &B::IdxView {
-        idx_view::<B>(&self.order)
-    }
-    /// Dispatch plan: per-expert offsets into [`Routing::dispatch_order`] (`E + 1`).
-    pub fn dispatch_offsets(&self) -> &B::IdxView {
-        idx_view::<B>(&self.offsets)
+    buffer_views! {
+        /// Expert indices (`N x k`, best first).
+        indices: idx as IdxView;
+        /// Gates (`N x k`; 0 for dropped assignments).
+        gates: gates as View;
+        /// Scores `P` (`N x E`).
+        scores: p as View;
+        /// Logits `Z` (`N x E`).
+        logits: z as View;
+        /// Dropped flags (`N x k`, 1 = dropped by the capacity limit).
+        dropped: dropped as IdxView;
+        /// Kept assignments per expert (`E`): the sizes of the dispatch plan's segments, masked
+        /// tokens included (they are dispatched); [`crate::RoutingStats::counts`] counts the valid
+        /// tokens only.
+        counts: counts as IdxView;
+        /// Dispatch plan: kept assignment ids `t * k + j` grouped by expert, in token order within
+        /// each expert (the first `offsets[E]` entries of an `N x k` buffer).
+        dispatch_order: order as IdxView;
+        /// Dispatch plan: per-expert offsets into [`Routing::dispatch_order`] (`E + 1`).
+        dispatch_offsets: offsets as IdxView;
     }
     /// The plain top-k of the scores alone (`N x k`: no bias, no groups, before capacity),
     /// which the LBL counts by default; the selection itself when it has neither bias nor

@@ -290,31 +290,11 @@ fn router_backward_kernel(
 }
 
 /// Enqueues the backward rows: `dz` (`n x E`) from the forward's `rows`, the dropped flags and
-/// the gate gradient `dw` (`n x k`). `lbl` is the `B x E` coefficient matrix with its
-/// group length (tokens per sequence, dividing `n`).
+/// the gate gradient `dw` (`n x k`), with the tokens' groups as runs or per-token ids (masked
+/// tokens: no LBL row, no z-loss term) and the LBL's `groups x E` coefficients, optionally
+/// through the per-token score normalisation.
 #[allow(clippy::too_many_arguments)]
 pub fn router_backward_rows<R: Runtime>(
-    client: &ComputeClient<R>,
-    o: &BackOptions,
-    rows: RowBufs<'_>,
-    dropped: &DevBuf<u32>,
-    dw: &DevBuf<f32>,
-    lbl: Option<(&DevBuf<f32>, usize)>,
-    dz: &DevBuf<f32>,
-) -> Result<(), KernelError> {
-    let groups = TokenGroups::Runs(lbl.map_or(rows.n.max(1), |(_, len)| len));
-    let lbl = lbl.map(|(coef, _)| BackLbl {
-        coef,
-        normalize: false,
-    });
-    router_backward_grouped(client, o, rows, dropped, dw, groups, lbl, dz)
-}
-
-/// [`router_backward_rows`] with the tokens' groups given as runs or per-token ids (masked
-/// tokens: no LBL row, no z-loss term) and the LBL term optionally through the per-token
-/// normalisation.
-#[allow(clippy::too_many_arguments)]
-pub fn router_backward_grouped<R: Runtime>(
     client: &ComputeClient<R>,
     o: &BackOptions,
     rows: RowBufs<'_>,

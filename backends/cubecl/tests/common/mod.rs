@@ -79,6 +79,32 @@ pub fn down_u32(c: &ComputeClient<R>, x: &DevBuf<u32>) -> Vec<u32> {
 }
 
 /// Asserts `max |a - b| <= tol * max(1, max |b|)`.
+/// An element buffer of any backend on the host.
+pub fn read_f<B: simbal_core::Memory<Elem = f32>>(b: &B, x: &B::View) -> Vec<f32> {
+    let mut h = vec![0.0; b.len(x)];
+    b.download(x, &mut h).unwrap();
+    h
+}
+
+/// An index buffer of any backend on the host.
+pub fn read_u<B: simbal_core::Memory<Elem = f32>>(b: &B, x: &B::IdxView) -> Vec<u32> {
+    let mut h = vec![0; b.idx_len(x)];
+    b.idx_download(x, &mut h).unwrap();
+    h
+}
+
+/// `got` within `tol` of `want`, relative to `want`'s largest magnitude.
+pub fn close_scaled(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));

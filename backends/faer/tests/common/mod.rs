@@ -113,19 +113,9 @@ pub fn gemm<T, B: Backend<Elem = T, View = [T]>>(
 }
 
 /// Scores, indices and gates of `n` tokens' logits `z` from a host backend's `route` kernel, the
-/// arguments checked by core (`z` may have a wrong length).
+/// arguments checked by core (`z` may have a wrong length); the plain top-k into `plain` when
+/// given.
 pub fn route_given<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
-    be: &B,
-    cfg: &RouterConfig,
-    n: usize,
-    z: &[T],
-    bias: Option<&[T]>,
-) -> Result<(Vec<T>, Vec<u32>, Vec<T>)> {
-    route_given_plain(be, cfg, n, z, bias, None)
-}
-
-/// [`route_given`], also writing the plain top-k into `plain` when given.
-pub fn route_given_plain<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
     be: &B,
     cfg: &RouterConfig,
     n: usize,
