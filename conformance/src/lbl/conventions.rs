@@ -46,7 +46,8 @@ fn run_case<B: Backend>(
 /// A masked batch equals its compacted valid tokens: LBL (micro-batch, or per batch-major
 /// sequence, whose compacted form is packed) and z-loss values, `dZ` and `dX` of the valid
 /// tokens, `dR` and the statistics (counts exactly); masked tokens with a zero gate gradient
-/// get exactly zero gradient. No capacity (masked tokens still take capacity, by the SPEC).
+/// get exactly zero gradient, and moving their inputs changes no loss value and no `dR`. No
+/// capacity (masked tokens still take capacity, by the SPEC).
 pub fn masked_equals_compacted<B: Backend>(make: &dyn Fn() -> Option<B>) {
     const NAME: &str = "lbl::conventions::masked_equals_compacted";
     if acquire(make, NAME).is_none() {
@@ -129,6 +130,27 @@ pub fn masked_equals_compacted<B: Backend>(make: &dyn Fn() -> Option<B>) {
         };
         let (masked, ms) = run_case(make, &case, &data, None)?;
         let (want, ws) = run_case(make, &compact_case, &compact, None)?;
+        // Changing a masked token's input changes no loss and no valid token's gradient.
+        let mut moved = data.clone();
+        for t in (0..n).filter(|&t| mask[t] == 0) {
+            moved.x[t * d..(t + 1) * d]
+                .iter_mut()
+                .for_each(|v| *v = -3.0 * *v + 0.5);
+        }
+        let moved = Data {
+            x: rounded::<B::Elem>(&moved.x),
+            ..moved
+        };
+        let (other, _) = run_case(make, &case, &moved, None)?;
+        for (i, name) in ["SimBal", "LBL", "z-loss", "total"].iter().enumerate() {
+            close1(
+                &format!("{name} value, masked inputs moved"),
+                other.losses[i],
+                masked.losses[i],
+                tol,
+            )?;
+        }
+        close("dR, masked inputs moved", &other.dr, &masked.dr, tol)?;
         let names = ["SimBal", "LBL", "z-loss", "total"];
         for (i, name) in names.iter().enumerate() {
             close1(
