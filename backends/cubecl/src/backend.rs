@@ -93,20 +93,6 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
                 gating: gating(a.cfg),
                 groups: a.cfg.groups.map(|g| (g.groups, g.top_groups)),
             };
-            if let Some(plain) = a.plain.as_deref_mut() {
-                // The plain top-k: the same rows without bias and groups, into scratch gates.
-                let scratch = DevBuf::<f32>::empty(&self.client, a.gates.len);
-                let plain_o = router_forward::RouteOptions { groups: None, ..o };
-                let rows = router_forward::RowBufs {
-                    n: a.n,
-                    z: a.z,
-                    p: a.p,
-                    idx: plain,
-                    gates: &scratch,
-                };
-                router_forward::route_rows(&self.client, &plain_o, rows, None).map_err(map_err)?;
-                plain.bound = u32::try_from(a.cfg.experts).ok();
-            }
             let rows = router_forward::RowBufs {
                 n: a.n,
                 z: a.z,
@@ -114,7 +100,13 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
                 idx: a.idx,
                 gates: a.gates,
             };
-            router_forward::route_rows(&self.client, &o, rows, a.bias).map_err(map_err)?;
+            // The plain top-k (when asked) in the same launch, from the same rows.
+            let plain = a.plain.as_deref_mut();
+            router_forward::route_rows(&self.client, &o, rows, a.bias, plain.as_deref())
+                .map_err(map_err)?;
+            if let Some(plain) = plain {
+                plain.bound = u32::try_from(a.cfg.experts).ok();
+            }
         }
         // Every index the rows write is below E: later index checks are free.
         a.idx.bound = u32::try_from(a.cfg.experts).ok();

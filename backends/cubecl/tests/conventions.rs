@@ -6,7 +6,9 @@ use common::{close_scaled as close, gpu, read_f as f, read_u as u, Rng};
 use simbal_core::lbl::kernels::{GroupCounts, GroupSums};
 use simbal_core::memory::{idx_view, idx_view_mut, view, view_mut};
 use simbal_core::metrics::Entropy;
-use simbal_core::router::kernels::{BackwardRequest, LblCoef, RouterBackward};
+use simbal_core::router::kernels::{
+    BackwardRequest, LblCoef, Logits, Route, RouteRequest, RouterBackward,
+};
 use simbal_core::tokens::{Groups, MASKED};
 use simbal_core::zloss::LseSqSum;
 use simbal_core::{Backend, Memory, Reference, RouterConfig, ScoreFn};
@@ -233,7 +235,10 @@ fn group_sums_and_counts_match_reference() {
     let Some(gb) = gpu() else { return };
     let rb = Reference::<f32>::new();
     let mut rng = Rng::new(12);
-    for &(e, k, n, count) in &[(8, 2, 48, 3), (70, 6, 100, 5), (5, 1, 9, 3), (3, 1, 4, 4)] {
+    // `tiles` span several 256-row tiles of the fused normalisation.
+    let tiles = [(40, 2, 1200, 2), (33, 1, 700, 1)];
+    let small = [(8, 2, 48, 3), (70, 6, 100, 5), (5, 1, 9, 3), (3, 1, 4, 4)];
+    for &(e, k, n, count) in small.iter().chain(&tiles) {
         let c = Case::new(&mut rng, ScoreFn::Sigmoid, n, e, k, count);
         for by_ids in [true, false] {
             for normalize in [true, false] {
@@ -291,6 +296,66 @@ fn masked_lse_and_entropy_match_reference() {
             c.ids.iter_mut().for_each(|v| *v = MASKED);
             assert_eq!(masked_stats(&gb, &c, true), [0.0, 0.0]);
             assert_eq!(masked_stats(&rb, &c, true), [0.0, 0.0]);
+        }
+    }
+}
+
+/// `[p, gates]` and `[idx, plain]` of one route with a selection bias and the plain top-k.
+fn route_plain<B: Backend<Elem = f32>>(
+    b: &B,
+    cfg: &RouterConfig,
+    n: usize,
+    z: &[f32],
+    bias: &[f32],
+) -> ([Vec<f32>; 2], [Vec<u32>; 2]) {
+    let (e, k) = (cfg.experts, cfg.k);
+    let (mut dz, db) = (b.upload(z).unwrap(), b.upload(bias).unwrap());
+    let (mut p, mut g) = (b.zeros(n * e).unwrap(), b.zeros(n * k).unwrap());
+    let mut idx = b.idx_upload(&vec![7; n * k]).unwrap();
+    let mut plain = b.idx_upload(&vec![7; n * k]).unwrap();
+    let args = Route {
+        cfg,
+        n,
+        logits: Logits::Given,
+        bias: Some(view::<B>(&db)),
+        z: view_mut::<B>(&mut dz),
+        p: view_mut::<B>(&mut p),
+        idx: idx_view_mut::<B>(&mut idx),
+        gates: view_mut::<B>(&mut g),
+        plain: Some(idx_view_mut::<B>(&mut plain)),
+        request: RouteRequest { max_abs_z: false },
+    };
+    b.route(args.check(b).unwrap()).unwrap();
+    let fl = [f(b, view::<B>(&p)), f(b, view::<B>(&g))];
+    (fl, [u(b, idx_view::<B>(&idx)), u(b, idx_view::<B>(&plain))])
+}
+
+/// The plain top-k, fused into the forward row launch, with a bias and a group limit (and
+/// ties: logits on a coarse grid).
+#[test]
+fn route_plain_top_k_matches_reference() {
+    let Some(gb) = gpu() else { return };
+    let rb = Reference::<f32>::new();
+    let mut rng = Rng::new(14);
+    for &(e, k, n, groups) in &[
+        (8, 2, 37, Some((4, 2))),
+        (64, 6, 20, Some((8, 3))),
+        (5, 2, 9, None),
+    ] {
+        for s in [ScoreFn::Softmax, ScoreFn::Sigmoid] {
+            let mut cfg = RouterConfig::new(e, k).with_score(s).with_scale(1.5);
+            if let Some((g, top)) = groups {
+                cfg = cfg.with_groups(g, top);
+            }
+            let z: Vec<f32> = (0..n * e).map(|_| rng.below(5) as f32 * 0.5).collect();
+            let bias: Vec<f32> = rng.vec(e).iter().map(|v| v * 0.3).collect();
+            let tag = format!("{e} {k} {n} {groups:?} {s:?}");
+            let (gf, gi) = route_plain(&gb, &cfg, n, &z, &bias);
+            let (wf, wi) = route_plain(&rb, &cfg, n, &z, &bias);
+            close(&format!("{tag}: p"), &gf[0], &wf[0], 1e-5);
+            close(&format!("{tag}: gates"), &gf[1], &wf[1], 1e-5);
+            assert_eq!(gi[0], wi[0], "{tag}: indices");
+            assert_eq!(gi[1], wi[1], "{tag}: plain indices");
         }
     }
 }

@@ -32,7 +32,7 @@ fn device(
         idx: &idx,
         gates: &g,
     };
-    route_rows(c, o, rows, db.as_ref()).unwrap();
+    route_rows(c, o, rows, db.as_ref(), None).unwrap();
     (down(c, &p), down_u32(c, &idx), down(c, &g))
 }
 
@@ -142,7 +142,7 @@ fn forward_rejects_bad_config() {
         gates: &g,
     };
     // k > E; groups that do not divide E; logits of 2 rows routed as 3.
-    assert!(route_rows(&c, &opts(5, None), rows(2), None).is_err());
-    assert!(route_rows(&c, &opts(1, Some((3, 1))), rows(2), None).is_err());
-    assert!(route_rows(&c, &opts(1, None), rows(3), None).is_err());
+    assert!(route_rows(&c, &opts(5, None), rows(2), None, None).is_err());
+    assert!(route_rows(&c, &opts(1, Some((3, 1))), rows(2), None, None).is_err());
+    assert!(route_rows(&c, &opts(1, None), rows(3), None, None).is_err());
 }

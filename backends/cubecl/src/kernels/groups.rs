@@ -1,5 +1,5 @@
 //! Token-group reductions: per-group column sums (runs of rows or per-token group ids, rows
-//! optionally normalised to sum 1 first) and the per-group expert histogram by token ids.
+//! optionally normalised to sum 1 first, in the same launch) and the per-group expert histogram by token ids.
 //! A token whose id is at or above the group count ([`super::NONE`], core's `MASKED`) is skipped.
 //! Float sums run in a fixed order (deterministic).
 
@@ -18,29 +18,26 @@ use crate::CubeclBackend;
 const COLS: usize = 32;
 const ROW_LANES: usize = 8;
 
-/// `inv[t] = 1 / (sum_c a[t, c] + 1e-20)` (the LBL's per-token normalisation, summed in column
-/// order as the reference), one thread per row.
-#[cube(launch_unchecked)]
-fn row_inv_kernel(a: &Array<f32>, inv: &mut Array<f32>, n: u32, cols: u32) {
-    let t = element_index();
-    if t < n as usize {
-        let cols = cols as usize;
-        let mut s = 0.0f32;
-        for c in 0..cols {
-            s += a[t * cols + c];
-        }
-        inv[t] = 1.0 / (s + 1e-20);
+/// `1 / (sum_c a[t, c] + 1e-20)` (the LBL's per-token normalisation, summed in column order as
+/// the reference).
+#[cube]
+fn row_inv(a: &Array<f32>, t: usize, cols: usize) -> f32 {
+    let mut s = 0.0f32;
+    for c in 0..cols {
+        s += a[t * cols + c];
     }
+    1.0 / (s + 1e-20)
 }
 
 /// One cube per (group, block of 32 columns): 8 row lanes each sum a strided share of the
 /// group's rows, then a fixed-order tree over the lanes. Runs: the rows `b * len..(b + 1) len`;
-/// `by_ids`: every row `t` with `ids[t] == b` (of `n`). `normalize`: each row times `inv[t]`.
+/// `by_ids`: every row `t` with `ids[t] == b` (of `n`). `normalize`: each row times its
+/// [`row_inv`], fused: the rows go in tiles of 256, each thread first the inverse sum of one
+/// row of the tile (into shared memory), then the same strided sums (the same order).
 #[cube(launch_unchecked)]
 fn group_column_sums_kernel(
     a: &Array<f32>,
     ids: &Array<u32>,
-    inv: &Array<f32>,
     out: &mut Array<f32>,
     cols: u32,
     group_len: u32,
@@ -55,34 +52,68 @@ fn group_column_sums_kernel(
     let rl = UNIT_POS_Y as usize;
     let cols = cols as usize;
     let glen = group_len as usize;
+    let slot = rl * COLS + UNIT_POS_X as usize;
     let mut s = SharedMemory::<f32>::new(COLS * ROW_LANES);
     let mut acc = 0.0f32;
-    if col < cols {
+    if normalize {
+        let tile = comptime!(COLS * ROW_LANES);
+        let mut inv = SharedMemory::<f32>::new(COLS * ROW_LANES);
+        let mut total = glen;
+        let mut first = b * glen;
+        if by_ids {
+            total = n as usize;
+            first = 0;
+        }
+        let mut base = 0;
+        while base < total {
+            let r = base + slot;
+            let mut w = 0.0f32;
+            if r < total {
+                let mut keep = true;
+                if by_ids {
+                    keep = ids[r] as usize == b;
+                }
+                if keep {
+                    w = row_inv(a, first + r, cols);
+                }
+            }
+            inv[slot] = w;
+            sync_cube();
+            if col < cols {
+                let mut j = rl;
+                while j < tile {
+                    let r = base + j;
+                    if r < total {
+                        let mut keep = true;
+                        if by_ids {
+                            keep = ids[r] as usize == b;
+                        }
+                        if keep {
+                            acc += a[(first + r) * cols + col] * inv[j];
+                        }
+                    }
+                    j += ROW_LANES;
+                }
+            }
+            sync_cube();
+            base += tile;
+        }
+    } else if col < cols {
         let mut r = rl;
         if by_ids {
             while r < n as usize {
                 if ids[r] as usize == b {
-                    if normalize {
-                        acc += a[r * cols + col] * inv[r];
-                    } else {
-                        acc += a[r * cols + col];
-                    }
+                    acc += a[r * cols + col];
                 }
                 r += ROW_LANES;
             }
         } else {
             while r < glen {
-                let t = b * glen + r;
-                if normalize {
-                    acc += a[t * cols + col] * inv[t];
-                } else {
-                    acc += a[t * cols + col];
-                }
+                acc += a[(b * glen + r) * cols + col];
                 r += ROW_LANES;
             }
         }
     }
-    let slot = rl * COLS + UNIT_POS_X as usize;
     s[slot] = acc;
     sync_cube();
     let mut stride = comptime!(ROW_LANES / 2).runtime();
@@ -130,19 +161,6 @@ pub fn group_column_sums<R: Runtime>(
     if n == 0 {
         return fill_zero(client, out);
     }
-    let inv = if sums.normalize {
-        let inv = DevBuf::<f32>::empty(client, n);
-        if let Some((launch, n32)) = Launch::per_element("rows", n)? {
-            launch!(
-                client,
-                launch,
-                row_inv_kernel(a.arg(), inv.arg(), n32, cols as u32)
-            );
-        }
-        inv
-    } else {
-        DevBuf::empty(client, 1)
-    };
     let ids_buf = ids.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
     let blocks = cols.div_ceil(COLS);
     let launch = Launch::cubes_2d(blocks * groups, COLS, ROW_LANES)?;
@@ -152,7 +170,6 @@ pub fn group_column_sums<R: Runtime>(
         group_column_sums_kernel(
             a.arg(),
             ids_buf.arg(),
-            inv.arg(),
             out.arg(),
             cols as u32,
             group_len as u32,

@@ -37,6 +37,7 @@ pub mod lbl;
 pub mod reduce;
 pub mod router_backward;
 pub mod router_forward;
+pub mod select;
 pub mod simbal;
 pub mod util;
 

@@ -1,16 +1,21 @@
 //! Router forward row kernel: scores, top-k selection (selection bias, group limit, ties to the
-//! lower index) and gates, one token row per group of `lanes` threads, several rows per cube.
+//! lower index) and gates, one token row per group of `lanes` threads, several rows per cube;
+//! optionally (comptime `has_plain`) the plain top-k of the scores alone as well, a second
+//! selection over the same shared row (no bias, no groups), so the LBL's routed assignments
+//! cost no second pass over `N x E`.
 //!
 //! Per row: logits are staged in shared memory; softmax (max-subtracted) or sigmoid gives `P`;
 //! selection keys are `P + b` (NaN keys rank as `-inf`); with a group limit each group's score is
 //! the sum of its top `m` keys (summed in pick order, as the reference), and `top_groups` rounds of
 //! arg-max admit groups; then `k` rounds of arg-max pick experts, each the best candidate strictly
-//! after the previous pick in the total order "higher key, then lower index". This is the
-//! reference's scratch-free selection, so indices agree exactly for equal keys.
+//! after the previous pick in the total order "higher key, then lower index" ([`super::select`]).
+//! This is the reference's scratch-free selection, so indices agree exactly for equal keys.
 
 use cubecl::prelude::*;
 
-use super::util::{after, before, fits_u32, is_nan_bits, tree_argmax, tree_max, tree_sum};
+use super::select::{keep_best, pick_top_k};
+use super::util::{after, tree_argmax};
+use super::util::{fits_u32, is_nan_bits, tree_max, tree_sum};
 use super::{check_len, check_len2, check_top_k, linear_cube, DevBuf, KernelError, Launch, NONE};
 
 /// How the row kernels score and gate a router's tokens: what a forward and a backward launch
@@ -83,6 +88,8 @@ pub struct RouteShape {
     pub top_groups: usize,
     /// Top scores summed per group: `clamp(k / top_groups, 1, E / groups)`.
     pub group_pick: usize,
+    /// The plain top-k (of the scores alone) is written too.
+    pub has_plain: bool,
 }
 
 /// `(lane, row slot in the cube, row)` of a thread of a row kernel: `lanes` threads (x) per
@@ -161,19 +168,6 @@ pub fn score_row_shared(
     }
 }
 
-/// The better of the best pick so far `(bs, bi)` and the candidate `(s, i)` under [`before()`],
-/// the candidate only when it may be picked (`ok`).
-#[cube]
-fn keep_best(ok: bool, s: f32, i: u32, bs: f32, bi: u32) -> (f32, u32) {
-    let mut best_s = bs;
-    let mut best_i = bi;
-    if ok && before(s, i, bs, bi) {
-        best_s = s;
-        best_i = i;
-    }
-    (best_s, best_i)
-}
-
 #[cube(launch_unchecked)]
 fn route_rows_kernel(
     z: &Array<f32>,
@@ -181,6 +175,7 @@ fn route_rows_kernel(
     p_out: &mut Array<f32>,
     idx_out: &mut Array<u32>,
     gates_out: &mut Array<f32>,
+    plain_out: &mut Array<u32>,
     n: u32,
     scale: f32,
     ninf: f32,
@@ -293,39 +288,32 @@ fn route_rows_kernel(
     }
 
     // Top-k.
-    let mut prev_s = 0.0f32;
-    let mut prev_i = NONE.runtime();
-    for j in 0..k {
-        let mut bs = ninf;
-        let mut bi = NONE.runtime();
-        c = lane;
-        while c < e {
-            let s = ks[pb + c];
-            let ci = c as u32;
-            let mut ok = after(prev_s, prev_i, s, ci);
-            if comptime!(ng > 0) {
-                let glen = comptime!(cfg.row.e / cfg.groups.max(1));
-                if adm[ty * ng + c / glen] == 0 {
-                    ok = false;
-                }
+    let row_shape = cfg.row;
+    pick_top_k(
+        &ks,
+        false,
+        &adm,
+        ng,
+        &mut rs,
+        &mut ri,
+        &mut chosen,
+        ninf,
+        row_shape,
+    );
+    if comptime!(cfg.has_plain) {
+        // The plain top-k of the scores alone (no bias, no groups), from the same row.
+        let mut pc = SharedMemory::<u32>::new(comptime!(cfg.row.k * cfg.row.rows));
+        pick_top_k(
+            &ps, true, &adm, 0usize, &mut rs, &mut ri, &mut pc, ninf, row_shape,
+        );
+        sync_cube();
+        if valid {
+            let mut j = lane;
+            while j < k {
+                plain_out[row * k + j] = pc[ty * k + j];
+                j += lanes;
             }
-            let (ns, ni) = keep_best(ok, s, ci, bs, bi);
-            bs = ns;
-            bi = ni;
-            c += lanes;
         }
-        let (ws, wi) = tree_argmax(&mut rs, &mut ri, rb, lane, bs, bi, lanes);
-        let mut fs = ws;
-        let mut fi = wi;
-        if wi == NONE {
-            fs = 0.0;
-            fi = 0;
-        }
-        if lane == 0 {
-            chosen[ty * k + j] = fi;
-        }
-        prev_s = fs;
-        prev_i = fi;
     }
     sync_cube();
 
@@ -411,21 +399,27 @@ pub(super) fn row_launch<R: Runtime>(
 /// Shared memory (bytes) of the forward kernel.
 fn shared_bytes(s: &RouteShape) -> usize {
     let r = &s.row;
-    4 * r.rows * (2 * r.e + 2 * r.lanes + r.k + 2 * s.groups.max(1))
+    let plain = if s.has_plain { r.k } else { 0 };
+    4 * r.rows * (2 * r.e + 2 * r.lanes + r.k + plain + 2 * s.groups.max(1))
 }
 
 /// Enqueues the forward rows: `p` (`n x E`), `idx` and `gates` (`n x k`) from logits `z`, with
-/// the selection bias (`E`) if any.
+/// the selection bias (`E`) if any; with `plain` (`n x k`), the plain top-k of `p` alone (no
+/// bias, no group limit; best first, ties to the lower index) in the same launch.
 pub fn route_rows<R: Runtime>(
     client: &ComputeClient<R>,
     o: &RouteOptions,
     rows: RowBufs<'_>,
     bias: Option<&DevBuf<f32>>,
+    plain: Option<&DevBuf<u32>>,
 ) -> Result<(), KernelError> {
     let (e, k) = (o.gating.e, o.gating.k);
     let n = rows.check(&o.gating)?;
     if let Some(b) = bias {
         check_len("selection bias", e, b.len)?;
+    }
+    if let Some(pl) = plain {
+        check_len2("plain indices", n, k, pl.len)?;
     }
     if n == 0 {
         return Ok(());
@@ -448,9 +442,11 @@ pub fn route_rows<R: Runtime>(
         groups,
         top_groups,
         group_pick,
+        has_plain: plain.is_some(),
     };
     let launch = row_launch(client, n, &shape.row, shared_bytes(&shape))?;
     let bias = bias.cloned().unwrap_or_else(|| DevBuf::empty(client, 1));
+    let plain = plain.cloned().unwrap_or_else(|| DevBuf::empty(client, 1));
     launch!(
         client,
         launch,
@@ -460,6 +456,7 @@ pub fn route_rows<R: Runtime>(
             rows.p.arg(),
             rows.idx.arg(),
             rows.gates.arg(),
+            plain.arg(),
             n32,
             o.gating.scale,
             f32::NEG_INFINITY,
