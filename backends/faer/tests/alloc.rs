@@ -1,7 +1,8 @@
 //! A training step of a shape seen before allocates nothing: a counting global allocator around
 //! the later steps `router.forward(..)?.backward(..)?` (and the router's statistics, through the
 //! backend's `routing_stats`), for f32 and f64, with every loss, capacity and a selection bias,
-//! run sequentially and split across rayon blocks.
+//! and a masked batch (sigmoid scores, the normalised LBL per `[S, B]` sequence), run
+//! sequentially and split across rayon blocks.
 //!
 //! This binary holds a single test so no other test's allocations are counted. The steps run on
 //! a worker of a dedicated rayon pool: rayon itself allocates now and then (a block of its global
@@ -12,8 +13,9 @@ mod common;
 
 use common::gemm;
 use simbal_core::{
-    orthogonal_init, DropPolicy, Gemm, LblConfig, LblLevel, LossConfig, Router, RouterConfig,
-    RoutingStats, SimBalConfig, SimBalNorm, WeightLayout, ZLossConfig,
+    orthogonal_init, Batch, DropPolicy, Gemm, LblConfig, LblLevel, LossConfig, Router,
+    RouterConfig, RoutingStats, ScoreFn, SeqLayout, SimBalConfig, SimBalNorm, WeightLayout,
+    ZLossConfig,
 };
 use simbal_faer::{Faer, FaerElem, Par};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -51,21 +53,36 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
         lambda: 0.1,
         norm: SimBalNorm::ScaleFree,
     };
+    // Padding: every seventh token masked (sequences of 256 keep valid tokens).
+    let mask: Vec<u32> = (0..n).map(|t| u32::from(t % 7 != 3)).collect();
+    let seq_major = LblConfig {
+        level: LblLevel::Sequence(SeqLayout::SequenceMajor { batch: 8 }),
+        ..LblConfig::default()
+    };
     let cases = [
         (
             RouterConfig::new(e, k).with_capacity(1.25, DropPolicy::Probs),
             LossConfig::simbal()
                 .with_lbl(seq)
                 .with_z_loss(ZLossConfig::default()),
+            false,
         ),
         (
             RouterConfig::new(e, k)
                 .with_layout(WeightLayout::ExD)
                 .with_groups(4, 2),
             LossConfig::none().with_simbal(scale_free).with_lbl(global),
+            false,
+        ),
+        (
+            RouterConfig::new(e, k).with_score(ScoreFn::Sigmoid),
+            LossConfig::simbal()
+                .with_lbl(seq_major)
+                .with_z_loss(ZLossConfig::default()),
+            true,
         ),
     ];
-    for (cfg, losses) in cases {
+    for (cfg, losses, masked) in cases {
         let r: Vec<T> = orthogonal_init(cfg.layout, d, e, 3).unwrap();
         let mut router = Router::new(Faer::<T>::with_par(par), cfg).unwrap();
         let mut stats = RoutingStats::empty(e);
@@ -77,8 +94,10 @@ fn steps_allocate_nothing<T: FaerElem>(par: Par) {
             dropped: 0,
         };
         let mut step = || {
+            let batch = Batch::new().bias(&bias[..]);
+            let batch = if masked { batch.mask(&mask[..]) } else { batch };
             router
-                .forward(&x, &r, Some(&bias))
+                .forward_batch(&x, &r, batch)
                 .unwrap()
                 .backward(&dw, &losses, Some(&global))
                 .unwrap();
