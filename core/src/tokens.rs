@@ -194,7 +194,6 @@ pub fn token_group_ids(
     ids: &mut [u32],
     tokens: &mut [u32],
 ) {
-    let n = ids.len();
     tokens.iter_mut().for_each(|c| *c = 0);
     let mut seq = 0usize;
     for (t, id) in ids.iter_mut().enumerate() {
@@ -210,7 +209,7 @@ pub fn token_group_ids(
                 seq
             }
         };
-        let valid = mask.is_none_or(|m| m[t] != 0) && g < tokens.len() && t < n;
+        let valid = mask.is_none_or(|m| m[t] != 0) && g < tokens.len();
         if valid {
             *id = g as u32;
             tokens[g] += 1;

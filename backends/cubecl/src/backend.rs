@@ -86,7 +86,6 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         }
         if a.cfg.score == ScoreFn::SqrtSoftplus {
             // No sqrt-softplus row kernel yet: the host rows (the logits stay as computed).
-            a.logits = Logits::Given;
             router_staged::route_rows_staged(self, &mut a)?;
         } else {
             let o = router_forward::RouteOptions {
@@ -235,7 +234,12 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             ae *= s.k as f64;
         }
         let t = tokens as f64;
-        let c_scale = ae / (s.k as f64 * t * t * s.groups as f64);
+        // No valid token (or no group): loss 0, zero coefficients, as the reference.
+        let c_scale = if tokens == 0 || s.groups == 0 {
+            0.0
+        } else {
+            ae / (s.k as f64 * t * t * s.groups as f64)
+        };
         self.scalar(|out| {
             lbl::lbl_coefficients(
                 &self.client,

@@ -129,13 +129,15 @@ impl<B: Backend> TokenState<B> {
         self.has_mask = false;
         self.valid = n;
         if let Some(m) = batch.mask {
-            check_mask(n, &stage_idx_in(b, m)?)?;
+            // One read of the caller's mask: checked, then written into the pass's copy.
+            let host = stage_idx_in(b, m)?;
+            check_mask(n, &host)?;
             if self.mask.is_none() {
                 self.mask = Some(b.idx_zeros(n)?);
                 self.mask_ids = Some((b.idx_zeros(n)?, b.idx_zeros(1)?));
             }
             if let (Some(copy), Some((ids, count))) = (self.mask.as_mut(), self.mask_ids.as_mut()) {
-                b.idx_copy(m, idx_view_mut::<B>(copy))?;
+                b.idx_write(idx_view_mut::<B>(copy), &host)?;
                 b.token_groups(
                     TokenGroupIds {
                         n,
@@ -154,7 +156,8 @@ impl<B: Backend> TokenState<B> {
         }
         self.has_offsets = false;
         if let Some(o) = batch.offsets {
-            check_offsets(n, &stage_idx_in(b, o)?)?;
+            let host = stage_idx_in(b, o)?;
+            check_offsets(n, &host)?;
             let len = b.idx_len(o);
             if self
                 .offsets
@@ -164,7 +167,7 @@ impl<B: Backend> TokenState<B> {
                 self.offsets = Some(b.idx_zeros(len)?);
             }
             if let Some(copy) = self.offsets.as_mut() {
-                b.idx_copy(o, idx_view_mut::<B>(copy))?;
+                b.idx_write(idx_view_mut::<B>(copy), &host)?;
             }
             self.has_offsets = true;
         }
@@ -215,14 +218,10 @@ impl<B: Backend> TokenState<B> {
             });
         }
         let Some(layout) = layout else {
-            // Masked, one group: the forward's ids.
-            let count = self.mask_ids.as_ref().map(|(_, c)| idx_view::<B>(c));
+            // Masked, one group: the forward's ids; its valid count was read at the forward.
             return Ok(LossGroups {
                 groups: self.whole(),
-                tokens: match count {
-                    Some(c) => GroupTokens::PerGroup(c),
-                    None => GroupTokens::Uniform(n),
-                },
+                tokens: GroupTokens::Uniform(self.valid),
                 valid: self.valid,
             });
         };

@@ -131,26 +131,17 @@ pub fn route_rows_staged<M: Memory + ?Sized>(m: &M, a: &mut Route<'_, M>) -> Res
         None => None,
     };
     let plain_out = plain.as_mut().map(|pl| pl.slice());
-    if a.cfg.selection == Selection::TopK {
-        let b = bias.as_deref();
-        reference::route_rows(
-            a.cfg,
-            &z,
-            b,
-            p.slice(),
-            idx.slice(),
-            gates.slice(),
-            plain_out,
-        );
-    } else {
-        super::sinkhorn::route_sinkhorn(
-            a.cfg,
-            &z,
-            p.slice(),
-            idx.slice(),
-            gates.slice(),
-            plain_out,
-        );
+    let (p_out, idx_out, gates_out) = (p.slice(), idx.slice(), gates.slice());
+    match a.cfg.selection {
+        Selection::TopK => {
+            let b = bias.as_deref();
+            reference::route_rows(a.cfg, &z, b, p_out, idx_out, gates_out, plain_out);
+        }
+        Selection::Sinkhorn { tol, max_iters } => {
+            let limits = (tol, max_iters);
+            let cfg = a.cfg;
+            super::sinkhorn::route_sinkhorn(cfg, limits, &z, p_out, idx_out, gates_out, plain_out);
+        }
     }
     p.finish(m)?;
     idx.finish(m)?;

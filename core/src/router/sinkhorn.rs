@@ -11,9 +11,9 @@
 //! logits of any magnitude (Megatron's `exp(z)` overflows past `z = 88` in float32). Ties go to
 //! the lower index as everywhere in simbal.
 
-use super::reference::route_rows;
+use super::score::score_row;
 use super::select::{gates_row, plain_topk_row};
-use crate::config::{RouterConfig, Selection};
+use crate::config::RouterConfig;
 use crate::scalar::Scalar;
 use alloc::vec;
 
@@ -75,28 +75,20 @@ pub fn sinkhorn_scores<T: Scalar>(
     iters
 }
 
-/// Forward rows of a whole batch under Sinkhorn selection: scores `p`, indices `idx` (the
-/// top-k of the balanced scores), gates from `p` at them, and the plain top-k of `p` into
-/// `plain` when given.
+/// Forward rows of a whole batch under Sinkhorn selection (`tol`, `max_iters`): scores `p`,
+/// indices `idx` (the top-k of the balanced scores), gates from `p` at them, and the plain
+/// top-k of `p` into `plain` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn route_sinkhorn<T: Scalar>(
     cfg: &RouterConfig,
+    (tol, max_iters): (f64, usize),
     z: &[T],
     p: &mut [T],
     idx: &mut [u32],
     gates: &mut [T],
-    plain: Option<&mut [u32]>,
+    mut plain: Option<&mut [u32]>,
 ) {
     let (e, k) = (cfg.experts, cfg.k);
-    let Selection::Sinkhorn { tol, max_iters } = cfg.selection else {
-        return route_rows(cfg, z, None, p, idx, gates, plain);
-    };
-    // The scores (and the plain top-k), then the balanced selection over the batch.
-    let top_k = RouterConfig {
-        selection: Selection::TopK,
-        groups: None,
-        ..*cfg
-    };
-    route_rows(&top_k, z, None, p, idx, gates, plain);
     let mut balanced = vec![T::zero(); z.len()];
     sinkhorn_scores(e, z, tol, max_iters, &mut balanced);
     for (t, (ir, wr)) in idx
@@ -104,15 +96,20 @@ pub fn route_sinkhorn<T: Scalar>(
         .zip(gates.chunks_exact_mut(k))
         .enumerate()
     {
+        let (zr, pr) = (&z[t * e..(t + 1) * e], &mut p[t * e..(t + 1) * e]);
+        score_row(cfg.score, zr, pr);
+        if let Some(pl) = plain.as_deref_mut() {
+            plain_topk_row(pr, &mut pl[t * k..(t + 1) * k]);
+        }
         plain_topk_row(&balanced[t * e..(t + 1) * e], ir);
-        gates_row(cfg, &p[t * e..(t + 1) * e], ir, wr);
+        gates_row(cfg, pr, ir, wr);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouterConfig;
+    use crate::config::{RouterConfig, Selection};
 
     #[test]
     fn refuses_what_it_does_not_define() {
@@ -174,12 +171,12 @@ mod tests {
         }
         let cfg = RouterConfig::new(e, 1).with_selection(Selection::sinkhorn());
         let (mut p, mut idx, mut g) = (vec![0.0; n * e], vec![0u32; n], vec![0.0; n]);
-        route_sinkhorn(&cfg, &z, &mut p, &mut idx, &mut g, None);
+        route_sinkhorn(&cfg, (1e-4, 100), &z, &mut p, &mut idx, &mut g, None);
         let mut counts = [0usize; 4];
         idx.iter().for_each(|&i| counts[i as usize] += 1);
         assert!(counts.iter().all(|&c| c >= 2), "{counts:?}");
         let (mut idx2, mut g2) = (vec![0u32; n], vec![0.0; n]);
-        route_sinkhorn(&cfg, &z, &mut p, &mut idx2, &mut g2, None);
+        route_sinkhorn(&cfg, (1e-4, 100), &z, &mut p, &mut idx2, &mut g2, None);
         assert_eq!(idx, idx2);
         // k = 1, renormalised: every gate is 1 (the usual scores at the chosen expert).
         assert!(g.iter().all(|&w| (w - 1.0).abs() < 1e-12));
