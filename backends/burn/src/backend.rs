@@ -1,0 +1,150 @@
+//! [`SimbalBackend`]: how a burn backend's tensors reach a simbal engine (a
+//! [`simbal_core::Backend`]) and come back, and the router forward on them.
+//!
+//! The trait is burn's own pattern for custom operations (a backend trait extending
+//! [`burn::tensor::backend::Backend`], implemented per backend and once for
+//! [`burn::backend::Autodiff`]): each implementation names the engine its tensors run on and
+//! lends a tensor's memory to it, zero-copy where the layout allows. Implemented here for
+//!
+//! | burn backend | engine | what crosses |
+//! |---|---|---|
+//! | `NdArray<f32>`, `NdArray<f64>` | [`simbal_faer::Faer`] | inputs lent as slices (contiguous ones without a copy); outputs moved into new tensors |
+//! | `CubeBackend<R, f32, ..>` (burn's `Wgpu`, `Cuda` without fusion) | `simbal_cubecl::CubeclBackend` on burn's own client | handles, no copy of an input; outputs copied on the device |
+//! | `Autodiff<B, C>` for any of these | `B`'s engine | the router forward becomes one node of burn's graph whose backward is simbal's analytic gradient |
+//! | any other burn backend | [`crate::BurnTensors`] | implement the trait with [`crate::generic_simbal_backend!`]: GEMMs on the backend, the rest staged through host memory |
+
+use std::borrow::Borrow;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
+use burn::tensor::{Element, TensorData};
+use simbal_core::{LossConfig, Memory, Result, RoutingStats, SimbalError};
+
+use crate::route::{route_with_engine, RouteInputs, RouteOutputs, SharedRouter};
+
+/// The simbal engine of a burn backend's tensors.
+pub type EngineOf<B> = <B as SimbalBackend>::Engine;
+/// An element view of a backend's engine.
+pub type ViewOf<B> = <EngineOf<B> as Memory>::View;
+/// The element type of a backend's engine.
+pub type ElemOf<B> = <EngineOf<B> as Memory>::Elem;
+/// An owned index buffer of a backend's engine.
+pub type IdxBufOf<B> = <EngineOf<B> as Memory>::IdxBuf;
+
+/// A burn backend simbal runs on: its engine, how its tensors are lent to the engine and how
+/// the engine's buffers become its tensors. The router forward ([`SimbalBackend::simbal_route`])
+/// has a default built from these; [`burn::backend::Autodiff`] overrides it to add simbal's
+/// analytic backward to burn's graph.
+///
+/// Every method that can fail returns simbal's typed error; none panics.
+pub trait SimbalBackend: Backend {
+    /// The simbal backend the kernels run on (cheap to clone: a handle to shared state).
+    type Engine: simbal_core::Backend<Elem: Element, Buf: Send + Sync, IdxBuf: Send + Sync>
+        + Clone
+        + Send
+        + Sync
+        + 'static;
+    /// A float tensor lent to the engine: a borrowed slice, a handle, or a staged copy.
+    type Lent<'a>: Borrow<ViewOf<Self>>;
+
+    /// The engine for tensors on `device`.
+    ///
+    /// # Errors
+    /// [`simbal_core::SimbalError::Backend`] when the device cannot be had.
+    fn engine(device: &Self::Device) -> Result<Self::Engine>;
+
+    /// `t`'s elements in row-major order as an engine view: without a copy when `t` is
+    /// contiguous in the engine's element type, through a copy otherwise.
+    ///
+    /// # Errors
+    /// A transfer failure.
+    fn lend<'a>(engine: &Self::Engine, t: &'a FloatTensor<Self>) -> Result<Self::Lent<'a>>;
+
+    /// A new float tensor of `shape` on `device` holding `v` (the engine may reuse `v` at its
+    /// next call, so this is a copy or a move of fresh memory, never an alias).
+    ///
+    /// # Errors
+    /// [`simbal_core::SimbalError::LengthMismatch`] when `v` does not hold `shape`'s elements;
+    /// a transfer failure.
+    fn float_out(
+        engine: &Self::Engine,
+        v: &ViewOf<Self>,
+        shape: &[usize],
+        device: &Self::Device,
+    ) -> Result<FloatTensor<Self>> {
+        let len = checked_len(engine.len(v), shape)?;
+        let mut host = vec![<ElemOf<Self> as num_traits::Zero>::zero(); len];
+        engine.download(v, &mut host)?;
+        let data = TensorData::new(host, shape.to_vec()).convert::<Self::FloatElem>();
+        Ok(Self::float_from_data(data, device))
+    }
+
+    /// A new int tensor of `shape` holding the indices `v` (all below `2^31`, or
+    /// `u32::MAX` where an index buffer marks "none").
+    ///
+    /// # Errors
+    /// As [`SimbalBackend::float_out`].
+    fn int_out(
+        engine: &Self::Engine,
+        v: &<Self::Engine as Memory>::IdxView,
+        shape: &[usize],
+        device: &Self::Device,
+    ) -> Result<IntTensor<Self>> {
+        let len = checked_len(engine.idx_len(v), shape)?;
+        let mut host = vec![0u32; len];
+        engine.idx_download(v, &mut host)?;
+        let data = TensorData::new(host, shape.to_vec()).convert::<Self::IntElem>();
+        Ok(Self::int_from_data(data, device))
+    }
+
+    /// A token mask (`true` = valid) as the engine's 0/1 index buffer.
+    ///
+    /// # Errors
+    /// A transfer failure.
+    fn mask_in(engine: &Self::Engine, mask: BoolTensor<Self>) -> Result<IdxBufOf<Self>> {
+        let data = crate::convert::bool_data::<Self>(mask)?;
+        let host: Vec<u32> = data.iter().map(|&v| u32::from(v)).collect();
+        engine.idx_upload(&host)
+    }
+
+    /// Non-negative integers (sequence offsets) as an engine index buffer.
+    ///
+    /// # Errors
+    /// [`simbal_core::SimbalError::InvalidOffsets`] for a negative entry or one beyond `u32`; a
+    /// transfer failure.
+    fn idx_in(engine: &Self::Engine, t: IntTensor<Self>) -> Result<IdxBufOf<Self>> {
+        let host = crate::convert::offsets_data::<Self>(t)?;
+        engine.idx_upload(&host)
+    }
+
+    /// The router forward on this backend's tensors: routing, the configured losses' values and
+    /// the dispatch plan. The default runs the engine's router; [`burn::backend::Autodiff`]
+    /// wraps it in a graph node.
+    ///
+    /// # Errors
+    /// The router's and the losses' errors ([`simbal_core::Router::forward_batch`],
+    /// [`simbal_core::Pass::loss_values`]); conversion failures.
+    fn simbal_route(
+        router: &SharedRouter<Self::Engine>,
+        inputs: RouteInputs<Self>,
+        losses: &LossConfig,
+        global: Option<Arc<RoutingStats>>,
+    ) -> Result<RouteOutputs<Self>> {
+        route_with_engine::<Self>(router, &inputs, losses, global.as_deref())
+    }
+}
+
+/// The element count of `shape`, which a buffer of `len` elements must hold.
+pub(crate) fn checked_len(len: usize, shape: &[usize]) -> Result<usize> {
+    let want = shape.iter().product::<usize>();
+    if want == len {
+        Ok(len)
+    } else {
+        Err(SimbalError::LengthMismatch {
+            what: "tensor from a simbal buffer",
+            expected: want,
+            got: len,
+        })
+    }
+}

@@ -1,0 +1,335 @@
+//! The router forward and backward on a burn backend's primitives, through its engine: what
+//! [`crate::SimbalBackend::simbal_route`] runs by default and what the autodiff node's backward
+//! runs.
+
+use std::borrow::Borrow;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
+use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use simbal_core::memory::{idx_view, view};
+use simbal_core::router::Shape;
+use simbal_core::{
+    Batch, LossConfig, LossValues, Memory, Result, Router, RouterConfig, RoutingStats, Scalar,
+    SimbalError,
+};
+
+use crate::backend::SimbalBackend;
+use crate::convert::float_host;
+
+/// What a router keeps between calls: simbal's router on the engine, a count of its forwards
+/// (a backward checks it still holds its own forward's routing) and the error of the last
+/// backward, which burn's graph has no way to return.
+pub struct RouterCell<E: simbal_core::Backend> {
+    pub(crate) router: Router<E>,
+    pub(crate) generation: u64,
+    pub(crate) error: Option<SimbalError>,
+}
+
+/// A router shared by the module that calls it and the graph nodes its forwards made.
+pub struct SharedRouter<E: simbal_core::Backend>(Arc<Mutex<RouterCell<E>>>);
+
+impl<E: simbal_core::Backend> Clone for SharedRouter<E> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<E: simbal_core::Backend> core::fmt::Debug for SharedRouter<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SharedRouter")
+    }
+}
+
+impl<E: simbal_core::Backend> SharedRouter<E> {
+    /// A router on `engine`.
+    ///
+    /// # Errors
+    /// As [`Router::new`].
+    pub fn new(engine: E, cfg: RouterConfig) -> Result<Self> {
+        Ok(Self(Arc::new(Mutex::new(RouterCell {
+            router: Router::new(engine, cfg)?,
+            generation: 0,
+            error: None,
+        }))))
+    }
+
+    /// The router, locked.
+    ///
+    /// # Errors
+    /// [`SimbalError::Backend`] when a thread panicked while holding it.
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, RouterCell<E>>> {
+        self.0.lock().map_err(|_| SimbalError::Backend {
+            message: "simbal-burn: the router's lock was poisoned by a panic".into(),
+        })
+    }
+
+    /// Keeps a backward's error for [`crate::MoeRouter::take_error`].
+    pub(crate) fn record(&self, e: SimbalError) {
+        if let Ok(mut cell) = self.0.lock() {
+            cell.error.get_or_insert(e);
+        }
+    }
+}
+
+/// The tensors of one router call, as a backend's primitives.
+#[derive(Clone, Debug)]
+pub struct RouteInputs<B: SimbalBackend> {
+    /// Tokens `X` (`N x D`).
+    pub x: FloatTensor<B>,
+    /// Router weight `R` (`D x E`, or `E x D` for [`simbal_core::WeightLayout::ExD`]).
+    pub r: FloatTensor<B>,
+    /// Selection bias (`E`).
+    pub bias: Option<FloatTensor<B>>,
+    /// Token mask (`N`, `true` = valid).
+    pub mask: Option<BoolTensor<B>>,
+    /// Packed-sequence offsets (`S + 1`).
+    pub offsets: Option<IntTensor<B>>,
+}
+
+/// What a router forward computed, as a backend's primitives.
+#[derive(Debug)]
+pub struct RouteOutputs<B: SimbalBackend> {
+    /// The gates (`N k`) followed by the three loss values (SimBal, LBL, z-loss, each times its
+    /// coefficient): one tensor, so that on `Autodiff` one graph node carries them all.
+    pub packed: FloatTensor<B>,
+    /// Scores `P` (`N x E`).
+    pub scores: FloatTensor<B>,
+    /// Expert indices (`N x k`).
+    pub indices: IntTensor<B>,
+    /// The plain top-k of the scores (`N x k`).
+    pub plain_indices: IntTensor<B>,
+    /// Dropped flags, 0 or 1 (`N x k`).
+    pub dropped: IntTensor<B>,
+    /// Kept assignments per expert (`E`).
+    pub counts: IntTensor<B>,
+    /// Dispatch plan: kept assignment ids `t k + j` by expert (`N k`; the first
+    /// `dispatch_offsets[E]` entries are the plan).
+    pub dispatch_order: IntTensor<B>,
+    /// Dispatch plan: per-expert offsets (`E + 1`).
+    pub dispatch_offsets: IntTensor<B>,
+    /// The loss values on the host.
+    pub values: LossValues<f64>,
+    /// The routed shape.
+    pub shape: Shape,
+    /// Valid (unmasked) tokens.
+    pub valid_tokens: usize,
+    /// Which forward of its router this is.
+    pub generation: u64,
+}
+
+/// Shapes of `X` and `R` as the router reads them.
+fn check_shapes(cfg: &RouterConfig, x: &[usize], r: &[usize]) -> Result<()> {
+    let rank = |what, dims: &[usize]| {
+        if dims.len() == 2 {
+            Ok(())
+        } else {
+            Err(SimbalError::LengthMismatch {
+                what,
+                expected: 2,
+                got: dims.len(),
+            })
+        }
+    };
+    rank("rank of X", x)?;
+    rank("rank of R", r)?;
+    let (d, e) = match cfg.layout {
+        simbal_core::WeightLayout::DxE => (r[0], r[1]),
+        simbal_core::WeightLayout::ExD => (r[1], r[0]),
+    };
+    let mismatch = |what, expected, got| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(SimbalError::LengthMismatch {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    mismatch("experts in R", cfg.experts, e)?;
+    mismatch("columns of X (the width D of R)", d, x[1])
+}
+
+/// Lends the batch to the engine and runs the router's forward on it (the caller holds the
+/// lock); the routing stays in the router.
+fn forward_into<B: SimbalBackend>(
+    cell: &mut RouterCell<B::Engine>,
+    engine: &B::Engine,
+    inputs: &RouteInputs<B>,
+) -> Result<()> {
+    let x = B::lend(engine, &inputs.x)?;
+    let r = B::lend(engine, &inputs.r)?;
+    let bias = inputs
+        .bias
+        .as_ref()
+        .map(|b| B::lend(engine, b))
+        .transpose()?;
+    let mask = inputs
+        .mask
+        .clone()
+        .map(|m| B::mask_in(engine, m))
+        .transpose()?;
+    let offsets = inputs
+        .offsets
+        .clone()
+        .map(|o| B::idx_in(engine, o))
+        .transpose()?;
+    let mut batch = Batch::with_bias(bias.as_ref().map(Borrow::borrow));
+    if let Some(m) = &mask {
+        batch = batch.mask(idx_view::<B::Engine>(m));
+    }
+    if let Some(o) = &offsets {
+        batch = batch.offsets(idx_view::<B::Engine>(o));
+    }
+    cell.generation += 1;
+    cell.router.forward_batch(x.borrow(), r.borrow(), batch)?;
+    Ok(())
+}
+
+/// The default router forward: routing, loss values and the dispatch plan as primitives.
+pub(crate) fn route_with_engine<B: SimbalBackend>(
+    router: &SharedRouter<B::Engine>,
+    inputs: &RouteInputs<B>,
+    losses: &LossConfig,
+    global: Option<&RoutingStats>,
+) -> Result<RouteOutputs<B>> {
+    let mut cell = router.lock()?;
+    let engine = cell.router.backend().clone();
+    check_shapes(
+        cell.router.config(),
+        &inputs.x.shape().to_vec(),
+        &inputs.r.shape().to_vec(),
+    )?;
+    let device = B::float_device(&inputs.x);
+    forward_into::<B>(&mut cell, &engine, inputs)?;
+    let generation = cell.generation;
+    let x = B::lend(&engine, &inputs.x)?;
+    let r = B::lend(&engine, &inputs.r)?;
+    let mut pass = cell.router.resume(x.borrow(), r.borrow())?;
+    let v = pass.loss_values(losses, global)?;
+    let shape = pass.shape();
+    let Shape { n, e, k, .. } = shape;
+    let gates = B::float_out(&engine, pass.gates(), &[n * k], &device)?;
+    let vals = [v.simbal, v.lbl, v.z_loss].map(Scalar::to_f64_lossy);
+    let vals_t = B::float_from_data(
+        TensorData::new(vals.to_vec(), [3]).convert::<B::FloatElem>(),
+        &device,
+    );
+    let packed = B::float_cat(vec![gates, vals_t], 0);
+    Ok(RouteOutputs {
+        packed,
+        scores: B::float_out(&engine, pass.scores(), &[n, e], &device)?,
+        indices: B::int_out(&engine, pass.indices(), &[n, k], &device)?,
+        plain_indices: B::int_out(&engine, pass.plain_indices(), &[n, k], &device)?,
+        dropped: B::int_out(&engine, pass.dropped(), &[n, k], &device)?,
+        counts: B::int_out(&engine, pass.counts(), &[e], &device)?,
+        dispatch_order: B::int_out(&engine, pass.dispatch_order(), &[n * k], &device)?,
+        dispatch_offsets: B::int_out(&engine, pass.dispatch_offsets(), &[e + 1], &device)?,
+        values: LossValues {
+            simbal: vals[0],
+            lbl: vals[1],
+            z_loss: vals[2],
+            total: vals.iter().sum(),
+        },
+        shape,
+        valid_tokens: pass.valid_tokens(),
+        generation,
+    })
+}
+
+/// The loss configuration whose gradient is `g` times each configured loss's: the terms with
+/// `g > 0`, and apart the terms with `g < 0` at `|g|` (subtracted), since coefficients are
+/// non-negative. A term with `g = 0` (its tensor unused) is left out.
+fn scaled_losses(losses: &LossConfig, g: [f64; 3]) -> (LossConfig, Option<LossConfig>) {
+    let part = |sign: f64| {
+        let w = |i: usize| {
+            let v = g[i] * sign;
+            (v > 0.0).then_some(v)
+        };
+        LossConfig {
+            simbal: losses.simbal.and_then(|mut c| {
+                c.lambda *= w(0)?;
+                Some(c)
+            }),
+            lbl: losses.lbl.and_then(|mut c| {
+                c.alpha *= w(1)?;
+                Some(c)
+            }),
+            z_loss: losses.z_loss.and_then(|mut c| {
+                c.beta *= w(2)?;
+                Some(c)
+            }),
+        }
+    };
+    let neg = part(-1.0);
+    let any_neg = neg.simbal.is_some() || neg.lbl.is_some() || neg.z_loss.is_some();
+    (part(1.0), any_neg.then_some(neg))
+}
+
+/// What a backward needs of its forward.
+#[derive(Clone)]
+pub(crate) struct BackwardState<B: SimbalBackend> {
+    pub router: SharedRouter<B::Engine>,
+    pub inputs: RouteInputs<B>,
+    pub losses: LossConfig,
+    pub global: Option<Arc<RoutingStats>>,
+    pub generation: u64,
+    pub nk: usize,
+}
+
+impl<B: SimbalBackend> core::fmt::Debug for BackwardState<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BackwardState")
+            .field("losses", &self.losses)
+            .field("generation", &self.generation)
+            .field("nk", &self.nk)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `dX` and `dR` from the packed output's gradient `grad` (`N k` gate gradients, then the
+/// three loss tensors' gradients): simbal's router backward, after routing `X` again when the
+/// router has routed another batch since.
+pub(crate) fn backward_with_engine<B: SimbalBackend>(
+    st: &BackwardState<B>,
+    grad: FloatTensor<B>,
+) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+    let nk = st.nk;
+    let grad = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grad));
+    let g = float_host::<B, f64>(grad.clone().slice([nk..nk + 3]).into_primitive().tensor())?;
+    let dw = grad.slice([0..nk]).into_primitive().tensor();
+    let (pos, neg) = scaled_losses(&st.losses, [g[0], g[1], g[2]]);
+    let mut cell = st.router.lock()?;
+    let engine = cell.router.backend().clone();
+    if cell.generation != st.generation {
+        forward_into::<B>(&mut cell, &engine, &st.inputs)?;
+    }
+    let device = B::float_device(&st.inputs.x);
+    let (xs, rs) = (st.inputs.x.shape().to_vec(), st.inputs.r.shape().to_vec());
+    let x = B::lend(&engine, &st.inputs.x)?;
+    let r = B::lend(&engine, &st.inputs.r)?;
+    let dw = B::lend(&engine, &dw)?;
+    let global = st.global.as_deref();
+    let mut pass = cell.router.resume(x.borrow(), r.borrow())?;
+    let out = pass.backward(dw.borrow(), &pos, global)?;
+    let mut dx = B::float_out(&engine, out.dx, &xs, &device)?;
+    let mut dr = B::float_out(&engine, out.dr, &rs, &device)?;
+    if let Some(neg) = neg {
+        let zeros = engine.zeros(nk)?;
+        let out = pass.backward(view::<B::Engine>(&zeros), &neg, global)?;
+        dx = B::float_sub(dx, B::float_out(&engine, out.dx, &xs, &device)?);
+        dr = B::float_sub(dr, B::float_out(&engine, out.dr, &rs, &device)?);
+    }
+    Ok((dx, dr))
+}
+
+/// A float tensor of `shape` filled with NaN: the gradient a failed backward registers, so that
+/// the failure shows in the parameters as well as in [`crate::MoeRouter::take_error`].
+pub(crate) fn nan_like<B: SimbalBackend>(t: &FloatTensor<B>) -> FloatTensor<B> {
+    let shape = t.shape();
+    let len = shape.num_elements();
+    let data = TensorData::new(vec![f64::NAN; len], shape).convert::<B::FloatElem>();
+    B::float_from_data(data, &B::float_device(t))
+}
