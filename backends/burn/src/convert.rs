@@ -16,11 +16,14 @@ pub(crate) fn backend_err(what: &str, e: impl core::fmt::Debug) -> SimbalError {
 fn read<B: Backend, const D: usize, K: burn::tensor::BasicOps<B>>(
     t: Tensor<B, D, K>,
 ) -> Result<TensorData> {
-    t.try_into_data().map_err(|e| backend_err("reading a tensor", e))
+    t.try_into_data()
+        .map_err(|e| backend_err("reading a tensor", e))
 }
 
 /// A float tensor's elements as `T`, row-major.
-pub(crate) fn float_host<B: Backend, T: burn::tensor::Element>(t: FloatTensor<B>) -> Result<Vec<T>> {
+pub(crate) fn float_host<B: Backend, T: burn::tensor::Element>(
+    t: FloatTensor<B>,
+) -> Result<Vec<T>> {
     let data = read(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t)))?;
     data.convert::<T>()
         .into_vec::<T>()

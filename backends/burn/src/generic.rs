@@ -87,7 +87,11 @@ where
     type IdxView = [u32];
 
     fn name(&self) -> String {
-        format!("burn-{}-{:?}", B::name(&self.device), <B::FloatElem as Element>::dtype())
+        format!(
+            "burn-{}-{:?}",
+            B::name(&self.device),
+            <B::FloatElem as Element>::dtype()
+        )
     }
 
     fn zeros(&self, len: usize) -> Result<BurnBuf<B>> {
@@ -203,9 +207,11 @@ pub fn float_out<B: Backend>(v: &BurnBuf<B>, shape: &[usize]) -> Result<FloatTen
     Ok(match *shape {
         [a] => t.reshape([a]).into_primitive().tensor(),
         [a, b] => t.reshape([a, b]).into_primitive().tensor(),
-        _ => return Err(simbal_core::SimbalError::Unsupported {
-            what: "a simbal output of rank other than 1 or 2",
-        }),
+        _ => {
+            return Err(simbal_core::SimbalError::Unsupported {
+                what: "a simbal output of rank other than 1 or 2",
+            })
+        }
     })
 }
 

@@ -14,13 +14,13 @@
 //! `LossConfig::simbal()`, `LossConfig::switch()`, `LossConfig::none().with_z_loss(..)`, ...
 #![warn(missing_docs)]
 
+mod autodiff;
 pub mod backend;
 mod convert;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod generic;
 pub mod ndarray;
-mod autodiff;
 pub mod route;
 mod router;
 

@@ -298,8 +298,8 @@ pub(crate) fn backward_with_engine<B: SimbalBackend>(
 ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
     let nk = st.nk;
     let grad = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grad));
-    let g = float_host::<B, f64>(grad.clone().slice([nk..nk + 3]).into_primitive().tensor())?;
-    let dw = grad.slice([0..nk]).into_primitive().tensor();
+    let g = float_host::<B, f64>(grad.clone().slice(nk..nk + 3).into_primitive().tensor())?;
+    let dw = grad.slice(0..nk).into_primitive().tensor();
     let (pos, neg) = scaled_losses(&st.losses, [g[0], g[1], g[2]]);
     let mut cell = st.router.lock()?;
     let engine = cell.router.backend().clone();

@@ -214,11 +214,11 @@ impl<B: SimbalBackend> MoeRouter<B> {
         let nk = n * k;
         let dropped = Tensor::<B, 2, Int>::from_primitive(out.dropped).equal_elem(1);
         Ok(RouterOutput {
-            gates: packed.clone().slice([0..nk]).reshape([n, k]),
+            gates: packed.clone().slice(0..nk).reshape([n, k]),
             losses: AuxLosses {
-                simbal: packed.clone().slice([nk..nk + 1]),
-                lbl: packed.clone().slice([nk + 1..nk + 2]),
-                z_loss: packed.slice([nk + 2..nk + 3]),
+                simbal: packed.clone().slice(nk..nk + 1),
+                lbl: packed.clone().slice(nk + 1..nk + 2),
+                z_loss: packed.slice(nk + 2..nk + 3),
             },
             values: out.values,
             indices: Tensor::from_primitive(out.indices),
@@ -273,9 +273,19 @@ impl<B: SimbalBackend> MoeRouter<B> {
             engine.download(v, &mut host)?;
             engine.upload(&host)?
         };
-        simbal_core::update_bias(&engine, cfg, stats, std::borrow::BorrowMut::borrow_mut(&mut buf))?;
+        simbal_core::update_bias(
+            &engine,
+            cfg,
+            stats,
+            std::borrow::BorrowMut::borrow_mut(&mut buf),
+        )?;
         let len = engine.len(std::borrow::Borrow::borrow(&buf));
-        let out = B::float_out(&engine, std::borrow::Borrow::borrow(&buf), &[len], &self.device)?;
+        let out = B::float_out(
+            &engine,
+            std::borrow::Borrow::borrow(&buf),
+            &[len],
+            &self.device,
+        )?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
