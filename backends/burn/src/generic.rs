@@ -9,7 +9,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Element, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Element, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use simbal_core::shape::check_len;
 use simbal_core::{Checked, GemmArgs, Memory, Result, Scalar};
 
@@ -95,10 +95,11 @@ where
     }
 
     fn zeros(&self, len: usize) -> Result<BurnBuf<B>> {
+        // The element type's dtype, not the device's default: `NdArray<f32>` and `NdArray<f64>`
+        // share one device, whose default float dtype is whichever backend set it first.
+        let dtype = <B::FloatElem as Element>::dtype().into();
         Ok(BurnBuf {
-            t: Tensor::<B, 1>::zeros([len], &self.device)
-                .into_primitive()
-                .tensor(),
+            t: B::float_zeros(Shape::new([len]), &self.device, dtype),
             len,
         })
     }

@@ -1,0 +1,30 @@
+//! The shared conformance suite on burn's wgpu backend (f32): the engine burn's `Wgpu` hands
+//! out (simbal-cubecl on burn's own compute client) and the generic path over `Wgpu` tensors.
+//! Without an adapter each check prints a note and passes, unless `CI` is set (then it fails):
+//! CI installs lavapipe so the suite really runs.
+#![cfg(feature = "wgpu")]
+
+use burn::backend::Wgpu;
+use simbal_burn::{BurnTensors, SimbalBackend};
+use simbal_cubecl::CubeclBackend;
+
+type Runtime = cubecl::wgpu::WgpuRuntime;
+
+/// Whether this machine has a wgpu adapter (asked once).
+fn adapter() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| CubeclBackend::<Runtime>::try_new(&Default::default()).is_some())
+}
+
+fn engine() -> Option<CubeclBackend<Runtime>> {
+    adapter()
+        .then(|| <Wgpu as SimbalBackend>::engine(&Default::default()).ok())
+        .flatten()
+}
+
+fn generic() -> Option<BurnTensors<Wgpu>> {
+    adapter().then(|| BurnTensors::new(&Default::default()))
+}
+
+simbal_conformance::conformance_suite!(burn_wgpu_engine, super::engine);
+simbal_conformance::conformance_suite!(burn_wgpu_generic, super::generic);
