@@ -15,3 +15,6 @@ pub use simbal_dfdx as dfdx;
 /// The GPU backend through cubecl: features `wgpu` and `cuda`.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use simbal_cubecl as cubecl;
+
+#[cfg(feature = "burn")]
+pub use simbal_burn as burn;

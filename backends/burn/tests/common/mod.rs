@@ -2,6 +2,8 @@
 //! type, not the device default), host reads, random inputs.
 #![allow(dead_code)]
 
+pub mod agree;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData, TensorPrimitive};
 use simbal_core::Rng;
