@@ -19,6 +19,8 @@ pub mod backend;
 mod convert;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
+#[cfg(feature = "flex")]
+mod flex;
 pub mod generic;
 pub mod ndarray;
 pub mod route;

@@ -14,7 +14,7 @@ use simbal_core::{
     SimbalError,
 };
 
-use crate::backend::SimbalBackend;
+use crate::backend::{IdxBufOf, SimbalBackend};
 use crate::convert::float_host;
 
 /// What a router keeps between calls: simbal's router on the engine, a count of its forwards
@@ -152,40 +152,44 @@ fn check_shapes(cfg: &RouterConfig, x: &[usize], r: &[usize]) -> Result<()> {
     mismatch("columns of X (the width D of R)", d, x[1])
 }
 
-/// Lends the batch to the engine and runs the router's forward on it (the caller holds the
-/// lock); the routing stays in the router.
-fn forward_into<B: SimbalBackend>(
-    cell: &mut RouterCell<B::Engine>,
-    engine: &B::Engine,
-    inputs: &RouteInputs<B>,
-) -> Result<()> {
-    let x = B::lend(engine, &inputs.x)?;
-    let r = B::lend(engine, &inputs.r)?;
-    let bias = inputs
-        .bias
-        .as_ref()
-        .map(|b| B::lend(engine, b))
-        .transpose()?;
-    let mask = inputs
-        .mask
-        .clone()
-        .map(|m| B::mask_in(engine, m))
-        .transpose()?;
-    let offsets = inputs
-        .offsets
-        .clone()
-        .map(|o| B::idx_in(engine, o))
-        .transpose()?;
-    let mut batch = Batch::with_bias(bias.as_ref().map(Borrow::borrow));
-    if let Some(m) = &mask {
-        batch = batch.mask(idx_view::<B::Engine>(m));
+/// What a batch carries besides `X`, lent to the engine.
+struct Extras<'a, B: SimbalBackend> {
+    bias: Option<B::Lent<'a>>,
+    mask: Option<IdxBufOf<B>>,
+    offsets: Option<IdxBufOf<B>>,
+}
+
+impl<'a, B: SimbalBackend> Extras<'a, B> {
+    fn lend(engine: &B::Engine, inputs: &'a RouteInputs<B>) -> Result<Self> {
+        Ok(Self {
+            bias: inputs
+                .bias
+                .as_ref()
+                .map(|b| B::lend(engine, b))
+                .transpose()?,
+            mask: inputs
+                .mask
+                .clone()
+                .map(|m| B::mask_in(engine, m))
+                .transpose()?,
+            offsets: inputs
+                .offsets
+                .clone()
+                .map(|o| B::idx_in(engine, o))
+                .transpose()?,
+        })
     }
-    if let Some(o) = &offsets {
-        batch = batch.offsets(idx_view::<B::Engine>(o));
+
+    fn batch(&self) -> Batch<'_, B::Engine> {
+        let mut batch = Batch::with_bias(self.bias.as_ref().map(Borrow::borrow));
+        if let Some(m) = &self.mask {
+            batch = batch.mask(idx_view::<B::Engine>(m));
+        }
+        if let Some(o) = &self.offsets {
+            batch = batch.offsets(idx_view::<B::Engine>(o));
+        }
+        batch
     }
-    cell.generation += 1;
-    cell.router.forward_batch(x.borrow(), r.borrow(), batch)?;
-    Ok(())
 }
 
 /// The default router forward: routing, loss values and the dispatch plan as primitives.
@@ -203,11 +207,14 @@ pub(crate) fn route_with_engine<B: SimbalBackend>(
         &inputs.r.shape().to_vec(),
     )?;
     let device = B::float_device(&inputs.x);
-    forward_into::<B>(&mut cell, &engine, inputs)?;
-    let generation = cell.generation;
     let x = B::lend(&engine, &inputs.x)?;
     let r = B::lend(&engine, &inputs.r)?;
-    let mut pass = cell.router.resume(x.borrow(), r.borrow())?;
+    let extras = Extras::lend(&engine, inputs)?;
+    cell.generation += 1;
+    let generation = cell.generation;
+    let mut pass = cell
+        .router
+        .forward_batch(x.borrow(), r.borrow(), extras.batch())?;
     let v = pass.loss_values(losses, global)?;
     let shape = pass.shape();
     let Shape { n, e, k, .. } = shape;
@@ -303,13 +310,18 @@ pub(crate) fn backward_with_engine<B: SimbalBackend>(
     let (pos, neg) = scaled_losses(&st.losses, [g[0], g[1], g[2]]);
     let mut cell = st.router.lock()?;
     let engine = cell.router.backend().clone();
-    if cell.generation != st.generation {
-        forward_into::<B>(&mut cell, &engine, &st.inputs)?;
-    }
     let device = B::float_device(&st.inputs.x);
     let (xs, rs) = (st.inputs.x.shape().to_vec(), st.inputs.r.shape().to_vec());
     let x = B::lend(&engine, &st.inputs.x)?;
     let r = B::lend(&engine, &st.inputs.r)?;
+    if cell.generation != st.generation {
+        // The router routed another batch since: route this one again (the same inputs give
+        // the same routing), then it is the router's latest forward.
+        let extras = Extras::lend(&engine, &st.inputs)?;
+        cell.generation += 1;
+        cell.router
+            .forward_batch(x.borrow(), r.borrow(), extras.batch())?;
+    }
     let dw = B::lend(&engine, &dw)?;
     let global = st.global.as_deref();
     let mut pass = cell.router.resume(x.borrow(), r.borrow())?;

@@ -16,3 +16,9 @@ fn agrees_with_the_reference_f64() {
 fn agrees_with_the_reference_f32() {
     agree::<Autodiff<NdArray<f32>>>(1e-4);
 }
+
+#[cfg(feature = "flex")]
+#[test]
+fn agrees_with_the_reference_on_flex() {
+    agree::<Autodiff<burn::backend::Flex>>(1e-4);
+}

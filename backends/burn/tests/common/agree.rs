@@ -4,8 +4,8 @@
 //! tolerance, for every convention the router takes (scores, bias, capacity, groups, mask,
 //! sequence layouts with packed offsets, global-batch statistics, every loss).
 
-use burn::tensor::backend::AutodiffBackend;
 use super::{bools, float, host, host_int, ints, max_rel, normal};
+use burn::tensor::backend::AutodiffBackend;
 use simbal_burn::{MoeRouter, SimbalBackend, TensorBatch};
 use simbal_core::{
     orthogonal_init, Batch, DropPolicy, LblConfig, LblCounts, LblLevel, LossConfig, Reference,
@@ -242,4 +242,3 @@ pub fn agree<B: SimbalBackend + AutodiffBackend>(tol: f64) {
         assert!(router.take_error().unwrap().is_none(), "{name}: error");
     }
 }
-
