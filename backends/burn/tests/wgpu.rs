@@ -39,8 +39,8 @@ fn tensors_are_lent_as_their_own_handles() {
     // A kernel writing into the lent buffer writes into the tensor burn holds: the same memory.
     let c = common::float::<Wgpu, 2>(&[0.0; 4], [2, 2]);
     let c_prim: FloatTensor<Wgpu> = c.clone().into_primitive().tensor();
-    let mut c_buf = Wgpu::lend(&engine, &c_prim).unwrap();
-    let a = Wgpu::lend(&engine, &prim).unwrap();
+    let mut c_buf = <Wgpu as SimbalBackend>::lend(&engine, &c_prim).unwrap();
+    let a = <Wgpu as SimbalBackend>::lend(&engine, &prim).unwrap();
     let b = simbal_core::Memory::upload(&engine, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
     let args = simbal_core::GemmArgs {
         gemm: simbal_core::Gemm::new(2, 2, 3),
@@ -56,7 +56,7 @@ fn tensors_are_lent_as_their_own_handles() {
     assert_eq!(host, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     // A transposed tensor goes through burn's contiguous kernel first (row-major values).
     let tt: FloatTensor<Wgpu> = t.transpose().into_primitive().tensor();
-    let buf = Wgpu::lend(&engine, &tt).unwrap();
+    let buf = <Wgpu as SimbalBackend>::lend(&engine, &tt).unwrap();
     simbal_core::Memory::download(&engine, &buf, &mut host).unwrap();
     assert_eq!(host, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
 }
