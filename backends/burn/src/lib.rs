@@ -20,12 +20,14 @@ mod convert;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod generic;
+pub mod moe;
 pub mod ndarray;
 pub mod route;
 mod router;
 
 pub use backend::SimbalBackend;
 pub use generic::{BurnBuf, BurnTensors};
+pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput};
 pub use router::{AuxLosses, DispatchPlan, MoeRouter, RouterOutput, TensorBatch};
 
 /// Re-exported for [`generic_simbal_backend!`] and for users.
