@@ -22,12 +22,14 @@ pub mod cube;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod generic;
+pub mod moe;
 pub mod ndarray;
 pub mod route;
 mod router;
 
 pub use backend::SimbalBackend;
 pub use generic::{BurnBuf, BurnTensors};
+pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput};
 pub use router::{AuxLosses, DispatchPlan, MoeRouter, RouterOutput, TensorBatch};
 
 /// Re-exported for [`generic_simbal_backend!`] and for users.
