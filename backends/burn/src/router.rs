@@ -134,10 +134,18 @@ pub struct RouterOutput<B: SimbalBackend> {
 /// assert!(router.take_error()?.is_none());
 /// # Ok::<(), simbal_core::SimbalError>(())
 /// ```
-#[derive(Debug)]
 pub struct MoeRouter<B: SimbalBackend> {
     shared: SharedRouter<B::Engine>,
     device: B::Device,
+}
+
+// By hand: a derive would ask `B::Engine: Debug`, which the trait does not require.
+impl<B: SimbalBackend> core::fmt::Debug for MoeRouter<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MoeRouter")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: SimbalBackend> Clone for MoeRouter<B> {
