@@ -29,6 +29,8 @@ pub type EngineOf<B> = <B as SimbalBackend>::Engine;
 pub type ViewOf<B> = <EngineOf<B> as Memory>::View;
 /// The element type of a backend's engine.
 pub type ElemOf<B> = <EngineOf<B> as Memory>::Elem;
+/// An owned element buffer of a backend's engine.
+pub type BufOf<B> = <EngineOf<B> as Memory>::Buf;
 /// An owned index buffer of a backend's engine.
 pub type IdxBufOf<B> = <EngineOf<B> as Memory>::IdxBuf;
 
@@ -98,6 +100,35 @@ pub trait SimbalBackend: Backend {
         Ok(Self::int_from_data(data, device))
     }
 
+    /// A buffer of `len` elements for the backward to write a gradient (`dX`, `dR`) into, to
+    /// become a tensor through [`SimbalBackend::grad_out`]. The default is fresh zeros; a
+    /// backend may reuse the memory of a gradient it handed out before (`spare`) once nothing
+    /// else holds it.
+    ///
+    /// # Errors
+    /// [`simbal_core::SimbalError::Backend`] when the memory cannot be had.
+    fn grad_buf(engine: &Self::Engine, len: usize, spare: &mut Spare) -> Result<BufOf<Self>> {
+        let _ = spare;
+        engine.zeros(len)
+    }
+
+    /// The gradient in `buf` as a tensor of `shape`. The default copies it
+    /// ([`SimbalBackend::float_out`]); a backend whose tensors can adopt the buffer takes it
+    /// without a copy (and may keep a handle in `spare` to reuse the memory later).
+    ///
+    /// # Errors
+    /// As [`SimbalBackend::float_out`].
+    fn grad_out(
+        engine: &Self::Engine,
+        buf: BufOf<Self>,
+        shape: &[usize],
+        device: &Self::Device,
+        spare: &mut Spare,
+    ) -> Result<FloatTensor<Self>> {
+        let _ = spare;
+        Self::float_out(engine, buf.borrow(), shape, device)
+    }
+
     /// A token mask (`true` = valid) as the engine's 0/1 index buffer.
     ///
     /// # Errors
@@ -146,5 +177,32 @@ pub(crate) fn checked_len(len: usize, shape: &[usize]) -> Result<usize> {
             expected: want,
             got: len,
         })
+    }
+}
+
+/// Memory a router's backends may reuse across steps (gradients handed out before), kept by the
+/// router: at most [`Spare::CAP`] entries of any type, the oldest dropped first.
+#[derive(Default)]
+pub struct Spare(Vec<Box<dyn core::any::Any + Send + Sync>>);
+
+impl Spare {
+    /// Entries kept at most (a step hands out two gradients).
+    pub const CAP: usize = 4;
+
+    /// Keeps `t` for a later [`Spare::take`].
+    pub fn put<T: core::any::Any + Send + Sync>(&mut self, t: T) {
+        if self.0.len() == Self::CAP {
+            self.0.remove(0);
+        }
+        self.0.push(Box::new(t));
+    }
+
+    /// Takes the first kept `T` for which `fits` holds.
+    pub fn take<T: core::any::Any>(&mut self, fits: impl Fn(&T) -> bool) -> Option<T> {
+        let at = self
+            .0
+            .iter()
+            .position(|b| b.downcast_ref::<T>().is_some_and(&fits))?;
+        self.0.remove(at).downcast::<T>().ok().map(|b| *b)
     }
 }

@@ -17,7 +17,7 @@ use burn_cubecl::{CubeBackend, CubeRuntime};
 use simbal_core::{Result, SimbalError};
 use simbal_cubecl::{CubeclBackend, DevBuf};
 
-use crate::backend::{checked_len, IdxBufOf, SimbalBackend};
+use crate::backend::{checked_len, IdxBufOf, SimbalBackend, Spare};
 
 /// `t` as a contiguous tensor of `dtype` (burn's own kernels when it is not one already).
 fn contiguous<R: CubeRuntime>(t: &CubeTensor<R>, dtype: DType) -> Result<CubeTensor<R>> {
@@ -84,6 +84,29 @@ where
         device: &R::Device,
     ) -> Result<FloatTensor<Self>> {
         tensor_of(engine, v, shape, device, DType::F32)
+    }
+
+    /// A fresh device buffer, unfilled: the backward's GEMM overwrites all of it.
+    fn grad_buf(engine: &CubeclBackend<R>, len: usize, _: &mut Spare) -> Result<DevBuf<f32>> {
+        Ok(DevBuf::empty(engine.client(), len))
+    }
+
+    /// The gradient's own buffer as the tensor (no device copy: it is fresh for this call).
+    fn grad_out(
+        engine: &CubeclBackend<R>,
+        buf: DevBuf<f32>,
+        shape: &[usize],
+        device: &R::Device,
+        _: &mut Spare,
+    ) -> Result<FloatTensor<Self>> {
+        checked_len(buf.len, shape)?;
+        Ok(CubeTensor::new_contiguous(
+            engine.client().clone(),
+            device.clone(),
+            Shape::from(shape.to_vec()),
+            buf.handle,
+            DType::F32,
+        ))
     }
 
     /// Indices are below `2^31`, so their `u32` bits are the same `i32`: a copy, no conversion,

@@ -10,8 +10,8 @@ use burn_ndarray::{NdArray, NdArrayTensor, SharedArray};
 use simbal_core::Result;
 use simbal_faer::Faer;
 
-use crate::backend::SimbalBackend;
-use crate::convert::float_host;
+use crate::backend::{checked_len, SimbalBackend, Spare};
+use crate::convert::{backend_err, float_host};
 
 /// A host tensor lent as a slice: borrowed when its memory already is one, copied otherwise.
 #[derive(Debug)]
@@ -53,6 +53,34 @@ macro_rules! ndarray_on_faer {
                     }
                 }
                 float_host::<Self, $t>(t.clone()).map(HostLent::Copied)
+            }
+
+            /// The memory of a gradient handed out before, once its tensor is dropped (no
+            /// fresh pages, no fill); zeros otherwise.
+            fn grad_buf(_: &Faer<$t>, len: usize, spare: &mut Spare) -> Result<Vec<$t>> {
+                let reused = spare
+                    .take::<SharedArray<$t>>(|a| a.len() == len && a.is_unique())
+                    .and_then(|a| match a.into_owned().into_raw_vec_and_offset() {
+                        (v, None | Some(0)) if v.len() == len => Some(v),
+                        _ => None,
+                    });
+                Ok(reused.unwrap_or_else(|| vec![0.0; len]))
+            }
+
+            /// The buffer moved into the tensor (no copy); a second handle is kept so its
+            /// memory can be reused once the tensor is dropped.
+            fn grad_out(
+                _: &Faer<$t>,
+                buf: Vec<$t>,
+                shape: &[usize],
+                _: &Self::Device,
+                spare: &mut Spare,
+            ) -> Result<NdArrayTensor> {
+                checked_len(buf.len(), shape)?;
+                let arr = SharedArray::<$t>::from_shape_vec(shape.to_vec(), buf)
+                    .map_err(|e| backend_err("a gradient's shape", e))?;
+                spare.put(arr.clone());
+                Ok(<NdArrayTensor as From<SharedArray<$t>>>::from(arr))
             }
         }
     };

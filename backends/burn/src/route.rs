@@ -2,7 +2,7 @@
 //! [`crate::SimbalBackend::simbal_route`] runs by default and what the autodiff node's backward
 //! runs.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, BorrowMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
@@ -14,7 +14,7 @@ use simbal_core::{
     SimbalError,
 };
 
-use crate::backend::{IdxBufOf, SimbalBackend};
+use crate::backend::{IdxBufOf, SimbalBackend, Spare, ViewOf};
 use crate::convert::float_host;
 
 /// What a router keeps between calls: simbal's router on the engine, a count of its forwards
@@ -24,6 +24,7 @@ pub struct RouterCell<E: simbal_core::Backend> {
     pub(crate) router: Router<E>,
     pub(crate) generation: u64,
     pub(crate) error: Option<SimbalError>,
+    pub(crate) spare: Spare,
 }
 
 /// A router shared by the module that calls it and the graph nodes its forwards made.
@@ -51,6 +52,7 @@ impl<E: simbal_core::Backend> SharedRouter<E> {
             router: Router::new(engine, cfg)?,
             generation: 0,
             error: None,
+            spare: Spare::default(),
         }))))
     }
 
@@ -324,15 +326,24 @@ pub(crate) fn backward_with_engine<B: SimbalBackend>(
     }
     let dw = B::lend(&engine, &dw)?;
     let global = st.global.as_deref();
-    let mut pass = cell.router.resume(x.borrow(), r.borrow())?;
-    let out = pass.backward(dw.borrow(), &pos, global)?;
-    let mut dx = B::float_out(&engine, out.dx, &xs, &device)?;
-    let mut dr = B::float_out(&engine, out.dr, &rs, &device)?;
+    let RouterCell { router, spare, .. } = &mut *cell;
+    let mut pass = router.resume(x.borrow(), r.borrow())?;
+    let (lx, lr) = (xs.iter().product(), rs.iter().product());
+    let mut grads = |dw: &ViewOf<B>, losses: &LossConfig, spare: &mut Spare| {
+        let mut dx = B::grad_buf(&engine, lx, spare)?;
+        let mut dr = B::grad_buf(&engine, lr, spare)?;
+        pass.backward_into(dw, losses, global, dx.borrow_mut(), dr.borrow_mut())?;
+        Ok::<_, SimbalError>((
+            B::grad_out(&engine, dx, &xs, &device, spare)?,
+            B::grad_out(&engine, dr, &rs, &device, spare)?,
+        ))
+    };
+    let (mut dx, mut dr) = grads(dw.borrow(), &pos, spare)?;
     if let Some(neg) = neg {
         let zeros = engine.zeros(nk)?;
-        let out = pass.backward(view::<B::Engine>(&zeros), &neg, global)?;
-        dx = B::float_sub(dx, B::float_out(&engine, out.dx, &xs, &device)?);
-        dr = B::float_sub(dr, B::float_out(&engine, out.dr, &rs, &device)?);
+        let (nx, nr) = grads(view::<B::Engine>(&zeros), &neg, spare)?;
+        dx = B::float_sub(dx, nx);
+        dr = B::float_sub(dr, nr);
     }
     Ok((dx, dr))
 }

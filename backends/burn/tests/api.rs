@@ -254,3 +254,40 @@ fn statistics_bias_update_and_a_forward_without_autodiff() {
     let _: FloatTensor<H> = g.into_primitive().tensor();
     let _ = TensorPrimitive::<H>::Float;
 }
+
+/// The address of an `NdArray<f64>` tensor's first element.
+fn address(t: &Tensor<NdArray<f64>, 2>) -> usize {
+    match t.clone().into_primitive().tensor() {
+        burn_ndarray::NdArrayTensor::F64(s) => s.view().as_ptr() as usize,
+        _ => panic!("not an f64 tensor"),
+    }
+}
+
+#[test]
+fn gradient_memory_is_reused_only_once_dropped() {
+    let router = MoeRouter::<B>::new(RouterConfig::new(E, K), &Default::default()).unwrap();
+    let step = |d: &Data| {
+        let x = float::<B, 2>(&d.x, [N, D]).require_grad();
+        let r = float::<B, 2>(&d.r, [D, E]).require_grad();
+        let out = router.forward(x.clone(), r.clone(), &all_losses()).unwrap();
+        let grads =
+            ((out.gates * float::<B, 2>(&d.dw, [N, K])).sum() + out.losses.total()).backward();
+        (
+            x.grad(&grads).unwrap(),
+            reference(d, &d.dw, &all_losses()).0,
+        )
+    };
+    let (dx1, want1) = step(&data(10));
+    let (dx2, want2) = step(&data(11));
+    // The first gradient is still held: the second backward wrote elsewhere.
+    assert!(max_rel(&host(&dx1), &want1) <= 1e-10);
+    assert!(max_rel(&host(&dx2), &want2) <= 1e-10);
+    assert_ne!(address(&dx1), address(&dx2));
+    // Once dropped, the next backward writes into the same memory (no fresh pages).
+    let at = address(&dx2);
+    drop(dx2);
+    let (dx3, want3) = step(&data(12));
+    assert!(max_rel(&host(&dx3), &want3) <= 1e-10);
+    assert_eq!(address(&dx3), at);
+    assert!(max_rel(&host(&dx1), &want1) <= 1e-10);
+}

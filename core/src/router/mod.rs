@@ -15,6 +15,7 @@ pub mod routing;
 pub mod score;
 pub mod select;
 pub mod sinkhorn;
+mod values;
 mod workspace;
 
 use crate::backend::Backend;

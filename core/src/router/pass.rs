@@ -16,7 +16,6 @@ use crate::scalar::Scalar;
 use crate::shape::check_len;
 use crate::simbal::simbal_loss;
 use crate::stats::{CollectStats, RoutingStats};
-use crate::zloss::LseSqSum;
 use core::ops::Deref;
 
 /// What every pass has: the routing of a forward (it derefs to its [`Routing`]), the backend
@@ -117,6 +116,61 @@ impl<B: Backend> Pass<'_, B> {
         losses: &LossConfig,
         global: Option<&RoutingStats>,
     ) -> Result<Gradients<'_, B>> {
+        let values = self.backward_to(dw, losses, global, None)?;
+        let ws = &*self.routed.ws;
+        Ok(Gradients {
+            losses: values,
+            dz: view::<B>(&ws.dz),
+            dx: view::<B>(&ws.dx),
+            dr: view::<B>(&ws.dr),
+        })
+    }
+
+    /// [`Pass::backward`] writing `dX` (`N x D`) and `dR` (the weight's layout) into the
+    /// caller's buffers instead of the router's workspace (`dZ` stays there): for a framework
+    /// that hands the gradients out as its own tensors without a copy. Returns the loss values.
+    ///
+    /// ```
+    /// use simbal_core::{LossConfig, Reference, Router, RouterConfig, orthogonal_init, WeightLayout};
+    /// let (n, d, e) = (8, 8, 4);
+    /// let x: Vec<f64> = (0..n * d).map(|i| ((i * 37 % 11) as f64 - 5.0) / 5.0).collect();
+    /// let r = orthogonal_init(WeightLayout::DxE, d, e, 1)?;
+    /// let mut router = Router::new(Reference::<f64>::new(), RouterConfig::new(e, 2))?;
+    /// let mut pass = router.forward(&x, &r, None)?;
+    /// let (mut dx, mut dr) = (vec![0.0; n * d], vec![0.0; d * e]);
+    /// let dw = vec![0.5; n * 2];
+    /// pass.backward_into(&dw, &LossConfig::switch(), None, &mut dx, &mut dr)?;
+    /// let grads = pass.backward(&dw, &LossConfig::switch(), None)?;
+    /// assert_eq!((grads.dx, grads.dr), (&dx[..], &dr[..]));
+    /// # Ok::<(), simbal_core::SimbalError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Pass::backward`]; [`SimbalError::LengthMismatch`] unless `dx` holds `N x D` and
+    /// `dr` holds `D x E`.
+    pub fn backward_into(
+        &mut self,
+        dw: &B::View,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+        dx: &mut B::View,
+        dr: &mut B::View,
+    ) -> Result<LossValues<B::Elem>> {
+        let b = self.routed.backend;
+        let Shape { n, d, e, .. } = self.routed.ws.routing.shape;
+        check_len("input gradient dX", n * d, b.len(dx))?;
+        check_len("router gradient dR", d * e, b.len(dr))?;
+        self.backward_to(dw, losses, global, Some((dx, dr)))
+    }
+
+    /// The backward into `out` (`dX`, `dR`), or into the workspace for `None`.
+    fn backward_to(
+        &mut self,
+        dw: &B::View,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+        out: Option<(&mut B::View, &mut B::View)>,
+    ) -> Result<LossValues<B::Elem>> {
         let Routed {
             backend: b,
             cfg,
@@ -126,21 +180,31 @@ impl<B: Backend> Pass<'_, B> {
         let Shape { n, d, e, .. } = ws.routing.shape;
         let (mut values, max_dz) = backward_dz(b, cfg, ws, dw, losses, global)?;
         let (x, r) = (self.x, self.r);
+        let Workspace {
+            dz,
+            dx: ws_dx,
+            dr: ws_dr,
+            simbal,
+            ..
+        } = ws;
+        let (dx, dr) = match out {
+            Some(out) => out,
+            None => (view_mut::<B>(ws_dx), view_mut::<B>(ws_dr)),
+        };
         // dR = X^T dZ (stored as R is), then dX = dZ R^T: X is read while the forward may
         // have left it in cache, before writing dX evicts it.
         let (dr_g, dr_ab, dx_g) = match cfg.layout {
             WeightLayout::DxE => (Gemm::new(d, e, n).ta(), true, Gemm::new(n, d, e).tb()),
             WeightLayout::ExD => (Gemm::new(e, d, n).ta(), false, Gemm::new(n, d, e)),
         };
-        let dz = view::<B>(&ws.dz);
+        let dz = view::<B>(dz);
         let (a, bb) = if dr_ab { (x, dz) } else { (dz, x) };
-        let dr = view_mut::<B>(&mut ws.dr);
         b.gemm(
             GemmArgs {
                 gemm: dr_g,
                 a,
                 b: bb,
-                c: dr,
+                c: &mut *dr,
             }
             .check(b)?,
         )?;
@@ -149,13 +213,12 @@ impl<B: Backend> Pass<'_, B> {
                 gemm: dx_g,
                 a: dz,
                 b: r,
-                c: view_mut::<B>(&mut ws.dx),
+                c: &mut *dx,
             }
             .check(b)?,
         )?;
         if let Some(sc) = losses.simbal {
-            values.simbal =
-                simbal_loss(b, &sc, r, Some(view_mut::<B>(&mut ws.dr)), &mut ws.simbal)?;
+            values.simbal = simbal_loss(b, &sc, r, Some(&mut *dr), simbal)?;
             values.total = values.simbal + values.lbl + values.z_loss;
         }
         finite_loss(&values)?;
@@ -164,103 +227,20 @@ impl<B: Backend> Pass<'_, B> {
             // and its N x D scan is skipped.
             let max_dz = match max_dz {
                 Some(m) => m,
-                None => b.max_abs(view::<B>(&ws.dz))?,
+                None => b.max_abs(dz)?,
             };
             let bound = B::Elem::of_usize(2 * e) * max_dz * b.max_abs(r)?;
             if !num_traits::Float::is_finite(bound) {
-                b.check_finite("input gradient dX", d, view::<B>(&ws.dx))
+                b.check_finite("input gradient dX", d, dx)
                     .map_err(|_| SimbalError::Overflow {
                         what: "input gradient dX",
                     })?;
             }
-            b.check_finite(
-                "router gradient dR",
-                weight_cols(cfg.layout, d, e),
-                view::<B>(&ws.dr),
-            )
-            .map_err(|_| SimbalError::Overflow {
-                what: "router gradient dR",
-            })?;
+            b.check_finite("router gradient dR", weight_cols(cfg.layout, d, e), dr)
+                .map_err(|_| SimbalError::Overflow {
+                    what: "router gradient dR",
+                })?;
         }
-        Ok(Gradients {
-            losses: values,
-            dz: view::<B>(&ws.dz),
-            dx: view::<B>(&ws.dx),
-            dr: view::<B>(&ws.dr),
-        })
-    }
-}
-
-impl<B: Backend> Pass<'_, B> {
-    /// The configured losses' values for this routing, without their gradients: what
-    /// [`Pass::backward`] would report, for a framework that needs the values at the forward
-    /// (a loss tensor of an autodiff graph) or for logging an evaluation batch. Costs the
-    /// losses' own reductions (`O(N E)`, SimBal's `R^T R`), no GEMM over `X`.
-    ///
-    /// ```
-    /// use simbal_core::{LossConfig, Reference, Router, RouterConfig, orthogonal_init, WeightLayout};
-    /// let (n, d, e) = (8, 8, 4);
-    /// let x: Vec<f64> = (0..n * d).map(|i| ((i * 37 % 11) as f64 - 5.0) / 5.0).collect();
-    /// let r = orthogonal_init(WeightLayout::DxE, d, e, 1)?;
-    /// let mut router = Router::new(Reference::<f64>::new(), RouterConfig::new(e, 2))?;
-    /// let mut pass = router.forward(&x, &r, None)?;
-    /// let values = pass.loss_values(&LossConfig::switch(), None)?;
-    /// let grads = pass.backward(&vec![0.0; n * 2], &LossConfig::switch(), None)?;
-    /// assert_eq!(values, grads.losses);
-    /// # Ok::<(), simbal_core::SimbalError>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`Pass::backward`], less the gate gradient's.
-    pub fn loss_values(
-        &mut self,
-        losses: &LossConfig,
-        global: Option<&RoutingStats>,
-    ) -> Result<LossValues<B::Elem>> {
-        let Routed {
-            backend: b,
-            cfg,
-            ws,
-        } = &mut self.routed;
-        let (b, cfg, ws) = (*b, *cfg, &mut **ws);
-        let Shape { n, e, .. } = ws.routing.shape;
-        losses.validate(n)?;
-        let mut values = LossValues::default();
-        let layout = match losses.lbl.map(|l| l.level) {
-            Some(LblLevel::Sequence(layout)) => Some(layout),
-            _ => None,
-        };
-        let Workspace {
-            routing,
-            tokens,
-            lbl,
-            simbal,
-            ..
-        } = ws;
-        let lg = tokens.groups_for(b, layout)?;
-        if let Some(lc) = losses.lbl {
-            values.lbl = lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?;
-        }
-        if let Some(zc) = losses.z_loss {
-            let sum = b.lse_sq_sum(
-                LseSqSum {
-                    n,
-                    groups: lg.groups,
-                    e,
-                    z: view::<B>(&routing.z),
-                    scores: Some((cfg.score, view::<B>(&routing.p))),
-                }
-                .check(b)?,
-            )?;
-            if lg.valid > 0 {
-                values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(lg.valid);
-            }
-        }
-        if let Some(sc) = losses.simbal {
-            values.simbal = simbal_loss(b, &sc, self.r, None, simbal)?;
-        }
-        values.total = values.simbal + values.lbl + values.z_loss;
-        finite_loss(&values)?;
         Ok(values)
     }
 }
