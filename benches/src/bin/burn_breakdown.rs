@@ -2,9 +2,10 @@
 //! pieces of the burn step timed interleaved with the direct step on the same inputs.
 //!
 //! `cargo run --release -p simbal-benches --bin burn_breakdown -- [--threads T] [--warmup W]
-//! [--iters I] [--shapes a,b]`
+//! [--iters I] [--shapes a,b] [--only op,op]`
 //!
-//! Rows (median and minimum ms, each also as a fraction of the direct step's):
+//! Rows (median and minimum ms, each also as a fraction of the first row's, the direct step unless
+//! `--only` leaves it out):
 //! - `step`: the direct faer step (forward, backward);
 //! - `step-burn`: the whole burn step (`compare`'s row);
 //! - `burn-fwd`: `MoeRouter::forward` on `Autodiff<NdArray<f32>>` alone (graph dropped);
@@ -16,6 +17,8 @@
 //!   (the copies out of the router workspace at the burn backward), dropped after;
 //! - `out-fwd`: the forward's copies into new tensors (gates, scores, the five index
 //!   tensors), dropped after;
+//! - `to-vec-dx`: the same copy into fresh memory without zeroing it first (`to_vec`);
+//! - `copy-dx-reuse`: the same copy into a buffer kept from the last call (no fresh memory);
 //! - `fresh-dx`: a fresh zeroed `dX`-sized `Vec` written once (the page faults of new memory
 //!   alone, without the copy).
 
@@ -33,6 +36,7 @@ fn main() {
     let mut warmup = 3;
     let mut iters = 20;
     let mut shapes: Vec<String> = Vec::new();
+    let mut only: Vec<String> = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
         let v = it.next().unwrap_or_default();
@@ -41,6 +45,7 @@ fn main() {
             "--warmup" => warmup = v.parse().expect("--warmup"),
             "--iters" => iters = v.parse::<usize>().expect("--iters").max(1),
             "--shapes" => shapes = v.split(',').map(str::to_owned).collect(),
+            "--only" => only = v.split(',').map(str::to_owned).collect(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -48,10 +53,10 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .expect("thread pool");
-    rayon::scope(|_| body(warmup, iters, &shapes));
+    rayon::scope(|_| body(warmup, iters, &shapes, &only));
 }
 
-fn body(warmup: usize, iters: usize, shapes: &[String]) {
+fn body(warmup: usize, iters: usize, shapes: &[String], only: &[String]) {
     let b = Faer::<f32>::new();
     let losses = step_losses();
     let dev = Default::default();
@@ -83,6 +88,7 @@ fn body(warmup: usize, iters: usize, shapes: &[String]) {
         };
         let dxbuf = vec![0.5f32; s.n * s.d];
         let drbuf = vec![0.5f32; s.d * s.e];
+        let mut reuse = vec![0f32; s.n * s.d];
         let mut ops: Vec<Op<'_>> = vec![
             (
                 "step",
@@ -161,6 +167,19 @@ fn body(warmup: usize, iters: usize, shapes: &[String]) {
                 }),
             ),
             (
+                "to-vec-dx",
+                Box::new(|| {
+                    std::hint::black_box(dxbuf.to_vec());
+                }),
+            ),
+            (
+                "copy-dx-reuse",
+                Box::new(|| {
+                    reuse.copy_from_slice(&dxbuf);
+                    std::hint::black_box(&reuse);
+                }),
+            ),
+            (
                 "fresh-dx",
                 Box::new(|| {
                     let mut v = vec![0f32; s.n * s.d];
@@ -169,6 +188,8 @@ fn body(warmup: usize, iters: usize, shapes: &[String]) {
                 }),
             ),
         ];
+        // `--only a,b`: time just these rows (to profile one, e.g. under `perf record`).
+        ops.retain(|(name, _)| only.is_empty() || only.iter().any(|o| o == name));
         for _ in 0..warmup {
             ops.iter_mut().for_each(|(_, f)| f());
         }
