@@ -9,6 +9,8 @@
 #      cargo run --release -p simbal-benches --bin compare -- --threads T --warmup W --iters I \
 #        --inputs target/compare/inputs --out target/compare/simbal.json
 #    (extra arguments for it can be given in SIMBAL_COMPARE_ARGS)
+#    simbal's rows include `step-burn`: the same step through simbal-burn on burn's CPU backend
+#    (Autodiff<NdArray<f32>>), timed in the same rounds; the table adds step-burn / step per shape.
 # 3. each installed anchor -> target/compare/torch.json, target/compare/jax.json
 # 4. benches/anchors/table.py        -> tables on stdout, target/compare/table.md (medians)
 #                                       and target/compare/table-min.md (best of iters)

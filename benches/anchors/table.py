@@ -5,7 +5,9 @@ Reads <dir>/simbal.json, <dir>/torch.json, <dir>/jax.json (any may be missing) i
 common schema, prints a plain-text table and writes a markdown version (--md).
 Rows: shape x op; columns: median time (ms) per implementation and, for each anchor,
 anchor_time / simbal_time ("x": how many times faster simbal is). A final row gives the
-geometric mean over the four router "step" shapes.
+geometric mean over the four router "step" shapes. When simbal.json has `step-burn` rows (the
+step through simbal-burn on burn's CPU backend), a second table gives step-burn / step per shape
+against the 1.15x overhead target (issue 12).
 """
 
 import argparse
@@ -16,7 +18,7 @@ import sys
 
 SHAPE_ORDER = ["paper-M", "paper-L", "mixtral", "deepseek",
                "simbal-768x32", "simbal-1536x32", "simbal-7168x256"]
-OP_ORDER = ["step", "step-masked", "forward", "gemm-floor", "bytes-floor", "simbal"]
+OP_ORDER = ["step", "step-burn", "step-masked", "forward", "gemm-floor", "bytes-floor", "simbal"]
 STEP_SHAPES = ["paper-M", "paper-L", "mixtral", "deepseek"]
 FILES = [("simbal", "simbal.json"), ("torch", "torch.json"), ("jax", "jax.json")]
 
@@ -111,6 +113,38 @@ def build(dirpath, stat="median_s"):
     return docs, header, rows
 
 
+BURN_TARGET = 1.15
+
+
+def burn_rows(dirpath, stat="median_s"):
+    """(shape, step s, step-burn s, ratio, met) for each step shape with both rows in simbal.json."""
+    doc = load(os.path.join(dirpath, "simbal.json"))
+    if doc is None:
+        return []
+    t = {}
+    for r in doc["results"]:
+        try:
+            t[(r["shape"], r["op"])] = float(r[stat])
+        except (KeyError, TypeError, ValueError):
+            continue
+    out = []
+    for s in STEP_SHAPES:
+        a, b = t.get((s, "step")), t.get((s, "step-burn"))
+        if a and b:
+            out.append((s, a, b, b / a, b / a <= BURN_TARGET))
+    return out
+
+
+def render_burn(rows, md):
+    header = ["shape", "step (ms)", "step-burn (ms)", "step-burn / step", f"<= {BURN_TARGET}x?"]
+    body = [[s, fmt_ms(a), fmt_ms(b), fmt_ratio(r), "yes" if ok else "no"] for s, a, b, r, ok in rows]
+    if md:
+        lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines) + "\n"
+    return render_text(header, body)
+
+
 def notes(docs):
     lines = []
     for key, _ in FILES:
@@ -171,9 +205,18 @@ def main():
     print(f"{a.stat} wall time per call (ms); 'anchor / simbal' = how many times faster simbal is")
     for line in note_lines:
         print("  " + line)
+    burn = burn_rows(a.dir, f"{a.stat}_s")
+    if burn:
+        print()
+        print(f"simbal-burn (Autodiff<NdArray<f32>>) against the direct faer step, {a.stat} times:")
+        print(render_burn(burn, md=False))
     os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
     with open(md_path, "w") as f:
         f.write(render_md(header, rows, note_lines, a.stat))
+        if burn:
+            f.write("\nsimbal-burn (`Autodiff<NdArray<f32>>`) against the direct faer step "
+                    f"({a.stat}):\n\n")
+            f.write(render_burn(burn, md=True))
     print(f"\nwrote {md_path}")
     return 0
 

@@ -316,3 +316,77 @@ impl<T: Scalar> ByteFloor<T> {
 pub fn step_shape(name: &str) -> Option<StepShape> {
     STEP_SHAPES.iter().copied().find(|s| s.name == name)
 }
+
+/// The router step through simbal-burn on burn's CPU backend with autodiff
+/// (`Autodiff<NdArray<f32>>`): [`simbal_burn::MoeRouter::forward`] on tracked `X` and `R`, then
+/// burn's `backward()` of `sum(gates * dW) + losses.total()`, whose gate gradient is `dW` and
+/// whose loss gradients are 1: the work of [`run_step`] with [`step_losses`], on burn tensors.
+pub struct BurnStep {
+    router: simbal_burn::MoeRouter<BurnCpu>,
+    x: burn::tensor::Tensor<BurnCpu, 2>,
+    r: burn::tensor::Tensor<BurnCpu, 2>,
+    dw: burn::tensor::Tensor<BurnCpu, 2>,
+}
+
+/// burn's CPU backend with autodiff, as [`BurnStep`] runs it.
+pub type BurnCpu = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+/// The gradients one [`BurnStep`] returns: `dX` and `dR` as burn tensors (inner backend).
+pub type BurnGrads = (
+    burn::tensor::Tensor<burn::backend::NdArray<f32>, 2>,
+    burn::tensor::Tensor<burn::backend::NdArray<f32>, 2>,
+);
+
+impl BurnStep {
+    /// The router of [`step_router`] and the inputs' values as burn tensors (`X`, `R` tracked).
+    ///
+    /// # Errors
+    /// The router's errors.
+    pub fn new(s: &StepShape, x: &[f32], r: &[f32], dw: &[f32]) -> Result<Self> {
+        use burn::tensor::{Tensor, TensorData};
+        let device = Default::default();
+        let t = |v: &[f32], shape: [usize; 2]| {
+            Tensor::<BurnCpu, 2>::from_data(TensorData::new(v.to_vec(), shape), &device)
+        };
+        Ok(Self {
+            router: simbal_burn::MoeRouter::new(RouterConfig::new(s.e, s.k), &device)?,
+            x: t(x, [s.n, s.d]).require_grad(),
+            r: t(r, [s.d, s.e]).require_grad(),
+            dw: t(dw, [s.n, s.k]),
+        })
+    }
+
+    /// One step: forward, backward, `dX` and `dR` read from burn's gradients.
+    ///
+    /// # Errors
+    /// The forward's errors; the backward's (kept by the router, see
+    /// [`simbal_burn::MoeRouter::take_error`]); a missing gradient.
+    pub fn run(&self, losses: &LossConfig) -> Result<BurnGrads> {
+        let out = self
+            .router
+            .forward(self.x.clone(), self.r.clone(), losses)?;
+        let objective = (out.gates * self.dw.clone()).sum() + out.losses.total();
+        let grads = objective.backward();
+        if let Some(e) = self.router.take_error()? {
+            return Err(e);
+        }
+        let missing = || simbal_core::SimbalError::Backend {
+            message: "simbal-burn step: no gradient for X or R".into(),
+        };
+        Ok((
+            self.x.grad(&grads).ok_or_else(missing)?,
+            self.r.grad(&grads).ok_or_else(missing)?,
+        ))
+    }
+}
+
+/// The largest `|a - b|` over two equally long slices (`inf` when their lengths differ).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

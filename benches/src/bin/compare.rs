@@ -1,5 +1,7 @@
 //! simbal's side of the PyTorch/JAX comparison: times the router step, forward-only routing and
-//! SimBal alone on the faer backend (f32) and writes the anchors' JSON schema.
+//! SimBal alone on the faer backend (f32) and writes the anchors' JSON schema. `step-burn` is the
+//! same step through simbal-burn on burn's CPU backend (`Autodiff<NdArray<f32>>`), timed in the
+//! same rounds so its ratio to `step` is burn's overhead.
 //!
 //! `cargo run --release -p simbal-benches --bin compare -- --threads 2 --out target/compare/simbal.json`
 
@@ -147,9 +149,13 @@ fn body(args: &Args) {
             let mut floor = GemmFloor::new(&b, s)?;
             let x_host: &[f32] = &inp.x; // faer buffers are host vectors
             let mut bytes = ByteFloor::<f32>::new(s);
+            // The same step through simbal-burn on Autodiff<NdArray<f32>>, checked once against
+            // the direct step's gradients.
+            let burn = BurnStep::new(s, &inp.x, &inp.r, &inp.dw)?;
+            check_burn(&burn, &mut router, &inp, &losses, s)?;
             // The ops take turns, one call each per round, so a burst of load from a
             // neighbour hits all of them alike and their ratios stay meaningful.
-            let mut ops: [NamedOp<'_, '_>; 5] = [
+            let mut ops: [NamedOp<'_, '_>; 6] = [
                 (
                     "step",
                     Box::new(|| {
@@ -161,6 +167,12 @@ fn body(args: &Args) {
                     Box::new(|| {
                         run_step_masked(&mut router3, &inp, &mask[..], &losses)
                             .expect("masked step");
+                    }),
+                ),
+                (
+                    "step-burn",
+                    Box::new(|| {
+                        std::hint::black_box(burn.run(&losses).expect("burn step"));
                     }),
                 ),
                 (
@@ -239,6 +251,44 @@ fn body(args: &Args) {
         }
         None => print!("{json}"),
     }
+}
+
+/// The burn step's `dX` and `dR` against the direct step's: the same engine on the same numbers,
+/// so they agree to rounding (a different result would mean the two do different work).
+fn check_burn(
+    burn: &BurnStep,
+    router: &mut simbal_core::Router<Faer<f32>>,
+    inp: &StepInputs<Faer<f32>>,
+    losses: &simbal_core::LossConfig,
+    s: &StepShape,
+) -> simbal_core::Result<()> {
+    let (bdx, bdr) = burn.run(losses)?;
+    let host = |t: burn::tensor::Tensor<_, 2>| -> simbal_core::Result<Vec<f32>> {
+        t.into_data()
+            .into_vec::<f32>()
+            .map_err(|e| simbal_core::SimbalError::Backend {
+                message: format!("burn gradient data: {e:?}"),
+            })
+    };
+    let (bdx, bdr) = (host(bdx)?, host(bdr)?);
+    let mut pass = router.forward(&inp.x[..], &inp.r[..], None)?;
+    let g = pass.backward(&inp.dw[..], losses, None)?;
+    let (ex, er) = (max_abs_diff(&bdx, g.dx), max_abs_diff(&bdr, g.dr));
+    let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let (sx, sr) = (scale(g.dx), scale(g.dr));
+    eprintln!(
+        "compare: {}: burn vs direct gradients: max |ddX| {ex:.3e} (max |dX| {sx:.3e}), max |ddR| {er:.3e} (max |dR| {sr:.3e})",
+        s.name
+    );
+    if ex > 1e-4 * sx.max(1e-30) || er > 1e-4 * sr.max(1e-30) {
+        return Err(simbal_core::SimbalError::Backend {
+            message: format!(
+                "{}: the burn step's gradients differ from the direct step's",
+                s.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
