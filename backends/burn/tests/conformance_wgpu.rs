@@ -34,10 +34,7 @@ simbal_conformance::conformance_suite!(burn_wgpu_engine, super::engine);
 /// GEMM and router checks, which cover burn's matmul and the transfers on a device backend. The
 /// same path is checked in full over `NdArray` in `conformance.rs`.
 mod burn_wgpu_generic {
-    mod gemm {
-        simbal_conformance::conformance_gemm!(super::super::generic);
-    }
-    mod router {
-        simbal_conformance::conformance_router!(super::super::generic);
-    }
+    use super::*;
+    simbal_conformance::conformance_gemm!(generic);
+    simbal_conformance::conformance_router!(generic);
 }
