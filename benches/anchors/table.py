@@ -18,7 +18,7 @@ import sys
 
 SHAPE_ORDER = ["paper-M", "paper-L", "mixtral", "deepseek",
                "simbal-768x32", "simbal-1536x32", "simbal-7168x256"]
-OP_ORDER = ["step", "step-burn", "step-masked", "forward", "gemm-floor", "bytes-floor", "simbal"]
+OP_ORDER = ["step", "step-burn", "step-burn-flex", "step-masked", "forward", "gemm-floor", "bytes-floor", "simbal"]
 STEP_SHAPES = ["paper-M", "paper-L", "mixtral", "deepseek"]
 FILES = [("simbal", "simbal.json"), ("torch", "torch.json"), ("jax", "jax.json")]
 
@@ -116,8 +116,12 @@ def build(dirpath, stat="median_s"):
 BURN_TARGET = 1.15
 
 
-def burn_rows(dirpath, stat="median_s"):
-    """(shape, step s, step-burn s, ratio, met) for each step shape with both rows in simbal.json."""
+# The burn ops and the backend each runs on.
+BURN_OPS = [("step-burn", "Autodiff<NdArray<f32>>"), ("step-burn-flex", "Autodiff<Flex>")]
+
+
+def burn_rows(dirpath, stat="median_s", op="step-burn"):
+    """(shape, step s, op s, ratio, met) for each step shape with both rows in simbal.json."""
     doc = load(os.path.join(dirpath, "simbal.json"))
     if doc is None:
         return []
@@ -129,14 +133,14 @@ def burn_rows(dirpath, stat="median_s"):
             continue
     out = []
     for s in STEP_SHAPES:
-        a, b = t.get((s, "step")), t.get((s, "step-burn"))
+        a, b = t.get((s, "step")), t.get((s, op))
         if a and b:
             out.append((s, a, b, b / a, b / a <= BURN_TARGET))
     return out
 
 
-def render_burn(rows, md):
-    header = ["shape", "step (ms)", "step-burn (ms)", "step-burn / step", f"<= {BURN_TARGET}x?"]
+def render_burn(rows, md, op="step-burn"):
+    header = ["shape", "step (ms)", f"{op} (ms)", f"{op} / step", f"<= {BURN_TARGET}x?"]
     body = [[s, fmt_ms(a), fmt_ms(b), fmt_ratio(r), "yes" if ok else "no"] for s, a, b, r, ok in rows]
     if md:
         lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---|"]
@@ -205,18 +209,20 @@ def main():
     print(f"{a.stat} wall time per call (ms); 'anchor / simbal' = how many times faster simbal is")
     for line in note_lines:
         print("  " + line)
-    burn = burn_rows(a.dir, f"{a.stat}_s")
-    if burn:
-        print()
-        print(f"simbal-burn (Autodiff<NdArray<f32>>) against the direct faer step, {a.stat} times:")
-        print(render_burn(burn, md=False))
+    burns = [(op, backend, burn_rows(a.dir, f"{a.stat}_s", op)) for op, backend in BURN_OPS]
+    for op, backend, burn in burns:
+        if burn:
+            print()
+            print(f"simbal-burn ({backend}) against the direct faer step, {a.stat} times:")
+            print(render_burn(burn, md=False, op=op))
     os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
     with open(md_path, "w") as f:
         f.write(render_md(header, rows, note_lines, a.stat))
-        if burn:
-            f.write("\nsimbal-burn (`Autodiff<NdArray<f32>>`) against the direct faer step "
-                    f"({a.stat}):\n\n")
-            f.write(render_burn(burn, md=True))
+        for op, backend, burn in burns:
+            if burn:
+                f.write(f"\nsimbal-burn (`{backend}`) against the direct faer step "
+                        f"({a.stat}):\n\n")
+                f.write(render_burn(burn, md=True, op=op))
     print(f"\nwrote {md_path}")
     return 0
 

@@ -321,23 +321,36 @@ pub fn step_shape(name: &str) -> Option<StepShape> {
 /// (`Autodiff<NdArray<f32>>`): [`simbal_burn::MoeRouter::forward`] on tracked `X` and `R`, then
 /// burn's `backward()` of `sum(gates * dW) + losses.total()`, whose gate gradient is `dW` and
 /// whose loss gradients are 1: the work of [`run_step`] with [`step_losses`], on burn tensors.
-pub struct BurnStep {
-    router: simbal_burn::MoeRouter<BurnCpu>,
-    x: burn::tensor::Tensor<BurnCpu, 2>,
-    r: burn::tensor::Tensor<BurnCpu, 2>,
-    dw: burn::tensor::Tensor<BurnCpu, 2>,
+pub struct BurnStep<B: BurnStepBackend = BurnCpu> {
+    router: simbal_burn::MoeRouter<B>,
+    x: burn::tensor::Tensor<B, 2>,
+    r: burn::tensor::Tensor<B, 2>,
+    dw: burn::tensor::Tensor<B, 2>,
 }
+
+/// A burn backend [`BurnStep`] runs on: simbal-burn's, with autodiff.
+pub trait BurnStepBackend:
+    simbal_burn::SimbalBackend + burn::tensor::backend::AutodiffBackend
+{
+}
+impl<B: simbal_burn::SimbalBackend + burn::tensor::backend::AutodiffBackend> BurnStepBackend
+    for B
+{
+}
+
+/// burn's Flex CPU backend with autodiff (the other CPU backend simbal-burn runs on faer).
+pub type BurnFlex = burn::backend::Autodiff<burn::backend::Flex>;
 
 /// burn's CPU backend with autodiff, as [`BurnStep`] runs it.
 pub type BurnCpu = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
 /// The gradients one [`BurnStep`] returns: `dX` and `dR` as burn tensors (inner backend).
-pub type BurnGrads = (
-    burn::tensor::Tensor<burn::backend::NdArray<f32>, 2>,
-    burn::tensor::Tensor<burn::backend::NdArray<f32>, 2>,
+pub type BurnGrads<B = BurnCpu> = (
+    burn::tensor::Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 2>,
+    burn::tensor::Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 2>,
 );
 
-impl BurnStep {
+impl<B: BurnStepBackend> BurnStep<B> {
     /// The router of [`step_router`] and the inputs' values as burn tensors (`X`, `R` tracked).
     ///
     /// # Errors
@@ -346,7 +359,7 @@ impl BurnStep {
         use burn::tensor::{Tensor, TensorData};
         let device = Default::default();
         let t = |v: &[f32], shape: [usize; 2]| {
-            Tensor::<BurnCpu, 2>::from_data(TensorData::new(v.to_vec(), shape), &device)
+            Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), shape), &device)
         };
         Ok(Self {
             router: simbal_burn::MoeRouter::new(RouterConfig::new(s.e, s.k), &device)?,
@@ -361,7 +374,7 @@ impl BurnStep {
     /// # Errors
     /// The forward's errors; the backward's (kept by the router, see
     /// [`simbal_burn::MoeRouter::take_error`]); a missing gradient.
-    pub fn run(&self, losses: &LossConfig) -> Result<BurnGrads> {
+    pub fn run(&self, losses: &LossConfig) -> Result<BurnGrads<B>> {
         let out = self
             .router
             .forward(self.x.clone(), self.r.clone(), losses)?;

@@ -74,7 +74,7 @@ fn body(warmup: usize, iters: usize, shapes: &[String], only: &[String]) {
         bwd.forward(x, r, None).expect("forward");
         let mut outs = step_router(b, s).expect("router");
         outs.forward(x, r, None).expect("forward");
-        let burn = BurnStep::new(s, x, r, dw).expect("burn step");
+        let burn = BurnStep::<BurnCpu>::new(s, x, r, dw).expect("burn step");
         let router =
             simbal_burn::MoeRouter::<BurnCpu>::new(simbal_core::RouterConfig::new(s.e, s.k), &dev)
                 .expect("router");

@@ -151,11 +151,13 @@ fn body(args: &Args) {
             let mut bytes = ByteFloor::<f32>::new(s);
             // The same step through simbal-burn on Autodiff<NdArray<f32>>, checked once against
             // the direct step's gradients.
-            let burn = BurnStep::new(s, &inp.x, &inp.r, &inp.dw)?;
+            let burn = BurnStep::<BurnCpu>::new(s, &inp.x, &inp.r, &inp.dw)?;
             check_burn(&burn, &mut router, &inp, &losses, s)?;
+            let flex = BurnStep::<BurnFlex>::new(s, &inp.x, &inp.r, &inp.dw)?;
+            check_burn(&flex, &mut router, &inp, &losses, s)?;
             // The ops take turns, one call each per round, so a burst of load from a
             // neighbour hits all of them alike and their ratios stay meaningful.
-            let mut ops: [NamedOp<'_, '_>; 6] = [
+            let mut ops: [NamedOp<'_, '_>; 7] = [
                 (
                     "step",
                     Box::new(|| {
@@ -173,6 +175,12 @@ fn body(args: &Args) {
                     "step-burn",
                     Box::new(|| {
                         std::hint::black_box(burn.run(&losses).expect("burn step"));
+                    }),
+                ),
+                (
+                    "step-burn-flex",
+                    Box::new(|| {
+                        std::hint::black_box(flex.run(&losses).expect("burn step on flex"));
                     }),
                 ),
                 (
@@ -255,8 +263,8 @@ fn body(args: &Args) {
 
 /// The burn step's `dX` and `dR` against the direct step's: the same engine on the same numbers,
 /// so they agree to rounding (a different result would mean the two do different work).
-fn check_burn(
-    burn: &BurnStep,
+fn check_burn<B: BurnStepBackend>(
+    burn: &BurnStep<B>,
     router: &mut simbal_core::Router<Faer<f32>>,
     inp: &StepInputs<Faer<f32>>,
     losses: &simbal_core::LossConfig,
