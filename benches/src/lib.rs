@@ -333,10 +333,7 @@ pub trait BurnStepBackend:
     simbal_burn::SimbalBackend + burn::tensor::backend::AutodiffBackend
 {
 }
-impl<B: simbal_burn::SimbalBackend + burn::tensor::backend::AutodiffBackend> BurnStepBackend
-    for B
-{
-}
+impl<B: simbal_burn::SimbalBackend + burn::tensor::backend::AutodiffBackend> BurnStepBackend for B {}
 
 /// burn's Flex CPU backend with autodiff (the other CPU backend simbal-burn runs on faer).
 pub type BurnFlex = burn::backend::Autodiff<burn::backend::Flex>;

@@ -83,8 +83,6 @@ where
     type Elem = B::FloatElem;
     type Buf = BurnBuf<B>;
     type View = BurnBuf<B>;
-    type IdxBuf = Vec<u32>;
-    type IdxView = [u32];
 
     fn name(&self) -> String {
         format!(
@@ -128,37 +126,7 @@ where
         buf.len
     }
 
-    fn idx_zeros(&self, len: usize) -> Result<Vec<u32>> {
-        Ok(vec![0; len])
-    }
-
-    fn idx_upload(&self, host: &[u32]) -> Result<Vec<u32>> {
-        Ok(host.to_vec())
-    }
-
-    fn idx_download(&self, buf: &[u32], host: &mut [u32]) -> Result<()> {
-        check_len("download target", buf.len(), host.len())?;
-        host.copy_from_slice(buf);
-        Ok(())
-    }
-
-    fn idx_write(&self, buf: &mut [u32], host: &[u32]) -> Result<()> {
-        check_len("write source", buf.len(), host.len())?;
-        buf.copy_from_slice(host);
-        Ok(())
-    }
-
-    fn idx_len(&self, buf: &[u32]) -> usize {
-        buf.len()
-    }
-
-    fn idx_host<'a>(&self, buf: &'a [u32]) -> Option<&'a [u32]> {
-        Some(buf)
-    }
-
-    fn idx_host_mut<'a>(&self, buf: &'a mut [u32]) -> Option<&'a mut [u32]> {
-        Some(buf)
-    }
+    simbal_core::host_idx_memory!();
 }
 
 impl<B: Backend> simbal_core::Backend for BurnTensors<B>

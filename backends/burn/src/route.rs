@@ -9,6 +9,7 @@ use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use simbal_core::memory::{idx_view, view};
 use simbal_core::router::Shape;
+use simbal_core::shape::check_len;
 use simbal_core::{
     Batch, LossConfig, LossValues, Memory, Result, Router, RouterConfig, RoutingStats, Scalar,
     SimbalError,
@@ -139,19 +140,8 @@ fn check_shapes(cfg: &RouterConfig, x: &[usize], r: &[usize]) -> Result<()> {
         simbal_core::WeightLayout::DxE => (r[0], r[1]),
         simbal_core::WeightLayout::ExD => (r[1], r[0]),
     };
-    let mismatch = |what, expected, got| {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(SimbalError::LengthMismatch {
-                what,
-                expected,
-                got,
-            })
-        }
-    };
-    mismatch("experts in R", cfg.experts, e)?;
-    mismatch("columns of X (the width D of R)", d, x[1])
+    check_len("experts in R", cfg.experts, e)?;
+    check_len("columns of X (the width D of R)", d, x[1])
 }
 
 /// What a batch carries besides `X`, lent to the engine.

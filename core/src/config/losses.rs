@@ -212,6 +212,14 @@ impl Default for LossConfig {
 }
 
 impl LossConfig {
+    /// The sequence layout a sequence-level LBL groups tokens by (`None` at other levels or
+    /// without an LBL).
+    pub fn lbl_layout(&self) -> Option<SeqLayout> {
+        match self.lbl.map(|l| l.level) {
+            Some(LblLevel::Sequence(layout)) => Some(layout),
+            _ => None,
+        }
+    }
     /// No auxiliary loss at all.
     pub fn none() -> Self {
         Self {

@@ -6,7 +6,7 @@ use super::kernels::{BackwardRequest, Dispatch, LblCoef, RouterBackward};
 use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
 use super::workspace::{finite_loss, weight_cols, Workspace};
 use crate::backend::Backend;
-use crate::config::{LblLevel, LossConfig, RouterConfig, WeightLayout};
+use crate::config::{LossConfig, RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
 use crate::gemm::{Gemm, GemmArgs};
 use crate::lbl::lbl_for_pass;
@@ -323,10 +323,7 @@ fn backward_dz<B: Backend>(
         b.check_finite("gate gradient", k, dw)?;
     }
     let mut values = LossValues::default();
-    let layout = match losses.lbl.map(|l| l.level) {
-        Some(LblLevel::Sequence(layout)) => Some(layout),
-        _ => None,
-    };
+    let layout = losses.lbl_layout();
     let Workspace {
         routing,
         tokens,

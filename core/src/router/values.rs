@@ -4,7 +4,7 @@ use super::pass::{Pass, Routed};
 use super::routing::{LossValues, Shape};
 use super::workspace::{finite_loss, Workspace};
 use crate::backend::Backend;
-use crate::config::{LblLevel, LossConfig};
+use crate::config::LossConfig;
 use crate::error::Result;
 use crate::lbl::lbl_for_pass;
 use crate::memory::view;
@@ -48,10 +48,7 @@ impl<B: Backend> Pass<'_, B> {
         let Shape { n, e, .. } = ws.routing.shape;
         losses.validate(n)?;
         let mut values = LossValues::default();
-        let layout = match losses.lbl.map(|l| l.level) {
-            Some(LblLevel::Sequence(layout)) => Some(layout),
-            _ => None,
-        };
+        let layout = losses.lbl_layout();
         let Workspace {
             routing,
             tokens,
