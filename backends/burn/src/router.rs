@@ -1,5 +1,6 @@
 //! [`MoeRouter`]: simbal's router on burn tensors, what burn users call every step.
 
+use std::borrow::{Borrow, BorrowMut};
 use std::sync::Arc;
 
 use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
@@ -274,26 +275,13 @@ impl<B: SimbalBackend> MoeRouter<B> {
     ) -> Result<Tensor<B, 1>> {
         let engine = self.shared.lock()?.router.backend().clone();
         let prim = bias.into_primitive().tensor();
-        let mut buf = {
-            let lent = B::lend(&engine, &prim)?;
-            let v: &<B::Engine as Memory>::View = std::borrow::Borrow::borrow(&lent);
-            let mut host = vec![num_traits::Zero::zero(); engine.len(v)];
-            engine.download(v, &mut host)?;
-            engine.upload(&host)?
-        };
-        simbal_core::update_bias(
-            &engine,
-            cfg,
-            stats,
-            std::borrow::BorrowMut::borrow_mut(&mut buf),
-        )?;
-        let len = engine.len(std::borrow::Borrow::borrow(&buf));
-        let out = B::float_out(
-            &engine,
-            std::borrow::Borrow::borrow(&buf),
-            &[len],
-            &self.device,
-        )?;
+        // The update writes in place: into a copy, since the caller's tensor may be shared.
+        let lent = B::lend(&engine, &prim)?;
+        let len = engine.len(lent.borrow());
+        let mut buf = engine.zeros(len)?;
+        engine.copy(lent.borrow(), buf.borrow_mut())?;
+        simbal_core::update_bias(&engine, cfg, stats, buf.borrow_mut())?;
+        let out = B::float_out(&engine, buf.borrow(), &[len], &self.device)?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
