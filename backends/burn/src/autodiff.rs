@@ -112,6 +112,7 @@ impl<B: SimbalBackend, C: CheckpointStrategy> SimbalBackend for Autodiff<B, C> {
                     global,
                     generation: out.generation,
                     nk,
+                    simbal_grad: out.simbal_grad,
                 },
                 out.packed,
             ),
@@ -130,6 +131,7 @@ impl<B: SimbalBackend, C: CheckpointStrategy> SimbalBackend for Autodiff<B, C> {
             shape: out.shape,
             valid_tokens: out.valid_tokens,
             generation: out.generation,
+            simbal_grad: None,
         })
     }
 }

@@ -11,8 +11,8 @@ use simbal_core::memory::{idx_view, view};
 use simbal_core::router::Shape;
 use simbal_core::shape::check_len;
 use simbal_core::{
-    Batch, LossConfig, LossValues, Memory, Result, Router, RouterConfig, RoutingStats, Scalar,
-    SimbalError,
+    simbal_loss, Batch, LossConfig, LossValues, Memory, Result, Router, RouterConfig, RoutingStats,
+    Scalar, SimbalError, SimbalWorkspace,
 };
 
 use crate::backend::{IdxBufOf, SimbalBackend, Spare, ViewOf};
@@ -26,6 +26,8 @@ pub struct RouterCell<E: simbal_core::Backend> {
     pub(crate) generation: u64,
     pub(crate) error: Option<SimbalError>,
     pub(crate) spare: Spare,
+    /// SimBal's buffers, for the value and gradient computed at the forward.
+    pub(crate) simbal: Option<SimbalWorkspace<E>>,
 }
 
 /// A router shared by the module that calls it and the graph nodes its forwards made.
@@ -54,6 +56,7 @@ impl<E: simbal_core::Backend> SharedRouter<E> {
             generation: 0,
             error: None,
             spare: Spare::default(),
+            simbal: None,
         }))))
     }
 
@@ -119,6 +122,8 @@ pub struct RouteOutputs<B: SimbalBackend> {
     pub valid_tokens: usize,
     /// Which forward of its router this is.
     pub generation: u64,
+    /// SimBal's gradient (times its `lambda`, the weight's layout), computed with its value.
+    pub simbal_grad: Option<FloatTensor<B>>,
 }
 
 /// Shapes of `X` and `R` as the router reads them.
@@ -204,12 +209,36 @@ pub(crate) fn route_with_engine<B: SimbalBackend>(
     let extras = Extras::lend(&engine, inputs)?;
     cell.generation += 1;
     let generation = cell.generation;
-    let mut pass = cell
-        .router
-        .forward_batch(x.borrow(), r.borrow(), extras.batch())?;
-    let v = pass.loss_values(losses, global)?;
+    let RouterCell {
+        router,
+        spare,
+        simbal,
+        ..
+    } = &mut *cell;
+    let layout = router.config().layout;
+    let mut pass = router.forward_batch(x.borrow(), r.borrow(), extras.batch())?;
+    let rest = LossConfig {
+        simbal: None,
+        ..*losses
+    };
+    let mut v = pass.loss_values(&rest, global)?;
     let shape = pass.shape();
-    let Shape { n, e, k, .. } = shape;
+    let Shape { n, d, e, k } = shape;
+    // SimBal's value and gradient once, here (it needs only `R`): the backward adds the
+    // gradient times the SimBal tensor's upstream gradient instead of computing it again.
+    let simbal_grad = match losses.simbal {
+        Some(sc) => {
+            let ws = match simbal {
+                Some(ws) if ws.fits(layout, d, e) => ws,
+                _ => simbal.insert(SimbalWorkspace::new(&engine, layout, d, e)?),
+            };
+            let mut grad = engine.zeros(d * e)?;
+            v.simbal = simbal_loss(&engine, &sc, r.borrow(), Some(grad.borrow_mut()), ws)?;
+            let rs = inputs.r.shape().to_vec();
+            Some(B::grad_out(&engine, grad, &rs, &device, spare)?)
+        }
+        None => None,
+    };
     let gates = B::float_out(&engine, pass.gates(), &[n * k], &device)?;
     let vals = [v.simbal, v.lbl, v.z_loss].map(Scalar::to_f64_lossy);
     let vals_t = B::float_from_data(
@@ -235,6 +264,7 @@ pub(crate) fn route_with_engine<B: SimbalBackend>(
         shape,
         valid_tokens: pass.valid_tokens(),
         generation,
+        simbal_grad,
     })
 }
 
@@ -276,6 +306,7 @@ pub(crate) struct BackwardState<B: SimbalBackend> {
     pub global: Option<Arc<RoutingStats>>,
     pub generation: u64,
     pub nk: usize,
+    pub simbal_grad: Option<FloatTensor<B>>,
 }
 
 impl<B: SimbalBackend> core::fmt::Debug for BackwardState<B> {
@@ -299,7 +330,12 @@ pub(crate) fn backward_with_engine<B: SimbalBackend>(
     let grad = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grad));
     let g = float_host::<B, f64>(grad.clone().slice(nk..nk + 3).into_primitive().tensor())?;
     let dw = grad.slice(0..nk).into_primitive().tensor();
-    let (pos, neg) = scaled_losses(&st.losses, [g[0], g[1], g[2]]);
+    // SimBal's gradient came with the forward; the rest is simbal's router backward.
+    let rest = LossConfig {
+        simbal: None,
+        ..st.losses
+    };
+    let (pos, neg) = scaled_losses(&rest, [g[0], g[1], g[2]]);
     let mut cell = st.router.lock()?;
     let engine = cell.router.backend().clone();
     let device = B::float_device(&st.inputs.x);
@@ -334,6 +370,11 @@ pub(crate) fn backward_with_engine<B: SimbalBackend>(
         let (nx, nr) = grads(view::<B::Engine>(&zeros), &neg, spare)?;
         dx = B::float_sub(dx, nx);
         dr = B::float_sub(dr, nr);
+    }
+    if let (Some(sg), true) = (&st.simbal_grad, g[0] != 0.0) {
+        let sg = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(sg.clone()));
+        let d = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dr)) + sg.mul_scalar(g[0]);
+        dr = d.into_primitive().tensor();
     }
     Ok((dx, dr))
 }

@@ -44,6 +44,11 @@ impl<B: Backend> SimbalWorkspace<B> {
         })
     }
 
+    /// Whether these buffers serve a weight of `layout` and shape `d x e`.
+    pub fn fits(&self, layout: WeightLayout, d: usize, e: usize) -> bool {
+        (self.layout, self.d, self.e) == (layout, d.max(1), e)
+    }
+
     /// The weight's layout, width `D` and experts `E`.
     pub fn shape(&self) -> (WeightLayout, usize, usize) {
         (self.layout, self.d, self.e)
