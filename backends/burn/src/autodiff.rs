@@ -90,6 +90,7 @@ impl<B: SimbalBackend, C: CheckpointStrategy> SimbalBackend for Autodiff<B, C> {
         inputs: RouteInputs<Self>,
         losses: &LossConfig,
         global: Option<Arc<RoutingStats>>,
+        _: bool,
     ) -> Result<RouteOutputs<Self>> {
         let nodes = [inputs.x.node.clone(), inputs.r.node.clone()];
         let inner = RouteInputs::<B> {
@@ -99,39 +100,55 @@ impl<B: SimbalBackend, C: CheckpointStrategy> SimbalBackend for Autodiff<B, C> {
             mask: inputs.mask,
             offsets: inputs.offsets,
         };
-        let out = B::simbal_route(router, inner.clone(), losses, global.clone())?;
-        let nk = out.shape.n * out.shape.k;
         // Compute-bound: the state keeps the inputs, the forward is never re-run by burn's
-        // checkpointing (a backward re-routes by itself when the router moved on).
-        let packed = match RouterNode.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(
-                BackwardState {
-                    router: router.clone(),
-                    inputs: inner,
-                    losses: *losses,
-                    global,
-                    generation: out.generation,
-                    nk,
-                    simbal_grad: out.simbal_grad,
-                },
-                out.packed,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(out.packed),
-        };
-        Ok(RouteOutputs {
-            packed,
-            scores: FloatTensor::<Self>::new(out.scores),
-            indices: out.indices,
-            plain_indices: out.plain_indices,
-            dropped: out.dropped,
-            counts: out.counts,
-            dispatch_order: out.dispatch_order,
-            dispatch_offsets: out.dispatch_offsets,
-            values: out.values,
-            shape: out.shape,
-            valid_tokens: out.valid_tokens,
-            generation: out.generation,
-            simbal_grad: None,
-        })
+        // checkpointing (a backward re-routes by itself when the router moved on). SimBal's
+        // gradient is computed only when a backward can follow.
+        Ok(
+            match RouterNode.prepare::<C>(nodes).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let out = B::simbal_route(router, inner.clone(), losses, global.clone(), true)?;
+                    let (generation, nk) = (out.generation, out.shape.n * out.shape.k);
+                    lift(out, |packed, simbal_grad| {
+                        let state = BackwardState {
+                            router: router.clone(),
+                            inputs: inner,
+                            losses: *losses,
+                            global,
+                            generation,
+                            nk,
+                            simbal_grad,
+                        };
+                        prep.finish(state, packed)
+                    })
+                }
+                OpsKind::UnTracked(prep) => lift(
+                    B::simbal_route(router, inner, losses, global, false)?,
+                    |packed, _| prep.finish(packed),
+                ),
+            },
+        )
+    }
+}
+
+/// The inner backend's outputs as `Autodiff`'s: `node` makes the packed gates and loss values a
+/// graph node (given SimBal's gradient for its state), the scores stay outside the graph.
+fn lift<B: SimbalBackend, C: CheckpointStrategy>(
+    out: RouteOutputs<B>,
+    node: impl FnOnce(FloatTensor<B>, Option<FloatTensor<B>>) -> FloatTensor<Autodiff<B, C>>,
+) -> RouteOutputs<Autodiff<B, C>> {
+    RouteOutputs {
+        packed: node(out.packed, out.simbal_grad),
+        scores: FloatTensor::<Autodiff<B, C>>::new(out.scores),
+        indices: out.indices,
+        plain_indices: out.plain_indices,
+        dropped: out.dropped,
+        counts: out.counts,
+        dispatch_order: out.dispatch_order,
+        dispatch_offsets: out.dispatch_offsets,
+        values: out.values,
+        shape: out.shape,
+        valid_tokens: out.valid_tokens,
+        generation: out.generation,
+        simbal_grad: None,
     }
 }

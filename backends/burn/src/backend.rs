@@ -8,8 +8,8 @@
 //!
 //! | burn backend | engine | what crosses |
 //! |---|---|---|
-//! | `NdArray<f32>`, `NdArray<f64>` | [`simbal_faer::Faer`] | inputs lent as slices (contiguous ones without a copy); outputs moved into new tensors |
-//! | `CubeBackend<R, f32, ..>` (burn's `Wgpu`, `Cuda` without fusion) | `simbal_cubecl::CubeclBackend` on burn's own client | handles, no copy of an input; outputs copied on the device |
+//! | `NdArray<f32>`, `NdArray<f64>`, `Flex` | [`simbal_faer::Faer`] | inputs lent as slices (contiguous ones without a copy); the routing copied once into new tensors; on `NdArray` the gradients move into theirs (no copy, memory reused once dropped) |
+//! | `CubeBackend<R, f32, ..>` (burn's `Wgpu`, `Cuda` without fusion) | `simbal_cubecl::CubeclBackend` on burn's own client | handles, no copy of an input; the routing copied on the device; gradients adopted (no copy) |
 //! | `Autodiff<B, C>` for any of these | `B`'s engine | the router forward becomes one node of burn's graph whose backward is simbal's analytic gradient |
 //! | any other burn backend | [`crate::BurnTensors`] | implement the trait with [`crate::generic_simbal_backend!`]: GEMMs on the backend, the rest staged through host memory |
 
@@ -150,8 +150,9 @@ pub trait SimbalBackend: Backend {
     }
 
     /// The router forward on this backend's tensors: routing, the configured losses' values and
-    /// the dispatch plan. The default runs the engine's router; [`burn::backend::Autodiff`]
-    /// wraps it in a graph node.
+    /// the dispatch plan; with `backward` (a backward will follow), SimBal's gradient too. The
+    /// default runs the engine's router; [`burn::backend::Autodiff`] wraps it in a graph node
+    /// (and asks for the gradient when `X` or `R` is tracked, whatever `backward` says).
     ///
     /// # Errors
     /// The router's and the losses' errors ([`simbal_core::Router::forward_batch`],
@@ -161,8 +162,9 @@ pub trait SimbalBackend: Backend {
         inputs: RouteInputs<Self>,
         losses: &LossConfig,
         global: Option<Arc<RoutingStats>>,
+        backward: bool,
     ) -> Result<RouteOutputs<Self>> {
-        route_with_engine::<Self>(router, &inputs, losses, global.as_deref())
+        route_with_engine::<Self>(router, &inputs, losses, global.as_deref(), backward)
     }
 }
 

@@ -122,7 +122,8 @@ pub struct RouteOutputs<B: SimbalBackend> {
     pub valid_tokens: usize,
     /// Which forward of its router this is.
     pub generation: u64,
-    /// SimBal's gradient (times its `lambda`, the weight's layout), computed with its value.
+    /// SimBal's gradient (times its `lambda`, the weight's layout), computed with its value
+    /// when a backward will follow.
     pub simbal_grad: Option<FloatTensor<B>>,
 }
 
@@ -189,12 +190,14 @@ impl<'a, B: SimbalBackend> Extras<'a, B> {
     }
 }
 
-/// The default router forward: routing, loss values and the dispatch plan as primitives.
+/// The default router forward: routing, loss values and the dispatch plan as primitives;
+/// SimBal's gradient too when a `backward` will follow.
 pub(crate) fn route_with_engine<B: SimbalBackend>(
     router: &SharedRouter<B::Engine>,
     inputs: &RouteInputs<B>,
     losses: &LossConfig,
     global: Option<&RoutingStats>,
+    backward: bool,
 ) -> Result<RouteOutputs<B>> {
     let mut cell = router.lock()?;
     let engine = cell.router.backend().clone();
@@ -224,21 +227,23 @@ pub(crate) fn route_with_engine<B: SimbalBackend>(
     let mut v = pass.loss_values(&rest, global)?;
     let shape = pass.shape();
     let Shape { n, d, e, k } = shape;
-    // SimBal's value and gradient once, here (it needs only `R`): the backward adds the
-    // gradient times the SimBal tensor's upstream gradient instead of computing it again.
-    let simbal_grad = match losses.simbal {
-        Some(sc) => {
-            let ws = match simbal {
-                Some(ws) if ws.fits(layout, d, e) => ws,
-                _ => simbal.insert(SimbalWorkspace::new(&engine, layout, d, e)?),
-            };
+    // SimBal's value (and, for a backward, its gradient) once, here: it needs only `R`, and the
+    // backward adds the gradient times the SimBal tensor's upstream gradient.
+    let mut simbal_grad = None;
+    if let Some(sc) = losses.simbal {
+        let ws = match simbal {
+            Some(ws) if ws.fits(layout, d, e) => ws,
+            _ => simbal.insert(SimbalWorkspace::new(&engine, layout, d, e)?),
+        };
+        if backward {
             let mut grad = engine.zeros(d * e)?;
             v.simbal = simbal_loss(&engine, &sc, r.borrow(), Some(grad.borrow_mut()), ws)?;
             let rs = inputs.r.shape().to_vec();
-            Some(B::grad_out(&engine, grad, &rs, &device, spare)?)
+            simbal_grad = Some(B::grad_out(&engine, grad, &rs, &device, spare)?);
+        } else {
+            v.simbal = simbal_loss(&engine, &sc, r.borrow(), None, ws)?;
         }
-        None => None,
-    };
+    }
     let gates = B::float_out(&engine, pass.gates(), &[n * k], &device)?;
     let vals = [v.simbal, v.lbl, v.z_loss].map(Scalar::to_f64_lossy);
     let vals_t = B::float_from_data(
@@ -268,32 +273,27 @@ pub(crate) fn route_with_engine<B: SimbalBackend>(
     })
 }
 
-/// The loss configuration whose gradient is `g` times each configured loss's: the terms with
-/// `g > 0`, and apart the terms with `g < 0` at `|g|` (subtracted), since coefficients are
-/// non-negative. A term with `g = 0` (its tensor unused) is left out.
-fn scaled_losses(losses: &LossConfig, g: [f64; 3]) -> (LossConfig, Option<LossConfig>) {
+/// The LBL and z-loss configuration whose gradient is `g` times each configured loss's (`g`:
+/// the LBL and z-loss tensors' upstream gradients): the terms with `g > 0`, and apart the terms
+/// with `g < 0` at `|g|` (subtracted), since coefficients are non-negative. A term with `g = 0`
+/// (its tensor unused) is left out. SimBal is not here: its gradient comes from the forward.
+fn scaled_losses(losses: &LossConfig, g_lbl: f64, g_z: f64) -> (LossConfig, Option<LossConfig>) {
     let part = |sign: f64| {
-        let w = |i: usize| {
-            let v = g[i] * sign;
-            (v > 0.0).then_some(v)
-        };
+        let w = |g: f64| (g * sign > 0.0).then_some(g * sign);
         LossConfig {
-            simbal: losses.simbal.and_then(|mut c| {
-                c.lambda *= w(0)?;
-                Some(c)
-            }),
+            simbal: None,
             lbl: losses.lbl.and_then(|mut c| {
-                c.alpha *= w(1)?;
+                c.alpha *= w(g_lbl)?;
                 Some(c)
             }),
             z_loss: losses.z_loss.and_then(|mut c| {
-                c.beta *= w(2)?;
+                c.beta *= w(g_z)?;
                 Some(c)
             }),
         }
     };
     let neg = part(-1.0);
-    let any_neg = neg.simbal.is_some() || neg.lbl.is_some() || neg.z_loss.is_some();
+    let any_neg = neg.lbl.is_some() || neg.z_loss.is_some();
     (part(1.0), any_neg.then_some(neg))
 }
 
@@ -331,11 +331,7 @@ pub(crate) fn backward_with_engine<B: SimbalBackend>(
     let g = float_host::<B, f64>(grad.clone().slice(nk..nk + 3).into_primitive().tensor())?;
     let dw = grad.slice(0..nk).into_primitive().tensor();
     // SimBal's gradient came with the forward; the rest is simbal's router backward.
-    let rest = LossConfig {
-        simbal: None,
-        ..st.losses
-    };
-    let (pos, neg) = scaled_losses(&rest, [g[0], g[1], g[2]]);
+    let (pos, neg) = scaled_losses(&st.losses, g[1], g[2]);
     let mut cell = st.router.lock()?;
     let engine = cell.router.backend().clone();
     let device = B::float_device(&st.inputs.x);

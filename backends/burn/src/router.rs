@@ -217,7 +217,14 @@ impl<B: SimbalBackend> MoeRouter<B> {
             offsets: batch.offsets.map(Tensor::into_primitive),
         };
         let global = global.map(|g| Arc::new(g.clone()));
-        let out = B::simbal_route(&self.shared, inputs, losses, global)?;
+        // Without autodiff no backward follows: SimBal's value alone.
+        let out = B::simbal_route(
+            &self.shared,
+            inputs,
+            losses,
+            global,
+            B::ad_enabled(&self.device),
+        )?;
         let Shape { n, k, .. } = out.shape;
         let packed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out.packed));
         let nk = n * k;

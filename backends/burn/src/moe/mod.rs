@@ -378,7 +378,8 @@ impl<B: SimbalBackend> MoeLayer<B> {
         )?;
         let mut y = self.combine(x, &out)?;
         if let Some(m) = mask {
-            y = y * m.float().unsqueeze_dim::<2>(1);
+            let padding = m.bool_not().unsqueeze_dim::<2>(1).expand(y.dims());
+            y = y.mask_fill(padding, 0.0);
         }
         Ok(MoeOutput {
             y,
@@ -391,8 +392,6 @@ impl<B: SimbalBackend> MoeLayer<B> {
     /// gathered, run, scaled by their gates and added back at their tokens.
     fn combine(&self, x: Tensor<B, 2>, out: &RouterOutput<B>) -> Result<Tensor<B, 2>> {
         let Shape { n, k, .. } = out.shape;
-        let d = self.d_model;
-        let device = x.device();
         let offsets = read_offsets(out.dispatch.offsets.clone(), self.experts.len(), n * k)?;
         let gates = out.gates.clone().reshape([n * k]);
         let mut tokens_all = Vec::with_capacity(self.experts.len());
@@ -409,7 +408,8 @@ impl<B: SimbalBackend> MoeLayer<B> {
             tokens_all.push(tokens);
             outputs.push(h);
         }
-        let y = Tensor::<B, 2>::zeros([n, d], &device);
+        // In `x`'s dtype, not the device default (which `NdArray<f32>` and `<f64>` share).
+        let y = x.zeros_like();
         if outputs.is_empty() {
             return Ok(y);
         }
