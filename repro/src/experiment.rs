@@ -4,6 +4,8 @@ use crate::error::{ReproError, Result};
 use crate::methods::{Coefficients, InitPolicy, Method};
 use crate::metrics::RunLog;
 use crate::task::{SyntheticConfig, SyntheticTask, Task, TextTask};
+use crate::lm::corpus::{Corpus, CorpusConfig};
+use crate::lm::train::LmTrainConfig;
 use crate::train::{train_run, RunSpec, TrainConfig};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -21,6 +23,10 @@ pub enum BackendKind {
     Faer,
     /// `simbal_core::Reference<f32>`, the scalar reference.
     Reference,
+    /// The language model on burn's `Wgpu` backend, simbal-cubecl routers (feature `wgpu`).
+    Wgpu,
+    /// The language model on burn's `Cuda` backend, simbal-cubecl routers (feature `cuda`).
+    Cuda,
 }
 
 impl BackendKind {
@@ -29,11 +35,14 @@ impl BackendKind {
         match self {
             BackendKind::Faer => "faer",
             BackendKind::Reference => "reference",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
         }
     }
 }
 
-/// Where the tokens come from.
+/// Where the tokens come from: the language model on real text (the main experiment) or the
+/// first edition's one-layer tasks.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum TaskSpec {
     /// The synthetic task; drawn from each run's seed unless `task_seed` fixes it.
@@ -43,7 +52,16 @@ pub enum TaskSpec {
         /// Fixed task seed (`None`: the run's seed).
         task_seed: Option<u64>,
     },
-    /// Byte-level language modelling on a file.
+    /// The multi-layer MoE transformer language model on real text (burn + simbal-burn).
+    Lm {
+        /// A text file (`None`: the system's manual pages, [`Corpus::from_system_docs`]).
+        corpus: Option<PathBuf>,
+        /// Selection and split of the system corpus; its `val_fraction` also splits a file.
+        corpus_config: CorpusConfig,
+        /// Model, sizes and schedule (the first edition's [`ExperimentConfig::train`] is unused).
+        train: LmTrainConfig,
+    },
+    /// First edition: one MoE layer as a byte-level model with a fixed context on a file.
     Text {
         /// The text file.
         corpus: PathBuf,
@@ -119,6 +137,28 @@ impl ExperimentConfig {
         }
     }
 
+    /// The main experiment: the MoE transformer language model on the system's manual pages,
+    /// the default configuration ([`crate::lm::run::default_config`]), every method but
+    /// SimBal-Frobenius, seeds 0..3.
+    pub fn default_lm() -> Self {
+        let mut cfg = Self::default_synthetic();
+        cfg.task = TaskSpec::Lm {
+            corpus: None,
+            corpus_config: CorpusConfig::default(),
+            train: crate::lm::run::default_config(),
+        };
+        cfg.methods = Method::LM.to_vec();
+        cfg
+    }
+
+    /// Optimiser steps of each run.
+    pub fn steps(&self) -> usize {
+        match &self.task {
+            TaskSpec::Lm { train, .. } => train.steps,
+            _ => self.train.steps,
+        }
+    }
+
     /// The default text experiment on `corpus`: the synthetic defaults with a wider expert and
     /// fewer steps (a small file overfits; the table also reports the best validation loss).
     pub fn default_text(corpus: PathBuf) -> Self {
@@ -146,10 +186,24 @@ impl ExperimentConfig {
         if self.jobs == 0 {
             return Err(ReproError::Config("jobs must be >= 1".into()));
         }
-        if let TaskSpec::Text { context, .. } = &self.task {
-            if *context == 0 {
-                return Err(ReproError::Config("context must be >= 1".into()));
+        match &self.task {
+            TaskSpec::Text { context: 0, .. } => {
+                return Err(ReproError::Config("context must be >= 1".into()))
             }
+            TaskSpec::Lm { train, .. } => train.validate()?,
+            _ => {}
+        }
+        let lm = matches!(self.task, TaskSpec::Lm { .. });
+        let gpu = matches!(self.backend, BackendKind::Wgpu | BackendKind::Cuda);
+        if gpu && !lm {
+            return Err(ReproError::Config(
+                "the first edition's tasks run on faer or reference; --backend wgpu/cuda is for the language model".into(),
+            ));
+        }
+        if lm && self.backend == BackendKind::Reference {
+            return Err(ReproError::Config(
+                "the language model trains through burn: --backend faer, wgpu or cuda".into(),
+            ));
         }
         Ok(())
     }
@@ -161,6 +215,7 @@ impl ExperimentConfig {
             )),
             (TaskSpec::Text { .. }, Some(t)) => Ok(Task::Text(t.clone())),
             (TaskSpec::Text { .. }, None) => Err(ReproError::Config("text task not loaded".into())),
+            (TaskSpec::Lm { .. }, _) => Err(ReproError::Config("the language model has no first-edition task".into())),
         }
     }
 }
@@ -180,6 +235,9 @@ fn run_one(
         BackendKind::Reference => {
             train_run(Reference::<f32>::new(), task, &cfg.train, spec, &mut tick)
         }
+        BackendKind::Wgpu | BackendKind::Cuda => Err(ReproError::Config(
+            "the first edition's tasks run on faer or reference".into(),
+        )),
         BackendKind::Faer => {
             // Runs are trained in parallel: each router stays on its own thread.
             let par = if cfg.jobs > 1 {
@@ -198,18 +256,92 @@ fn run_one(
     }
 }
 
-/// Trains every method on every seed (`jobs` at a time) and returns the logs, methods in
-/// `cfg.methods` order, seeds in `cfg.seeds` order within a method.
+/// A task's data, loaded once for every run.
+#[derive(Debug, Clone)]
+pub enum TaskData {
+    /// First edition: one task per seed, in `cfg.seeds` order.
+    Tasks(Vec<Task>),
+    /// The language model's corpus.
+    Lm(Corpus),
+}
+
+impl TaskData {
+    /// Loads (or draws) the data of `cfg`'s task.
+    ///
+    /// # Errors
+    /// Reading or extracting the text; the synthetic task's configuration.
+    pub fn load(cfg: &ExperimentConfig) -> Result<TaskData> {
+        let text = match &cfg.task {
+            TaskSpec::Lm {
+                corpus,
+                corpus_config,
+                ..
+            } => {
+                return Ok(TaskData::Lm(match corpus {
+                    Some(path) => Corpus::from_file(path, corpus_config.val_fraction)?,
+                    None => Corpus::from_system_docs(corpus_config)?,
+                }))
+            }
+            TaskSpec::Text {
+                corpus,
+                context,
+                val_fraction,
+            } => Some(TextTask::from_file(corpus, *context, *val_fraction)?),
+            TaskSpec::Synthetic { .. } => None,
+        };
+        let tasks = cfg
+            .seeds
+            .iter()
+            .map(|&s| cfg.task_for(s, &text))
+            .collect::<Result<_>>()?;
+        Ok(TaskData::Tasks(tasks))
+    }
+
+    /// One run of `spec`.
+    fn run(
+        &self,
+        cfg: &ExperimentConfig,
+        spec: &RunSpec,
+        bar: &ProgressBar,
+    ) -> Result<RunLog> {
+        match (self, &cfg.task) {
+            (TaskData::Lm(corpus), TaskSpec::Lm { train, .. }) => {
+                let steps = train.steps;
+                let mut tick = |s: usize| {
+                    if s % 5 == 0 || s == steps {
+                        bar.set_position(s as u64);
+                    }
+                };
+                crate::lm::run::run_lm(cfg.backend, corpus, train, spec, &mut tick)
+            }
+            (TaskData::Tasks(tasks), _) => {
+                let seed_pos = cfg.seeds.iter().position(|&x| x == spec.seed).unwrap_or(0);
+                let task = tasks
+                    .get(seed_pos)
+                    .ok_or_else(|| ReproError::Config("no task for the seed".into()))?;
+                run_one(cfg, task, spec, bar)
+            }
+            _ => Err(ReproError::Config("loaded data does not fit the task".into())),
+        }
+    }
+}
+
+/// Trains every method on every seed (`jobs` at a time; one at a time on a GPU) and returns the
+/// logs, methods in `cfg.methods` order, seeds in `cfg.seeds` order within a method.
+///
+/// # Errors
+/// The configuration's and the data's; the first failed run's.
 pub fn train_all(cfg: &ExperimentConfig) -> Result<Vec<RunLog>> {
     cfg.validate()?;
-    let text = match &cfg.task {
-        TaskSpec::Text {
-            corpus,
-            context,
-            val_fraction,
-        } => Some(TextTask::from_file(corpus, *context, *val_fraction)?),
-        TaskSpec::Synthetic { .. } => None,
-    };
+    train_loaded(cfg, &TaskData::load(cfg)?)
+}
+
+/// [`train_all`] on data already loaded.
+///
+/// # Errors
+/// As [`train_all`].
+pub fn train_loaded(cfg: &ExperimentConfig, data: &TaskData) -> Result<Vec<RunLog>> {
+    cfg.validate()?;
     let mut jobs = Vec::new();
     for &method in &cfg.methods {
         for &seed in &cfg.seeds {
@@ -221,11 +353,6 @@ pub fn train_all(cfg: &ExperimentConfig) -> Result<Vec<RunLog>> {
             });
         }
     }
-    let tasks: Vec<Task> = cfg
-        .seeds
-        .iter()
-        .map(|&s| cfg.task_for(s, &text))
-        .collect::<Result<_>>()?;
     let multi = MultiProgress::with_draw_target(if cfg.progress {
         ProgressDrawTarget::stderr()
     } else {
@@ -239,7 +366,7 @@ pub fn train_all(cfg: &ExperimentConfig) -> Result<Vec<RunLog>> {
     let bars: Vec<ProgressBar> = jobs
         .iter()
         .map(|j| {
-            let b = multi.add(ProgressBar::new(cfg.train.steps as u64));
+            let b = multi.add(ProgressBar::new(cfg.steps() as u64));
             b.set_style(style.clone());
             b.set_prefix(format!("{} s{}", j.method.name(), j.seed));
             b
@@ -248,14 +375,17 @@ pub fn train_all(cfg: &ExperimentConfig) -> Result<Vec<RunLog>> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<RunLog>>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());
-    let workers = cfg.jobs.min(jobs.len());
+    let workers = if crate::lm::run::one_run_at_a_time(cfg.backend) {
+        1
+    } else {
+        cfg.jobs.min(jobs.len())
+    };
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(spec) = jobs.get(i) else { break };
-                let seed_pos = cfg.seeds.iter().position(|&x| x == spec.seed).unwrap_or(0);
-                let out = run_one(cfg, &tasks[seed_pos], spec, &bars[i]);
+                let out = data.run(cfg, spec, &bars[i]);
                 match &out {
                     Ok(log) => {
                         let last = log.last().map(|p| p.val_loss).unwrap_or(f64::NAN);
@@ -295,65 +425,26 @@ pub struct Outcome {
     pub wall_secs: f64,
 }
 
-fn describe_task(cfg: &ExperimentConfig) -> String {
-    let t = &cfg.train;
-    let task = match &cfg.task {
-        TaskSpec::Synthetic { config: c, task_seed } => format!(
-            "synthetic: {} clusters in R^{} (centre std {}, noise std {}, popularity zipf {}), {} clusters per sequence, \
-             per-cluster teacher tanh MLP (hidden {}, gain {}) -> R^{}; task seed {}; loss = mean squared error",
-            c.clusters,
-            c.dim,
-            c.center_scale,
-            c.noise,
-            c.zipf,
-            c.clusters_per_seq,
-            c.teacher_hidden,
-            c.teacher_gain,
-            c.out_dim,
-            task_seed.map(|s| s.to_string()).unwrap_or_else(|| "= run seed".into())
-        ),
-        TaskSpec::Text { corpus, context, val_fraction } => format!(
-            "text: byte-level LM on {} ({} bytes of context x {}-wide embeddings, last {:.0}% held out); loss = cross-entropy in nats/byte",
-            corpus.display(),
-            context,
-            t.text_emb,
-            val_fraction * 100.0
-        ),
-    };
-    format!(
-        "- task: {task}\n- model: one MoE layer, E = {} experts, top-{} softmax routing with renormalised gates, experts 2-layer ReLU MLPs (hidden {}), capacity {}\n\
-         - training: {} steps x {} sequences x {} tokens = {} tokens, Adam lr {}, seeds {:?}, backend {}\n\
-         - measured every {} steps on a fixed validation sample of {} sequences; PES on its first {} tokens\n",
-        t.experts,
-        t.k,
-        t.hidden,
-        t.capacity_factor.map(|f| format!("factor {f}")).unwrap_or_else(|| "off".into()),
-        t.steps,
-        t.batch_seqs,
-        t.seq_len,
-        t.steps * t.batch_tokens(),
-        t.lr,
-        cfg.seeds,
-        cfg.backend.name(),
-        t.eval_every,
-        t.val_seqs,
-        t.pes_tokens
-    )
-}
-
 /// Runs the whole experiment and writes `summary.md`, `results.json`, `log.csv` and the plots
 /// into `cfg.out_dir`.
 pub fn run_experiment(cfg: &ExperimentConfig) -> Result<Outcome> {
     let started = std::time::Instant::now();
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(crate::error::io_err(&cfg.out_dir))?;
-    let runs = train_all(cfg)?;
+    let data = TaskData::load(cfg)?;
+    let runs = train_loaded(cfg, &data)?;
     let summary = crate::report::summarize(&runs, &cfg.methods, &cfg.coefs, cfg.init);
     let loss_name = match cfg.task {
         TaskSpec::Synthetic { .. } => "MSE",
         TaskSpec::Text { .. } => "CE (nats/byte)",
+        TaskSpec::Lm { .. } => "bits/byte",
     };
-    let table = crate::report::markdown_table(&summary, loss_name);
+    let mut table = crate::report::markdown_table(&summary, loss_name);
+    let layer_rows = crate::layers::summarize_layers(&runs, &cfg.methods);
+    if !layer_rows.is_empty() {
+        table.push_str("\nPer MoE layer (mean ± std over seeds):\n\n");
+        table.push_str(&crate::layers::markdown_table(&layer_rows));
+    }
     let wall_secs = started.elapsed().as_secs_f64();
     let mut files = Vec::new();
     let dir = &cfg.out_dir;
@@ -363,7 +454,7 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<Outcome> {
          with the same seed's Switch run: the first point (interpolated) where the validation loss reaches Switch's final \
          validation loss, and Switch's own first crossing over it. Min PES is the lowest PES over the logged points after step 0 (freshly initialised experts are uncorrelated, PES ~ 0). \
          MaxVio (train) is the mean training-batch MaxVio over the second half of training.\n",
-        describe_task(cfg),
+        crate::describe::describe_task(cfg, &data, &runs),
         wall_secs,
         table
     );
@@ -373,10 +464,16 @@ pub fn run_experiment(cfg: &ExperimentConfig) -> Result<Outcome> {
     let path = dir.join("log.csv");
     crate::report::write_file(&path, &crate::report::csv(&runs))?;
     files.push(path);
+    if !layer_rows.is_empty() {
+        let path = dir.join("layers.csv");
+        crate::report::write_file(&path, &crate::layers::csv(&runs))?;
+        files.push(path);
+    }
     let path = dir.join("results.json");
     let results = crate::report::Results {
         config: cfg,
         summary: &summary,
+        layers: &layer_rows,
         runs: &runs,
     };
     crate::report::write_file(&path, &crate::report::json(&results)?)?;

@@ -11,9 +11,12 @@
 #![forbid(unsafe_code)]
 
 pub mod adam;
+mod describe;
 pub mod error;
 pub mod experiment;
+pub mod layers;
 mod linalg;
+pub mod lm;
 pub mod methods;
 pub mod metrics;
 pub mod mlp;

@@ -10,10 +10,32 @@ use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
-    /// simbal-faer (faer GEMMs).
+    /// CPU: simbal-faer routers (the language model: burn's NdArray<f32> around them).
     Faer,
-    /// The scalar reference backend of simbal-core.
+    /// The scalar reference backend of simbal-core (first-edition tasks only).
     Reference,
+    /// The language model on burn's wgpu backend (build with --features wgpu).
+    Wgpu,
+    /// The language model on burn's CUDA backend (build with --features cuda).
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TaskArg {
+    /// The MoE transformer language model on real text (the main experiment).
+    Lm,
+    /// First edition: one MoE layer on the synthetic clustered regression task.
+    Synthetic,
+    /// First edition: one MoE layer as a byte model with a fixed context on --corpus FILE.
+    Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PresetArg {
+    /// Sized for 15 minutes on a 2-core machine, build included.
+    Default,
+    /// The same model on ten times the tokens.
+    Large,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -30,15 +52,37 @@ enum InitArg {
 /// SimBal and its variants, aux-loss-free bias) over several seeds, and reports convergence speed,
 /// load balance and expert redundancy (PES) in a table, a CSV/JSON log and plots.
 ///
-/// Without --corpus it runs the embedded synthetic task; with --corpus FILE a byte-level language
-/// model on that file.
+/// By default a 4-block MoE transformer language model (burn, routers through simbal-burn) on
+/// text extracted from the system's manual pages; --task synthetic runs the first edition.
 #[derive(Debug, Parser)]
 #[command(name = "simbal-repro", version)]
 struct Args {
-    /// Text file for the byte-level language-model task (default: the synthetic task).
+    /// The task.
+    #[arg(long, value_enum, default_value = "lm")]
+    task: TaskArg,
+    /// Language model: the configuration.
+    #[arg(long, value_enum, default_value = "default")]
+    preset: PresetArg,
+    /// Text file (language model: instead of the manual pages; required by --task bytes).
     #[arg(long, value_name = "FILE")]
     corpus: Option<PathBuf>,
-    /// Comma-separated methods, or "all": none, switch, simbal, simbal-fro, simbal-sf, bias, bias+simbal.
+    /// Language model: bytes of text extracted from the manual pages [default: 6 MiB].
+    #[arg(long)]
+    corpus_bytes: Option<usize>,
+    /// Language model: transformer blocks [default: 4].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Language model: residual width [default: 64].
+    #[arg(long)]
+    d_model: Option<usize>,
+    /// Language model: attention heads [default: 4].
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Language model: validation windows [default: 128].
+    #[arg(long)]
+    val_windows: Option<usize>,
+    /// Comma-separated methods, or "all": none, switch, simbal, simbal-fro, simbal-sf, bias,
+    /// bias+simbal ("all" for the language model leaves out simbal-fro).
     #[arg(long, default_value = "all")]
     methods: String,
     /// Seeds per method (0, 1, ...).
@@ -47,28 +91,28 @@ struct Args {
     /// First seed.
     #[arg(long, default_value_t = 0)]
     first_seed: u64,
-    /// Optimiser steps per run [default: 2500; text: 800].
+    /// Optimiser steps per run [default: lm 400 (large 4000); synthetic 2500; bytes 800].
     #[arg(long)]
     steps: Option<usize>,
-    /// Sequences per batch [default: 8].
+    /// Sequences per batch [default: lm 16; else 8].
     #[arg(long)]
     batch_seqs: Option<usize>,
-    /// Tokens per sequence [default: 32].
+    /// Tokens per sequence [default: lm 64; else 32].
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Adam learning rate [default: 3e-3].
+    /// Adam (peak) learning rate [default: lm 2e-3; else 3e-3].
     #[arg(long)]
     lr: Option<f64>,
-    /// Steps between logged points [default: 50; text: 25].
+    /// Steps between logged points [default: lm 25 (large 125); synthetic 50; bytes 25].
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Number of experts E [default: 8].
+    /// Number of experts E [default: lm 16; else 8].
     #[arg(long)]
     experts: Option<usize>,
     /// Experts per token k [default: 2].
     #[arg(long)]
     top_k: Option<usize>,
-    /// Hidden width of each expert [default: 32; text: 64].
+    /// Hidden width of each expert [default: lm 64; synthetic 32; bytes 64].
     #[arg(long)]
     hidden: Option<usize>,
     /// Expert capacity factor (default: no capacity limit).
@@ -95,18 +139,19 @@ struct Args {
     /// Synthetic task: fix the task's seed (default: each run's seed draws its own task).
     #[arg(long)]
     task_seed: Option<u64>,
-    /// Text task: bytes of context.
+    /// Bytes task: bytes of context.
     #[arg(long, default_value_t = 4)]
     context: usize,
-    /// Text task: embedding width per context byte [default: 16].
+    /// Bytes task: embedding width per context byte [default: 16].
     #[arg(long)]
     emb: Option<usize>,
-    /// Text task: width of the MoE layer's output, the softmax head's input [default: 64].
+    /// Bytes task: width of the MoE layer's output, the softmax head's input [default: 64].
     #[arg(long)]
     width: Option<usize>,
-    /// Text task: held-out fraction (the end of the file).
-    #[arg(long, default_value_t = 0.1)]
-    val_fraction: f64,
+    /// Held-out fraction: of a --corpus file's end; of the manual pages' documents
+    /// [default: lm 0.05; bytes 0.1].
+    #[arg(long)]
+    val_fraction: Option<f64>,
     /// Switch LBL coefficient alpha.
     #[arg(long, default_value_t = 0.01)]
     lbl_alpha: f64,
@@ -122,7 +167,7 @@ struct Args {
     /// simbal backend for the router.
     #[arg(long, value_enum, default_value = "faer")]
     backend: BackendArg,
-    /// Runs trained at once (default: available cores).
+    /// Runs trained at once (default: available cores; one on a GPU).
     #[arg(long)]
     jobs: Option<usize>,
     /// Output directory.
@@ -149,28 +194,68 @@ macro_rules! set_given {
 }
 
 fn config(a: Args) -> Result<ExperimentConfig> {
-    let mut cfg = match a.corpus {
-        Some(corpus) => ExperimentConfig::default_text(corpus),
-        None => ExperimentConfig::default_synthetic(),
-    };
-    if let TaskSpec::Text {
-        context,
-        val_fraction,
-        ..
-    } = &mut cfg.task
-    {
-        *context = a.context;
-        *val_fraction = a.val_fraction;
-    } else if let TaskSpec::Synthetic { config, task_seed } = &mut cfg.task {
-        set_given!(a => config { dim, clusters, clusters_per_seq, zipf, shared_mean, noise });
-        *task_seed = a.task_seed;
+    if a.task != TaskArg::Lm && a.preset != PresetArg::Default {
+        return Err(ReproError::Config(
+            "--preset is for the language model".into(),
+        ));
     }
-    let t = &mut cfg.train;
-    set_given!(a => t { steps, batch_seqs, seq_len, eval_every, experts, hidden, lr });
-    set_given!(a => t { k = top_k, text_emb = emb, text_width = width });
-    t.capacity_factor = a.capacity_factor;
+    let mut cfg = match (a.task, a.corpus.clone()) {
+        (TaskArg::Lm, _) => ExperimentConfig::default_lm(),
+        (TaskArg::Bytes, Some(corpus)) => ExperimentConfig::default_text(corpus),
+        (TaskArg::Bytes, None) => {
+            return Err(ReproError::Config(
+                "--task bytes needs --corpus FILE".into(),
+            ))
+        }
+        (TaskArg::Synthetic, _) => ExperimentConfig::default_synthetic(),
+    };
+    match &mut cfg.task {
+        TaskSpec::Lm {
+            corpus,
+            corpus_config,
+            train,
+        } => {
+            if a.preset == PresetArg::Large {
+                *train = simbal_repro::lm::run::large_config();
+            }
+            *corpus = a.corpus.clone();
+            set_given!(a => corpus_config { val_fraction, target_bytes = corpus_bytes });
+            set_given!(a => train { steps, batch_seqs, lr, eval_every, val_windows });
+            let s = &mut train.shape;
+            set_given!(a => s { seq_len, experts, layers, d_model, heads, k = top_k, expert_hidden = hidden });
+        }
+        TaskSpec::Text {
+            context,
+            val_fraction,
+            ..
+        } => {
+            *context = a.context;
+            if let Some(v) = a.val_fraction {
+                *val_fraction = v;
+            }
+        }
+        TaskSpec::Synthetic { config, task_seed } => {
+            set_given!(a => config { dim, clusters, clusters_per_seq, zipf, shared_mean, noise });
+            *task_seed = a.task_seed;
+        }
+    }
+    if !matches!(cfg.task, TaskSpec::Lm { .. }) {
+        let t = &mut cfg.train;
+        set_given!(a => t { steps, batch_seqs, seq_len, eval_every, experts, hidden, lr });
+        set_given!(a => t { k = top_k, text_emb = emb, text_width = width });
+        t.capacity_factor = a.capacity_factor;
+    } else if a.capacity_factor.is_some() {
+        return Err(ReproError::Config(
+            "--capacity-factor is for the first edition's tasks".into(),
+        ));
+    }
+    let all: &[Method] = if matches!(cfg.task, TaskSpec::Lm { .. }) {
+        &Method::LM
+    } else {
+        &Method::ALL
+    };
     cfg.methods = if a.methods.trim() == "all" {
-        Method::ALL.to_vec()
+        all.to_vec()
     } else {
         a.methods
             .split(',')
@@ -192,6 +277,8 @@ fn config(a: Args) -> Result<ExperimentConfig> {
     cfg.backend = match a.backend {
         BackendArg::Faer => BackendKind::Faer,
         BackendArg::Reference => BackendKind::Reference,
+        BackendArg::Wgpu => BackendKind::Wgpu,
+        BackendArg::Cuda => BackendKind::Cuda,
     };
     if let Some(j) = a.jobs {
         cfg.jobs = j;
@@ -211,7 +298,7 @@ fn main() -> ExitCode {
             runs,
             cfg.methods.len(),
             cfg.seeds.len(),
-            cfg.train.steps,
+            cfg.steps(),
             cfg.jobs,
             cfg.backend.name()
         );
@@ -221,6 +308,9 @@ fn main() -> ExitCode {
         let out = run_experiment(&cfg)?;
         println!("\n{}", out.table);
         println!("wall time {:.0} s; written:", out.wall_secs);
+        if let Some(line) = simbal_repro::lm::run::large_estimate(&cfg, &out.runs) {
+            println!("{line}");
+        }
         for f in &out.files {
             println!("  {}", f.display());
         }

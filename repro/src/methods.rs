@@ -68,6 +68,16 @@ impl Method {
         Method::BiasSimBal,
     ];
 
+    /// The language model's methods (the six): every method but SimBal-Frobenius.
+    pub const LM: [Method; 6] = [
+        Method::None,
+        Method::Switch,
+        Method::SimBal,
+        Method::SimBalScaleFree,
+        Method::Bias,
+        Method::BiasSimBal,
+    ];
+
     /// Short name used on the command line, in files and in plots.
     pub fn name(self) -> &'static str {
         match self {

@@ -42,6 +42,31 @@ pub struct LogPoint {
     pub aux_simbal: f64,
     /// LBL value of the last training step (0 when not used).
     pub aux_lbl: f64,
+    /// Per MoE layer, for models with several (the language model); the fields above are then
+    /// the layers' means (dead experts: their sum).
+    pub layers: Vec<LayerPoint>,
+}
+
+/// One MoE layer's metrics at a logged point.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct LayerPoint {
+    /// MaxVio of the validation routing.
+    pub max_vio: f64,
+    /// Mean MaxVio of the training batches since the previous point.
+    pub max_vio_train: Option<f64>,
+    /// Normalised load entropy of the validation load.
+    pub load_entropy: f64,
+    /// Experts that got no validation token.
+    pub dead_experts: usize,
+    /// SEU over the validation windows.
+    pub seu: f64,
+    /// PES of the layer's experts on its validation inputs.
+    pub pes: f64,
+    /// Fraction of validation tokens whose top-1 expert is the one of the previous evaluation
+    /// (`None` at the first).
+    pub consistency: Option<f64>,
+    /// `max_ab |G_ab|`, `G = R^T R - I`.
+    pub orth_max: f64,
 }
 
 /// A whole run: one method, one seed.

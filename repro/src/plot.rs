@@ -36,8 +36,9 @@ pub struct Metric {
     pub value: fn(&LogPoint) -> f64,
 }
 
-/// The metrics plotted: validation loss, MaxVio and PES.
-pub const METRICS: [Metric; 3] = [
+/// The metrics plotted: validation loss, MaxVio, PES and routing consistency (for models with
+/// several MoE layers, the layers' means).
+pub const METRICS: [Metric; 4] = [
     Metric {
         file: "val_loss",
         title: "Validation loss",
@@ -58,6 +59,13 @@ pub const METRICS: [Metric; 3] = [
         y_label: "PES",
         log_y: false,
         value: |p| p.pes,
+    },
+    Metric {
+        file: "consistency",
+        title: "Routing consistency",
+        y_label: "routing consistency",
+        log_y: false,
+        value: |p| p.consistency.unwrap_or(f64::NAN),
     },
 ];
 

@@ -76,8 +76,11 @@ pub struct MethodSummary {
     pub final_seu: Option<Stat>,
     /// Dead experts at the end.
     pub final_dead: Option<Stat>,
-    /// Routing consistency at the end (synthetic task).
+    /// Routing consistency at the end (synthetic task: agreement with the cluster's most common
+    /// expert; language model: the layers' mean agreement with the previous evaluation).
     pub final_consistency: Option<Stat>,
+    /// Routing consistency averaged over the second half of training.
+    pub late_consistency: Option<Stat>,
     /// `max |R^T R - I|` at the end.
     pub final_orth_max: Option<Stat>,
     /// Wall-clock seconds per run.
@@ -163,6 +166,14 @@ pub fn summarize(
                     Stat::of(&v).map(|s| s.mean)
                 })
                 .collect();
+            let late_consistency: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| {
+                    let half = &r.points[r.points.len() / 2..];
+                    let v: Vec<f64> = half.iter().filter_map(|p| p.consistency).collect();
+                    Stat::of(&v).map(|s| s.mean)
+                })
+                .collect();
             let walls: Vec<f64> = mine.iter().map(|r| r.wall_secs).collect();
             MethodSummary {
                 method: m.name().to_string(),
@@ -185,6 +196,7 @@ pub fn summarize(
                 final_seu: collect(&|p| Some(p.seu)),
                 final_dead: collect(&|p| Some(p.dead_experts as f64)),
                 final_consistency: collect(&|p| p.consistency),
+                late_consistency: Stat::of(&late_consistency),
                 final_orth_max: collect(&|p| Some(p.orth_max)),
                 wall_secs: Stat::of(&walls),
             }
@@ -201,11 +213,11 @@ pub fn markdown_table(rows: &[MethodSummary], loss_name: &str) -> String {
         "| method | final val {loss_name} | best val | tokens to Switch's final loss | speed-up vs Switch | min PES | final PES | MaxVio (val) | MaxVio (train) | SEU | dead |"
     );
     if with_consistency {
-        s.push_str(" consistency |");
+        s.push_str(" consistency | consistency, 2nd half |");
     }
     s.push_str(" max abs(RᵀR−I) |\n|---|---|---|---|---|---|---|---|---|---|---|");
     if with_consistency {
-        s.push_str("---|");
+        s.push_str("---|---|");
     }
     s.push_str("---|\n");
     for r in rows {
@@ -239,7 +251,12 @@ pub fn markdown_table(rows: &[MethodSummary], loss_name: &str) -> String {
             Stat::fmt(r.final_dead, 1),
         );
         if with_consistency {
-            let _ = write!(s, " {} |", Stat::fmt(r.final_consistency, 3));
+            let _ = write!(
+                s,
+                " {} | {} |",
+                Stat::fmt(r.final_consistency, 3),
+                Stat::fmt(r.late_consistency, 3)
+            );
         }
         let _ = writeln!(s, " {} |", Stat::fmt(r.final_orth_max, 3));
     }
@@ -297,6 +314,8 @@ pub struct Results<'a, C: Serialize> {
     pub config: &'a C,
     /// The summary rows.
     pub summary: &'a [MethodSummary],
+    /// Per-layer summary rows (models with several MoE layers).
+    pub layers: &'a [crate::layers::LayerSummary],
     /// Every run with every logged point.
     pub runs: &'a [RunLog],
 }

@@ -110,7 +110,7 @@ pub struct RunSpec {
 
 /// Derived seeds, so that every method sees the same initial experts, the same Gaussian draw for
 /// its router and the same batches.
-fn sub_seed(seed: u64, what: u64) -> u64 {
+pub(crate) fn sub_seed(seed: u64, what: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ what
 }
 

@@ -80,6 +80,8 @@ fn check(cfg: &ExperimentConfig) {
         "max_vio.svg",
         "pes.png",
         "pes.svg",
+        "consistency.png",
+        "consistency.svg",
     ];
     for n in names {
         let p = cfg.out_dir.join(n);
