@@ -11,7 +11,8 @@ pub(crate) fn describe_task(cfg: &ExperimentConfig, data: &TaskData, runs: &[Run
             let s = &train.shape;
             let (total, active) = s.parameters();
             let tokens = train.steps * train.batch_tokens();
-            let wall: f64 = runs.iter().map(|r| r.wall_secs).sum::<f64>() / runs.len().max(1) as f64;
+            let wall: f64 =
+                runs.iter().map(|r| r.wall_secs).sum::<f64>() / runs.len().max(1) as f64;
             format!(
                 "- task: byte-level language modelling (256 symbols), {}\n\
                  - model: decoder-only transformer, {} blocks of pre-norm causal self-attention ({} heads) and an MoE feed-forward; \
@@ -103,4 +104,3 @@ pub(crate) fn describe_first_edition(cfg: &ExperimentConfig) -> String {
         t.pes_tokens
     )
 }
-

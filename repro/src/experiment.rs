@@ -1,11 +1,11 @@
 //! The experiment: every method over every seed, in parallel, then the report and the plots.
 
 use crate::error::{ReproError, Result};
+use crate::lm::corpus::{Corpus, CorpusConfig};
+use crate::lm::train::LmTrainConfig;
 use crate::methods::{Coefficients, InitPolicy, Method};
 use crate::metrics::RunLog;
 use crate::task::{SyntheticConfig, SyntheticTask, Task, TextTask};
-use crate::lm::corpus::{Corpus, CorpusConfig};
-use crate::lm::train::LmTrainConfig;
 use crate::train::{train_run, RunSpec, TrainConfig};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -215,7 +215,9 @@ impl ExperimentConfig {
             )),
             (TaskSpec::Text { .. }, Some(t)) => Ok(Task::Text(t.clone())),
             (TaskSpec::Text { .. }, None) => Err(ReproError::Config("text task not loaded".into())),
-            (TaskSpec::Lm { .. }, _) => Err(ReproError::Config("the language model has no first-edition task".into())),
+            (TaskSpec::Lm { .. }, _) => Err(ReproError::Config(
+                "the language model has no first-edition task".into(),
+            )),
         }
     }
 }
@@ -298,12 +300,7 @@ impl TaskData {
     }
 
     /// One run of `spec`.
-    fn run(
-        &self,
-        cfg: &ExperimentConfig,
-        spec: &RunSpec,
-        bar: &ProgressBar,
-    ) -> Result<RunLog> {
+    fn run(&self, cfg: &ExperimentConfig, spec: &RunSpec, bar: &ProgressBar) -> Result<RunLog> {
         match (self, &cfg.task) {
             (TaskData::Lm(corpus), TaskSpec::Lm { train, .. }) => {
                 let steps = train.steps;
@@ -321,7 +318,9 @@ impl TaskData {
                     .ok_or_else(|| ReproError::Config("no task for the seed".into()))?;
                 run_one(cfg, task, spec, bar)
             }
-            _ => Err(ReproError::Config("loaded data does not fit the task".into())),
+            _ => Err(ReproError::Config(
+                "loaded data does not fit the task".into(),
+            )),
         }
     }
 }

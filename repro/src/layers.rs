@@ -35,7 +35,10 @@ pub struct LayerSummary {
 /// Mean over the second half of a run's points of `f` (where defined).
 fn late_mean(r: &RunLog, layer: usize, f: fn(&LayerPoint) -> Option<f64>) -> Option<f64> {
     let half = &r.points[r.points.len() / 2..];
-    let v: Vec<f64> = half.iter().filter_map(|p| p.layers.get(layer).and_then(f)).collect();
+    let v: Vec<f64> = half
+        .iter()
+        .filter_map(|p| p.layers.get(layer).and_then(f))
+        .collect();
     Stat::of(&v).map(|s| s.mean)
 }
 
@@ -163,8 +166,15 @@ mod tests {
                 step: i,
                 tokens: i * 10,
                 layers: vec![
-                    LayerPoint { pes: p, consistency: (i > 0).then_some(0.5), ..LayerPoint::default() },
-                    LayerPoint { pes: 2.0 * p, ..LayerPoint::default() },
+                    LayerPoint {
+                        pes: p,
+                        consistency: (i > 0).then_some(0.5),
+                        ..LayerPoint::default()
+                    },
+                    LayerPoint {
+                        pes: 2.0 * p,
+                        ..LayerPoint::default()
+                    },
                 ],
                 ..LogPoint::default()
             })
@@ -181,7 +191,10 @@ mod tests {
 
     #[test]
     fn rows_per_method_and_layer_skip_step_zero_for_min_pes() {
-        let runs = [run("switch", [0.0, 0.3, 0.2]), run("simbal", [0.0, 0.1, 0.4])];
+        let runs = [
+            run("switch", [0.0, 0.3, 0.2]),
+            run("simbal", [0.0, 0.1, 0.4]),
+        ];
         let rows = summarize_layers(&runs, &[Method::Switch, Method::SimBal]);
         assert_eq!(rows.len(), 4);
         assert_eq!((rows[0].method.as_str(), rows[0].layer), ("switch", 0));

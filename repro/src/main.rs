@@ -100,7 +100,7 @@ struct Args {
     /// Tokens per sequence [default: lm 64; else 32].
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Adam (peak) learning rate [default: lm 2e-3; else 3e-3].
+    /// Adam (peak) learning rate [default: lm 5e-3; else 3e-3].
     #[arg(long)]
     lr: Option<f64>,
     /// Steps between logged points [default: lm 25 (large 125); synthetic 50; bytes 25].

@@ -41,9 +41,16 @@ impl Evaluator {
         }
         let windows = cfg.val_windows;
         let span = val.len() - t - 1;
-        let (mut x, mut y) = (Vec::with_capacity(windows * t), Vec::with_capacity(windows * t));
+        let (mut x, mut y) = (
+            Vec::with_capacity(windows * t),
+            Vec::with_capacity(windows * t),
+        );
         for w in 0..windows {
-            let s = if windows > 1 { w * span / (windows - 1) } else { 0 };
+            let s = if windows > 1 {
+                w * span / (windows - 1)
+            } else {
+                0
+            };
             x.extend(val[s..s + t].iter().map(|&b| i64::from(b)));
             y.extend(val[s + 1..s + t + 1].iter().map(|&b| i64::from(b)));
         }
@@ -69,9 +76,17 @@ impl Evaluator {
     ///
     /// # Errors
     /// The model's; reading results back.
-    pub fn point<B: SimbalBackend>(&mut self, model: &MoeLm<B>, device: &B::Device) -> Result<LogPoint> {
+    pub fn point<B: SimbalBackend>(
+        &mut self,
+        model: &MoeLm<B>,
+        device: &B::Device,
+    ) -> Result<LogPoint> {
         let layers = model.blocks.len();
-        let e = model.blocks.first().map(|b| b.moe.experts.len()).unwrap_or(0);
+        let e = model
+            .blocks
+            .first()
+            .map(|b| b.moe.experts.len())
+            .unwrap_or(0);
         let n = self.tokens();
         let mut ce_sum = 0.0;
         let mut counts = vec![vec![0u64; e]; layers];
@@ -82,13 +97,20 @@ impl Evaluator {
         while w0 < self.windows {
             let w1 = (w0 + self.chunk).min(self.windows);
             let rows = (w1 - w0) * self.t;
-            let x = int_tensor::<B, 2>(self.x[w0 * self.t..w1 * self.t].to_vec(), [w1 - w0, self.t], device);
+            let x = int_tensor::<B, 2>(
+                self.x[w0 * self.t..w1 * self.t].to_vec(),
+                [w1 - w0, self.t],
+                device,
+            );
             let y = int_tensor::<B, 1>(self.y[w0 * self.t..w1 * self.t].to_vec(), [rows], device);
             let out = model.forward(x, w0 == 0)?;
             ce_sum += cross_entropy(out.logits, y).into_scalar().elem::<f64>() * rows as f64;
             for (l, trace) in out.layers.iter().enumerate() {
                 k = trace.router.shape.k;
-                for (c, add) in counts[l].iter_mut().zip(counts_of(trace.router.counts.clone())?) {
+                for (c, add) in counts[l]
+                    .iter_mut()
+                    .zip(counts_of(trace.router.counts.clone())?)
+                {
                     *c += add;
                 }
                 top[l].extend(host_u32(trace.router.indices.clone())?);
@@ -142,7 +164,12 @@ impl Evaluator {
 }
 
 /// PES of layer `l`'s experts on the first `n` rows of its input `h`.
-fn layer_pes<B: SimbalBackend>(model: &MoeLm<B>, l: usize, h: Tensor<B, 2>, n: usize) -> Result<f64> {
+fn layer_pes<B: SimbalBackend>(
+    model: &MoeLm<B>,
+    l: usize,
+    h: Tensor<B, 2>,
+    n: usize,
+) -> Result<f64> {
     let [_, d] = h.dims();
     let h = h.slice(0..n);
     let experts = &model.blocks[l].moe.experts;
@@ -166,5 +193,7 @@ fn host_u32<B: SimbalBackend, const D: usize>(t: Tensor<B, D, Int>) -> Result<Ve
         .convert::<i64>()
         .into_vec::<i64>()
         .map_err(|e| ReproError::Config(format!("reading indices: {e:?}")))?;
-    Ok(v.into_iter().map(|i| u32::try_from(i).unwrap_or(u32::MAX)).collect())
+    Ok(v.into_iter()
+        .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect())
 }

@@ -7,8 +7,8 @@
 
 use crate::error::{ReproError, Result};
 use burn::module::Module;
-use burn::nn::attention::{generate_autoregressive_mask, MhaInput, MultiHeadAttention};
 use burn::nn::attention::MultiHeadAttentionConfig;
+use burn::nn::attention::{generate_autoregressive_mask, MhaInput, MultiHeadAttention};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
@@ -278,4 +278,53 @@ pub fn cross_entropy<B: SimbalBackend>(
 ) -> Tensor<B, 1> {
     let logp = log_softmax(logits, 1);
     logp.gather(1, targets.unsqueeze_dim::<2>(1)).mean().neg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    #[test]
+    fn the_parameter_count_is_burns() {
+        let shape = crate::lm::run::SHAPE;
+        let setup = RouterSetup {
+            losses: LossConfig::none(),
+            bias_update: None,
+            orthogonal: false,
+            seed: 0,
+        };
+        let model = MoeLm::<NdArray<f32>>::new(&shape, &setup, &Default::default()).unwrap();
+        assert_eq!(model.num_params(), shape.parameters().0);
+        let (total, active) = shape.parameters();
+        assert!(active < total);
+    }
+
+    #[test]
+    fn a_sequence_longer_than_the_context_is_an_error() {
+        let mut shape = crate::lm::run::SHAPE;
+        shape.seq_len = 4;
+        shape.layers = 1;
+        let setup = RouterSetup {
+            losses: LossConfig::none(),
+            bias_update: None,
+            orthogonal: true,
+            seed: 0,
+        };
+        let device = Default::default();
+        let model = MoeLm::<NdArray<f32>>::new(&shape, &setup, &device).unwrap();
+        let tokens = Tensor::<NdArray<f32>, 2, Int>::zeros([1, 5], &device);
+        assert!(matches!(
+            model.forward(tokens, false),
+            Err(ReproError::Config(_))
+        ));
+        let tokens = Tensor::<NdArray<f32>, 2, Int>::zeros([2, 4], &device);
+        let out = model.forward(tokens, true).unwrap();
+        assert_eq!(out.logits.dims(), [8, 256]);
+        assert_eq!(out.layers.len(), 1);
+        assert!(out.layers[0].input.is_some());
+        let mut bad = shape;
+        bad.k = 17;
+        assert!(bad.validate().is_err());
+    }
 }

@@ -31,7 +31,7 @@ pub fn default_config() -> LmTrainConfig {
         shape: SHAPE,
         steps: 400,
         batch_seqs: 16,
-        lr: 2e-3,
+        lr: 5e-3,
         warmup_steps: 40,
         final_lr_frac: 0.1,
         eval_every: 25,
@@ -83,7 +83,9 @@ pub fn run_lm(
             #[cfg(feature = "wgpu")]
             {
                 type B = Autodiff<burn::backend::Wgpu>;
-                train_lm::<B>(&Default::default(), corpus, cfg, spec, progress)
+                let device = Default::default();
+                probe::<B>(&device, "wgpu")?;
+                train_lm::<B>(&device, corpus, cfg, spec, progress)
             }
             #[cfg(not(feature = "wgpu"))]
             Err(missing_feature("wgpu"))
@@ -92,11 +94,43 @@ pub fn run_lm(
             #[cfg(feature = "cuda")]
             {
                 type B = Autodiff<burn::backend::Cuda>;
-                train_lm::<B>(&Default::default(), corpus, cfg, spec, progress)
+                let device = Default::default();
+                probe::<B>(&device, "cuda")?;
+                train_lm::<B>(&device, corpus, cfg, spec, progress)
             }
             #[cfg(not(feature = "cuda"))]
             Err(missing_feature("cuda"))
         }
+    }
+}
+
+/// Whether `backend` has a device here (the CPU always; a GPU backend when this build has it
+/// and its runtime finds an adapter or driver).
+pub fn device_available(backend: BackendKind) -> bool {
+    match backend {
+        BackendKind::Faer | BackendKind::Reference => true,
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            probe::<Autodiff<burn::backend::Wgpu>>(&Default::default(), "wgpu").is_ok()
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            probe::<Autodiff<burn::backend::Cuda>>(&Default::default(), "cuda").is_ok()
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Opens the device's runtime once: cubecl panics when there is no adapter or driver, which
+/// becomes an error here instead of a crash inside a training thread.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe<B: simbal_burn::SimbalBackend>(device: &B::Device, name: &str) -> Result<()> {
+    let device = device.clone();
+    let open = std::panic::AssertUnwindSafe(move || B::engine(&device).map(|_| ()));
+    match std::panic::catch_unwind(open) {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ReproError::Config(format!("no {name} device found"))),
     }
 }
 
@@ -116,12 +150,19 @@ pub fn large_estimate(cfg: &ExperimentConfig, runs: &[RunLog]) -> Option<String>
         return None;
     };
     let large = large_config();
-    if train.shape != large.shape || train.batch_seqs != large.batch_seqs || train.steps >= large.steps {
+    if train.shape != large.shape
+        || train.batch_seqs != large.batch_seqs
+        || train.steps >= large.steps
+    {
         return None;
     }
     let n = runs.len().max(1);
     let per_step = runs.iter().map(|r| r.wall_secs).sum::<f64>() / n as f64 / train.steps as f64;
-    let workers = if one_run_at_a_time(cfg.backend) { 1 } else { cfg.jobs.clamp(1, n) };
+    let workers = if one_run_at_a_time(cfg.backend) {
+        1
+    } else {
+        cfg.jobs.clamp(1, n)
+    };
     let waves = n.div_ceil(workers);
     let secs = per_step * large.steps as f64 * waves as f64;
     Some(format!(

@@ -121,7 +121,9 @@ pub fn build_lm<B: SimbalBackend>(
         seed: 0,
     };
     let mut model = {
-        let _guard = INIT.lock().map_err(|_| ReproError::Config("init lock poisoned".into()))?;
+        let _guard = INIT
+            .lock()
+            .map_err(|_| ReproError::Config("init lock poisoned".into()))?;
         B::seed(device, sub_seed(spec.seed, 1));
         let model = MoeLm::<B>::new(shape, &setup, device)?;
         // burn draws a parameter lazily, at its first use: draw them all now, under the lock.
@@ -136,7 +138,7 @@ pub fn build_lm<B: SimbalBackend>(
             let seed = sub_seed(spec.seed, 2).wrapping_add(l as u64);
             let host: Vec<f64> = simbal_core::orthogonal_init(WeightLayout::DxE, d, e, seed)?;
             let data = TensorData::new(host, [d, e]).convert::<B::FloatElem>();
-            let r = Tensor::<B, 2>::from_data(data, device);
+            let r = Tensor::<B, 2>::from_data(data, device).require_grad();
             block.moe.router_weight = Param::initialized(block.moe.router_weight.id, r);
         }
     }
@@ -145,7 +147,12 @@ pub fn build_lm<B: SimbalBackend>(
 
 /// A batch of `batch` random windows of `t + 1` bytes from `text`: inputs `batch x t` and the
 /// next bytes `batch t`, as host integers.
-pub fn sample_windows(rng: &mut Rng, text: &[u8], batch: usize, t: usize) -> Result<(Vec<i64>, Vec<i64>)> {
+pub fn sample_windows(
+    rng: &mut Rng,
+    text: &[u8],
+    batch: usize,
+    t: usize,
+) -> Result<(Vec<i64>, Vec<i64>)> {
     if text.len() < t + 2 {
         return Err(ReproError::Config(format!(
             "training text of {} bytes is shorter than a window of {}",
@@ -218,14 +225,24 @@ where
         let ce = cross_entropy(out.logits, y);
         let ce_value: f64 = ce.clone().into_scalar().elem::<f64>();
         if !ce_value.is_finite() {
-            return Err(ReproError::Diverged { run: run_name, step });
+            return Err(ReproError::Diverged {
+                run: run_name,
+                step,
+            });
         }
         let grads = (ce + out.aux).backward();
         for (l, (block, trace)) in model.blocks.iter().zip(&out.layers).enumerate() {
             if let Some(e) = block.moe.router()?.take_error()? {
                 return Err(e.into());
             }
-            vio_sum[l] += LoadMetrics::from_counts(&counts_of(trace.router.counts.clone())?).max_vio;
+            // A router weight outside the graph would silently stay at its initialisation.
+            if step == 1 && block.moe.router_weight.grad(&grads).is_none() {
+                return Err(ReproError::Config(format!(
+                    "{run_name}: the router weight of layer {l} gets no gradient"
+                )));
+            }
+            vio_sum[l] +=
+                LoadMetrics::from_counts(&counts_of(trace.router.counts.clone())?).max_vio;
         }
         let aux_simbal: f64 = out.layers.iter().map(|l| l.router.values.simbal).sum();
         let aux_lbl: f64 = out.layers.iter().map(|l| l.router.values.lbl).sum();
@@ -237,7 +254,10 @@ where
         if step % cfg.eval_every == 0 || step == cfg.steps {
             let mut p = eval.point(&model.valid(), device)?;
             if !p.val_loss.is_finite() {
-                return Err(ReproError::Diverged { run: run_name, step });
+                return Err(ReproError::Diverged {
+                    run: run_name,
+                    step,
+                });
             }
             p.step = step;
             p.tokens = step * cfg.batch_tokens();
@@ -257,7 +277,12 @@ where
     Ok(RunLog {
         method: spec.method.name().to_string(),
         seed: spec.seed,
-        init: if spec.method.orthogonal_init(spec.init) { "orthogonal" } else { "gaussian" }.to_string(),
+        init: if spec.method.orthogonal_init(spec.init) {
+            "orthogonal"
+        } else {
+            "gaussian"
+        }
+        .to_string(),
         backend: B::name(device),
         points,
         wall_secs: started.elapsed().as_secs_f64(),
@@ -268,4 +293,50 @@ where
 pub(crate) fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| s / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::run::default_config;
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_its_floor() {
+        let cfg = default_config();
+        assert!((cfg.lr_at(1) - cfg.lr / cfg.warmup_steps as f64).abs() < 1e-15);
+        assert!((cfg.lr_at(cfg.warmup_steps) - cfg.lr).abs() < 1e-15);
+        let mid = cfg.lr_at((cfg.warmup_steps + cfg.steps) / 2);
+        assert!((mid - cfg.lr * (cfg.final_lr_frac + 1.0) / 2.0).abs() < 1e-6 * cfg.lr);
+        assert!((cfg.lr_at(cfg.steps) - cfg.lr * cfg.final_lr_frac).abs() < 1e-15);
+        let mut prev = f64::INFINITY;
+        for s in cfg.warmup_steps..=cfg.steps {
+            assert!(cfg.lr_at(s) <= prev);
+            prev = cfg.lr_at(s);
+        }
+    }
+
+    #[test]
+    fn windows_are_inputs_and_their_next_bytes() {
+        let text: Vec<u8> = (0..100u8).collect();
+        let mut rng = Rng::new(1);
+        let (x, y) = sample_windows(&mut rng, &text, 3, 5).unwrap();
+        assert_eq!((x.len(), y.len()), (15, 15));
+        for (a, b) in x.iter().zip(&y) {
+            assert_eq!(a + 1, *b);
+        }
+        assert!(sample_windows(&mut rng, &text[..5], 1, 5).is_err());
+    }
+
+    #[test]
+    fn bad_sizes_are_configuration_errors() {
+        let mut cfg = default_config();
+        cfg.val_chunk = 0;
+        assert!(matches!(cfg.validate(), Err(ReproError::Config(_))));
+        let mut cfg = default_config();
+        cfg.final_lr_frac = 1.5;
+        assert!(cfg.validate().is_err());
+        let mut cfg = default_config();
+        cfg.shape.heads = 3;
+        assert!(cfg.validate().is_err());
+    }
 }
