@@ -18,7 +18,7 @@ pub(crate) fn describe_task(cfg: &ExperimentConfig, data: &TaskData, runs: &[Run
                  - model: decoder-only transformer, {} blocks of pre-norm causal self-attention ({} heads) and an MoE feed-forward; \
                  d_model {}, context {}, E = {} experts top-{} (softmax scores, renormalised gates, no capacity limit), \
                  experts 2-layer ReLU MLPs (hidden {}), learned positions, untied read-out; {:.2} M parameters, {:.2} M active per token; \
-                 routers through simbal-burn, the rest burn {}\n\
+                 routers through simbal-burn, the rest burn 0.21 modules and autodiff\n\
                  - training: {} steps x {} windows x {} bytes = {:.2} M tokens per run, Adam (beta2 0.95) peak lr {} with {} warm-up steps and cosine decay to {}x, \
                  auxiliary losses per layer, summed over layers; seeds {:?}, backend {}\n\
                  - measured every {} steps on {} fixed validation windows ({} tokens); validation loss in bits per byte; PES on the first {} of them, per layer; \
@@ -34,7 +34,6 @@ pub(crate) fn describe_task(cfg: &ExperimentConfig, data: &TaskData, runs: &[Run
                 s.expert_hidden,
                 total as f64 / 1e6,
                 active as f64 / 1e6,
-                env!("CARGO_PKG_VERSION"),
                 train.steps,
                 train.batch_seqs,
                 s.seq_len,

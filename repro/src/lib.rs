@@ -1,12 +1,15 @@
 //! # simbal-repro
 //!
-//! Trains small Mixture-of-Experts models under each load-balancing method and reports whether
+//! Trains Mixture-of-Experts models under each load-balancing method and reports whether
 //! SimBal's claims (arXiv 2506.14038) hold: faster convergence than the Switch loss, balanced
-//! load, less redundant experts.
+//! load, less redundant experts, consistent routing.
 //!
-//! Everything is written out by hand: the experts' forward and backward ([`mlp`]), the heads
-//! ([`model`]), Adam ([`adam`]); the router, its losses and their analytic gradients come from
-//! `simbal-core` on any [`simbal_core::Backend`].
+//! The main experiment ([`lm`]) is a multi-layer MoE transformer language model on real text,
+//! written with burn modules and trained with burn's autodiff and Adam, its routers through
+//! simbal-burn. The first edition's tasks ([`task`]) train one MoE layer with everything written
+//! out by hand: the experts' forward and backward ([`mlp`]), the heads ([`model`]), Adam
+//! ([`adam`]); the router, its losses and their analytic gradients come from `simbal-core` on any
+//! [`simbal_core::Backend`].
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

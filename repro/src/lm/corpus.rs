@@ -445,6 +445,23 @@ impl Corpus {
     /// `target_bytes` is reached, split by the salted name hash, joined with a blank line.
     /// `cfg.roots` is not used.
     ///
+    /// ```
+    /// use simbal_repro::lm::corpus::{Corpus, CorpusConfig};
+    /// let docs: Vec<(String, Vec<u8>)> = (0..40)
+    ///     .map(|i| (format!("man1/page{i}.1"), format!("page {i} says hello\n").into_bytes()))
+    ///     .collect();
+    /// let cfg = CorpusConfig { target_bytes: 10_000, val_fraction: 0.1, ..CorpusConfig::default() };
+    /// let c = Corpus::from_texts(docs.clone(), &cfg)?;
+    /// let (train, val) = c.documents();
+    /// assert_eq!(train + val, 40);
+    /// assert!(val >= 1 && !c.val().is_empty());
+    /// // The same documents in another order give the same corpus.
+    /// let mut shuffled = docs;
+    /// shuffled.reverse();
+    /// assert_eq!(Corpus::from_texts(shuffled, &cfg)?.fingerprint(), c.fingerprint());
+    /// # Ok::<(), simbal_repro::ReproError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`ReproError::Config`] when `cfg` is invalid or fewer than two non-empty documents are
     /// given.

@@ -75,6 +75,11 @@ impl LmShape {
     }
 
     /// Parameters: all, and those one token uses (its `k` experts instead of all `E`).
+    ///
+    /// ```
+    /// let (total, active) = simbal_repro::lm::run::SHAPE.parameters();
+    /// assert_eq!((total, active), (641_408, 175_488));
+    /// ```
     pub fn parameters(&self) -> (usize, usize) {
         let (d, h, e) = (self.d_model, self.expert_hidden, self.experts);
         let expert = d * h + h + h * d + d;

@@ -78,6 +78,12 @@ impl LmTrainConfig {
     }
 
     /// The learning rate of step `step` (1-based): linear warm-up, cosine decay.
+    ///
+    /// ```
+    /// let cfg = simbal_repro::lm::run::default_config();
+    /// assert_eq!(cfg.lr_at(cfg.warmup_steps), cfg.lr);
+    /// assert!((cfg.lr_at(cfg.steps) - cfg.lr * cfg.final_lr_frac).abs() < 1e-12);
+    /// ```
     pub fn lr_at(&self, step: usize) -> f64 {
         if step <= self.warmup_steps {
             return self.lr * step as f64 / self.warmup_steps.max(1) as f64;

@@ -13,6 +13,14 @@ use mdoc::MDOC;
 /// characters, source line breaks kept, blank-line runs collapsed. Macro definitions,
 /// conditionals (with their `\{ ... \}` blocks), `eqn` and `pic` blocks are dropped; table cells
 /// are kept, separated by a space. The result ends with a newline unless it is empty.
+///
+/// ```
+/// use simbal_repro::lm::corpus::roff_to_text;
+/// let page = ".\\\" a comment\n.SH NAME\nls \\- list directory contents\n.PP\nSee\n.BR dir (1).\n";
+/// let text = roff_to_text(page);
+/// assert!(text.contains("NAME") && text.contains("ls - list directory contents"));
+/// assert!(text.contains("dir(1).") && !text.contains("comment"));
+/// ```
 pub fn roff_to_text(src: &str) -> String {
     let mut r = Roff::default();
     let mut logical = String::new();
