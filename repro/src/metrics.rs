@@ -87,6 +87,28 @@ pub struct RunLog {
 }
 
 impl RunLog {
+    /// The log of a finished run of `spec` on `backend`.
+    pub fn of(
+        spec: &crate::train::RunSpec,
+        backend: String,
+        points: Vec<LogPoint>,
+        wall_secs: f64,
+    ) -> Self {
+        let init = if spec.method.orthogonal_init(spec.init) {
+            "orthogonal"
+        } else {
+            "gaussian"
+        };
+        Self {
+            method: spec.method.name().to_string(),
+            seed: spec.seed,
+            init: init.to_string(),
+            backend,
+            points,
+            wall_secs,
+        }
+    }
+
     /// The last logged point.
     pub fn last(&self) -> Option<&LogPoint> {
         self.points.last()

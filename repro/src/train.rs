@@ -274,17 +274,10 @@ where
         }
         progress(step);
     }
-    Ok(RunLog {
-        method: spec.method.name().to_string(),
-        seed: spec.seed,
-        init: if spec.method.orthogonal_init(spec.init) {
-            "orthogonal"
-        } else {
-            "gaussian"
-        }
-        .to_string(),
-        backend: router_train.backend().name(),
+    Ok(RunLog::of(
+        spec,
+        router_train.backend().name(),
         points,
-        wall_secs: started.elapsed().as_secs_f64(),
-    })
+        started.elapsed().as_secs_f64(),
+    ))
 }

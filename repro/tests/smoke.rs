@@ -1,6 +1,8 @@
 //! Smoke test: a tiny experiment of every method on both tasks, in seconds even in debug mode.
 //! Every method must learn (validation loss falls) and every output file must be written.
 
+mod common;
+
 use simbal_repro::experiment::{run_experiment, BackendKind, ExperimentConfig, TaskSpec};
 use simbal_repro::methods::Method;
 use simbal_repro::task::SyntheticConfig;
@@ -83,12 +85,7 @@ fn check(cfg: &ExperimentConfig) {
         "consistency.png",
         "consistency.svg",
     ];
-    for n in names {
-        let p = cfg.out_dir.join(n);
-        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        assert!(len > 100, "{} missing or empty", p.display());
-        assert!(out.files.contains(&p), "{} not reported", p.display());
-    }
+    common::assert_written(cfg, &out, &names);
     let csv = std::fs::read_to_string(cfg.out_dir.join("log.csv")).unwrap();
     let points: usize = out.runs.iter().map(|r| r.points.len()).sum();
     assert_eq!(csv.lines().count(), points + 1);

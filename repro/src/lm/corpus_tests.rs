@@ -1,3 +1,4 @@
+use super::sources::is_so_redirect;
 use super::*;
 
 fn cfg(target: usize, val_fraction: f64) -> CorpusConfig {

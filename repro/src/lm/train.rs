@@ -280,19 +280,12 @@ where
         }
         progress(step);
     }
-    Ok(RunLog {
-        method: spec.method.name().to_string(),
-        seed: spec.seed,
-        init: if spec.method.orthogonal_init(spec.init) {
-            "orthogonal"
-        } else {
-            "gaussian"
-        }
-        .to_string(),
-        backend: B::name(device),
+    Ok(RunLog::of(
+        spec,
+        B::name(device),
         points,
-        wall_secs: started.elapsed().as_secs_f64(),
-    })
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Mean of some values (`None` when there are none).
