@@ -200,10 +200,8 @@ impl ExperimentConfig {
                 "the first edition's tasks run on faer or reference; --backend wgpu/cuda is for the language model".into(),
             ));
         }
-        if lm && self.backend == BackendKind::Reference {
-            return Err(ReproError::Config(
-                "the language model trains through burn: --backend faer, wgpu or cuda".into(),
-            ));
+        if lm {
+            crate::lm::run::check_backend(self.backend)?;
         }
         Ok(())
     }

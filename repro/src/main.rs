@@ -292,6 +292,7 @@ fn config(a: Args) -> Result<ExperimentConfig> {
 fn main() -> ExitCode {
     let run = || -> Result<()> {
         let cfg = config(Args::parse())?;
+        cfg.validate()?;
         let runs = cfg.methods.len() * cfg.seeds.len();
         eprintln!(
             "simbal-repro: {} runs ({} methods x {} seeds), {} steps each, {} at a time, backend {}",

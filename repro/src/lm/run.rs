@@ -72,35 +72,51 @@ pub fn run_lm(
     spec: &RunSpec,
     progress: &mut dyn FnMut(usize),
 ) -> Result<RunLog> {
+    check_backend(backend)?;
     match backend {
         BackendKind::Faer => {
             train_lm::<Autodiff<NdArray<f32>>>(&Default::default(), corpus, cfg, spec, progress)
         }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            type B = Autodiff<burn::backend::Wgpu>;
+            let device = Default::default();
+            probe::<B>(&device, "wgpu")?;
+            train_lm::<B>(&device, corpus, cfg, spec, progress)
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            type B = Autodiff<burn::backend::Cuda>;
+            let device = Default::default();
+            probe::<B>(&device, "cuda")?;
+            train_lm::<B>(&device, corpus, cfg, spec, progress)
+        }
+        // `check_backend` refused the others.
+        #[allow(unreachable_patterns)]
+        other => Err(ReproError::Config(format!(
+            "backend {} cannot train the language model",
+            other.name()
+        ))),
+    }
+}
+
+/// Whether this build can train the language model on `backend`.
+///
+/// # Errors
+/// [`ReproError::Config`] for the reference backend (the model trains through burn) and for a
+/// GPU backend this build lacks, naming the feature to build with.
+pub fn check_backend(backend: BackendKind) -> Result<()> {
+    match backend {
+        BackendKind::Faer => Ok(()),
         BackendKind::Reference => Err(ReproError::Config(
             "the language model trains through burn: --backend faer, wgpu or cuda".into(),
         )),
-        BackendKind::Wgpu => {
-            #[cfg(feature = "wgpu")]
-            {
-                type B = Autodiff<burn::backend::Wgpu>;
-                let device = Default::default();
-                probe::<B>(&device, "wgpu")?;
-                train_lm::<B>(&device, corpus, cfg, spec, progress)
-            }
-            #[cfg(not(feature = "wgpu"))]
-            Err(missing_feature("wgpu"))
-        }
-        BackendKind::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                type B = Autodiff<burn::backend::Cuda>;
-                let device = Default::default();
-                probe::<B>(&device, "cuda")?;
-                train_lm::<B>(&device, corpus, cfg, spec, progress)
-            }
-            #[cfg(not(feature = "cuda"))]
-            Err(missing_feature("cuda"))
-        }
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(missing_feature("wgpu")),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(missing_feature("cuda")),
+        #[allow(unreachable_patterns)]
+        _ => Ok(()),
     }
 }
 
