@@ -68,3 +68,11 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> R
         source,
     }
 }
+
+/// The first zero among named sizes, as a [`ReproError::Config`] (`prefix` names their owner).
+pub(crate) fn check_sizes(prefix: &str, sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((what, _)) => Err(ReproError::Config(format!("{prefix}{what} must be >= 1"))),
+        None => Ok(()),
+    }
+}

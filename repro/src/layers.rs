@@ -32,14 +32,9 @@ pub struct LayerSummary {
     pub final_orth_max: Option<Stat>,
 }
 
-/// Mean over the second half of a run's points of `f` (where defined).
+/// Mean over the second half of a run's points of layer `layer`'s `f` (where defined).
 fn late_mean(r: &RunLog, layer: usize, f: fn(&LayerPoint) -> Option<f64>) -> Option<f64> {
-    let half = &r.points[r.points.len() / 2..];
-    let v: Vec<f64> = half
-        .iter()
-        .filter_map(|p| p.layers.get(layer).and_then(f))
-        .collect();
-    Stat::of(&v).map(|s| s.mean)
+    r.late_mean(|p| p.layers.get(layer).and_then(f))
 }
 
 /// One row per method (in `methods` order) and layer; empty when no run logged layers.

@@ -109,6 +109,17 @@ impl RunLog {
         }
     }
 
+    /// Mean of `f` over the second half of the logged points, where it is defined (`None` when
+    /// it is nowhere).
+    pub fn late_mean(&self, f: impl Fn(&LogPoint) -> Option<f64>) -> Option<f64> {
+        let half = &self.points[self.points.len() / 2..];
+        let (sum, n) = half
+            .iter()
+            .filter_map(f)
+            .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / n as f64)
+    }
+
     /// The last logged point.
     pub fn last(&self) -> Option<&LogPoint> {
         self.points.last()

@@ -160,19 +160,11 @@ pub fn summarize(
                 .collect();
             let train_vio: Vec<f64> = mine
                 .iter()
-                .filter_map(|r| {
-                    let half = &r.points[r.points.len() / 2..];
-                    let v: Vec<f64> = half.iter().filter_map(|p| p.max_vio_train).collect();
-                    Stat::of(&v).map(|s| s.mean)
-                })
+                .filter_map(|r| r.late_mean(|p| p.max_vio_train))
                 .collect();
             let late_consistency: Vec<f64> = mine
                 .iter()
-                .filter_map(|r| {
-                    let half = &r.points[r.points.len() / 2..];
-                    let v: Vec<f64> = half.iter().filter_map(|p| p.consistency).collect();
-                    Stat::of(&v).map(|s| s.mean)
-                })
+                .filter_map(|r| r.late_mean(|p| p.consistency))
                 .collect();
             let walls: Vec<f64> = mine.iter().map(|r| r.wall_secs).collect();
             MethodSummary {

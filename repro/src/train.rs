@@ -64,11 +64,7 @@ impl TrainConfig {
             ("text_width", self.text_width),
             ("text_emb", self.text_emb),
         ];
-        for (what, v) in checks {
-            if v == 0 {
-                return Err(ReproError::Config(format!("{what} must be >= 1")));
-            }
-        }
+        crate::error::check_sizes("", &checks)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(ReproError::Config(format!(
                 "lr must be > 0, got {}",

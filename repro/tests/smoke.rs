@@ -72,19 +72,7 @@ fn check(cfg: &ExperimentConfig) {
             m.name()
         );
     }
-    let names = [
-        "summary.md",
-        "log.csv",
-        "results.json",
-        "val_loss.png",
-        "val_loss.svg",
-        "max_vio.png",
-        "max_vio.svg",
-        "pes.png",
-        "pes.svg",
-        "consistency.png",
-        "consistency.svg",
-    ];
+    let names = common::output_files(&[]);
     common::assert_written(cfg, &out, &names);
     let csv = std::fs::read_to_string(cfg.out_dir.join("log.csv")).unwrap();
     let points: usize = out.runs.iter().map(|r| r.points.len()).sum();

@@ -90,7 +90,7 @@ impl Evaluator {
         let n = self.tokens();
         let mut ce_sum = 0.0;
         let mut counts = vec![vec![0u64; e]; layers];
-        let mut top: Vec<Vec<u32>> = vec![Vec::with_capacity(n * 2); layers];
+        let mut top: Vec<Vec<u32>> = vec![Vec::new(); layers];
         let mut pes_at = vec![0.0; layers];
         let mut k = 1;
         let mut w0 = 0;

@@ -54,11 +54,7 @@ impl LmShape {
             ("k", self.k),
             ("expert_hidden", self.expert_hidden),
         ];
-        for (what, v) in sizes {
-            if v == 0 {
-                return Err(ReproError::Config(format!("model {what} must be >= 1")));
-            }
-        }
+        crate::error::check_sizes("model ", &sizes)?;
         if self.d_model % self.heads != 0 {
             return Err(ReproError::Config(format!(
                 "d_model {} is not a multiple of heads {}",

@@ -61,11 +61,7 @@ impl LmTrainConfig {
             ("val_chunk", self.val_chunk),
             ("pes_tokens", self.pes_tokens),
         ];
-        for (what, v) in sizes {
-            if v == 0 {
-                return Err(ReproError::Config(format!("{what} must be >= 1")));
-            }
-        }
+        crate::error::check_sizes("", &sizes)?;
         let lr_ok = self.lr.is_finite() && self.lr > 0.0;
         let frac_ok = (0.0..=1.0).contains(&self.final_lr_frac);
         if !lr_ok || !frac_ok {

@@ -71,8 +71,23 @@ pub fn tiny(out: PathBuf, corpus: PathBuf, steps: usize) -> ExperimentConfig {
     cfg
 }
 
+/// The files every experiment writes (summary, CSV, JSON, a PNG and an SVG per plotted
+/// metric), plus `extra`.
+pub fn output_files(extra: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = ["summary.md", "log.csv", "results.json"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    for m in &simbal_repro::plot::METRICS {
+        names.push(format!("{}.png", m.file));
+        names.push(format!("{}.svg", m.file));
+    }
+    names
+}
+
 /// Every file in `names` exists under `cfg.out_dir`, is not empty, and is in `out.files`.
-pub fn assert_written(cfg: &ExperimentConfig, out: &Outcome, names: &[&str]) {
+pub fn assert_written(cfg: &ExperimentConfig, out: &Outcome, names: &[String]) {
     for n in names {
         let p = cfg.out_dir.join(n);
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
