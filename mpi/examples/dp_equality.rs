@@ -207,7 +207,6 @@ impl Trainer {
         g[2 * DE] = task;
         g[2 * DE + 1] = grads.losses.lbl;
         let mut simbal = grads.losses.simbal;
-        drop(pass);
         if let Comm::Mpi { comm, grads, .. } = comm {
             grads.sum(*comm, g)?;
             // SimBal: the weight is the same on every rank, so is its gradient.
@@ -293,6 +292,28 @@ fn run<C: Communicator>(world: &C) -> Res<bool> {
         other => return Err(format!("expected an expert mismatch, got {other:?}").into()),
     }
     let bytes = reducer.bytes_per_call();
+    // Counts past 2^53 (not representable in f64) still sum exactly, through the fallback.
+    let big = (1u64 << 53) + 1;
+    let mut huge = RoutingStats::empty(E);
+    huge.counts[0] = big + rank as u64;
+    huge.routed_counts[E - 1] = rank as u64 + 1;
+    huge.tokens = 1;
+    huge.score_sums[1] = 0.5;
+    reducer.all_reduce(world, &mut huge)?;
+    let r = size as u64;
+    let want = r * big + r * (r - 1) / 2;
+    if huge.counts[0] != want
+        || huge.routed_counts[E - 1] != r * (r + 1) / 2
+        || huge.tokens != r
+        || huge.score_sums[1] != 0.5 * size as f64
+        || reducer.fallbacks() != 1
+    {
+        return Err(format!(
+            "counts past 2^53: {huge:?} (want counts[0] = {want}), fallbacks {}",
+            reducer.fallbacks()
+        )
+        .into());
+    }
 
     let mut comm = Comm::Mpi {
         comm: world,

@@ -174,8 +174,8 @@ impl StatsAllReduce {
         let (ints, scores) = self.recv.split_at(2 * e + 2);
         if ints.iter().all(|&v| v < EXACT_LIMIT) {
             // Exact: every partial sum of the integers was below 2^53.
-            for (o, &v) in ints.iter().zip(int_fields_mut(stats)) {
-                *v = *o as u64;
+            for (&o, v) in ints.iter().zip(int_fields_mut(stats)) {
+                *v = o as u64;
             }
         } else {
             // The same total on every rank, so every rank takes this branch together.
