@@ -404,6 +404,37 @@ impl<T> Batch<T> {
         self.seqs * self.seq_len
     }
 
+    /// Sequences `seqs` (a range of `0..self.seqs`) of this batch into `out`: one shard of a
+    /// global batch, for data-parallel training (no allocation once `out` is sized).
+    ///
+    /// # Errors
+    /// [`ReproError::Config`] for a range outside the batch.
+    pub fn shard_into(&self, seqs: core::ops::Range<usize>, out: &mut Batch<T>) -> Result<()>
+    where
+        T: Copy,
+    {
+        if seqs.start > seqs.end || seqs.end > self.seqs {
+            return Err(ReproError::Config(format!(
+                "shard {seqs:?} of a batch of {} sequences",
+                self.seqs
+            )));
+        }
+        out.reset(seqs.len(), self.seq_len);
+        let n = self.tokens();
+        let tokens = seqs.start * self.seq_len..seqs.end * self.seq_len;
+        // Each field holds the same number of values per token (none when the task lacks it).
+        fn rows<U: Copy>(src: &[U], n: usize, t: &core::ops::Range<usize>, out: &mut Vec<U>) {
+            let w = src.len().checked_div(n).unwrap_or(0);
+            out.extend_from_slice(&src[t.start * w..t.end * w]);
+        }
+        rows(&self.x, n, &tokens, &mut out.x);
+        rows(&self.y, n, &tokens, &mut out.y);
+        rows(&self.cluster, n, &tokens, &mut out.cluster);
+        rows(&self.ctx, n, &tokens, &mut out.ctx);
+        rows(&self.next, n, &tokens, &mut out.next);
+        Ok(())
+    }
+
     fn reset(&mut self, seqs: usize, seq_len: usize) {
         self.seqs = seqs;
         self.seq_len = seq_len;
@@ -418,6 +449,26 @@ impl<T> Batch<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_of_a_batch_concatenate_to_it() {
+        let t = SyntheticTask::new(SyntheticConfig::default(), 1).unwrap();
+        let mut b = Batch::<f64>::default();
+        t.sample(&mut Rng::new(3), 5, 4, &mut b);
+        let (mut whole, mut part) = (Batch::<f64>::default(), Batch::default());
+        for r in [0..2, 2..2, 2..5] {
+            b.shard_into(r.clone(), &mut part).unwrap();
+            assert_eq!((part.seqs, part.tokens()), (r.len(), r.len() * 4));
+            whole.x.extend_from_slice(&part.x);
+            whole.y.extend_from_slice(&part.y);
+            whole.cluster.extend_from_slice(&part.cluster);
+        }
+        assert_eq!(
+            (whole.x, whole.y, whole.cluster),
+            (b.x.clone(), b.y.clone(), b.cluster.clone())
+        );
+        assert!(b.shard_into(3..6, &mut part).is_err());
+    }
 
     #[test]
     fn synthetic_task_is_deterministic_for_a_seed_and_differs_across_seeds() {

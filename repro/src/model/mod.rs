@@ -11,7 +11,9 @@ use crate::adam::Param;
 use crate::linalg::{add_into, add_rows, gemm_nn, gemm_nt, gemm_tn};
 use crate::task::Batch;
 use simbal_core::shape::check_len;
-use simbal_core::{Backend, LossConfig, LossValues, Result, Rng, Router, Scalar, SimbalError};
+use simbal_core::{
+    Backend, LossConfig, LossValues, Result, Rng, Router, RoutingStats, Scalar, SimbalError,
+};
 
 /// Vocabulary of the byte-level language model.
 pub const VOCAB: usize = 256;
@@ -202,7 +204,8 @@ impl<T: Scalar> Model<T> {
     }
 
     /// Forward and backward pass: adds every gradient (call [`Model::zero_grad`] first) and
-    /// returns the task loss and the auxiliary loss values.
+    /// returns the task loss and the auxiliary loss values. [`Model::forward_train`] and
+    /// [`Model::backward_train`] in one call, on this batch alone.
     ///
     /// # Errors
     /// A batch of the wrong shape; the router's errors.
@@ -213,26 +216,62 @@ impl<T: Scalar> Model<T> {
         st: &mut ModelState<T>,
         losses: &LossConfig,
     ) -> Result<(f64, LossValues<T>)> {
+        let loss = self.forward_train(router, batch, st)?;
+        let aux = self.backward_train(router, batch, st, losses, None)?;
+        Ok((loss, aux))
+    }
+
+    /// The forward half of a training step: the forward pass, the task loss (returned, a mean
+    /// over this batch's tokens) and its gradient at the layer output. The routing stays in
+    /// `router`, so its statistics can be read (and, in data-parallel training, summed over the
+    /// ranks) before [`Model::backward_train`].
+    ///
+    /// # Errors
+    /// A batch of the wrong shape; the router's errors.
+    pub fn forward_train<B: HostBackend<T>>(
+        &mut self,
+        router: &mut Router<B>,
+        batch: &Batch<T>,
+        st: &mut ModelState<T>,
+    ) -> Result<f64> {
         self.input(batch, &mut st.x)?;
         self.moe.forward(router, &st.x, &mut st.moe)?;
-        let loss = self.head_loss(batch, &st.moe.y, &mut st.logits, Some(&mut st.dy))?;
+        self.head_loss(batch, &st.moe.y, &mut st.logits, Some(&mut st.dy))
+    }
+
+    /// The backward half of a training step after [`Model::forward_train`] on the same batch:
+    /// adds every gradient (call [`Model::zero_grad`] first) and returns the auxiliary loss
+    /// values. `global`: the global batch's statistics for a global-batch LBL (this batch is a
+    /// shard of it), `None` otherwise.
+    ///
+    /// # Errors
+    /// [`SimbalError::NoForward`] without the forward half; the router's errors.
+    pub fn backward_train<B: HostBackend<T>>(
+        &mut self,
+        router: &mut Router<B>,
+        batch: &Batch<T>,
+        st: &mut ModelState<T>,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+    ) -> Result<LossValues<T>> {
         let (x, moe, dy) = (&st.x, &mut st.moe, &st.dy);
-        let aux = match &mut self.head {
-            Head::Regression => self.moe.backward(router, x, moe, dy, losses, None)?,
+        Ok(match &mut self.head {
+            Head::Regression => self
+                .moe
+                .backward(router, x, moe, dy, losses, global, None)?,
             Head::ByteLm(h) => {
                 let ByteLmHead { d_emb, embed, .. } = &mut **h;
                 st.dx.resize(x.len(), T::zero());
-                let aux = self
-                    .moe
-                    .backward(router, x, moe, dy, losses, Some(&mut st.dx))?;
+                let aux =
+                    self.moe
+                        .backward(router, x, moe, dy, losses, global, Some(&mut st.dx))?;
                 for (&c, g) in batch.ctx.iter().zip(st.dx.chunks_exact(*d_emb)) {
                     let c = c as usize;
                     add_into(&mut embed.g[c * *d_emb..(c + 1) * *d_emb], g);
                 }
                 aux
             }
-        };
-        Ok((loss, aux))
+        })
     }
 
     /// Every parameter, for the optimiser.

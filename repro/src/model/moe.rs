@@ -7,8 +7,8 @@ use crate::linalg::{add_into, dot};
 use crate::mlp::{Mlp, MlpCache};
 use simbal_core::shape::check_len;
 use simbal_core::{
-    orthogonalize, LossConfig, LossValues, Result, Rng, Router, RouterConfig, Scalar, SimbalError,
-    WeightLayout,
+    orthogonalize, LossConfig, LossValues, Result, Rng, Router, RouterConfig, RoutingStats, Scalar,
+    SimbalError, WeightLayout,
 };
 
 /// Shapes of the MoE layer.
@@ -170,7 +170,8 @@ impl<T: Scalar> MoeLayer<T> {
     /// Backward pass of the last [`MoeLayer::forward`] through `router` on the same `x`, from
     /// `dy` (`n x d_out`): adds expert and router gradients (the router's through simbal with
     /// the auxiliary `losses`) and, when asked, writes the input gradient into `dx` (`n x D`).
-    /// Returns the auxiliary loss values.
+    /// `global` is the global batch's statistics for a global-batch LBL (data parallelism: this
+    /// batch is one shard of it), `None` otherwise. Returns the auxiliary loss values.
     ///
     /// # Errors
     /// [`SimbalError::NoForward`] without a forward pass on `x`; [`SimbalError::LengthMismatch`]
@@ -182,6 +183,7 @@ impl<T: Scalar> MoeLayer<T> {
         st: &mut MoeState<T>,
         dy: &[T],
         losses: &LossConfig,
+        global: Option<&RoutingStats>,
         mut dx: Option<&mut [T]>,
     ) -> Result<LossValues<T>> {
         let MoeConfig {
@@ -235,7 +237,7 @@ impl<T: Scalar> MoeLayer<T> {
         }
         // The forward's pass is gone (the experts ran in between): resume it for the backward.
         let mut pass = router.resume(x, &self.router.w)?;
-        let grads = pass.backward(&st.dw, losses, None)?;
+        let grads = pass.backward(&st.dw, losses, global)?;
         add_into(&mut self.router.g, grads.dr);
         if let Some(dx) = dx {
             add_into(dx, grads.dx);
