@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # Containers run as root; Open MPI refuses that unless told.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Single-machine runs: shared memory off, TCP on loopback only (no other interface needed).
-MPIRUN=(mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo
+MPIRUN=(mpirun --oversubscribe --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo
     --mca oob_tcp_if_include lo)
 
 # Debug profile: the check is tiny, and CI's `cargo test --workspace` has built most of it.
