@@ -387,9 +387,11 @@ impl NcclStatsAllReduce {
         pack(stats, &mut self.host);
         let stream = &self.stream;
         let (host, packed) = (&self.host, &mut self.packed);
-        guard("cuMemcpyHtoDAsync", cuda_err("copying to the device"), || {
-            stream.memcpy_htod(&host[..], packed)
-        })?;
+        guard(
+            "cuMemcpyHtoDAsync",
+            cuda_err("copying to the device"),
+            || stream.memcpy_htod(&host[..], packed),
+        )?;
         self.all_reduce_device()?;
         self.download()?;
         let ints_exact = self.host[..2 * e + 2].iter().all(|&v| v < EXACT_LIMIT);
@@ -401,18 +403,22 @@ impl NcclStatsAllReduce {
             }
             let stream = &self.stream;
             let (host_ints, ints, comm) = (&mut self.host_ints, &mut self.ints, &self.comm);
-            guard("cuMemcpyHtoDAsync", cuda_err("copying to the device"), || {
-                stream.memcpy_htod(&host_ints[..], ints)
-            })?;
+            guard(
+                "cuMemcpyHtoDAsync",
+                cuda_err("copying to the device"),
+                || stream.memcpy_htod(&host_ints[..], ints),
+            )?;
             guard("ncclAllReduce", nccl_err("ncclAllReduce"), || {
                 comm.all_reduce_in_place(ints, &ReduceOp::Sum)
             })?;
             guard("cuMemcpyDtoHAsync", cuda_err("copying to the host"), || {
                 stream.memcpy_dtoh(ints, &mut host_ints[..])
             })?;
-            guard("cuStreamSynchronize", cuda_err("waiting for the stream"), || {
-                stream.synchronize()
-            })?;
+            guard(
+                "cuStreamSynchronize",
+                cuda_err("waiting for the stream"),
+                || stream.synchronize(),
+            )?;
             for (o, v) in self.host_ints.iter().zip(int_fields_mut(stats)) {
                 *v = *o;
             }
@@ -432,9 +438,11 @@ impl NcclStatsAllReduce {
         guard("cuMemcpyDtoHAsync", cuda_err("copying to the host"), || {
             stream.memcpy_dtoh(packed, &mut host[..])
         })?;
-        guard("cuStreamSynchronize", cuda_err("waiting for the stream"), || {
-            stream.synchronize()
-        })
+        guard(
+            "cuStreamSynchronize",
+            cuda_err("waiting for the stream"),
+            || stream.synchronize(),
+        )
     }
 }
 
