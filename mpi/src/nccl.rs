@@ -293,6 +293,13 @@ impl NcclStatsAllReduce {
         // MPI ranks and sizes are non-negative `i32`s, so these conversions cannot fail.
         let rank = usize::try_from(comm.rank()).unwrap_or_default();
         let size = usize::try_from(comm.size()).unwrap_or(1);
+        // NCCL takes the device from the thread's current context, and cudarc's `from_rank`
+        // does not make the stream's context current: do it here.
+        guard(
+            "cuCtxSetCurrent",
+            cuda_err("making the stream's context current"),
+            || stream.context().bind_to_thread(),
+        )?;
         let nccl = guard("ncclCommInitRank", nccl_err("ncclCommInitRank"), || {
             Comm::from_rank(stream.clone(), rank, size, id)
         })?;
