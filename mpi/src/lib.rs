@@ -19,6 +19,10 @@
 //! an `unsafe impl` of its `Equivalence` trait for a record type) nor two calls.
 //!
 //! [`SumAllReduce`] sums an `f64` buffer (the gradients) over the ranks without allocating.
+//!
+//! With the `nccl` feature, [`nccl::NcclStatsAllReduce`] does the same all-reduce through NCCL
+//! on a CUDA stream (cudarc 0.19's `nccl` module, loaded at run time), its `ncclUniqueId`
+//! bootstrapped over the MPI communicator; `NCCL.md` says what it needs and what it cannot do.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +30,9 @@ use core::fmt;
 use mpi::collective::SystemOperation;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 use simbal_core::RoutingStats;
+
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 /// The integer fields of a total at or above this bound may have been rounded in `f64`.
 const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -156,19 +163,7 @@ impl StatsAllReduce {
         stats: &mut RoutingStats,
     ) -> Result<(), MpiStatsError> {
         let e = self.experts;
-        for (field, len) in [
-            ("counts", stats.counts.len()),
-            ("routed_counts", stats.routed_counts.len()),
-            ("score_sums", stats.score_sums.len()),
-        ] {
-            if len != e {
-                return Err(MpiStatsError::ExpertMismatch {
-                    expected: e,
-                    got: len,
-                    field,
-                });
-            }
-        }
+        check_experts(e, stats)?;
         pack(stats, &mut self.send);
         comm.all_reduce_into(&self.send[..], &mut self.recv[..], SystemOperation::sum());
         let (ints, scores) = self.recv.split_at(2 * e + 2);
@@ -195,6 +190,24 @@ impl StatsAllReduce {
         stats.score_sums.copy_from_slice(scores);
         Ok(())
     }
+}
+
+/// `Ok` when every per-expert vector of `stats` has `e` entries.
+fn check_experts(e: usize, stats: &RoutingStats) -> Result<(), MpiStatsError> {
+    for (field, len) in [
+        ("counts", stats.counts.len()),
+        ("routed_counts", stats.routed_counts.len()),
+        ("score_sums", stats.score_sums.len()),
+    ] {
+        if len != e {
+            return Err(MpiStatsError::ExpertMismatch {
+                expected: e,
+                got: len,
+                field,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The integer fields in packing order: counts, routed counts, tokens, dropped.
