@@ -27,7 +27,8 @@ fn finite_run<C: Backend>(c: &C, cols: usize, v: &[f64]) -> R<Result<(), SimbalE
 }
 
 fn max_abs_run<C: Backend>(c: &C, v: &[f64]) -> R<f64> {
-    Ok(c.max_abs(view::<C>(&up(c, v)?))?.to_f64_lossy())
+    Ok(c.read_value(&c.max_abs(view::<C>(&up(c, v)?))?)?
+        .to_f64_lossy())
 }
 
 /// `check_finite`: `Ok` on finite data, else `NonFinite` at the same first position; and

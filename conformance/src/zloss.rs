@@ -71,7 +71,8 @@ fn lse_run<C: Backend>(
     if let Some((_, p)) = scores {
         b.p = up(c, p)?;
     }
-    Ok(call!(c, lse_sq_sum(b.args(scores.map(|s| s.0))))?.to_f64_lossy())
+    let sum = call!(c, lse_sq_sum(b.args(scores.map(|s| s.0))))?;
+    Ok(c.read_value(&sum)?.to_f64_lossy())
 }
 
 /// `lse_sq_sum` from the logits alone (`scores: None`), logits of moderate and large

@@ -16,6 +16,10 @@
 //! | token mask, sequences | [`Backend::token_groups`] | [`crate::tokens`] |
 //! | validation | [`Backend::max_abs`], [`Backend::check_finite`] | [`crate::validate`] |
 //!
+//! Scalar results (loss values, `max |.|`) come back as the memory's [`Memory::Value`]: plain
+//! elements for host memory, device-resident values for a GPU, which the router reads all at
+//! once at the end of a step ([`Memory::read_values`]).
+//!
 //! Each kernel takes its arguments as [`Checked`]: core has run the arguments' precondition
 //! function (`Args::check`, its `# Errors` list the checks) before the backend sees them, so a
 //! backend relies on the lengths and restates no check. Users call a kernel as
@@ -51,7 +55,7 @@ pub trait Backend: Memory {
     ///
     /// # Errors
     /// Backend failures.
-    fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<Self::Elem>> {
+    fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<Self::Value>> {
         route_staged(self, a)
     }
 
@@ -72,7 +76,7 @@ pub trait Backend: Memory {
     fn router_backward(
         &self,
         a: Checked<RouterBackward<'_, Self>>,
-    ) -> Result<BackwardSums<Self::Elem>> {
+    ) -> Result<BackwardSums<Self::Value>> {
         let mut a = a.into_inner();
         router::router_backward_rows_staged(self, &mut a)?;
         let lse_sq_sum = if a.request.lse_sq_sum {
@@ -117,8 +121,8 @@ pub trait Backend: Memory {
     ///
     /// # Errors
     /// Backend failures.
-    fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<Self::Elem> {
-        lbl::lbl_coefficients_staged(self, a)
+    fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<Self::Value> {
+        self.value(lbl::lbl_coefficients_staged(self, a)?)
     }
 
     /// `sum_t lse(z_t)^2` (the z-loss before its scale). The default sums exponentials and
@@ -126,16 +130,16 @@ pub trait Backend: Memory {
     ///
     /// # Errors
     /// Backend failures.
-    fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<Self::Elem> {
-        zloss::lse_sq_sum_staged(self, a)
+    fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<Self::Value> {
+        self.value(zloss::lse_sq_sum_staged(self, a)?)
     }
 
     /// SimBal's element-wise pass on the Gram matrix, in place; returns the loss value.
     ///
     /// # Errors
     /// Backend failures.
-    fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<Self::Elem> {
-        simbal::simbal_residual_staged(self, a)
+    fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<Self::Value> {
+        self.value(simbal::simbal_residual_staged(self, a)?)
     }
 
     /// Column norms and the column-normalised weight (ScaleFree SimBal).
@@ -184,9 +188,9 @@ pub trait Backend: Memory {
     ///
     /// # Errors
     /// Backend failures.
-    fn max_abs(&self, buf: &Self::View) -> Result<Self::Elem> {
+    fn max_abs(&self, buf: &Self::View) -> Result<Self::Value> {
         let x = stage_elems_in(self, buf)?;
-        Ok(crate::validate::max_abs(&x))
+        self.value(crate::validate::max_abs(&x))
     }
 
     /// Reports the first non-finite value of a `? x cols` buffer with its position.
@@ -209,7 +213,7 @@ pub trait Backend: Memory {
 pub fn route_staged<B: Backend + ?Sized>(
     b: &B,
     a: Checked<Route<'_, B>>,
-) -> Result<RouteSums<B::Elem>> {
+) -> Result<RouteSums<B::Value>> {
     let mut a = a.into_inner();
     if let Logits::Tokens { gemm, x, r } = a.logits {
         b.gemm(Checked::new(GemmArgs {

@@ -91,6 +91,27 @@ macro_rules! host_vec_memory {
             Some(buf)
         }
         $crate::host_idx_memory!();
+        $crate::host_values!($t);
+    };
+}
+
+/// The scalar results of [`host_vec_memory!`](crate::host_vec_memory) for any memory whose
+/// values are plain elements (`Value = $t`, reads are copies): for a backend whose element
+/// buffers live elsewhere but whose scalar results are host values (the dfdx backend).
+#[macro_export]
+macro_rules! host_values {
+    ($t:ty) => {
+        type Value = $t;
+        fn value(&self, v: $t) -> $crate::Result<$t> {
+            Ok(v)
+        }
+        fn read_values(&self, values: &[&$t], out: &mut [$t]) -> $crate::Result<()> {
+            $crate::shape::check_len("values", values.len(), out.len())?;
+            for (o, v) in out.iter_mut().zip(values) {
+                *o = **v;
+            }
+            Ok(())
+        }
     };
 }
 

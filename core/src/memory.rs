@@ -24,6 +24,11 @@ pub trait Memory {
     type IdxBuf: BorrowMut<Self::IdxView>;
     /// A borrowed buffer of `u32` (`[u32]` for host backends).
     type IdxView: ?Sized;
+    /// A scalar result of a kernel (a loss value, a `max |.|`) as this memory holds it: the
+    /// element itself for host memory; for a device, a handle that stays there until
+    /// [`Memory::read_values`] reads every value a step produced in one transfer (one
+    /// synchronisation per step instead of one per value).
+    type Value: Send + Sync;
 
     /// Human-readable name, e.g. `"faer-f32"`.
     fn name(&self) -> String;
@@ -59,6 +64,35 @@ pub trait Memory {
     /// The buffer as a mutable host slice, where it lives in host memory.
     fn host_mut<'a>(&self, _buf: &'a mut Self::View) -> Option<&'a mut [Self::Elem]> {
         None
+    }
+
+    // ---- scalar results ----------------------------------------------------------------------
+
+    /// A value holding `v` (what the host-staged kernel defaults return).
+    ///
+    /// # Errors
+    /// A transfer failure.
+    fn value(&self, v: Self::Elem) -> Result<Self::Value>;
+    /// Reads `values` into `out` (same length), all in one transfer: for a device, the one
+    /// wait for the work queued before them.
+    ///
+    /// # Errors
+    /// [`crate::SimbalError::LengthMismatch`] when the lengths differ; a transfer failure.
+    fn read_values(&self, values: &[&Self::Value], out: &mut [Self::Elem]) -> Result<()>;
+    /// Whether reading values waits for queued work (a device); `false` (the default) for
+    /// memory whose values are plain elements. The router then settles its input checks at
+    /// the pass's first read instead of in the forward, so that a step reads once.
+    fn values_wait(&self) -> bool {
+        false
+    }
+    /// Reads one value (a read of its own: prefer [`Memory::read_values`] for several).
+    ///
+    /// # Errors
+    /// A transfer failure.
+    fn read_value(&self, v: &Self::Value) -> Result<Self::Elem> {
+        let mut out = [<Self::Elem as num_traits::Zero>::zero()];
+        self.read_values(&[v], &mut out)?;
+        Ok(out[0])
     }
 
     // ---- index buffers -----------------------------------------------------------------------

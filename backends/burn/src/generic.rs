@@ -127,6 +127,8 @@ where
     }
 
     simbal_core::host_idx_memory!();
+    // The kernels read their scalar results through burn (its own synchronisation per value).
+    simbal_core::host_values!(B::FloatElem);
 }
 
 impl<B: Backend> simbal_core::Backend for BurnTensors<B>

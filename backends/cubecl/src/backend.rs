@@ -66,7 +66,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
 
     /// The logits GEMM (for [`Logits::Tokens`]), the forward row kernel, then `max |Z|` when
     /// asked (queued behind the rows, so one wait covers both).
-    fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<f32>> {
+    fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<DevBuf<f32>>> {
         if a.cfg.selection != simbal_core::Selection::TopK {
             // Sinkhorn balances over the whole batch: core's host rows after the device GEMM.
             return simbal_core::backend::route_staged(self, a);
@@ -132,9 +132,11 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         Ok(())
     }
 
-    /// The backward row kernel, then the sums the request asks for: `sum lse^2` is queued
-    /// before `max |dZ|` waits, so one wait covers both.
-    fn router_backward(&self, a: Checked<RouterBackward<'_, Self>>) -> Result<BackwardSums<f32>> {
+    /// The backward row kernel, then the sums the request asks for, left on the device.
+    fn router_backward(
+        &self,
+        a: Checked<RouterBackward<'_, Self>>,
+    ) -> Result<BackwardSums<DevBuf<f32>>> {
         let mut a = a.into_inner();
         let n = a.n;
         if a.cfg.score == ScoreFn::SqrtSoftplus {
@@ -171,7 +173,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         if let Groups::Ids { .. } = a.groups {
             // The masked sum of lse^2 (its own launch), after the rows.
             let lse_sq_sum = self.lse_of(&a)?;
-            return self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum));
+            return self.backward_sums(a.request.max_abs_dz, a.dz, lse_sq_sum);
         }
         let e = a.cfg.experts;
         let lse = if a.request.lse_sq_sum {
@@ -188,8 +190,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         } else {
             None
         };
-        let read = || lse.map(|out| self.read_first(&out)).transpose();
-        self.backward_sums(a.request.max_abs_dz, a.dz, read)
+        self.backward_sums(a.request.max_abs_dz, a.dz, lse)
     }
 
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
@@ -222,9 +223,10 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         dispatch::histogram(&self.client, a.e, per, a.idx, a.dropped, a.out).map_err(map_err)
     }
 
-    fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<f32> {
+    fn lbl_coefficients(&self, a: Checked<LblCoefficients<'_, Self>>) -> Result<DevBuf<f32>> {
         let GroupTokens::Uniform(tokens) = a.tokens else {
-            return lbl_staged::lbl_coefficients_staged(self, a);
+            // Per-group valid tokens (a token mask): core's host rows.
+            return simbal_core::Memory::value(self, lbl_staged::lbl_coefficients_staged(self, a)?);
         };
         let a = a.into_inner();
         let s = a.scales;
@@ -240,7 +242,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         } else {
             ae / (s.k as f64 * t * t * s.groups as f64)
         };
-        self.scalar(|out| {
+        self.value_of(|out| {
             lbl::lbl_coefficients(
                 &self.client,
                 c_scale as f32,
@@ -254,14 +256,15 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     /// From the logits alone (one row pass: the scores are not needed).
-    fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<f32> {
+    fn lse_sq_sum(&self, a: Checked<LseSqSum<'_, Self>>) -> Result<DevBuf<f32>> {
         let a = a.into_inner();
         let (n, e, z) = (a.n, a.e, a.z);
         if let Groups::Ids { ids, count } = a.groups {
-            let sums = self.masked_row_sums(RowStat::LseSq { n, e, z }, ids, count)?;
-            return Ok(sums[0]);
+            // `[sum, valid rows]`: the value is the first element.
+            let sums = self.masked_row_sums_dev(RowStat::LseSq { n, e, z }, ids, count)?;
+            return Ok(DevBuf::from_handle(sums.handle, 1));
         }
-        self.scalar(|out| {
+        self.value_of(|out| {
             util::reduce_all(
                 &self.client,
                 Whole::Rows(RowStat::LseSq { n, e, z }),
@@ -271,7 +274,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         })
     }
 
-    fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<f32> {
+    fn simbal_residual(&self, a: Checked<SimbalResidual<'_, Self>>) -> Result<DevBuf<f32>> {
         let a = a.into_inner();
         let norm = match a.cfg.norm {
             SimBalNorm::L1 => simbal::Norm::L1,
@@ -279,7 +282,9 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             SimBalNorm::ScaleFree => simbal::Norm::ScaleFree,
         };
         let lambda = a.cfg.lambda as f32;
-        self.scalar(|out| simbal::simbal_residual(&self.client, norm, lambda, a.e, a.gram, out, 0))
+        self.value_of(|out| {
+            simbal::simbal_residual(&self.client, norm, lambda, a.e, a.gram, out, 0)
+        })
     }
 
     fn normalize_columns(&self, a: Checked<NormalizeColumns<'_, Self>>) -> Result<()> {
@@ -353,7 +358,9 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
                 0.0
             }
         } else {
-            self.scalar(|out| util::reduce_all(&self.client, Whole::Rows(stat), out, 0))?
+            let h =
+                self.value_of(|out| util::reduce_all(&self.client, Whole::Rows(stat), out, 0))?;
+            self.read_first(&h)?
         };
         if h.is_finite() {
             Ok(h)
@@ -364,8 +371,8 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         }
     }
 
-    fn max_abs(&self, buf: &DevBuf<f32>) -> Result<f32> {
-        reduce::max_abs(&self.client, buf).map_err(map_err)
+    fn max_abs(&self, buf: &DevBuf<f32>) -> Result<DevBuf<f32>> {
+        self.value_of(|out| reduce::max_abs_into(&self.client, buf, out, 0))
     }
 
     fn check_finite(&self, what: &'static str, cols: usize, buf: &DevBuf<f32>) -> Result<()> {
@@ -390,14 +397,14 @@ impl<R: Runtime> CubeclBackend<R> {
     fn router_backward_staged(
         &self,
         a: &mut RouterBackward<'_, Self>,
-    ) -> Result<BackwardSums<f32>> {
+    ) -> Result<BackwardSums<DevBuf<f32>>> {
         router_staged::router_backward_rows_staged(self, a)?;
         let lse_sq_sum = self.lse_of(a)?;
-        self.backward_sums(a.request.max_abs_dz, a.dz, || Ok(lse_sq_sum))
+        self.backward_sums(a.request.max_abs_dz, a.dz, lse_sq_sum)
     }
 
     /// `sum lse^2` over the valid tokens of a backward's groups, when the request asks.
-    fn lse_of(&self, a: &RouterBackward<'_, Self>) -> Result<Option<f32>> {
+    fn lse_of(&self, a: &RouterBackward<'_, Self>) -> Result<Option<DevBuf<f32>>> {
         if !a.request.lse_sq_sum {
             return Ok(None);
         }
@@ -419,23 +426,36 @@ impl<R: Runtime> CubeclBackend<R> {
         ids: &DevBuf<u32>,
         count: usize,
     ) -> Result<[f32; 2]> {
-        let out = DevBuf::<f32>::empty(&self.client, 2);
-        reduce::masked_row_sums(&self.client, stat, ids, count, &out).map_err(map_err)?;
-        let v = out.read(&self.client).map_err(map_err)?;
+        let v = self
+            .masked_row_sums_dev(stat, ids, count)?
+            .read(&self.client)
+            .map_err(map_err)?;
         Ok([v[0], v[1]])
     }
 
+    /// [`Self::masked_row_sums`] left on the device.
+    fn masked_row_sums_dev(
+        &self,
+        stat: RowStat<'_>,
+        ids: &DevBuf<u32>,
+        count: usize,
+    ) -> Result<DevBuf<f32>> {
+        let out = DevBuf::<f32>::empty(&self.client, 2);
+        reduce::masked_row_sums(&self.client, stat, ids, count, &out).map_err(map_err)?;
+        Ok(out)
+    }
+
     /// The sums of a router backward whose `dz` is written: `max |dZ|` when `max_abs_dz`
-    /// (the request asks for it), then `lse_sq_sum()` (`sum lse^2`, when asked).
+    /// (the request asks for it) and `sum lse^2` (when asked), on the device.
     fn backward_sums(
         &self,
         max_abs_dz: bool,
         dz: &DevBuf<f32>,
-        lse_sq_sum: impl FnOnce() -> Result<Option<f32>>,
-    ) -> Result<BackwardSums<f32>> {
+        lse_sq_sum: Option<DevBuf<f32>>,
+    ) -> Result<BackwardSums<DevBuf<f32>>> {
         let max_abs_dz = max_abs_dz.then(|| self.max_abs(dz)).transpose()?;
         Ok(BackwardSums {
-            lse_sq_sum: lse_sq_sum()?,
+            lse_sq_sum,
             max_abs_dz,
         })
     }

@@ -2,10 +2,14 @@
 //!
 //! [`CubeclBackend`] implements [`simbal_core::Memory`] with device buffers ([`DevBuf`], one
 //! type for owned buffers and views) and [`simbal_core::Backend`] with every kernel overridden,
-//! so a router step keeps its buffers on the device. The host is reached only where a kernel
-//! returns a host value (a loss value, `max_abs`, a finiteness check, the routing statistics: a
-//! few bytes to a few `E`-long vectors each) and where the core's router itself downloads (the
-//! score sums of a global-batch LBL, whose merged counts are on the host).
+//! so a router step keeps its buffers on the device. Scalar results (loss values, `max |.|`
+//! checks) stay there too, as one-element buffers ([`simbal_core::Memory::Value`]): the router
+//! reads all of a step's values in one transfer at the end of its backward, so a whole
+//! `forward + backward` step waits for the device once ([`counters`] counts the waits; a test
+//! holds the bound). Otherwise the host is reached for the routing statistics (`E`-long
+//! vectors, when asked for), a located error (the scan that says where a non-finite value is),
+//! and what still runs on core's host rows (Sinkhorn selection, sqrt-softplus scores, a
+//! token-masked LBL's per-group tokens).
 //!
 //! The kernels themselves, usable without the trait, are in [`kernels`].
 //!
@@ -33,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod counters;
 // `#[cube]` generates undocumented expansion items next to each (documented) kernel function.
 #[allow(missing_docs)]
 pub mod kernels;
@@ -41,6 +46,7 @@ mod memory;
 use cubecl::prelude::*;
 use simbal_core::SimbalError;
 
+pub use counters::{counters, Counters};
 pub use kernels::{DevBuf, KernelError};
 
 /// The cubecl backend on runtime `R` (f32).
@@ -95,18 +101,19 @@ impl<R: Runtime> CubeclBackend<R> {
     /// # Errors
     /// [`SimbalError::Backend`] with the device's error.
     pub fn sync(&self) -> simbal_core::Result<()> {
+        counters::waited();
         cubecl::future::block_on(self.client.sync()).map_err(|e| backend_err(format!("{e:?}")))
     }
 
-    /// Runs `enqueue` on a fresh one-element buffer and reads the element back (the kernels
-    /// that return a host value write it on the device first).
-    fn scalar(
+    /// Runs `enqueue` on a fresh one-element buffer: the kernels that produce a scalar write it
+    /// on the device, where it stays as a [`simbal_core::Memory::Value`].
+    fn value_of(
         &self,
         enqueue: impl FnOnce(&DevBuf<f32>) -> Result<(), KernelError>,
-    ) -> simbal_core::Result<f32> {
+    ) -> simbal_core::Result<DevBuf<f32>> {
         let out = DevBuf::<f32>::empty(&self.client, 1);
         enqueue(&out).map_err(map_err)?;
-        self.read_first(&out)
+        Ok(out)
     }
 
     /// The first element of a buffer that holds at least one.

@@ -79,12 +79,42 @@ impl<R: Runtime> Memory for CubeclBackend<R> {
     type View = DevBuf<f32>;
     type IdxBuf = DevBuf<u32>;
     type IdxView = DevBuf<u32>;
+    /// A one-element buffer: a kernel's scalar result stays on the device until read.
+    type Value = DevBuf<f32>;
 
     fn name(&self) -> String {
         format!("cubecl-{}-f32", R::name(&self.client))
     }
 
     buffer_methods!(f32: zeros, upload, download, write, len);
+
+    fn value(&self, v: f32) -> Result<DevBuf<f32>> {
+        Ok(DevBuf::upload(&self.client, &[v]))
+    }
+
+    /// One read of every value's first element: one wait for the device.
+    fn read_values(&self, values: &[&DevBuf<f32>], out: &mut [f32]) -> Result<()> {
+        check_len("values", values.len(), out.len())?;
+        if values.is_empty() {
+            return Ok(());
+        }
+        crate::counters::waited();
+        // A failed launch (e.g. a shader that does not compile) is only reported here.
+        self.client
+            .flush()
+            .map_err(|e| backend_err(format!("{e:?}")))?;
+        let handles = values.iter().map(|v| v.handle.clone()).collect();
+        let bytes = cubecl::reader::read_sync(self.client.read_async(handles))
+            .map_err(|e| backend_err(format!("{e:?}")))?;
+        for (o, b) in out.iter_mut().zip(&bytes) {
+            *o = f32::from_bytes(b).first().copied().unwrap_or(f32::NAN);
+        }
+        Ok(())
+    }
+
+    fn values_wait(&self) -> bool {
+        true
+    }
     buffer_methods!(u32: idx_zeros, idx_upload, idx_download, idx_write, idx_len);
 
     /// Free for indices this backend's `route` wrote (their `bound` is `E`); otherwise one device

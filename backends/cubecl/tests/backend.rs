@@ -213,9 +213,17 @@ fn errors_are_typed() {
         Err(SimbalError::NonFinite { row: 1, col: 1, .. }) => {}
         other => panic!("{other:?}"),
     }
-    assert!(g.max_abs(&x).unwrap().is_nan());
+    let max_abs = |b: &simbal_cubecl::DevBuf<f32>| g.read_value(&g.max_abs(b).unwrap()).unwrap();
+    assert!(max_abs(&x).is_nan());
     let y = g.upload(&[1.0, -7.5, 3.0]).unwrap();
-    assert_eq!(g.max_abs(&y).unwrap(), 7.5);
+    assert_eq!(max_abs(&y), 7.5);
+    // Longer than one cube's stride, the largest and a NaN in the last cube; empty is 0.
+    let mut long = vec![0.5f32; 3000];
+    long[2999] = -9.0;
+    assert_eq!(max_abs(&g.upload(&long).unwrap()), 9.0);
+    long[2998] = f32::NAN;
+    assert!(max_abs(&g.upload(&long).unwrap()).is_nan());
+    assert_eq!(max_abs(&g.upload(&[]).unwrap()), 0.0);
     // Lengths.
     let mut z = g.zeros(3).unwrap();
     assert!(matches!(

@@ -149,7 +149,8 @@ fn backward<B: Backend<Elem = f32>>(
         )
         .unwrap();
     let out = f(b, view::<B>(&dz));
-    (out, [sums.lse_sq_sum.unwrap(), sums.max_abs_dz.unwrap()])
+    let read = |v: Option<B::Value>| b.read_value(&v.unwrap()).unwrap();
+    (out, [read(sums.lse_sq_sum), read(sums.max_abs_dz)])
 }
 
 #[test]
@@ -265,7 +266,9 @@ fn masked_stats<B: Backend<Elem = f32>>(b: &B, c: &Case, by_ids: bool) -> [f32; 
         z: view::<B>(&z),
         scores: None,
     };
-    let lse = b.lse_sq_sum(lse.check(b).unwrap()).unwrap();
+    let lse = b
+        .read_value(&b.lse_sq_sum(lse.check(b).unwrap()).unwrap())
+        .unwrap();
     let h = Entropy {
         n: c.n,
         groups: g,

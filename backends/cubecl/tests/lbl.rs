@@ -30,7 +30,7 @@ fn coefficients(
         sums,
         coef,
     };
-    b.lbl_coefficients(a.check(b)?)
+    b.read_value(&b.lbl_coefficients(a.check(b)?)?)
 }
 
 /// Random counts (at most `k T` per group) and score sums (in `[0, T)`), `groups x e`.

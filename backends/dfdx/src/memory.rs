@@ -41,4 +41,5 @@ impl<E: Scalar + Dtype, D: Device<E>> Memory for Dfdx<E, D> {
     }
 
     simbal_core::host_idx_memory!();
+    simbal_core::host_values!(E);
 }

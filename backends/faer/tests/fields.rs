@@ -321,7 +321,7 @@ struct Rows<'a, T> {
 }
 
 /// `dz`, `sum lse^2` and `max |dz|` of one `router_backward` call.
-fn backward_of<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32]>>(
+fn backward_of<T: Scalar, B: Backend<Elem = T, View = [T], IdxView = [u32], Value = T>>(
     be: &B,
     r: &Rows<'_, T>,
     groups: Groups<'_, B>,

@@ -499,7 +499,7 @@ fn kernels_refuse_bad_input() {
 }
 
 /// `sum lse^2` of `n x e` logits through the backend's kernel (from the scores when given).
-fn lse_sq_sum<T: Scalar, B: Backend<Elem = T, View = [T]>>(
+fn lse_sq_sum<T: Scalar, B: Backend<Elem = T, View = [T], Value = T>>(
     be: &B,
     n: usize,
     e: usize,

@@ -135,7 +135,10 @@ impl<B: Backend> Setup<B> {
     ) -> Result<(), SimbalError> {
         let x = view::<B>(x.unwrap_or(&self.x));
         let r = view::<B>(r.unwrap_or(&self.r));
-        self.router.forward(x, r, bias.map(view::<B>)).map(|_| ())
+        // `check`: on a device the forward's checks wait for the pass's first read.
+        self.router
+            .forward(x, r, bias.map(view::<B>))
+            .and_then(|mut p| p.check())
     }
     /// Forward from the setup's tokens, then the backward of the pass with `dw` (the setup's
     /// when `None`).
@@ -164,7 +167,7 @@ impl<B: Backend> Setup<B> {
         let logits = |z: &B::Buf, bias: Option<&B::Buf>, router: &mut Router<B>| {
             router
                 .forward_logits(view::<B>(z), bias.map(view::<B>))
-                .map(|_| ())
+                .and_then(|mut p| p.check())
         };
         match input {
             Input::X => self.forward(Some(buf), None, None),

@@ -102,7 +102,7 @@ fn lbl_run<C: Backend>(
     (b.counts, b.sums) = (c.idx_upload(counts)?, up(c, sums)?);
     b.coef = up(c, &vec![f64::NAN; counts.len()])?;
     let value = call!(c, lbl_coefficients(b.coefficients(cfg, *s)))?;
-    Ok((value.to_f64_lossy(), down(c, &b.coef)?))
+    Ok((c.read_value(&value)?.to_f64_lossy(), down(c, &b.coef)?))
 }
 
 /// `lbl_coefficients`: random counts (`0..=k T` per group and expert) and score sums

@@ -76,7 +76,12 @@ pub fn router<B: Backend>(make: &dyn Fn() -> Option<B>) {
             Ok(())
         };
         // Tokens path: the pass, then its backward.
-        if let Ok(mut pass) = cx.guard("forward", || router.forward(x, r, bias))? {
+        // A forward is checked once `check` (or the pass's first read) has looked at its
+        // inputs: on a device the checks wait for that read.
+        if let Ok(mut pass) = cx.guard("forward", || {
+            let mut pass = router.forward(x, r, bias)?;
+            pass.check().map(|()| pass)
+        })? {
             check_fwd(&pass, "forward")?;
             if let Ok(s) = cx.guard("Pass::stats", || pass.stats())? {
                 if checked {
@@ -109,7 +114,10 @@ pub fn router<B: Backend>(make: &dyn Fn() -> Option<B>) {
             }
         }
         // Logits path.
-        if let Ok(mut pass) = cx.guard("forward_logits", || router.forward_logits(z, bias))? {
+        if let Ok(mut pass) = cx.guard("forward_logits", || {
+            let mut pass = router.forward_logits(z, bias)?;
+            pass.check().map(|()| pass)
+        })? {
             check_fwd(&pass, "forward_logits")?;
             if let Ok(g) = cx.guard("backward from logits", || pass.backward(dw, losses, global))? {
                 let bwd = read_logit_backward(io, &g).ctx("read backward")?;

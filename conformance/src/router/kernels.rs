@@ -82,7 +82,10 @@ fn route_any<C: Backend>(
         down(c, &b.p)?,
         idx,
         down(c, &b.gates)?,
-        sums.max_abs_z.map(|v| v.to_f64_lossy()),
+        match sums.max_abs_z {
+            Some(v) => Some(c.read_value(&v)?.to_f64_lossy()),
+            None => None,
+        },
     ))
 }
 
@@ -244,8 +247,13 @@ fn bwd_run<C: Backend>(c: &C, cfg: &RouterConfig, x: &BwdIn, request: BackwardRe
     }
     let lbl = x.lbl.is_some();
     let sums = call!(c, router_backward(b.backward(cfg, lbl, x.z_coef, request)))?;
-    let f = |v: Option<C::Elem>| v.map(|v| v.to_f64_lossy());
-    Ok((down(c, &b.dz)?, f(sums.lse_sq_sum), f(sums.max_abs_dz)))
+    let f = |v: Option<C::Value>| -> R<Option<f64>> {
+        Ok(match v {
+            Some(v) => Some(c.read_value(&v)?.to_f64_lossy()),
+            None => None,
+        })
+    };
+    Ok((down(c, &b.dz)?, f(sums.lse_sq_sum)?, f(sums.max_abs_dz)?))
 }
 
 /// `router_backward` with no reduction asked: `dz` alone (none returned, or it is an error).

@@ -11,7 +11,9 @@ use simbal_core::{Backend, Rng, Scalar, SimBalConfig, WeightLayout};
 fn residual_run<C: Backend>(c: &C, cfg: &SimBalConfig, e: usize, g: &[f64]) -> R<(f64, Vec<f64>)> {
     let mut b = Bufs::new(1, e, &Zeros(c))?;
     b.gram = up(c, g)?;
-    let loss = call!(c, simbal_residual(b.residual(cfg)))?.to_f64_lossy();
+    let loss = c
+        .read_value(&call!(c, simbal_residual(b.residual(cfg)))?)?
+        .to_f64_lossy();
     Ok((loss, down(c, &b.gram)?))
 }
 

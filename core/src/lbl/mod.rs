@@ -14,7 +14,7 @@ use crate::router::routing::Routing;
 use crate::stats::RoutingStats;
 use alloc::vec;
 use alloc::vec::Vec;
-use kernels::{GroupCounts, GroupSums, LblCoefficients};
+use kernels::{GroupCounts, GroupSums, GroupTokens, LblCoefficients};
 use reference::{lbl_value_and_coef, LblScales};
 
 /// The LBL's buffers in a router workspace, sized for `groups` groups (resized on demand).
@@ -26,6 +26,7 @@ pub(crate) struct LblScratch<B: Backend> {
     pub(crate) coef: B::Buf,
     host_sums: Vec<B::Elem>,
     host_coef: Vec<B::Elem>,
+    host_counts: Vec<u32>,
 }
 
 impl<B: Backend> LblScratch<B> {
@@ -39,6 +40,7 @@ impl<B: Backend> LblScratch<B> {
             coef: b.zeros(e)?,
             host_sums: vec![zero; e],
             host_coef: vec![zero; e],
+            host_counts: vec![0; e],
         })
     }
 
@@ -58,7 +60,8 @@ impl<B: Backend> LblScratch<B> {
 }
 
 /// The LBL of one routed pass over the groups `lg` (the valid tokens of the pass, or of each
-/// sequence): writes the gradient coefficients into `s.coef` and returns the loss value.
+/// sequence): writes the gradient coefficients into `s.coef` and returns the loss value (on
+/// the backend's side: nothing here waits for the device).
 /// `global` carries the merged statistics of the global batch for [`LblLevel::GlobalBatch`].
 pub(crate) fn lbl_for_pass<B: Backend>(
     b: &B,
@@ -68,7 +71,7 @@ pub(crate) fn lbl_for_pass<B: Backend>(
     lg: &LossGroups<'_, B>,
     global: Option<&RoutingStats>,
     s: &mut LblScratch<B>,
-) -> Result<B::Elem> {
+) -> Result<B::Value> {
     let crate::router::routing::Shape { n, e, k, .. } = routing.shape;
     let groups = lg.groups.count(n);
     s.ensure_groups(b, groups)?;
@@ -101,6 +104,28 @@ pub(crate) fn lbl_for_pass<B: Backend>(
             groups: 1,
             factor: lc.shard_factor,
         };
+        let fits = |c: u64| u32::try_from(c).is_ok();
+        if counts.iter().all(|&c| fits(c)) && fits(g.tokens) {
+            // The merged counts go to the backend (an upload, no wait) and the coefficients
+            // come from the same kernel as the local ones: the score sums stay where they are.
+            for (h, &c) in s.host_counts.iter_mut().zip(counts) {
+                *h = c as u32;
+            }
+            b.idx_write(idx_view_mut::<B>(&mut s.counts), &s.host_counts)?;
+            return b.lbl_coefficients(
+                LblCoefficients {
+                    cfg: lc,
+                    e,
+                    scales,
+                    tokens: GroupTokens::Uniform(g.tokens as usize),
+                    counts: idx_view::<B>(&s.counts),
+                    sums: view::<B>(&s.sums),
+                    coef: view_mut::<B>(&mut s.coef),
+                }
+                .check(b)?,
+            );
+        }
+        // Counts past u32 (4e9 assignments in one step): exact in f64 on the host.
         b.download(view::<B>(&s.sums), &mut s.host_sums)?;
         let v = lbl_value_and_coef(
             lc,
@@ -112,7 +137,7 @@ pub(crate) fn lbl_for_pass<B: Backend>(
             &mut s.host_coef,
         );
         b.write(view_mut::<B>(&mut s.coef), &s.host_coef)?;
-        return Ok(v);
+        return b.value(v);
     }
     // Local counts: everything stays on the backend's side.
     let (idx, dropped) = match lc.counts {

@@ -14,6 +14,7 @@ pub mod reference;
 pub mod routing;
 pub mod score;
 pub mod select;
+mod settle;
 pub mod sinkhorn;
 mod values;
 mod workspace;
@@ -22,7 +23,7 @@ use crate::backend::Backend;
 use crate::config::{RouterConfig, ScoreFn, WeightLayout};
 use crate::error::{Result, SimbalError};
 use crate::gemm::Gemm;
-use crate::memory::{idx_view_mut, view_mut, Memory};
+use crate::memory::{idx_view_mut, view, view_mut, Memory};
 use crate::metrics::LoadMetrics;
 use crate::scalar::Scalar;
 use crate::shape::{check_dims, check_len};
@@ -32,7 +33,7 @@ use kernels::{Logits, Route, RouteRequest, RouteSums};
 use pass::{dispatch, routing_entropy, stats_into};
 pub use pass::{LogitsPass, Pass, Routed};
 pub use routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
-use workspace::{prepare, weight_cols, Workspace};
+use workspace::{prepare, Workspace};
 
 /// A router on backend `B`: the configuration and a reusable workspace, allocated on the first
 /// call of a shape and reused by every later call of that shape (a training step allocates
@@ -108,7 +109,10 @@ impl<B: Backend> Router<B> {
     /// `D`, or `bias` has not `E` entries; [`SimbalError::ZeroDim`] for no token;
     /// [`SimbalError::NonFinite`] (with its position) for a non-finite `X`, `R` or bias when the
     /// configuration checks values, and [`SimbalError::Overflow`] when finite inputs overflow
-    /// the logits; backend failures.
+    /// the logits; backend failures. On a device backend ([`Memory::values_wait`]) the value
+    /// checks are read with the step's loss values instead, so that a step waits for the device
+    /// once: those two errors then come from the pass's first read ([`Pass::backward`],
+    /// [`Pass::stats`], or [`Pass::check`] on demand).
     pub fn forward<'a>(
         &'a mut self,
         x: &'a B::View,
@@ -137,7 +141,7 @@ impl<B: Backend> Router<B> {
         let (b, cfg) = (&self.backend, &self.cfg);
         let ws = prepare(b, cfg, &mut self.ws, shape)?;
         let bias = batch.bias;
-        check_bias(b, cfg, bias)?;
+        check_bias(b, cfg, ws, bias)?;
         ws.tokens.load(b, &batch)?;
         let gemm = match cfg.layout {
             WeightLayout::DxE => Gemm::new(shape.n, shape.e, shape.d),
@@ -148,26 +152,9 @@ impl<B: Backend> Router<B> {
         };
         let logits = Logits::Tokens { gemm, x, r };
         let sums = route_rows(b, cfg, &mut ws.routing, logits, bias, request)?;
-        if sums
-            .max_abs_z
-            .is_some_and(|m| !num_traits::Float::is_finite(m))
-        {
-            // Any non-finite X or R reaches Z; only now pay for the scans that locate it.
-            b.check_finite("tokens X", shape.d, x)?;
-            b.check_finite(
-                "router weight",
-                weight_cols(cfg.layout, shape.d, shape.e),
-                r,
-            )?;
-            return Err(SimbalError::Overflow {
-                what: "logits Z = X R",
-            });
-        }
-        Ok(Pass {
-            routed: dispatched(b, cfg, ws)?,
-            x,
-            r,
-        })
+        ws.checks.z = sums.max_abs_z;
+        let routed = dispatched(b, cfg, ws, Some((x, r)))?;
+        Ok(Pass { routed, x, r })
     }
 
     /// Router forward from precomputed logits `z` (`N x E`, `N` from its length); the pass's
@@ -199,9 +186,6 @@ impl<B: Backend> Router<B> {
         let e = self.cfg.experts;
         let n = rows_of(&self.backend, "logits", z, e)?;
         check_dims(n, 1, e)?;
-        if self.cfg.check_finite {
-            self.backend.check_finite("logits", e, z)?;
-        }
         let shape = Shape {
             n,
             d: 0,
@@ -210,13 +194,16 @@ impl<B: Backend> Router<B> {
         };
         let (b, cfg) = (&self.backend, &self.cfg);
         let ws = prepare(b, cfg, &mut self.ws, shape)?;
-        check_bias(b, cfg, bias)?;
+        check_bias(b, cfg, ws, bias)?;
         ws.tokens.load(b, &batch)?;
         b.copy(z, view_mut::<B>(&mut ws.routing.z))?;
+        if cfg.check_finite {
+            ws.checks.logits = Some(b.max_abs(view::<B>(&ws.routing.z))?);
+        }
         let request = RouteRequest::default();
         route_rows(b, cfg, &mut ws.routing, Logits::Given, bias, request)?;
         Ok(LogitsPass {
-            routed: dispatched(b, cfg, ws)?,
+            routed: dispatched(b, cfg, ws, None)?,
         })
     }
 
@@ -261,6 +248,7 @@ impl<B: Backend> Router<B> {
     /// [`SimbalError::NoForward`] before any forward pass; backend failures.
     pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
         let ws = self.completed()?;
+        settle::settle_forward(&self.backend, &self.cfg, &ws.check_sites(None))?;
         stats_into(&self.backend, &self.cfg, ws, out)
     }
 
@@ -287,7 +275,9 @@ impl<B: Backend> Router<B> {
     /// # Errors
     /// As [`Router::stats_into`].
     pub fn routing_entropy(&self) -> Result<B::Elem> {
-        routing_entropy(&self.backend, self.completed()?)
+        let ws = self.completed()?;
+        settle::settle_forward(&self.backend, &self.cfg, &ws.check_sites(None))?;
+        routing_entropy(&self.backend, ws)
     }
 
     /// The workspace of the last completed forward pass.
@@ -329,7 +319,7 @@ fn route_rows<B: Backend>(
     logits: Logits<'_, B>,
     bias: Option<&B::View>,
     request: RouteRequest,
-) -> Result<RouteSums<B::Elem>> {
+) -> Result<RouteSums<B::Value>> {
     // The LBL counts the plain top-k of the scores; only a bias, groups or Sinkhorn selection
     // make it differ.
     routing.has_plain =
@@ -355,19 +345,23 @@ fn route_rows<B: Backend>(
     )
 }
 
-/// Capacity and the dispatch plan of the routed workspace; the forward is complete.
+/// Capacity and the dispatch plan of the routed workspace; the forward is complete. The
+/// forward's checks are looked at here when that waits for nothing (host values), with the
+/// forward's `inputs` to locate a non-finite one; otherwise they stay pending (see [`settle`]).
 fn dispatched<'a, B: Backend>(
     b: &'a B,
     cfg: &'a RouterConfig,
     ws: &'a mut Workspace<B>,
+    inputs: Option<(&B::View, &B::View)>,
 ) -> Result<Routed<'a, B>> {
     if cfg.check_finite && cfg.score == ScoreFn::SqrtSoftplus && !cfg.renormalize {
         // Unbounded scores times the scale can overflow the gates; renormalised gates and the
         // bounded score functions cannot.
-        let m = b.max_abs(crate::memory::view::<B>(&ws.routing.gates))?;
-        if !num_traits::Float::is_finite(m) {
-            return Err(SimbalError::Overflow { what: "gates" });
-        }
+        ws.checks.gates = Some(b.max_abs(view::<B>(&ws.routing.gates))?);
+    }
+    if !b.values_wait() {
+        settle::settle_forward(b, cfg, &ws.check_sites(inputs))?;
+        ws.checks = settle::ForwardChecks::default();
     }
     dispatch(b, cfg, &mut ws.routing)?;
     ws.routed = true;
@@ -378,12 +372,19 @@ fn dispatched<'a, B: Backend>(
     })
 }
 
-/// The selection bias has `E` entries, finite when the config checks inputs.
-fn check_bias<B: Backend>(b: &B, cfg: &RouterConfig, bias: Option<&B::View>) -> Result<()> {
+/// The selection bias has `E` entries; when the config checks inputs, its `max |.|` joins the
+/// forward's checks (with a copy of the bias to locate a non-finite entry).
+fn check_bias<B: Backend>(
+    b: &B,
+    cfg: &RouterConfig,
+    ws: &mut Workspace<B>,
+    bias: Option<&B::View>,
+) -> Result<()> {
     if let Some(bias) = bias {
         check_len("selection bias", cfg.experts, b.len(bias))?;
         if cfg.check_finite {
-            b.check_finite("selection bias", cfg.experts, bias)?;
+            ws.checks.bias = Some(b.max_abs(bias)?);
+            b.copy(bias, view_mut::<B>(&mut ws.checked_bias))?;
         }
     }
     Ok(())

@@ -4,7 +4,11 @@
 
 use super::kernels::{BackwardRequest, Dispatch, LblCoef, RouterBackward};
 use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
-use super::workspace::{finite_loss, weight_cols, Workspace};
+use super::settle::{
+    backward_read, forward_error, read_step, settle_forward, BackwardValues, CheckSites,
+    ForwardChecks,
+};
+use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::config::{LossConfig, RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
@@ -14,7 +18,7 @@ use crate::memory::{idx_view, idx_view_mut, view, view_mut};
 use crate::metrics::Entropy;
 use crate::scalar::Scalar;
 use crate::shape::check_len;
-use crate::simbal::simbal_loss;
+use crate::simbal::simbal_loss_value;
 use crate::stats::{CollectStats, RoutingStats};
 use core::ops::Deref;
 
@@ -54,6 +58,7 @@ impl<'a, B: Backend> Routed<'a, B> {
     /// # Errors
     /// Backend failures.
     pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
+        settle_forward(self.backend, self.cfg, &self.ws.check_sites(None))?;
         stats_into(self.backend, self.cfg, self.ws, out)
     }
 
@@ -67,11 +72,24 @@ impl<'a, B: Backend> Routed<'a, B> {
         Ok(s)
     }
 
+    /// Reads and looks at the forward's pending checks; on an input error the router keeps no
+    /// routing. Once looked at, they are not read again.
+    fn settle(&mut self, inputs: Option<(&B::View, &B::View)>) -> Result<()> {
+        let ws = &mut *self.ws;
+        if let Err(err) = settle_forward(self.backend, self.cfg, &ws.check_sites(inputs)) {
+            ws.routed = false;
+            return Err(err);
+        }
+        ws.checks = ForwardChecks::default();
+        Ok(())
+    }
+
     /// Mean routing entropy of this pass's scores (nats).
     ///
     /// # Errors
     /// Backend failures.
     pub fn routing_entropy(&self) -> Result<B::Elem> {
+        settle_forward(self.backend, self.cfg, &self.ws.check_sites(None))?;
         routing_entropy(self.backend, self.ws)
     }
 }
@@ -99,6 +117,43 @@ pub struct Pass<'a, B: Backend> {
 derefs_to_routed!(Pass);
 
 impl<B: Backend> Pass<'_, B> {
+    /// Looks at the forward's input checks now. A backend whose values are host elements has
+    /// done so in the forward already (this is then free); on a device
+    /// ([`crate::Memory::values_wait`]) the checks wait for the pass's first read, which
+    /// [`Pass::backward`] makes together with the loss values (one wait for the whole step),
+    /// so call this to have a forward-only pass checked before reading its routing directly.
+    ///
+    /// # Errors
+    /// The forward's check errors: [`SimbalError::NonFinite`] (with its position) for a
+    /// non-finite `X`, `R` or bias, [`SimbalError::Overflow`] for logits or gates that
+    /// overflow (the router then keeps no routing, as after a failed forward); backend
+    /// failures.
+    pub fn check(&mut self) -> Result<()> {
+        let inputs = Some((self.x, self.r));
+        self.routed.settle(inputs)
+    }
+
+    /// Statistics of this pass's valid tokens into `out`, after the forward's checks (as
+    /// [`Pass::check`], without forgetting the routing on an error).
+    ///
+    /// # Errors
+    /// As [`Pass::check`]; backend failures.
+    pub fn stats_into(&self, out: &mut RoutingStats) -> Result<()> {
+        let at = self.routed.ws.check_sites(Some((self.x, self.r)));
+        settle_forward(self.routed.backend, self.routed.cfg, &at)?;
+        stats_into(self.routed.backend, self.routed.cfg, self.routed.ws, out)
+    }
+
+    /// Statistics of this pass, after [`Pass::check`].
+    ///
+    /// # Errors
+    /// As [`Pass::check`]; backend failures.
+    pub fn stats(&self) -> Result<RoutingStats> {
+        let mut s = RoutingStats::default();
+        self.stats_into(&mut s)?;
+        Ok(s)
+    }
+
     /// Backward from the gate gradient `dw` (`N x k`) and the configured losses: returns the
     /// loss values and `dZ`, `dX`, `dR` (SimBal's gradient included). `global` carries the
     /// merged statistics a global-batch LBL needs. May be called again (another `dw`).
@@ -178,13 +233,17 @@ impl<B: Backend> Pass<'_, B> {
         } = &mut self.routed;
         let (b, cfg, ws) = (*b, *cfg, &mut **ws);
         let Shape { n, d, e, .. } = ws.routing.shape;
-        let (mut values, max_dz) = backward_dz(b, cfg, ws, dw, losses, global)?;
         let (x, r) = (self.x, self.r);
+        let mut queued = backward_dz(b, cfg, ws, dw, losses, global)?;
         let Workspace {
+            routing,
+            routed,
             dz,
             dx: ws_dx,
             dr: ws_dr,
             simbal,
+            checks,
+            checked_bias,
             ..
         } = ws;
         let (dx, dr) = match out {
@@ -218,30 +277,44 @@ impl<B: Backend> Pass<'_, B> {
             .check(b)?,
         )?;
         if let Some(sc) = losses.simbal {
-            values.simbal = simbal_loss(b, &sc, r, Some(&mut *dr), simbal)?;
-            values.total = values.simbal + values.lbl + values.z_loss;
+            queued.simbal = Some(simbal_loss_value(b, &sc, r, Some(&mut *dr), simbal)?);
         }
-        finite_loss(&values)?;
         if cfg.check_finite {
-            // |dX| <= E max|dZ| max|R|: when that bound is finite with margin, dX is finite
-            // and its N x D scan is skipped.
-            let max_dz = match max_dz {
-                Some(m) => m,
-                None => b.max_abs(dz)?,
-            };
-            let bound = B::Elem::of_usize(2 * e) * max_dz * b.max_abs(r)?;
+            queued.r = Some(b.max_abs(r)?);
+            queued.dr = Some(b.max_abs(dr)?);
+        }
+        // The step's one read: the forward's pending checks, the loss values, the checks.
+        let read = read_step(b, checks, &queued)?;
+        let sites = CheckSites {
+            checks,
+            bias: view::<B>(checked_bias),
+            z: view::<B>(&routing.z),
+            d,
+            inputs: Some((x, r)),
+        };
+        if let Err(err) = forward_error(b, cfg, &sites, &read[..4]) {
+            *routed = false; // the forward's inputs were bad: no routing is left behind
+            return Err(err);
+        }
+        *checks = ForwardChecks::default();
+        let got = backward_read(b, cfg, &queued, &read[4..], Some(dw))?;
+        // |dX| <= 2E max|dZ| max|R|: when that bound is finite, dX is finite and its N x D
+        // scan (a second read) is skipped.
+        if let (Some(max_dz), Some(max_r)) = (got.max_dz, got.max_r) {
+            let bound = B::Elem::of_usize(2 * e) * max_dz * max_r;
             if !num_traits::Float::is_finite(bound) {
                 b.check_finite("input gradient dX", d, dx)
                     .map_err(|_| SimbalError::Overflow {
                         what: "input gradient dX",
                     })?;
             }
-            b.check_finite("router gradient dR", weight_cols(cfg.layout, d, e), dr)
-                .map_err(|_| SimbalError::Overflow {
-                    what: "router gradient dR",
-                })?;
         }
-        Ok(values)
+        if got.max_dr.is_some_and(|m| !num_traits::Float::is_finite(m)) {
+            return Err(SimbalError::Overflow {
+                what: "router gradient dR",
+            });
+        }
+        Ok(got.losses)
     }
 }
 
@@ -254,6 +327,15 @@ pub struct LogitsPass<'a, B: Backend> {
 derefs_to_routed!(LogitsPass);
 
 impl<B: Backend> LogitsPass<'_, B> {
+    /// Looks at the forward's input checks now (see [`Pass::check`]).
+    ///
+    /// # Errors
+    /// [`SimbalError::NonFinite`] (with its position) for a non-finite logit or bias; backend
+    /// failures.
+    pub fn check(&mut self) -> Result<()> {
+        self.routed.settle(None)
+    }
+
     /// Backward to `dZ` from the gate gradient `dw` (`N x k`) and the configured losses. SimBal
     /// needs the weight, so it is refused here: call [`simbal_loss`] on the weight instead.
     ///
@@ -272,10 +354,16 @@ impl<B: Backend> LogitsPass<'_, B> {
             });
         }
         let Routed { backend, cfg, ws } = &mut self.routed;
-        let (values, _) = backward_dz(*backend, cfg, ws, dw, losses, global)?;
-        finite_loss(&values)?;
+        let queued = backward_dz(*backend, cfg, ws, dw, losses, global)?;
+        let read = read_step(*backend, &ws.checks, &queued)?;
+        if let Err(err) = forward_error(*backend, cfg, &ws.check_sites(None), &read[..4]) {
+            ws.routed = false;
+            return Err(err);
+        }
+        ws.checks = ForwardChecks::default();
+        let got = backward_read(*backend, cfg, &queued, &read[4..], Some(dw))?;
         Ok(LogitGradients {
-            losses: values,
+            losses: got.losses,
             dz: view::<B>(&ws.dz),
         })
     }
@@ -303,11 +391,8 @@ pub(super) fn dispatch<B: Backend>(
     )
 }
 
-/// LBL and z-loss values, and `max |dZ|` when it was checked.
-type DzValues<T> = (LossValues<T>, Option<T>);
-
-/// LBL and z-loss values from the gate gradient and the dense loss terms, with `dZ` in the
-/// workspace; also `max |dZ|` when the configuration checks values.
+/// `dZ` into the workspace from the gate gradient and the dense loss terms; returns the LBL
+/// and z-loss values and the checks, left on the backend's side (see [`BackwardValues`]).
 fn backward_dz<B: Backend>(
     b: &B,
     cfg: &RouterConfig,
@@ -315,14 +400,14 @@ fn backward_dz<B: Backend>(
     dw: &B::View,
     losses: &LossConfig,
     global: Option<&RoutingStats>,
-) -> Result<DzValues<B::Elem>> {
+) -> Result<BackwardValues<B::Value>> {
     let Shape { n, k, .. } = ws.routing.shape;
     losses.validate(n)?;
     check_len("gate gradient", n * k, b.len(dw))?;
+    let mut values = BackwardValues::default();
     if cfg.check_finite {
-        b.check_finite("gate gradient", k, dw)?;
+        values.dw = Some(b.max_abs(dw)?);
     }
-    let mut values = LossValues::default();
     let layout = losses.lbl_layout();
     let Workspace {
         routing,
@@ -334,7 +419,7 @@ fn backward_dz<B: Backend>(
     let lg = tokens.groups_for(b, layout)?;
     let mut lbl_normalize = false;
     if let Some(lc) = losses.lbl {
-        values.lbl = lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?;
+        values.lbl = Some(lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?);
         lbl_normalize = lc.normalizes(cfg.score);
     }
     let valid = lg.valid;
@@ -368,22 +453,10 @@ fn backward_dz<B: Backend>(
         .check_lengths(b)?,
     )?;
     if let (Some(zc), Some(sum)) = (losses.z_loss, sums.lse_sq_sum) {
-        if valid > 0 {
-            values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(valid);
-        }
+        values.lse = Some((sum, zc.beta, valid));
     }
-    // Finite inputs can still overflow here (a large scale times a large dW); report it
-    // instead of handing back an inf/NaN dZ.
-    if sums
-        .max_abs_dz
-        .is_some_and(|m| !num_traits::Float::is_finite(m))
-    {
-        return Err(SimbalError::Overflow {
-            what: "logit gradient dZ",
-        });
-    }
-    values.total = values.simbal + values.lbl + values.z_loss;
-    Ok((values, sums.max_abs_dz))
+    values.dz = sums.max_abs_dz;
+    Ok(values)
 }
 
 pub(super) fn stats_into<B: Backend>(

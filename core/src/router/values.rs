@@ -2,14 +2,14 @@
 
 use super::pass::{Pass, Routed};
 use super::routing::{LossValues, Shape};
-use super::workspace::{finite_loss, Workspace};
+use super::settle::{backward_read, forward_error, read_step, BackwardValues, ForwardChecks};
+use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::config::LossConfig;
 use crate::error::Result;
 use crate::lbl::lbl_for_pass;
 use crate::memory::view;
-use crate::scalar::Scalar;
-use crate::simbal::simbal_loss;
+use crate::simbal::simbal_loss_value;
 use crate::stats::RoutingStats;
 use crate::zloss::LseSqSum;
 
@@ -47,7 +47,7 @@ impl<B: Backend> Pass<'_, B> {
         let (b, cfg, ws) = (*b, *cfg, &mut **ws);
         let Shape { n, e, .. } = ws.routing.shape;
         losses.validate(n)?;
-        let mut values = LossValues::default();
+        let mut queued = BackwardValues::default();
         let layout = losses.lbl_layout();
         let Workspace {
             routing,
@@ -58,7 +58,7 @@ impl<B: Backend> Pass<'_, B> {
         } = ws;
         let lg = tokens.groups_for(b, layout)?;
         if let Some(lc) = losses.lbl {
-            values.lbl = lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?;
+            queued.lbl = Some(lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?);
         }
         if let Some(zc) = losses.z_loss {
             let sum = b.lse_sq_sum(
@@ -71,15 +71,20 @@ impl<B: Backend> Pass<'_, B> {
                 }
                 .check(b)?,
             )?;
-            if lg.valid > 0 {
-                values.z_loss = B::Elem::of(zc.beta) * sum / B::Elem::of_usize(lg.valid);
-            }
+            queued.lse = Some((sum, zc.beta, lg.valid));
         }
         if let Some(sc) = losses.simbal {
-            values.simbal = simbal_loss(b, &sc, self.r, None, simbal)?;
+            queued.simbal = Some(simbal_loss_value(b, &sc, self.r, None, simbal)?);
         }
-        values.total = values.simbal + values.lbl + values.z_loss;
-        finite_loss(&values)?;
+        // One read: the forward's pending checks and the values.
+        let read = read_step(b, &ws.checks, &queued)?;
+        if let Err(err) = forward_error(b, cfg, &ws.check_sites(Some((self.x, self.r))), &read[..4])
+        {
+            ws.routed = false;
+            return Err(err);
+        }
+        ws.checks = ForwardChecks::default();
+        let values = backward_read(b, cfg, &queued, &read[4..], None)?.losses;
         Ok(values)
     }
 }

@@ -3,6 +3,7 @@
 
 use super::batch::TokenState;
 use super::routing::{LossValues, Routing, Shape};
+use super::settle::ForwardChecks;
 use crate::backend::Backend;
 use crate::config::{RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
@@ -23,6 +24,11 @@ pub(crate) struct Workspace<B: Backend> {
     pub(crate) dr: B::Buf,
     pub(crate) lbl: LblScratch<B>,
     pub(crate) simbal: SimbalWorkspace<B>,
+    /// The forward's checks not looked at yet (see [`super::settle`]).
+    pub(crate) checks: ForwardChecks<B::Value>,
+    /// A copy of the checked selection bias, to locate a non-finite entry when the check is
+    /// looked at after the forward.
+    pub(crate) checked_bias: B::Buf,
 }
 
 impl<B: Backend> Workspace<B> {
@@ -37,6 +43,8 @@ impl<B: Backend> Workspace<B> {
             dr: b.zeros(product("router weight", d, e)?)?,
             lbl: LblScratch::new(b, e)?,
             simbal: SimbalWorkspace::new(b, layout, d.max(1), e)?,
+            checks: ForwardChecks::default(),
+            checked_bias: b.zeros(e)?,
         })
     }
 }
@@ -54,6 +62,7 @@ pub(crate) fn prepare<'w, B: Backend>(
     }
     let ws = slot.as_mut().ok_or(SimbalError::NoForward)?;
     ws.routed = false;
+    ws.checks = ForwardChecks::default();
     Ok(ws)
 }
 

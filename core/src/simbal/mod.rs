@@ -87,6 +87,24 @@ pub fn simbal_loss<B: Backend>(
     grad: Option<&mut B::View>,
     ws: &mut SimbalWorkspace<B>,
 ) -> Result<B::Elem> {
+    let loss = b.read_value(&simbal_loss_value(b, cfg, r, grad, ws)?)?;
+    if !num_traits::Float::is_finite(loss) {
+        return Err(SimbalError::Overflow {
+            what: "SimBal value",
+        });
+    }
+    Ok(loss)
+}
+
+/// [`simbal_loss`] with the value left on the backend's side (the router reads it with the
+/// step's other values); the caller checks that it is finite.
+pub(crate) fn simbal_loss_value<B: Backend>(
+    b: &B,
+    cfg: &SimBalConfig,
+    r: &B::View,
+    grad: Option<&mut B::View>,
+    ws: &mut SimbalWorkspace<B>,
+) -> Result<B::Value> {
     crate::config::check_coefficient("SimBal lambda", cfg.lambda)?;
     let (layout, d, e) = (ws.layout, ws.d, ws.e);
     let de = crate::shape::product("router weight", d, e)?;
@@ -175,11 +193,6 @@ pub fn simbal_loss<B: Backend>(
                 .check(b)?,
             )?;
         }
-    }
-    if !num_traits::Float::is_finite(loss) {
-        return Err(SimbalError::Overflow {
-            what: "SimBal value",
-        });
     }
     Ok(loss)
 }

@@ -24,6 +24,7 @@ use cubecl::server::Handle;
 macro_rules! launch {
     ($client:expr, $launch:expr, $kernel:ident($($arg:expr),* $(,)?)) => {{
         let $crate::kernels::Launch { cubes, dim } = $launch;
+        $crate::counters::launched();
         // SAFETY: every kernel guards each global index against the lengths its launcher
         // checked, and `DevBuf::arg` passes a buffer's real length (see the module docs).
         unsafe { $kernel::launch_unchecked($client, cubes, dim, $($arg),*) }
@@ -98,6 +99,7 @@ impl<T: CubeElement> DevBuf<T> {
         if self.len == 0 {
             return Ok(Vec::new());
         }
+        crate::counters::waited();
         // A failed launch (e.g. a shader that does not compile) is only reported here.
         client
             .flush()

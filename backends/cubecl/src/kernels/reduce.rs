@@ -9,8 +9,8 @@ use cubecl::prelude::*;
 
 use super::router_forward::{row_elem, row_layout, row_thread};
 use super::util::{
-    fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, reduce_all, tree_max, tree_sum,
-    Whole,
+    check_slot, fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, reduce_all, tree_max,
+    tree_sum, Whole,
 };
 
 use super::{check_len, check_len2, element_index, linear_cube, DevBuf, KernelError, Launch};
@@ -299,28 +299,76 @@ fn max_abs_kernel(x: &Array<f32>, partial: &mut Array<f32>, len: u32) {
     }
 }
 
-/// Largest absolute value of `x`; NaN when `x` holds a NaN; 0 when empty. Blocks for a small read.
-pub fn max_abs<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>) -> Result<f32, KernelError> {
-    let len = fits_u32("buffer", x.len)?;
-    if len == 0 {
-        return Ok(0.0);
+/// `out[at]` = the largest of the per-cube maxima of [`max_abs_kernel`], or `nan` when any cube
+/// saw a NaN (one cube; the value stays on the device).
+#[cube(launch_unchecked)]
+fn max_abs_finish_kernel(
+    partial: &Array<f32>,
+    out: &mut Array<f32>,
+    cubes: u32,
+    at: u32,
+    nan: f32,
+) {
+    let lane = UNIT_POS as usize;
+    let mut s = SharedMemory::<f32>::new(256usize);
+    let mut mx = 0.0f32;
+    let mut seen = 0.0f32;
+    let mut i = lane;
+    while i < cubes as usize {
+        if partial[2 * i] > mx {
+            mx = partial[2 * i];
+        }
+        if partial[2 * i + 1] > seen {
+            seen = partial[2 * i + 1];
+        }
+        i += 256;
     }
-    let cubes = x.len.div_ceil(256).min(MAX_CUBES);
+    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
+    let any_nan = tree_max(&mut s, 0usize, lane, seen, 256usize);
+    if lane == 0 {
+        if any_nan > 0.0 {
+            out[at as usize] = nan;
+        } else {
+            out[at as usize] = top;
+        }
+    }
+}
+
+/// `out[at]` = the largest absolute value of `x`; NaN when `x` holds a NaN; 0 when empty. Two
+/// launches (per-cube partials, then their maximum); nothing waits.
+pub fn max_abs_into<R: Runtime>(
+    client: &ComputeClient<R>,
+    x: &DevBuf<f32>,
+    out: &DevBuf<f32>,
+    at: usize,
+) -> Result<(), KernelError> {
+    let at = check_slot("max |x| output", out, at)?;
+    let len = fits_u32("buffer", x.len)?;
+    let cubes = x.len.div_ceil(256).clamp(1, MAX_CUBES);
     let partial = DevBuf::<f32>::empty(client, 2 * cubes);
+    if len == 0 {
+        fill_zero(client, &partial)?;
+    } else {
+        launch!(
+            client,
+            Launch::cubes(cubes)?,
+            max_abs_kernel(x.arg(), partial.arg(), len)
+        );
+    }
     launch!(
         client,
-        Launch::cubes(cubes)?,
-        max_abs_kernel(x.arg(), partial.arg(), len)
+        Launch::cubes(1)?,
+        max_abs_finish_kernel(partial.arg(), out.arg(), cubes as u32, at, f32::NAN)
     );
-    let host = partial.read(client)?;
-    let mut m = 0.0f32;
-    for pair in host.chunks_exact(2) {
-        if pair[1] != 0.0 {
-            return Ok(f32::NAN);
-        }
-        m = m.max(pair[0]);
-    }
-    Ok(m)
+    Ok(())
+}
+
+/// Largest absolute value of `x`; NaN when `x` holds a NaN; 0 when empty. Blocks for a 4-byte
+/// read.
+pub fn max_abs<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>) -> Result<f32, KernelError> {
+    let out = DevBuf::<f32>::empty(client, 1);
+    max_abs_into(client, x, &out, 0)?;
+    Ok(out.read(client)?[0])
 }
 
 #[cube(launch_unchecked)]
