@@ -61,7 +61,8 @@ pub use memory::Memory;
 pub use metrics::{orthogonality_error, pes, routing_entropy, seu, LoadMetrics};
 pub use reference::Reference;
 pub use router::{
-    Batch, Gradients, LogitGradients, LogitsPass, LossValues, Pass, Router, Routing, Shape,
+    Batch, Gradients, LogitGradients, LogitsPass, LossValues, Pass, QueuedBackward, Router,
+    Routing, Shape,
 };
 pub use scalar::Scalar;
 pub use simbal::{simbal_loss, SimbalWorkspace};

@@ -91,6 +91,35 @@ fn a_step_waits_for_the_device_once() {
 }
 
 #[test]
+fn a_queued_backward_waits_only_when_finished() {
+    let Some(be) = gpu() else { return };
+    let (n, d, e, k) = (128, 32, 16, 2);
+    let mut step = Step::new(&be, (n, d, e, k), RouterConfig::new(e, k));
+    let want = {
+        let mut pass = step.router.forward(&step.x, &step.r, None).unwrap();
+        pass.backward(&step.dw, &losses(), None).unwrap().losses
+    };
+    let before = counters();
+    let mut pass = step.router.forward(&step.x, &step.r, None).unwrap();
+    let queued = pass.backward_queued(&step.dw, &losses(), None).unwrap();
+    assert_eq!(
+        (counters() - before).waits,
+        0,
+        "forward + queued backward waited"
+    );
+    // The values are device buffers: a framework may keep them there or read them itself.
+    let simbal = be.read_value(queued.simbal_value().unwrap()).unwrap();
+    assert_eq!(simbal, want.simbal);
+    let got = queued.finish().unwrap();
+    assert_eq!(
+        (counters() - before).waits,
+        2,
+        "the value read above and finish"
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
 fn sequence_level_lbl_waits_once_too() {
     let Some(be) = gpu() else { return };
     let (n, d, e, k) = (128, 32, 16, 2);

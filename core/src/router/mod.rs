@@ -10,6 +10,7 @@
 pub(crate) mod batch;
 pub mod kernels;
 mod pass;
+mod queued;
 pub mod reference;
 pub mod routing;
 pub mod score;
@@ -32,6 +33,7 @@ pub use batch::Batch;
 use kernels::{Logits, Route, RouteRequest, RouteSums};
 use pass::{dispatch, routing_entropy, stats_into};
 pub use pass::{LogitsPass, Pass, Routed};
+pub use queued::QueuedBackward;
 pub use routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
 use workspace::{prepare, Workspace};
 

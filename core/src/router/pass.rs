@@ -2,21 +2,19 @@
 //! backward: the gate gradient and the dense losses to `dZ` through the router's backward
 //! kernel, then `dX` and `dR` through two GEMMs and SimBal.
 
-use super::kernels::{BackwardRequest, Dispatch, LblCoef, RouterBackward};
+use super::kernels::Dispatch;
+use super::queued::{backward_dz, finish_backward, QueuedBackward};
 use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
 use super::settle::{
-    backward_read, forward_error, read_step, settle_forward, BackwardValues, CheckSites,
-    ForwardChecks,
+    backward_read, forward_error, read_step, settle_forward, BackwardValues, ForwardChecks,
 };
 use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::config::{LossConfig, RouterConfig, WeightLayout};
 use crate::error::{Result, SimbalError};
 use crate::gemm::{Gemm, GemmArgs};
-use crate::lbl::lbl_for_pass;
 use crate::memory::{idx_view, idx_view_mut, view, view_mut};
 use crate::metrics::Entropy;
-use crate::scalar::Scalar;
 use crate::shape::check_len;
 use crate::simbal::simbal_loss_value;
 use crate::stats::{CollectStats, RoutingStats};
@@ -218,14 +216,76 @@ impl<B: Backend> Pass<'_, B> {
         self.backward_to(dw, losses, global, Some((dx, dr)))
     }
 
+    /// [`Pass::backward`] without waiting for the device: `dZ`, `dX` and `dR` are queued into
+    /// the router's workspace, and the loss values and checks stay on the backend's side until
+    /// [`QueuedBackward::finish`] reads them (one wait), so a framework can keep them there or
+    /// read them later. On host memory this is [`Pass::backward`] in two steps.
+    ///
+    /// ```
+    /// use simbal_core::{LossConfig, Memory, Reference, Router, RouterConfig, orthogonal_init, WeightLayout};
+    /// let (n, d, e) = (8, 8, 4);
+    /// let x: Vec<f64> = (0..n * d).map(|i| ((i * 37 % 11) as f64 - 5.0) / 5.0).collect();
+    /// let r = orthogonal_init(WeightLayout::DxE, d, e, 1)?;
+    /// let mut router = Router::new(Reference::<f64>::new(), RouterConfig::new(e, 2))?;
+    /// let dw = vec![0.5; n * 2];
+    /// let mut pass = router.forward(&x, &r, None)?;
+    /// let queued = pass.backward_queued(&dw, &LossConfig::switch(), None)?;
+    /// // On host memory a value is the element; on a GPU a device buffer, not read yet.
+    /// assert!(*queued.lbl_value().expect("the LBL is configured") > 0.0);
+    /// let dr = queued.dr().to_vec();
+    /// let losses = queued.finish()?; // the one read, and the checks
+    /// let grads = pass.backward(&dw, &LossConfig::switch(), None)?;
+    /// assert_eq!((losses, &dr[..]), (grads.losses, grads.dr));
+    /// # Ok::<(), simbal_core::SimbalError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Pass::backward`] for what is known before the read (lengths, the configuration,
+    /// missing global statistics); the value checks' errors come from
+    /// [`QueuedBackward::finish`].
+    pub fn backward_queued<'s>(
+        &'s mut self,
+        dw: &'s B::View,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+    ) -> Result<QueuedBackward<'s, B>> {
+        let queued = self.queue(dw, losses, global, None)?;
+        let Routed { backend, cfg, ws } = &mut self.routed;
+        Ok(QueuedBackward {
+            backend: *backend,
+            cfg: *cfg,
+            ws: &mut **ws,
+            x: self.x,
+            r: self.r,
+            dw,
+            queued,
+        })
+    }
+
     /// The backward into `out` (`dX`, `dR`), or into the workspace for `None`.
     fn backward_to(
         &mut self,
         dw: &B::View,
         losses: &LossConfig,
         global: Option<&RoutingStats>,
-        out: Option<(&mut B::View, &mut B::View)>,
+        mut out: Option<(&mut B::View, &mut B::View)>,
     ) -> Result<LossValues<B::Elem>> {
+        let reborrow = out.as_mut().map(|(dx, dr)| (&mut **dx, &mut **dr));
+        let queued = self.queue(dw, losses, global, reborrow)?;
+        let Routed { backend, cfg, ws } = &mut self.routed;
+        let dx = out.as_ref().map(|(dx, _)| &**dx);
+        finish_backward(*backend, cfg, ws, &queued, (self.x, self.r), dw, dx)
+    }
+
+    /// Everything of the backward up to the read: `dZ`, then `dR`, `dX` into `out` (or the
+    /// workspace) and SimBal; returns the queued values and checks.
+    fn queue(
+        &mut self,
+        dw: &B::View,
+        losses: &LossConfig,
+        global: Option<&RoutingStats>,
+        out: Option<(&mut B::View, &mut B::View)>,
+    ) -> Result<BackwardValues<B::Value>> {
         let Routed {
             backend: b,
             cfg,
@@ -236,14 +296,10 @@ impl<B: Backend> Pass<'_, B> {
         let (x, r) = (self.x, self.r);
         let mut queued = backward_dz(b, cfg, ws, dw, losses, global)?;
         let Workspace {
-            routing,
-            routed,
             dz,
             dx: ws_dx,
             dr: ws_dr,
             simbal,
-            checks,
-            checked_bias,
             ..
         } = ws;
         let (dx, dr) = match out {
@@ -283,38 +339,7 @@ impl<B: Backend> Pass<'_, B> {
             queued.r = Some(b.max_abs(r)?);
             queued.dr = Some(b.max_abs(dr)?);
         }
-        // The step's one read: the forward's pending checks, the loss values, the checks.
-        let read = read_step(b, checks, &queued)?;
-        let sites = CheckSites {
-            checks,
-            bias: view::<B>(checked_bias),
-            z: view::<B>(&routing.z),
-            d,
-            inputs: Some((x, r)),
-        };
-        if let Err(err) = forward_error(b, cfg, &sites, &read[..4]) {
-            *routed = false; // the forward's inputs were bad: no routing is left behind
-            return Err(err);
-        }
-        *checks = ForwardChecks::default();
-        let got = backward_read(b, cfg, &queued, &read[4..], Some(dw))?;
-        // |dX| <= 2E max|dZ| max|R|: when that bound is finite, dX is finite and its N x D
-        // scan (a second read) is skipped.
-        if let (Some(max_dz), Some(max_r)) = (got.max_dz, got.max_r) {
-            let bound = B::Elem::of_usize(2 * e) * max_dz * max_r;
-            if !num_traits::Float::is_finite(bound) {
-                b.check_finite("input gradient dX", d, dx)
-                    .map_err(|_| SimbalError::Overflow {
-                        what: "input gradient dX",
-                    })?;
-            }
-        }
-        if got.max_dr.is_some_and(|m| !num_traits::Float::is_finite(m)) {
-            return Err(SimbalError::Overflow {
-                what: "router gradient dR",
-            });
-        }
-        Ok(got.losses)
+        Ok(queued)
     }
 }
 
@@ -389,74 +414,6 @@ pub(super) fn dispatch<B: Backend>(
         // The indices are this backend's own `route` output.
         .check_lengths(b)?,
     )
-}
-
-/// `dZ` into the workspace from the gate gradient and the dense loss terms; returns the LBL
-/// and z-loss values and the checks, left on the backend's side (see [`BackwardValues`]).
-fn backward_dz<B: Backend>(
-    b: &B,
-    cfg: &RouterConfig,
-    ws: &mut Workspace<B>,
-    dw: &B::View,
-    losses: &LossConfig,
-    global: Option<&RoutingStats>,
-) -> Result<BackwardValues<B::Value>> {
-    let Shape { n, k, .. } = ws.routing.shape;
-    losses.validate(n)?;
-    check_len("gate gradient", n * k, b.len(dw))?;
-    let mut values = BackwardValues::default();
-    if cfg.check_finite {
-        values.dw = Some(b.max_abs(dw)?);
-    }
-    let layout = losses.lbl_layout();
-    let Workspace {
-        routing,
-        tokens,
-        lbl,
-        dz,
-        ..
-    } = ws;
-    let lg = tokens.groups_for(b, layout)?;
-    let mut lbl_normalize = false;
-    if let Some(lc) = losses.lbl {
-        values.lbl = Some(lbl_for_pass(b, cfg, &lc, routing, &lg, global, lbl)?);
-        lbl_normalize = lc.normalizes(cfg.score);
-    }
-    let valid = lg.valid;
-    let z_coef = match losses.z_loss {
-        Some(zc) => crate::zloss::z_coef(zc.beta, valid),
-        None => <B::Elem as num_traits::Zero>::zero(),
-    };
-    let sums = b.router_backward(
-        RouterBackward {
-            cfg,
-            n,
-            z: view::<B>(&routing.z),
-            p: view::<B>(&routing.p),
-            idx: idx_view::<B>(&routing.idx),
-            gates: view::<B>(&routing.gates),
-            dropped: idx_view::<B>(&routing.dropped),
-            dw,
-            groups: lg.groups,
-            lbl: losses.lbl.map(|_| LblCoef {
-                coef: view::<B>(&lbl.coef),
-                normalize: lbl_normalize,
-            }),
-            z_coef,
-            dz: view_mut::<B>(dz),
-            request: BackwardRequest {
-                lse_sq_sum: losses.z_loss.is_some(),
-                max_abs_dz: cfg.check_finite,
-            },
-        }
-        // The indices are this backend's own `route` output.
-        .check_lengths(b)?,
-    )?;
-    if let (Some(zc), Some(sum)) = (losses.z_loss, sums.lse_sq_sum) {
-        values.lse = Some((sum, zc.beta, valid));
-    }
-    values.dz = sums.max_abs_dz;
-    Ok(values)
 }
 
 pub(super) fn stats_into<B: Backend>(
