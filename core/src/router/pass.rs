@@ -253,7 +253,7 @@ impl<B: Backend> Pass<'_, B> {
         let Routed { backend, cfg, ws } = &mut self.routed;
         Ok(QueuedBackward {
             backend: *backend,
-            cfg: *cfg,
+            cfg,
             ws: &mut **ws,
             x: self.x,
             r: self.r,
