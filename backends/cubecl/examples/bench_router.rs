@@ -7,7 +7,8 @@
 //!
 //! For each shape (N/D/E/k) it times a whole `Router` step (forward + backward with SimBal, LBL
 //! and z-loss, f32) and each kernel of it alone (synchronising after every launch), and prints
-//! milliseconds (median over `iters`) and the GEMMs' GFLOP/s.
+//! milliseconds (median over `iters`), the step's kernel launches and device waits
+//! (`launch/w`, from `simbal_cubecl::counters`) and the GEMMs' GFLOP/s.
 
 use std::time::Instant;
 
@@ -64,8 +65,8 @@ fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
 fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
     println!("backend {}", be.name());
     println!(
-        "{:>5} {:>5} {:>4} {:>2} | {:>8} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8}",
-        "N", "D", "E", "k", "step ms", "Z=XR", "route", "dispatch", "bwd", "dX", "dR", "simbal", "XR GF/s", "dX GF/s", "dR GF/s"
+        "{:>5} {:>5} {:>4} {:>2} | {:>8} {:>8} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+        "N", "D", "E", "k", "step ms", "launch/w", "Z=XR", "route", "dispatch", "bwd", "dX", "dR", "simbal", "XR GF/s", "dX GF/s", "dR GF/s"
     );
     for &(n, d, e, k) in &SHAPES {
         let x = be.upload(&lcg(1, n * d, 1.0)).unwrap();
@@ -85,6 +86,11 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
             let mut pass = router.forward(&x, &r, None).unwrap();
             pass.backward(&dw, &losses, None).unwrap();
         });
+        // What one step launches and how often it waits for the device (its one read).
+        let before = simbal_cubecl::counters();
+        let mut pass = router.forward(&x, &r, None).unwrap();
+        pass.backward(&dw, &losses, None).unwrap();
+        let per_step = simbal_cubecl::counters() - before;
 
         // Kernels alone, on the router's buffers.
         let mut z = be.zeros(n * e).unwrap();
@@ -170,8 +176,8 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
         });
         let gf = |ms: f64| 2.0 * (n * d * e) as f64 / (ms * 1e-3) / 1e9;
         println!(
-            "{:>5} {:>5} {:>4} {:>2} | {:>8.3} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.0} {:>8.0} {:>8.0}",
-            n, d, e, k, step, t_z, t_route, t_disp, t_bwd, t_dx, t_dr, t_sb, gf(t_z), gf(t_dx), gf(t_dr)
+            "{:>5} {:>5} {:>4} {:>2} | {:>8.3} {:>8} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.0} {:>8.0} {:>8.0}",
+            n, d, e, k, step, format!("{}/{}", per_step.launches, per_step.waits), t_z, t_route, t_disp, t_bwd, t_dx, t_dr, t_sb, gf(t_z), gf(t_dx), gf(t_dr)
         );
     }
 }

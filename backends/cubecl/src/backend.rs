@@ -150,6 +150,12 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             coef: l.coef,
             normalize: l.normalize,
         });
+        // The z-loss's `lse^2` per row from the rows' own pass over the logits (masked rows
+        // 0), then one sum: the fused backward is two launches where it was three.
+        let lse_rows = a
+            .request
+            .lse_sq_sum
+            .then(|| DevBuf::<f32>::empty(&self.client, n.max(1)));
         router_backward::router_backward_rows(
             &self.client,
             &router_backward::BackOptions {
@@ -168,28 +174,17 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             groups,
             lbl,
             a.dz,
+            lse_rows.as_ref().filter(|_| n > 0),
         )
         .map_err(map_err)?;
-        if let Groups::Ids { .. } = a.groups {
-            // The masked sum of lse^2 (its own launch), after the rows.
-            let lse_sq_sum = self.lse_of(&a)?;
-            return self.backward_sums(a.request.max_abs_dz, a.dz, lse_sq_sum);
-        }
-        let e = a.cfg.experts;
-        let lse = if a.request.lse_sq_sum {
-            let out = DevBuf::<f32>::empty(&self.client, 1);
-            let z = a.z;
-            util::reduce_all(
-                &self.client,
-                Whole::Rows(RowStat::LseSq { n, e, z }),
-                &out,
-                0,
-            )
-            .map_err(map_err)?;
-            Some(out)
-        } else {
-            None
-        };
+        let lse =
+            match lse_rows {
+                Some(rows) if n > 0 => Some(self.value_of(|out| {
+                    util::reduce_all(&self.client, Whole::Sum(&rows, 1.0), out, 0)
+                })?),
+                Some(_) => Some(simbal_core::Memory::value(self, 0.0)?),
+                None => None,
+            };
         self.backward_sums(a.request.max_abs_dz, a.dz, lse)
     }
 

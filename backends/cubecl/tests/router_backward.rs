@@ -45,6 +45,16 @@ fn backward_matches_reference() {
                     let want = backward_reference(n, &o, &z, &p, &idx, &gates, &dropped, &dw, lbl);
                     let dcoef = up(&c, &coef);
                     let dz = DevBuf::<f32>::empty(&c, n * e);
+                    let lse_rows = DevBuf::<f32>::empty(&c, n);
+                    // Each row's lse(z)^2, as the z-loss sums it.
+                    let want_lse: Vec<f32> = z
+                        .chunks_exact(e)
+                        .map(|row| {
+                            let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                            let l = m + row.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
+                            l * l
+                        })
+                        .collect();
                     let (z, p) = (&up(&c, &z), &up(&c, &p));
                     let (idx, gates) = (&up_u32(&c, &idx), &up(&c, &gates));
                     router_backward_rows(
@@ -65,10 +75,12 @@ fn backward_matches_reference() {
                             normalize: false,
                         }),
                         &dz,
+                        Some(&lse_rows),
                     )
                     .unwrap();
                     let what = format!("n={n} e={e} k={k} softmax={softmax} renorm={renorm} lbl={with_lbl} z={z_coef}");
                     assert_close(&what, &down(&c, &dz), &want, 2e-5);
+                    assert_close(&what, &down(&c, &lse_rows), &want_lse, 2e-5);
                 }
             }
         }
@@ -101,8 +113,21 @@ fn backward_rejects_bad_lengths() {
         })
     };
     let runs = TokenGroups::Runs(2);
-    let r = router_backward_rows(&c, &o, rows(p12), &u(6), &f(6), runs, lbl(), &f(12));
+    let r = router_backward_rows(&c, &o, rows(p12), &u(6), &f(6), runs, lbl(), &f(12), None);
     assert!(r.is_err());
-    let r = router_backward_rows(&c, &o, rows(p11), &u(6), &f(6), runs, None, &f(12));
+    let r = router_backward_rows(&c, &o, rows(p11), &u(6), &f(6), runs, None, &f(12), None);
+    assert!(r.is_err());
+    let lse = f(5); // not one per row
+    let r = router_backward_rows(
+        &c,
+        &o,
+        rows(p12),
+        &u(6),
+        &f(6),
+        runs,
+        None,
+        &f(12),
+        Some(&lse),
+    );
     assert!(r.is_err());
 }

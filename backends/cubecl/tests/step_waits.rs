@@ -82,9 +82,10 @@ fn a_step_waits_for_the_device_once() {
             let c = step.count(&losses(), Batch::new);
             println!("N {n} D {d} E {e} k {k} check_finite {check}: {c:?}");
             assert_eq!(c.waits, 1, "N {n} D {d} E {e} k {k} check {check}: {c:?}");
-            // Logits GEMM, rows, dispatch; LBL sums, counts, coefficients; backward rows and
-            // the z-loss sum; dR, dX; SimBal's Gram, residual, product; the max |.| checks.
-            let bound = if check { 30 } else { 20 };
+            // Logits GEMM, rows, dispatch; LBL sums, counts, coefficients; the backward rows
+            // (with each row's lse^2) and their sum; dR, dX; SimBal's Gram, residual, product;
+            // with checks, five `max |.|` of two launches each. Measured: 19 and 29.
+            let bound = if check { 29 } else { 19 };
             assert!(c.launches <= bound, "{c:?} launches over {bound}");
         }
     }

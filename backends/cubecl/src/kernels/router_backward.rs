@@ -29,6 +29,9 @@ pub struct BackShape {
     /// The LBL coefficient row goes through the per-token normalisation `q = p / (sum p +
     /// 1e-20)`: `dL/dp = inv (c - <c, q>)`.
     pub normalize: bool,
+    /// Each row's `lse(z_t)^2` (0 for a masked token) is written too: the z-loss's sum from
+    /// the same pass over the logits, one reduction later.
+    pub lse_rows: bool,
 }
 
 /// How the backward's token rows map to LBL coefficient rows (and which are masked).
@@ -90,6 +93,7 @@ fn router_backward_kernel(
     coef: &Array<f32>,
     ids: &Array<u32>,
     dz: &mut Array<f32>,
+    lse_rows: &mut Array<f32>,
     n: u32,
     group_len: u32,
     count: u32,
@@ -261,22 +265,34 @@ fn router_backward_kernel(
         sync_cube();
     }
 
-    if cfg.has_z {
+    if comptime!(cfg.has_z || cfg.lse_rows) {
         // lse and softmax of the logits (recomputed: P is not the softmax under sigmoid).
         let (mx, sum) = row_max_exp_sum(z, &mut rs, row * e, valid, rb, lane, ninf, e, lanes);
-        let cz = z_coef * (mx + f32::ln(sum));
-        c = lane;
-        if masked {
-            c = e;
-        }
-        while c < e {
-            if cfg.row.softmax {
-                ds[pb + c] = ds[pb + c] + cz * ps[pb + c];
-            } else {
-                let v = row_elem(z, row * e + c, valid);
-                ds[pb + c] = ds[pb + c] + cz * (f32::exp(v - mx) / sum);
+        let lse = mx + f32::ln(sum);
+        if comptime!(cfg.lse_rows) {
+            if valid && lane == 0 {
+                let mut sq = lse * lse;
+                if masked {
+                    sq = 0.0;
+                }
+                lse_rows[row] = sq;
             }
-            c += lanes;
+        }
+        if comptime!(cfg.has_z) {
+            let cz = z_coef * lse;
+            c = lane;
+            if masked {
+                c = e;
+            }
+            while c < e {
+                if cfg.row.softmax {
+                    ds[pb + c] = ds[pb + c] + cz * ps[pb + c];
+                } else {
+                    let v = row_elem(z, row * e + c, valid);
+                    ds[pb + c] = ds[pb + c] + cz * (f32::exp(v - mx) / sum);
+                }
+                c += lanes;
+            }
         }
     }
 
@@ -292,7 +308,8 @@ fn router_backward_kernel(
 /// Enqueues the backward rows: `dz` (`n x E`) from the forward's `rows`, the dropped flags and
 /// the gate gradient `dw` (`n x k`), with the tokens' groups as runs or per-token ids (masked
 /// tokens: no LBL row, no z-loss term) and the LBL's `groups x E` coefficients, optionally
-/// through the per-token score normalisation.
+/// through the per-token score normalisation; with `lse_rows` (`n`), each row's `lse(z_t)^2`
+/// (0 for a masked token) from the same launch.
 #[allow(clippy::too_many_arguments)]
 pub fn router_backward_rows<R: Runtime>(
     client: &ComputeClient<R>,
@@ -303,6 +320,7 @@ pub fn router_backward_rows<R: Runtime>(
     groups: TokenGroups<'_>,
     lbl: Option<BackLbl<'_>>,
     dz: &DevBuf<f32>,
+    lse_rows: Option<&DevBuf<f32>>,
 ) -> Result<(), KernelError> {
     let (e, k) = (o.gating.e, o.gating.k);
     let n = rows.check(&o.gating)?;
@@ -327,6 +345,9 @@ pub fn router_backward_rows<R: Runtime>(
     if let Some(l) = lbl {
         check_len2("LBL coefficients", count, e, l.coef.len)?;
     }
+    if let Some(rows) = lse_rows {
+        check_len("per-row lse^2", n, rows.len)?;
+    }
     if n == 0 {
         return Ok(());
     }
@@ -337,11 +358,13 @@ pub fn router_backward_rows<R: Runtime>(
         has_z: o.z_coef != 0.0,
         ids: ids.is_some(),
         normalize: lbl.is_some_and(|l| l.normalize),
+        lse_rows: lse_rows.is_some(),
     };
     let r = &shape.row;
     let launch = row_launch(client, n, r, 4 * r.rows * (2 * e + r.lanes))?;
     let coef = lbl.map_or_else(|| DevBuf::empty(client, 1), |l| l.coef.clone());
     let ids = ids.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
+    let lse_rows = lse_rows.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
     launch!(
         client,
         launch,
@@ -355,6 +378,7 @@ pub fn router_backward_rows<R: Runtime>(
             coef.arg(),
             ids.arg(),
             dz.arg(),
+            lse_rows.arg(),
             n as u32,
             group_len as u32,
             count as u32,
