@@ -269,12 +269,14 @@ fn router_backward_kernel(
         // lse and softmax of the logits (recomputed: P is not the softmax under sigmoid).
         let (mx, sum) = row_max_exp_sum(z, &mut rs, row * e, valid, rb, lane, ninf, e, lanes);
         let lse = mx + f32::ln(sum);
+        // Comptime and runtime conditions stay apart (the kernel is expanded per config).
+        let write_lse = valid && lane == 0;
         if comptime!(cfg.lse_rows) {
-            if valid && lane == 0 {
-                let mut sq = lse * lse;
-                if masked {
-                    sq = 0.0;
-                }
+            let mut sq = lse * lse;
+            if masked {
+                sq = 0.0;
+            }
+            if write_lse {
                 lse_rows[row] = sq;
             }
         }
