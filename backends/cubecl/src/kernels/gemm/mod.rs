@@ -10,6 +10,7 @@
 //! (`dR = X^T dZ`) split K over cubes into a workspace that a second pass sums in a fixed order,
 //! so results stay deterministic.
 
+mod cubek;
 mod skinny;
 
 use cubecl::prelude::*;
@@ -17,8 +18,14 @@ use cubecl::prelude::*;
 use super::util::fits_u32;
 use super::{check_len2, element_index, DevBuf, KernelError, Launch, MAX_GRID_DIM};
 
+pub use cubek::CubekStrategy;
 pub use skinny::SKINNY_MAX_N;
 use skinny::SKINNY_MIN_DIM;
+
+/// Least `m`, `n` and `k` for which [`gemm`] takes cubek (below it: the own tiled kernel).
+pub const CUBEK_MIN_DIM: usize = 32;
+/// The cubek routine [`gemm`] takes.
+pub const CUBEK_DEFAULT: CubekStrategy = CubekStrategy::DoubleUnit;
 
 /// GEMM description (mirrors `simbal_core::Gemm`, in f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -203,10 +210,70 @@ fn choose_splits(tiles: usize, k: usize) -> usize {
     by_tiles.min(by_k).clamp(1, 64)
 }
 
-/// Enqueues `C = alpha op(A) op(B) + beta C`.
+/// Which kernel runs a product (see [`gemm_path`] for the default choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemmPath {
+    /// The own skinny kernels (`n <= SKINNY_MAX_N`, not both operands transposed).
+    Skinny,
+    /// The own 64 x 64 shared-memory tiled kernel (with split-K for small outputs).
+    Tiled,
+    /// `cubek-matmul` with the given routine, and the own alpha/beta epilogue.
+    Cubek(CubekStrategy),
+}
+
+/// Whether the skinny kernels can run `g` at all (whatever its speed).
+fn skinny_fits(g: &GemmDims) -> bool {
+    g.n <= SKINNY_MAX_N && !(g.trans_a && g.trans_b)
+}
+
+/// The path [`gemm`] takes for `g`:
+///
+/// - **Skinny** for an `E <= 8`-wide output with `m, k >= 64` and at most one transpose (the
+///   router's `Z = X R` and `dR = X^T dZ` at small `E`): one coalesced pass over `X`. On lavapipe
+///   it is also faster than cubek there (see [`CUBEK_MIN_DIM`]'s measurements and the README).
+/// - **cubek** (`DoubleUnit`, f32) for every other product with `m, n, k >= CUBEK_MIN_DIM`.
+/// - **Tiled** (own) for the rest: tiny products (the `E x E` Gram at `E <= 8`, the tests' odd
+///   sizes), where cubek's host-side blueprint selection per call costs more than the product,
+///   and as the fallback when cubek refuses a product (a setup error, before anything runs).
+pub fn gemm_path(g: &GemmDims) -> GemmPath {
+    if skinny_fits(g) && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM {
+        GemmPath::Skinny
+    } else if g.m.min(g.n).min(g.k) >= CUBEK_MIN_DIM {
+        GemmPath::Cubek(CUBEK_DEFAULT)
+    } else {
+        GemmPath::Tiled
+    }
+}
+
+/// Enqueues `C = alpha op(A) op(B) + beta C` on the path [`gemm_path`] picks; a product cubek
+/// refuses at setup (no routine for the device or shape: nothing was enqueued) falls back to the
+/// own tiled kernel.
 pub fn gemm<R: Runtime>(
     client: &ComputeClient<R>,
     g: &GemmDims,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+    c: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    let path = gemm_path(g);
+    match gemm_with(client, g, path, a, b, c) {
+        Err(KernelError::Unsupported(_)) if matches!(path, GemmPath::Cubek(_)) => {
+            gemm_with(client, g, GemmPath::Tiled, a, b, c)
+        }
+        other => other,
+    }
+}
+
+/// Enqueues `C = alpha op(A) op(B) + beta C` on `path`, without fallback (for tests and
+/// benchmarks of each path).
+///
+/// # Errors
+/// [`KernelError::Length`] for operands of the wrong length; [`KernelError::Unsupported`] for
+/// sizes past `u32`, a skinny path for a product it cannot take, or a cubek setup error.
+pub fn gemm_with<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    path: GemmPath,
     a: &DevBuf<f32>,
     b: &DevBuf<f32>,
     c: &DevBuf<f32>,
@@ -231,13 +298,14 @@ pub fn gemm<R: Runtime>(
     fits_u32("GEMM operand A", a.len)?;
     fits_u32("GEMM operand B", b.len)?;
     let product = Product { client, g, a, b, c };
-    let skinny = g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM;
-    if skinny && !g.trans_a {
-        product.skinny_nn()
-    } else if skinny && !g.trans_b {
-        product.skinny_tn()
-    } else {
-        product.tiled()
+    match path {
+        GemmPath::Skinny if !skinny_fits(g) => Err(KernelError::Unsupported(format!(
+            "the skinny GEMM kernels take n <= {SKINNY_MAX_N} and at most one transpose: {g:?}"
+        ))),
+        GemmPath::Skinny if !g.trans_a => product.skinny_nn(),
+        GemmPath::Skinny => product.skinny_tn(),
+        GemmPath::Tiled => product.tiled(),
+        GemmPath::Cubek(s) => product.cubek(s),
     }
 }
 
