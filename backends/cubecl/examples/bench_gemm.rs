@@ -40,28 +40,43 @@ fn sync<R: Runtime>(client: &ComputeClient<R>) {
     cubecl::future::block_on(client.sync()).unwrap();
 }
 
+fn g(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, beta: f32) -> GemmDims {
+    GemmDims {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        alpha: 1.0,
+        beta,
+    }
+}
+
 fn run<R: Runtime>(client: ComputeClient<R>, iters: usize, max_shapes: usize) {
     println!(
         "{:>5} {:>5} {:>4} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | picked",
         "N", "D", "E", "prod", "skinny", "tiled", "cubek-su", "cubek-du", "cubek-tc"
     );
-    for &(n, d, e) in SHAPES.iter().take(max_shapes) {
-        let g = |m, nn, k, trans_a, trans_b, beta| GemmDims {
-            m,
-            n: nn,
-            k,
-            trans_a,
-            trans_b,
-            alpha: 1.0,
-            beta,
-        };
-        let prods = [
+    // Small products first (m/n/k in the N/D/E columns), then the router's.
+    let small = [
+        (1, 1, 1),
+        (7, 33, 1),
+        (33, 33, 33),
+        (64, 64, 64),
+        (128, 128, 128),
+    ]
+    .map(|(m, n, k)| (m, n, k, vec![("small", g(m, n, k, false, false, 0.0))]));
+    let router = SHAPES.iter().take(max_shapes).map(|&(n, d, e)| {
+        let prods = vec![
             ("XR", g(n, e, d, false, false, 0.0)),
             ("XtdZ", g(d, e, n, true, false, 0.0)),
             ("dZRt", g(n, d, e, false, true, 0.0)),
             ("RtR", g(e, e, d, true, false, 0.0)),
             ("RG", g(d, e, e, false, false, 1.0)),
         ];
+        (n, d, e, prods)
+    });
+    for (n, d, e, prods) in small.into_iter().chain(router) {
         for (name, p) in prods {
             let fill = |len: usize| {
                 let host: Vec<f32> = (0..len).map(|i| ((i % 17) as f32 - 8.0) / 16.0).collect();

@@ -2,9 +2,7 @@ mod common;
 use common::*;
 use simbal_core::gemm::gemm_reference;
 use simbal_core::Gemm;
-use simbal_cubecl::kernels::gemm::{
-    gemm, gemm_path, gemm_with, CubekStrategy, GemmDims, GemmPath, CUBEK_DEFAULT,
-};
+use simbal_cubecl::kernels::gemm::{gemm, gemm_path, gemm_with, CubekStrategy, GemmDims, GemmPath};
 use simbal_cubecl::KernelError;
 
 /// Core's host reference on the same product.
@@ -129,20 +127,27 @@ fn dispatch_paths() {
         alpha: 1.0,
         beta: 0.0,
     };
-    let cubek = GemmPath::Cubek(CUBEK_DEFAULT);
-    // Z = X R, dR = X^T dZ, dX = dZ R^T at E = 8: skinny, skinny, cubek.
+    let su = GemmPath::Cubek(CubekStrategy::SimpleUnit);
+    let du = GemmPath::Cubek(CubekStrategy::DoubleUnit);
+    // E = 8 (N = D = 4096): Z = X R, dR = X^T dZ and the Gram R^T R skinny; dX = dZ R^T and
+    // the SimBal gradient R G (k = E) cubek.
     assert_eq!(gemm_path(&g(4096, 8, 4096, false, false)), GemmPath::Skinny);
     assert_eq!(gemm_path(&g(4096, 8, 4096, true, false)), GemmPath::Skinny);
-    assert_eq!(gemm_path(&g(4096, 4096, 8, false, true)), GemmPath::Tiled);
-    // E = 32 and 256: cubek for all three, the Gram R^T R and the SimBal gradient R G.
-    assert_eq!(gemm_path(&g(4096, 32, 768, false, false)), cubek);
-    assert_eq!(gemm_path(&g(768, 32, 4096, true, false)), cubek);
-    assert_eq!(gemm_path(&g(4096, 768, 32, false, true)), cubek);
-    assert_eq!(gemm_path(&g(256, 256, 7168, true, false)), cubek);
-    assert_eq!(gemm_path(&g(7168, 256, 256, false, false)), cubek);
-    // Tiny products: the own tiled kernel.
-    assert_eq!(gemm_path(&g(8, 8, 4096, true, false)), GemmPath::Tiled);
-    assert_eq!(gemm_path(&g(7, 33, 1, false, false)), GemmPath::Tiled);
+    assert_eq!(gemm_path(&g(8, 8, 4096, true, false)), GemmPath::Skinny);
+    assert_eq!(gemm_path(&g(4096, 4096, 8, false, true)), su);
+    assert_eq!(gemm_path(&g(4096, 8, 8, false, false)), su);
+    // E = 32 and 256: cubek for all five.
+    assert_eq!(gemm_path(&g(4096, 32, 768, false, false)), du);
+    assert_eq!(gemm_path(&g(768, 32, 4096, true, false)), du);
+    assert_eq!(gemm_path(&g(4096, 768, 32, false, true)), su);
+    assert_eq!(gemm_path(&g(32, 32, 768, true, false)), du);
+    assert_eq!(gemm_path(&g(256, 256, 7168, true, false)), du);
+    assert_eq!(gemm_path(&g(7168, 256, 256, false, false)), du);
+    assert_eq!(gemm_path(&g(768, 32, 32, false, false)), su);
+    // Small products and skinny shapes the skinny kernels would run slowly: cubek.
+    assert_eq!(gemm_path(&g(7, 33, 1, false, false)), su);
+    assert_eq!(gemm_path(&g(8, 8, 4096, false, false)), du);
+    assert_eq!(gemm_path(&g(4096, 8, 4096, true, true)), du);
 }
 
 /// The tensor-core routine (tf32 on CUDA) is opt-in: where the device has no tensor cores (as
@@ -225,35 +230,24 @@ fn gemm_matches_reference() {
 fn gemm_split_k_matches_reference() {
     let Some(c) = client() else { return };
     let mut rng = Rng::new(2);
-    // Small output, long K: the split-K path.
-    for ta in [false, true] {
-        for tb in [false, true] {
-            check(
-                &c,
-                &mut rng,
-                GemmDims {
-                    m: 48,
-                    n: 8,
-                    k: 2000,
-                    trans_a: ta,
-                    trans_b: tb,
-                    alpha: 1.0,
-                    beta: 0.0,
-                },
-            );
-            check(
-                &c,
-                &mut rng,
-                GemmDims {
-                    m: 70,
-                    n: 20,
-                    k: 1111,
-                    trans_a: ta,
-                    trans_b: tb,
-                    alpha: 0.3,
-                    beta: 1.0,
-                },
-            );
+    // Small output, long K: the own tiled kernel's split-K path (forced: the dispatch sends
+    // these to cubek), and the dispatch.
+    for path in [Some(GemmPath::Tiled), None] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                for (m, n, k, alpha, beta) in [(48, 8, 2000, 1.0, 0.0), (70, 20, 1111, 0.3, 1.0)] {
+                    let g = GemmDims {
+                        m,
+                        n,
+                        k,
+                        trans_a: ta,
+                        trans_b: tb,
+                        alpha,
+                        beta,
+                    };
+                    check_on(&c, &mut rng, g, path);
+                }
+            }
         }
     }
 }

@@ -3,12 +3,18 @@
 //! (reduction along rows of `X`) and `dR = X^T dZ` (reduction over tokens, split when the columns
 //! alone give few cubes), which read `X` once, coalesced, instead of through 64-wide tiles.
 //!
-//! cubecl 0.10.0 ships no matrix multiply of its own (`cubecl-matmul` stops at 0.9, `cubek-matmul`
-//! 0.2 is a large separate engine), so this is a classic shared-memory tiled kernel: 64 x 64 output
-//! tiles, 16-deep K slices, 256 threads each owning a 4 x 4 strided micro-tile. Each output is
-//! accumulated in K order, like the reference triple loop. Large-K, small-output products
-//! (`dR = X^T dZ`) split K over cubes into a workspace that a second pass sums in a fixed order,
-//! so results stay deterministic.
+//! Most products go to `cubek-matmul` 0.2.0 (`cubek.rs`, f32 unit routines; [`gemm_path`] says
+//! which path runs where, with the measurements). The own tiled kernel stays as the fallback
+//! when cubek refuses a product: a classic shared-memory kernel, 64 x 64 output tiles, 16-deep K
+//! slices, 256 threads each owning a 4 x 4 strided micro-tile. Each output is accumulated in K
+//! order, like the reference triple loop. Large-K, small-output products split K over cubes into
+//! a workspace that a second pass sums in a fixed order, so results stay deterministic.
+//!
+//! cubek's own autotune is not used: in cubek 0.2 the tuner lives in the caller (burn-cubecl
+//! 0.21's `kernel/matmul/tune`, on cubecl's `LocalTuner`), it would pick kernels by timing at
+//! run time, so the summation order (and the last bits of every product) could differ from run
+//! to run and between ranks, against this crate's run-to-run determinism. The routine is chosen
+//! by shape instead ([`gemm_path`]).
 
 mod cubek;
 mod skinny;
@@ -22,10 +28,8 @@ pub use cubek::CubekStrategy;
 pub use skinny::SKINNY_MAX_N;
 use skinny::SKINNY_MIN_DIM;
 
-/// Least `m`, `n` and `k` for which [`gemm`] takes cubek (below it: the own tiled kernel).
-pub const CUBEK_MIN_DIM: usize = 32;
-/// The cubek routine [`gemm`] takes.
-pub const CUBEK_DEFAULT: CubekStrategy = CubekStrategy::DoubleUnit;
+/// Least inner dimension for which [`gemm`] takes cubek's double-buffered routine.
+pub const CUBEK_DOUBLE_MIN_K: usize = 256;
 
 /// GEMM description (mirrors `simbal_core::Gemm`, in f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -226,22 +230,32 @@ fn skinny_fits(g: &GemmDims) -> bool {
     g.n <= SKINNY_MAX_N && !(g.trans_a && g.trans_b)
 }
 
-/// The path [`gemm`] takes for `g`:
+/// The path [`gemm`] takes for `g`. Measured with `examples/bench_gemm.rs` on lavapipe (a CPU
+/// rasteriser on a 2-vCPU VM: its timings say little about a GPU; ratios in the README):
 ///
-/// - **Skinny** for an `E <= 8`-wide output with `m, k >= 64` and at most one transpose (the
-///   router's `Z = X R` and `dR = X^T dZ` at small `E`): one coalesced pass over `X`. On lavapipe
-///   it is also faster than cubek there (see [`CUBEK_MIN_DIM`]'s measurements and the README).
-/// - **cubek** (`DoubleUnit`, f32) for every other product with `m, n, k >= CUBEK_MIN_DIM`.
-/// - **Tiled** (own) for the rest: tiny products (the `E x E` Gram at `E <= 8`, the tests' odd
-///   sizes), where cubek's host-side blueprint selection per call costs more than the product,
-///   and as the fallback when cubek refuses a product (a setup error, before anything runs).
+/// - **Skinny** for an output at most `SKINNY_MAX_N = 8` wide with a long inner dimension
+///   (`k >= 64`) and at most one transpose: the router's `Z = X R`, `dR = X^T dZ` and the Gram
+///   `R^T R` at `E <= 8`. `X^T dZ` / `R^T R` (`skinny_tn`, split over `k`) take any `m`;
+///   `X R` (`skinny_nn`, 8 rows a cube) wants `m >= 64`. On lavapipe at `E = 8`, `D = N = 4096`:
+///   `X R` 1.1x cubek's time, `X^T dZ` 0.93x, `R^T R` 0.33x (and 0.08x the own tiled kernel);
+///   on an H200 the skinny kernels were 4-5x faster than the own tiles (see `skinny.rs`);
+///   cubek there is unmeasured.
+/// - **cubek** (f32 unit routines) for every other product: `SimpleUnit` for `k < 256` (the
+///   `dX = dZ R^T` family, `k = E`: 0.70-0.87x `DoubleUnit`'s time on lavapipe; small products:
+///   0.5x at 64^3, 0.9x at 128^3), `DoubleUnit` from `k = 256` (`k >= 768` measured: 0.57-0.95x
+///   `SimpleUnit`'s time). Against the own tiled kernel cubek took 0.11-0.67x its time on every
+///   router product and every small product measured (1^3 to 128^3) on lavapipe. On CUDA the
+///   default stays on these f32 routines: cubek's tensor-core routines
+///   ([`CubekStrategy::Accelerated`]) stage f32 as tf32.
+/// - **Tiled** (own): only the fallback when cubek refuses a product at setup (nothing enqueued).
 pub fn gemm_path(g: &GemmDims) -> GemmPath {
-    if skinny_fits(g) && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM {
+    let long_k = g.k >= SKINNY_MIN_DIM;
+    if skinny_fits(g) && long_k && (g.trans_a || g.m >= SKINNY_MIN_DIM) {
         GemmPath::Skinny
-    } else if g.m.min(g.n).min(g.k) >= CUBEK_MIN_DIM {
-        GemmPath::Cubek(CUBEK_DEFAULT)
+    } else if g.k < CUBEK_DOUBLE_MIN_K {
+        GemmPath::Cubek(CubekStrategy::SimpleUnit)
     } else {
-        GemmPath::Tiled
+        GemmPath::Cubek(CubekStrategy::DoubleUnit)
     }
 }
 
