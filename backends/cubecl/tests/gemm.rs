@@ -136,14 +136,18 @@ fn dispatch_paths() {
     assert_eq!(gemm_path(&g(8, 8, 4096, true, false)), GemmPath::Skinny);
     assert_eq!(gemm_path(&g(4096, 4096, 8, false, true)), su);
     assert_eq!(gemm_path(&g(4096, 8, 8, false, false)), su);
-    // E = 32 and 256: cubek for all five.
+    // E = 32: the narrow long-k products on DoubleUnit, the rest on SimpleUnit.
     assert_eq!(gemm_path(&g(4096, 32, 768, false, false)), du);
     assert_eq!(gemm_path(&g(768, 32, 4096, true, false)), du);
-    assert_eq!(gemm_path(&g(4096, 768, 32, false, true)), su);
     assert_eq!(gemm_path(&g(32, 32, 768, true, false)), du);
-    assert_eq!(gemm_path(&g(256, 256, 7168, true, false)), du);
-    assert_eq!(gemm_path(&g(7168, 256, 256, false, false)), du);
+    assert_eq!(gemm_path(&g(4096, 768, 32, false, true)), su);
     assert_eq!(gemm_path(&g(768, 32, 32, false, false)), su);
+    // E = 256: SimpleUnit for all five.
+    assert_eq!(gemm_path(&g(2048, 256, 7168, false, false)), su);
+    assert_eq!(gemm_path(&g(7168, 256, 2048, true, false)), su);
+    assert_eq!(gemm_path(&g(2048, 7168, 256, false, true)), su);
+    assert_eq!(gemm_path(&g(256, 256, 7168, true, false)), su);
+    assert_eq!(gemm_path(&g(7168, 256, 256, false, false)), su);
     // Small products and skinny shapes the skinny kernels would run slowly: cubek.
     assert_eq!(gemm_path(&g(7, 33, 1, false, false)), su);
     assert_eq!(gemm_path(&g(8, 8, 4096, false, false)), du);

@@ -2,8 +2,10 @@
 //! transposes passed as strides (no copy), f32 in, out and accumulators, and alpha/beta applied
 //! by a small epilogue of our own (cubek computes `C = A B` only).
 //!
-//! No `unsafe` here: cubek takes [`TensorBinding`]s (plain handles, shapes and strides) and does
-//! its own bounds checks (`check_{m,n,k}_bounds` of its blueprint, set from the shapes).
+//! cubek needs no `unsafe` from us: its `launch_ref` is safe, takes [`TensorBinding`]s (plain
+//! handles, shapes and strides) and bounds-checks itself (`check_{m,n,k}_bounds` of its
+//! blueprint, set from the shapes). The epilogue kernel launches through `launch!` like every
+//! kernel of this tree.
 
 use core::marker::PhantomData;
 
@@ -29,8 +31,8 @@ pub enum CubekStrategy {
     /// On f32 inputs cubek 0.2 stages them as **tf32** wherever the device supports tf32
     /// (`adjust_dtypes`, `definition/blueprint.rs`): CUDA tensor cores have no f32 mode, so
     /// this is *not* an f32 product (about 10 mantissa bits in the inputs, f32 accumulation).
-    /// Opt-in only; refused (and [`super::gemm`] never picks it) where the device has no
-    /// tensor cores, as on wgpu/lavapipe.
+    /// Opt-in only ([`super::gemm`] never picks it); refused at setup where the device has no
+    /// tensor cores, as lavapipe.
     Accelerated,
 }
 
@@ -138,6 +140,7 @@ impl<R: Runtime> Product<'_, R> {
         let t = DevBuf::<f32>::empty(self.client, g.m * g.n);
         self.cubek_product(s, &t)?;
         if let Some((launch, len)) = Launch::per_element("GEMM output", g.m * g.n)? {
+            // Bounds: `len = m n`, the length of `t` and (checked by `gemm_with`) of `C`.
             launch!(
                 self.client,
                 launch,

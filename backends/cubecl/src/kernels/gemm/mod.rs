@@ -30,6 +30,8 @@ use skinny::SKINNY_MIN_DIM;
 
 /// Least inner dimension for which [`gemm`] takes cubek's double-buffered routine.
 pub const CUBEK_DOUBLE_MIN_K: usize = 256;
+/// Widest output for which [`gemm`] takes cubek's double-buffered routine.
+pub const CUBEK_DOUBLE_MAX_N: usize = 32;
 
 /// GEMM description (mirrors `simbal_core::Gemm`, in f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -237,25 +239,29 @@ fn skinny_fits(g: &GemmDims) -> bool {
 ///   (`k >= 64`) and at most one transpose: the router's `Z = X R`, `dR = X^T dZ` and the Gram
 ///   `R^T R` at `E <= 8`. `X^T dZ` / `R^T R` (`skinny_tn`, split over `k`) take any `m`;
 ///   `X R` (`skinny_nn`, 8 rows a cube) wants `m >= 64`. On lavapipe at `E = 8`, `D = N = 4096`:
-///   `X R` 1.1x cubek's time, `X^T dZ` 0.93x, `R^T R` 0.33x (and 0.08x the own tiled kernel);
+///   `X R` 0.79-1.10x cubek's (`DoubleUnit`) time, `X^T dZ` 0.87-0.93x, `R^T R` 0.33-0.38x
+///   (two runs; 0.06-0.08x the own tiled kernel's);
 ///   on an H200 the skinny kernels were 4-5x faster than the own tiles (see `skinny.rs`);
 ///   cubek there is unmeasured.
-/// - **cubek** (f32 unit routines) for every other product: `SimpleUnit` for `k < 256` (the
-///   `dX = dZ R^T` family, `k = E`: 0.70-0.87x `DoubleUnit`'s time on lavapipe; small products:
-///   0.5x at 64^3, 0.9x at 128^3), `DoubleUnit` from `k = 256` (`k >= 768` measured: 0.57-0.95x
-///   `SimpleUnit`'s time). Against the own tiled kernel cubek took 0.11-0.67x its time on every
-///   router product and every small product measured (1^3 to 128^3) on lavapipe. On CUDA the
-///   default stays on these f32 routines: cubek's tensor-core routines
-///   ([`CubekStrategy::Accelerated`]) stage f32 as tf32.
+/// - **cubek** (f32 unit routines) for every other product: `DoubleUnit` for narrow outputs
+///   with a long inner dimension (`n <= 32`, `k >= 256`: `X R`, `X^T dZ`, `R^T R` at `E = 32`;
+///   two runs, 0.57-0.93x `SimpleUnit`'s time in 10 of 12 products, 1.27x and 1.0x in the
+///   others), `SimpleUnit` for the rest (`dX = dZ R^T`, `k = E`: 0.70-0.87x `DoubleUnit`'s time;
+///   all five products at `E = 256`: 0.61-0.92x; small products: 0.5x at 64^3, noisy below).
+///   Against the own tiled kernel cubek took 0.11-0.67x its time on every router product on
+///   lavapipe (two runs); on small products (1^3 to 128^3, under 7 ms) 0.32-1.27x, no
+///   consistent winner, so they stay on cubek too (one path). On CUDA the default stays on
+///   these f32 routines: cubek's tensor-core routines ([`CubekStrategy::Accelerated`]) stage f32
+///   as tf32.
 /// - **Tiled** (own): only the fallback when cubek refuses a product at setup (nothing enqueued).
 pub fn gemm_path(g: &GemmDims) -> GemmPath {
     let long_k = g.k >= SKINNY_MIN_DIM;
     if skinny_fits(g) && long_k && (g.trans_a || g.m >= SKINNY_MIN_DIM) {
         GemmPath::Skinny
-    } else if g.k < CUBEK_DOUBLE_MIN_K {
-        GemmPath::Cubek(CubekStrategy::SimpleUnit)
-    } else {
+    } else if g.n <= CUBEK_DOUBLE_MAX_N && g.k >= CUBEK_DOUBLE_MIN_K {
         GemmPath::Cubek(CubekStrategy::DoubleUnit)
+    } else {
+        GemmPath::Cubek(CubekStrategy::SimpleUnit)
     }
 }
 
