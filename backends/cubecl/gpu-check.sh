@@ -44,6 +44,9 @@ section() { echo; echo "=== $1 ($(date +%T)) ==="; }
 section "router-step benchmark, CUDA"
 timeout 100 "$bin/bench_router" cuda "$iters" 2>&1 | tee "$out/bench_cuda.txt"
 
+section "GEMM paths (own skinny/tiled, cubek unit/double-unit/tensor-core tf32), CUDA"
+timeout 60 "$bin/bench_gemm" cuda "$iters" 2>&1 | tee "$out/bench_gemm_cuda.txt"
+
 section "conformance suite, CUDA"
 start=$(date +%s)
 timeout 180 "$bin/conformance_cuda" --test-threads 8 2>&1 | tee "$out/conformance_cuda.txt" | tail -40

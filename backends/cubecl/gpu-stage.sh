@@ -26,7 +26,8 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do cp "$exe" "$dir/$name"; done
-cargo build "${args[@]}" --example bench_router
+cargo build "${args[@]}" --example bench_router --example bench_gemm
 cp "$CARGO_TARGET_DIR/release/examples/bench_router" "$dir/bench_router"
-strip "$dir"/conformance_cuda "$dir"/conformance_wgpu "$dir"/bench_router
+cp "$CARGO_TARGET_DIR/release/examples/bench_gemm" "$dir/bench_gemm"
+strip "$dir"/conformance_cuda "$dir"/conformance_wgpu "$dir"/bench_router "$dir"/bench_gemm
 ls -la "$dir"

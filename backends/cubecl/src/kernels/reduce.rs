@@ -1,6 +1,23 @@
 //! Reductions: per-group column sums (column sums of `P`, per-sequence score sums), per-group
 //! expert counts ([`super::dispatch::histogram`]), `sum_t lse(Z_t)^2`, the mean routing entropy
 //! and the first non-finite value of a buffer. Float sums run in a fixed order (deterministic).
+//!
+//! # Why not `cubek-reduce`
+//! `cubek-reduce` 0.2.0 (on cubecl 0.10, in the lock file through burn) reduces one axis of a
+//! tensor with a fixed instruction set (sum, mean, prod, max, min, max-abs, arg-max/min, top-k).
+//! None of the kernels here is such a plain reduction, so they stay:
+//! - [`max_abs`] must return NaN when the buffer holds one (as core's `validate::max_abs`; the
+//!   router's checks of `Z` and `dZ` read it); cubek's `MaxAbs` combines with
+//!   `select(acc > |x|, ..)` and `plane_max`, which drop or keep a NaN depending on where it
+//!   sits, so it would need a second NaN pass anyway.
+//! - the per-row statistics (`lse^2`, entropy) are one fused pass per row (max, exp-sum, log)
+//!   with group masking; cubek would need the `E`-wide intermediate rows written out first.
+//! - the column sums ([`group_column_sums`], `groups.rs`) go by token groups (runs or per-token
+//!   ids, masked ids skipped) and optionally normalise each row first, in the same launch; only
+//!   the whole-batch, unnormalised case is a plain axis-0 sum (of an `n x E` matrix), and
+//!   giving it a second code path with a second summation order (cubek's depends on its
+//!   routine, vector width and plane size) was not worth it; not measured against cubek.
+//! - [`first_non_finite`] and [`max_u32`] are integer atomics, one launch each.
 
 // Comptime flags guard runtime tests: nesting keeps the comptime branch separate.
 #![allow(clippy::collapsible_if)]

@@ -3,13 +3,20 @@
 //! (reduction along rows of `X`) and `dR = X^T dZ` (reduction over tokens, split when the columns
 //! alone give few cubes), which read `X` once, coalesced, instead of through 64-wide tiles.
 //!
-//! cubecl 0.10.0 ships no matrix multiply of its own (`cubecl-matmul` stops at 0.9, `cubek-matmul`
-//! 0.2 is a large separate engine), so this is a classic shared-memory tiled kernel: 64 x 64 output
-//! tiles, 16-deep K slices, 256 threads each owning a 4 x 4 strided micro-tile. Each output is
-//! accumulated in K order, like the reference triple loop. Large-K, small-output products
-//! (`dR = X^T dZ`) split K over cubes into a workspace that a second pass sums in a fixed order,
-//! so results stay deterministic.
+//! Most products go to `cubek-matmul` 0.2.0 (`cubek.rs`, f32 unit routines; [`gemm_path`] says
+//! which path runs where, with the measurements). The own tiled kernel stays as the fallback
+//! when cubek refuses a product: a classic shared-memory kernel, 64 x 64 output tiles, 16-deep K
+//! slices, 256 threads each owning a 4 x 4 strided micro-tile. Each output is accumulated in K
+//! order, like the reference triple loop. Large-K, small-output products split K over cubes into
+//! a workspace that a second pass sums in a fixed order, so results stay deterministic.
+//!
+//! cubek's own autotune is not used: in cubek 0.2 the tuner lives in the caller (burn-cubecl
+//! 0.21's `kernel/matmul/tune`, on cubecl's `LocalTuner`), it would pick kernels by timing at
+//! run time, so the summation order (and the last bits of every product) could differ from run
+//! to run and between ranks, against this crate's run-to-run determinism. The routine is chosen
+//! by shape instead ([`gemm_path`]).
 
+mod cubek;
 mod skinny;
 
 use cubecl::prelude::*;
@@ -17,8 +24,14 @@ use cubecl::prelude::*;
 use super::util::fits_u32;
 use super::{check_len2, element_index, DevBuf, KernelError, Launch, MAX_GRID_DIM};
 
+pub use cubek::CubekStrategy;
 pub use skinny::SKINNY_MAX_N;
 use skinny::SKINNY_MIN_DIM;
+
+/// Least inner dimension for which [`gemm`] takes cubek's double-buffered routine.
+pub const CUBEK_DOUBLE_MIN_K: usize = 256;
+/// Widest output for which [`gemm`] takes cubek's double-buffered routine.
+pub const CUBEK_DOUBLE_MAX_N: usize = 32;
 
 /// GEMM description (mirrors `simbal_core::Gemm`, in f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -203,10 +216,84 @@ fn choose_splits(tiles: usize, k: usize) -> usize {
     by_tiles.min(by_k).clamp(1, 64)
 }
 
-/// Enqueues `C = alpha op(A) op(B) + beta C`.
+/// Which kernel runs a product (see [`gemm_path`] for the default choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemmPath {
+    /// The own skinny kernels (`n <= SKINNY_MAX_N`, not both operands transposed).
+    Skinny,
+    /// The own 64 x 64 shared-memory tiled kernel (with split-K for small outputs).
+    Tiled,
+    /// `cubek-matmul` with the given routine, and the own alpha/beta epilogue.
+    Cubek(CubekStrategy),
+}
+
+/// Whether the skinny kernels can run `g` at all (whatever its speed).
+fn skinny_fits(g: &GemmDims) -> bool {
+    g.n <= SKINNY_MAX_N && !(g.trans_a && g.trans_b)
+}
+
+/// The path [`gemm`] takes for `g`. Measured with `examples/bench_gemm.rs` on lavapipe (a CPU
+/// rasteriser on a 2-vCPU VM: its timings say little about a GPU; ratios in the README):
+///
+/// - **Skinny** for an output at most `SKINNY_MAX_N = 8` wide with a long inner dimension
+///   (`k >= 64`) and at most one transpose: the router's `Z = X R`, `dR = X^T dZ` and the Gram
+///   `R^T R` at `E <= 8`. `X^T dZ` / `R^T R` (`skinny_tn`, split over `k`) take any `m`;
+///   `X R` (`skinny_nn`, 8 rows a cube) wants `m >= 64`. On lavapipe at `E = 8`, `D = N = 4096`:
+///   `X R` 0.79-1.10x cubek's (`DoubleUnit`) time, `X^T dZ` 0.87-0.93x, `R^T R` 0.33-0.38x
+///   (two runs; 0.06-0.08x the own tiled kernel's);
+///   on an H200 the skinny kernels were 4-5x faster than the own tiles (see `skinny.rs`);
+///   cubek there is unmeasured.
+/// - **cubek** (f32 unit routines) for every other product: `DoubleUnit` for narrow outputs
+///   with a long inner dimension (`n <= 32`, `k >= 256`: `X R`, `X^T dZ`, `R^T R` at `E = 32`;
+///   two runs, 0.57-0.93x `SimpleUnit`'s time in 10 of 12 products, 1.27x and 1.0x in the
+///   others), `SimpleUnit` for the rest (`dX = dZ R^T`, `k = E`: 0.70-0.87x `DoubleUnit`'s time;
+///   all five products at `E = 256`: 0.61-0.92x; small products: 0.5x at 64^3, noisy below).
+///   Against the own tiled kernel cubek took 0.11-0.67x its time on every router product on
+///   lavapipe (two runs); on small products (1^3 to 128^3, under 7 ms) 0.32-1.27x, no
+///   consistent winner, so they stay on cubek too (one path). On CUDA the default stays on
+///   these f32 routines: cubek's tensor-core routines ([`CubekStrategy::Accelerated`]) stage f32
+///   as tf32.
+/// - **Tiled** (own): only the fallback when cubek refuses a product at setup (nothing enqueued).
+pub fn gemm_path(g: &GemmDims) -> GemmPath {
+    let long_k = g.k >= SKINNY_MIN_DIM;
+    if skinny_fits(g) && long_k && (g.trans_a || g.m >= SKINNY_MIN_DIM) {
+        GemmPath::Skinny
+    } else if g.n <= CUBEK_DOUBLE_MAX_N && g.k >= CUBEK_DOUBLE_MIN_K {
+        GemmPath::Cubek(CubekStrategy::DoubleUnit)
+    } else {
+        GemmPath::Cubek(CubekStrategy::SimpleUnit)
+    }
+}
+
+/// Enqueues `C = alpha op(A) op(B) + beta C` on the path [`gemm_path`] picks; a product cubek
+/// refuses at setup (no routine for the device or shape: nothing was enqueued) falls back to the
+/// own tiled kernel.
 pub fn gemm<R: Runtime>(
     client: &ComputeClient<R>,
     g: &GemmDims,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+    c: &DevBuf<f32>,
+) -> Result<(), KernelError> {
+    let path = gemm_path(g);
+    match gemm_with(client, g, path, a, b, c) {
+        Err(KernelError::Unsupported(_)) if matches!(path, GemmPath::Cubek(_)) => {
+            gemm_with(client, g, GemmPath::Tiled, a, b, c)
+        }
+        other => other,
+    }
+}
+
+/// Enqueues `C = alpha op(A) op(B) + beta C` on `path`, without fallback (for tests and
+/// benchmarks of each path).
+///
+/// # Errors
+/// [`KernelError::Length`] for operands of the wrong length; [`KernelError::Unsupported`] for
+/// sizes past `u32`, a skinny path for a product it cannot take, or a cubek setup error.
+pub fn gemm_with<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    path: GemmPath,
     a: &DevBuf<f32>,
     b: &DevBuf<f32>,
     c: &DevBuf<f32>,
@@ -231,13 +318,14 @@ pub fn gemm<R: Runtime>(
     fits_u32("GEMM operand A", a.len)?;
     fits_u32("GEMM operand B", b.len)?;
     let product = Product { client, g, a, b, c };
-    let skinny = g.n <= SKINNY_MAX_N && g.m >= SKINNY_MIN_DIM && g.k >= SKINNY_MIN_DIM;
-    if skinny && !g.trans_a {
-        product.skinny_nn()
-    } else if skinny && !g.trans_b {
-        product.skinny_tn()
-    } else {
-        product.tiled()
+    match path {
+        GemmPath::Skinny if !skinny_fits(g) => Err(KernelError::Unsupported(format!(
+            "the skinny GEMM kernels take n <= {SKINNY_MAX_N} and at most one transpose: {g:?}"
+        ))),
+        GemmPath::Skinny if !g.trans_a => product.skinny_nn(),
+        GemmPath::Skinny => product.skinny_tn(),
+        GemmPath::Tiled => product.tiled(),
+        GemmPath::Cubek(s) => product.cubek(s),
     }
 }
 
