@@ -83,9 +83,11 @@ fn a_step_waits_for_the_device_once() {
             println!("N {n} D {d} E {e} k {k} check_finite {check}: {c:?}");
             assert_eq!(c.waits, 1, "N {n} D {d} E {e} k {k} check {check}: {c:?}");
             // Logits GEMM, rows, dispatch; LBL sums, counts, coefficients; the backward rows
-            // (with each row's lse^2) and their sum; dR, dX; SimBal's Gram, residual, product;
-            // with checks, five `max |.|` of two launches each. Measured: 19 and 29.
-            let bound = if check { 29 } else { 19 };
+            // (with each row's lse^2) and their sum; dR, dX; SimBal's Gram, residual, product
+            // (through cubek: the product into a temporary, then `dR += T`); with checks, five
+            // `max |.|` of two launches each. A cubek GEMM counts as one launch. Measured: 20
+            // and 30 (the skinny path for E = 8 the same).
+            let bound = if check { 30 } else { 20 };
             assert!(c.launches <= bound, "{c:?} launches over {bound}");
         }
     }

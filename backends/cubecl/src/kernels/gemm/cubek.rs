@@ -105,6 +105,8 @@ impl<R: Runtime> Product<'_, R> {
             rhs: f32_type(),
             out: f32_type(),
         });
+        // cubek enqueues its kernel itself (not through `launch!`): count it here.
+        crate::counters::launched();
         launch_ref(
             &s.strategy(),
             self.client,
