@@ -18,7 +18,6 @@
 //! gradients are summed over the ranks in f64 and rounded back). Exit status 0 when every rank
 //! agrees.
 
-use mpi::collective::SystemOperation;
 use mpi::traits::*;
 use simbal_core::{
     simbal_loss, update_bias, Backend, Batch, BiasUpdateConfig, LblConfig, LblLevel, LoadMetrics,
@@ -27,9 +26,10 @@ use simbal_core::{
 };
 use simbal_faer::{Faer, Par};
 use simbal_mpi::{MpiStatsError, StatsAllReduce, SumAllReduce};
-use std::error::Error;
 
-type Res<T> = Result<T, Box<dyn Error>>;
+mod common;
+
+use common::{rel, run_ranks, Res};
 
 /// A backend on host memory: the model hands it slices.
 trait HostBackend<T>: Backend<Elem = T, View = [T], IdxView = [u32]> {}
@@ -262,21 +262,6 @@ impl<B: HostBackend<T> + Clone, T: Scalar> Trainer<B, T> {
     }
 }
 
-/// `max |a - b| / max |b|` (0 for two zero vectors).
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    if diff == 0.0 {
-        0.0
-    } else {
-        diff / scale
-    }
-}
-
 /// Compares one distributed step with the single-process one; returns the failures.
 fn compare(step: usize, d: &StepLog, s: &StepLog, tol: f64, worst: &mut f64) -> Vec<String> {
     let mut fails = Vec::new();
@@ -404,48 +389,21 @@ fn run<B: HostBackend<T> + Clone, T: Scalar, C: Communicator>(
 }
 
 fn main() {
-    let Some(universe) = mpi::initialize() else {
-        eprintln!("MPI was already initialised");
-        std::process::exit(2);
-    };
-    let world = universe.world();
-    let t0 = std::time::Instant::now();
-    let checks = || -> Res<bool> {
-        let bytes = check_reducer(&world)?;
+    run_ranks("dp_equality", |world| {
+        let t0 = std::time::Instant::now();
+        let bytes = check_reducer(world)?;
         if world.rank() == 0 {
             println!("stats all-reduce: {bytes} bytes per rank per step (E = {E})");
         }
         let tol32 = f32::CONFORMANCE_TOL;
-        Ok(
-            run(&world, Reference::<f64>::new(), "reference f64", 1e-12)?
-                & run(&world, Faer::<f64>::with_par(Par::Seq), "faer f64", 1e-12)?
-                & run(&world, Reference::<f32>::new(), "reference f32", tol32)?
-                & run(&world, Faer::<f32>::with_par(Par::Seq), "faer f32", tol32)?,
-        )
-    };
-    let ok = match checks() {
-        Ok(ok) => ok,
-        Err(e) => {
-            eprintln!("rank {}: error: {e}", world.rank());
-            // The other ranks may wait in a collective for this one.
-            world.abort(3);
+        let ok = run(world, Reference::<f64>::new(), "reference f64", 1e-12)?
+            & run(world, Faer::<f64>::with_par(Par::Seq), "faer f64", 1e-12)?
+            & run(world, Reference::<f32>::new(), "reference f32", tol32)?
+            & run(world, Faer::<f32>::with_par(Par::Seq), "faer f32", tol32)?;
+        if world.rank() == 0 {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            println!("{ms:.1} ms for the four checks");
         }
-    };
-    if world.rank() == 0 {
-        println!(
-            "{:.1} ms for the four checks",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    let mut all_ok = 0i32;
-    world.all_reduce_into(&i32::from(ok), &mut all_ok, SystemOperation::min());
-    if world.rank() == 0 {
-        println!(
-            "dp_equality on {} ranks: {}",
-            world.size(),
-            if all_ok == 1 { "PASS" } else { "FAIL" }
-        );
-    }
-    drop(universe);
-    std::process::exit(if all_ok == 1 { 0 } else { 1 });
+        Ok(ok)
+    })
 }

@@ -20,7 +20,6 @@
 //! batch) and checks every step's loss values, the selection bias and, at the end, every
 //! parameter: f64 to 1e-12 relative, then the same run in f32 to the SPEC's 1e-4.
 
-use mpi::collective::SystemOperation;
 use mpi::traits::*;
 use simbal_core::Rng;
 use simbal_core::{
@@ -34,9 +33,10 @@ use simbal_repro::methods::{Coefficients, InitPolicy, Method};
 use simbal_repro::model::{Model, ModelState};
 use simbal_repro::task::{Batch, SyntheticConfig, SyntheticTask, Task};
 use simbal_repro::train::{build_model, RunSpec, TrainConfig};
-use std::error::Error;
 
-type Res<T> = Result<T, Box<dyn Error>>;
+mod common;
+
+use common::{rel, run_ranks, Res};
 
 const SEQS: usize = 11;
 const SEQ_LEN: usize = 16;
@@ -223,15 +223,6 @@ impl<T: FaerElem> Trainer<T> {
     }
 }
 
-/// `|a - b| / max(|b|, tiny)`, elementwise maximum.
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 fn run<T: FaerElem, C: Communicator>(world: &C, tol: f64) -> Res<bool> {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     if size > SEQS {
@@ -314,31 +305,8 @@ fn run<T: FaerElem, C: Communicator>(world: &C, tol: f64) -> Res<bool> {
 }
 
 fn main() {
-    let Some(universe) = mpi::initialize() else {
-        eprintln!("MPI was already initialised");
-        std::process::exit(2);
-    };
-    let world = universe.world();
-    let mut ok = true;
-    for result in [run::<f64, _>(&world, 1e-12), run::<f32, _>(&world, 1e-4)] {
-        match result {
-            Ok(passed) => ok &= passed,
-            Err(e) => {
-                eprintln!("rank {}: error: {e}", world.rank());
-                // The other ranks may wait in a collective for this one.
-                world.abort(3);
-            }
-        }
-    }
-    let mut all_ok = 0i32;
-    world.all_reduce_into(&i32::from(ok), &mut all_ok, SystemOperation::min());
-    if world.rank() == 0 {
-        println!(
-            "dp_train on {} ranks: {}",
-            world.size(),
-            if all_ok == 1 { "PASS" } else { "FAIL" }
-        );
-    }
-    drop(universe);
-    std::process::exit(if all_ok == 1 { 0 } else { 1 });
+    // f64 to 1e-12, then f32 to the SPEC's 1e-4; an error in either aborts at once.
+    run_ranks("dp_train", |world| {
+        Ok(run::<f64, _>(world, 1e-12)? & run::<f32, _>(world, 1e-4)?)
+    })
 }

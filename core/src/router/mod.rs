@@ -362,8 +362,7 @@ fn dispatched<'a, B: Backend>(
         ws.checks.gates = Some(b.max_abs(view::<B>(&ws.routing.gates))?);
     }
     if !b.values_wait() {
-        settle::settle_forward(b, cfg, &ws.check_sites(inputs))?;
-        ws.checks = settle::ForwardChecks::default();
+        ws.settle_checks(b, cfg, inputs)?;
     }
     dispatch(b, cfg, &mut ws.routing)?;
     ws.routed = true;

@@ -5,9 +5,7 @@
 use super::kernels::Dispatch;
 use super::queued::{backward_dz, finish_backward, QueuedBackward};
 use super::routing::{Gradients, LogitGradients, LossValues, Routing, Shape};
-use super::settle::{
-    backward_read, forward_error, read_step, settle_forward, BackwardValues, ForwardChecks,
-};
+use super::settle::{settle_forward, settle_step, BackwardValues};
 use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::config::{LossConfig, RouterConfig, WeightLayout};
@@ -73,13 +71,7 @@ impl<'a, B: Backend> Routed<'a, B> {
     /// Reads and looks at the forward's pending checks; on an input error the router keeps no
     /// routing. Once looked at, they are not read again.
     fn settle(&mut self, inputs: Option<(&B::View, &B::View)>) -> Result<()> {
-        let ws = &mut *self.ws;
-        if let Err(err) = settle_forward(self.backend, self.cfg, &ws.check_sites(inputs)) {
-            ws.routed = false;
-            return Err(err);
-        }
-        ws.checks = ForwardChecks::default();
-        Ok(())
+        self.ws.settle_checks(self.backend, self.cfg, inputs)
     }
 
     /// Mean routing entropy of this pass's scores (nats).
@@ -380,13 +372,7 @@ impl<B: Backend> LogitsPass<'_, B> {
         }
         let Routed { backend, cfg, ws } = &mut self.routed;
         let queued = backward_dz(*backend, cfg, ws, dw, losses, global)?;
-        let read = read_step(*backend, &ws.checks, &queued)?;
-        if let Err(err) = forward_error(*backend, cfg, &ws.check_sites(None), &read[..4]) {
-            ws.routed = false;
-            return Err(err);
-        }
-        ws.checks = ForwardChecks::default();
-        let got = backward_read(*backend, cfg, &queued, &read[4..], Some(dw))?;
+        let got = settle_step(*backend, cfg, ws, &queued, None, Some(dw))?;
         Ok(LogitGradients {
             losses: got.losses,
             dz: view::<B>(&ws.dz),

@@ -4,7 +4,7 @@
 
 use super::kernels::{BackwardRequest, LblCoef, RouterBackward};
 use super::routing::{LossValues, Shape};
-use super::settle::{backward_read, forward_error, read_step, BackwardValues, ForwardChecks};
+use super::settle::{settle_step, BackwardValues};
 use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::config::{LossConfig, RouterConfig};
@@ -60,11 +60,10 @@ impl<B: Backend> QueuedBackward<'_, B> {
     /// The value checks' errors of [`super::Pass::backward`] (and of the forward, whose checks a
     /// device reads here); backend failures.
     pub fn finish(self) -> Result<LossValues<B::Elem>> {
-        let ws = self.ws;
         finish_backward(
             self.backend,
             self.cfg,
-            ws,
+            self.ws,
             &self.queued,
             (self.x, self.r),
             self.dw,
@@ -85,13 +84,7 @@ pub(super) fn finish_backward<B: Backend>(
     dx: Option<&B::View>,
 ) -> Result<LossValues<B::Elem>> {
     let Shape { d, e, .. } = ws.routing.shape;
-    let read = read_step(b, &ws.checks, queued)?;
-    if let Err(err) = forward_error(b, cfg, &ws.check_sites(Some((x, r))), &read[..4]) {
-        ws.routed = false; // the forward's inputs were bad: no routing is left behind
-        return Err(err);
-    }
-    ws.checks = ForwardChecks::default();
-    let got = backward_read(b, cfg, queued, &read[4..], Some(dw))?;
+    let got = settle_step(b, cfg, ws, queued, Some((x, r)), Some(dw))?;
     // |dX| <= 2E max|dZ| max|R|: when that bound is finite, dX is finite and its N x D scan
     // (a second read) is skipped.
     if let (Some(max_dz), Some(max_r)) = (got.max_dz, got.max_r) {

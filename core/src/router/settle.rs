@@ -94,20 +94,20 @@ impl<B: Backend> Workspace<B> {
 /// The error of the forward's checks read as `read` (in [`ForwardChecks::values`] order), if
 /// one failed: located in the bias copy, the given logits, or `X` then `R` when the caller
 /// still has them, else reported as an overflow of `Z`.
-pub(crate) fn forward_error<B: Backend>(
+fn forward_error<B: Backend>(
     b: &B,
     cfg: &RouterConfig,
     at: &CheckSites<'_, B>,
-    read: &[Option<B::Elem>],
+    [bias, logits, z, gates]: [Option<B::Elem>; 4],
 ) -> Result<()> {
     let e = cfg.experts;
-    if bad(read[0]) {
+    if bad(bias) {
         b.check_finite("selection bias", e, at.bias)?;
     }
-    if bad(read[1]) {
+    if bad(logits) {
         b.check_finite("logits", e, at.z)?;
     }
-    if bad(read[2]) {
+    if bad(z) {
         // Any non-finite X or R reaches Z; only now pay for the scans that locate it.
         if let Some((x, r)) = at.inputs {
             b.check_finite("tokens X", at.d, x)?;
@@ -117,11 +117,11 @@ pub(crate) fn forward_error<B: Backend>(
             what: "logits Z = X R",
         });
     }
-    if bad(read[3]) {
+    if bad(gates) {
         return Err(SimbalError::Overflow { what: "gates" });
     }
     // A check that a value failed but no scan could place (the bias copy or logits changed).
-    if bad(read[0]) || bad(read[1]) {
+    if bad(bias) || bad(logits) {
         return Err(SimbalError::Overflow {
             what: "router inputs",
         });
@@ -129,14 +129,45 @@ pub(crate) fn forward_error<B: Backend>(
     Ok(())
 }
 
-/// Reads and looks at the forward's pending checks (nothing to read when none is pending).
+/// Reads and looks at the forward's pending checks (nothing to read when none is pending),
+/// leaving them pending: for the reads through a shared borrow.
 pub(crate) fn settle_forward<B: Backend>(
     b: &B,
     cfg: &RouterConfig,
     at: &CheckSites<'_, B>,
 ) -> Result<()> {
     let read = read_some(b, at.checks.values())?;
-    forward_error(b, cfg, at, &read)
+    forward_error(b, cfg, at, read)
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Looks at the forward's checks as `read`: on an input error the router keeps no routing
+    /// (as after a failed forward); otherwise they are done with and not read again.
+    fn accept_checks(
+        &mut self,
+        b: &B,
+        cfg: &RouterConfig,
+        read: [Option<B::Elem>; 4],
+        inputs: Option<(&B::View, &B::View)>,
+    ) -> Result<()> {
+        if let Err(err) = forward_error(b, cfg, &self.check_sites(inputs), read) {
+            self.routed = false;
+            return Err(err);
+        }
+        self.checks = ForwardChecks::default();
+        Ok(())
+    }
+
+    /// Reads and looks at the forward's pending checks (see [`Workspace::accept_checks`]).
+    pub(crate) fn settle_checks(
+        &mut self,
+        b: &B,
+        cfg: &RouterConfig,
+        inputs: Option<(&B::View, &B::View)>,
+    ) -> Result<()> {
+        let read = read_some(b, self.checks.values())?;
+        self.accept_checks(b, cfg, read, inputs)
+    }
 }
 
 /// What a backward queued on the backend's side, read with the forward's pending checks.
@@ -178,16 +209,22 @@ pub(crate) struct BackwardRead<T> {
     pub(crate) max_dr: Option<T>,
 }
 
-/// Reads the forward's pending checks and the backward's values in one transfer: the
-/// forward's four (see [`forward_error`]) then the backward's seven (see [`backward_read`]).
-pub(crate) fn read_step<B: Backend>(
+/// The step's one read: the forward's pending checks and the backward's values `v` in one
+/// transfer, looked at in order: the forward's inputs (see [`Workspace::accept_checks`]), the
+/// gate gradient `dw` (`N x k`, scanned to locate a non-finite entry; `None`: no gate
+/// gradient), `dZ`, the loss values. The caller looks at the weight-gradient checks, whose
+/// buffers it holds.
+pub(crate) fn settle_step<B: Backend>(
     b: &B,
-    checks: &ForwardChecks<B::Value>,
+    cfg: &RouterConfig,
+    ws: &mut Workspace<B>,
     v: &BackwardValues<B::Value>,
-) -> Result<[Option<B::Elem>; 11]> {
-    let [f0, f1, f2, f3] = checks.values();
+    inputs: Option<(&B::View, &B::View)>,
+    dw: Option<&B::View>,
+) -> Result<BackwardRead<B::Elem>> {
+    let [f0, f1, f2, f3] = ws.checks.values();
     let lse = v.lse.as_ref().map(|(s, _, _)| s);
-    read_some(
+    let [bias, logits, z, gates, max_dw, lbl, lse_sum, max_dz, simbal, max_r, max_dr] = read_some(
         b,
         [
             f0,
@@ -202,20 +239,9 @@ pub(crate) fn read_step<B: Backend>(
             v.r.as_ref(),
             v.dr.as_ref(),
         ],
-    )
-}
-
-/// The backward's part of a [`read_step`] (`read[4..]`) looked at in order: the gate gradient
-/// `dw` (`N x k`, scanned to locate a non-finite entry), `dZ`, the loss values. The caller
-/// looks at the weight-gradient checks, whose buffers it holds.
-pub(crate) fn backward_read<B: Backend>(
-    b: &B,
-    cfg: &RouterConfig,
-    v: &BackwardValues<B::Value>,
-    read: &[Option<B::Elem>],
-    dw: Option<&B::View>,
-) -> Result<BackwardRead<B::Elem>> {
-    if bad(read[0]) {
+    )?;
+    ws.accept_checks(b, cfg, [bias, logits, z, gates], inputs)?;
+    if bad(max_dw) {
         if let Some(dw) = dw {
             b.check_finite("gate gradient", cfg.k, dw)?;
         }
@@ -225,18 +251,18 @@ pub(crate) fn backward_read<B: Backend>(
     }
     // Finite inputs can still overflow here (a large scale times a large dW); report it
     // instead of handing back an inf/NaN dZ.
-    if bad(read[3]) {
+    if bad(max_dz) {
         return Err(SimbalError::Overflow {
             what: "logit gradient dZ",
         });
     }
     let zero = <B::Elem as num_traits::Zero>::zero();
     let mut losses = LossValues {
-        lbl: read[1].unwrap_or(zero),
-        simbal: read[4].unwrap_or(zero),
+        lbl: lbl.unwrap_or(zero),
+        simbal: simbal.unwrap_or(zero),
         ..LossValues::default()
     };
-    if let (Some(sum), Some(&(_, beta, valid))) = (read[2], v.lse.as_ref()) {
+    if let (Some(sum), Some(&(_, beta, valid))) = (lse_sum, v.lse.as_ref()) {
         if valid > 0 {
             losses.z_loss = B::Elem::of(beta) * sum / B::Elem::of_usize(valid);
         }
@@ -245,8 +271,8 @@ pub(crate) fn backward_read<B: Backend>(
     finite_loss(&losses)?;
     Ok(BackwardRead {
         losses,
-        max_dz: read[3],
-        max_r: read[5],
-        max_dr: read[6],
+        max_dz,
+        max_r,
+        max_dr,
     })
 }

@@ -2,7 +2,7 @@
 
 use super::pass::{Pass, Routed};
 use super::routing::{LossValues, Shape};
-use super::settle::{backward_read, forward_error, read_step, BackwardValues, ForwardChecks};
+use super::settle::{settle_step, BackwardValues};
 use super::workspace::Workspace;
 use crate::backend::Backend;
 use crate::config::LossConfig;
@@ -77,14 +77,7 @@ impl<B: Backend> Pass<'_, B> {
             queued.simbal = Some(simbal_loss_value(b, &sc, self.r, None, simbal)?);
         }
         // One read: the forward's pending checks and the values.
-        let read = read_step(b, &ws.checks, &queued)?;
-        if let Err(err) = forward_error(b, cfg, &ws.check_sites(Some((self.x, self.r))), &read[..4])
-        {
-            ws.routed = false;
-            return Err(err);
-        }
-        ws.checks = ForwardChecks::default();
-        let values = backward_read(b, cfg, &queued, &read[4..], None)?.losses;
-        Ok(values)
+        let inputs = Some((self.x, self.r));
+        Ok(settle_step(b, cfg, ws, &queued, inputs, None)?.losses)
     }
 }
