@@ -150,12 +150,14 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             coef: l.coef,
             normalize: l.normalize,
         });
-        // The z-loss's `lse^2` per row from the rows' own pass over the logits (masked rows
-        // 0), then one sum: the fused backward is two launches where it was three.
-        let lse_rows = a
+        // The z-loss's `lse^2` per row and `max |dZ|` from the rows' own pass (masked rows
+        // 0), then one sum of the rows when the z-loss is asked for.
+        let lse_rows =
+            (a.request.lse_sq_sum && n > 0).then(|| DevBuf::<f32>::empty(&self.client, n));
+        let max_abs = a
             .request
-            .lse_sq_sum
-            .then(|| DevBuf::<f32>::empty(&self.client, n.max(1)));
+            .max_abs_dz
+            .then(|| reduce::abs_max_cell(&self.client));
         router_backward::router_backward_rows(
             &self.client,
             &router_backward::BackOptions {
@@ -173,19 +175,25 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             a.dw,
             groups,
             lbl,
-            a.dz,
-            lse_rows.as_ref().filter(|_| n > 0),
+            router_backward::BackOutputs {
+                dz: a.dz,
+                lse_rows: lse_rows.as_ref(),
+                max_abs: max_abs.as_ref(),
+            },
         )
         .map_err(map_err)?;
-        let lse =
+        let lse_sq_sum =
             match lse_rows {
-                Some(rows) if n > 0 => Some(self.value_of(|out| {
+                Some(rows) => Some(self.value_of(|out| {
                     util::reduce_all(&self.client, Whole::Sum(&rows, 1.0), out, 0)
                 })?),
-                Some(_) => Some(simbal_core::Memory::value(self, 0.0)?),
+                None if a.request.lse_sq_sum => Some(simbal_core::Memory::value(self, 0.0)?),
                 None => None,
             };
-        self.backward_sums(a.request.max_abs_dz, a.dz, lse)
+        Ok(BackwardSums {
+            lse_sq_sum,
+            max_abs_dz: max_abs.map(DevBuf::bits_as_f32),
+        })
     }
 
     fn group_column_sums(&self, a: Checked<GroupSums<'_, Self>>) -> Result<()> {
@@ -367,7 +375,7 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     }
 
     fn max_abs(&self, buf: &DevBuf<f32>) -> Result<DevBuf<f32>> {
-        self.value_of(|out| reduce::max_abs_into(&self.client, buf, out, 0))
+        reduce::max_abs_value(&self.client, buf).map_err(map_err)
     }
 
     fn check_finite(&self, what: &'static str, cols: usize, buf: &DevBuf<f32>) -> Result<()> {

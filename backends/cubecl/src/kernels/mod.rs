@@ -25,6 +25,7 @@ macro_rules! launch {
     ($client:expr, $launch:expr, $kernel:ident($($arg:expr),* $(,)?)) => {{
         let $crate::kernels::Launch { cubes, dim } = $launch;
         $crate::counters::launched();
+        if std::env::var_os("TRACE_LAUNCH").is_some() { eprintln!("LAUNCH {}", stringify!($kernel)); }
         // SAFETY: every kernel guards each global index against the lengths its launcher
         // checked, and `DevBuf::arg` passes a buffer's real length (see the module docs).
         unsafe { $kernel::launch_unchecked($client, cubes, dim, $($arg),*) }
@@ -93,7 +94,17 @@ impl<T: CubeElement> DevBuf<T> {
         let handle = client.empty(len.max(1) * core::mem::size_of::<T>());
         Self::from_handle(handle, len)
     }
+}
 
+impl DevBuf<u32> {
+    /// The same handle read as `f32`s: for a kernel that writes float bits through `u32`
+    /// atomics (as [`reduce::max_abs_value`]).
+    pub fn bits_as_f32(self) -> DevBuf<f32> {
+        DevBuf::from_handle(self.handle, self.len)
+    }
+}
+
+impl<T: CubeElement> DevBuf<T> {
     /// Reads the buffer back to the host (blocks until the queued work is done).
     pub fn read<R: Runtime>(&self, client: &ComputeClient<R>) -> Result<Vec<T>, KernelError> {
         if self.len == 0 {

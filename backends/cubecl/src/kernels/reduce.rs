@@ -17,7 +17,8 @@
 //!   the whole-batch, unnormalised case is a plain axis-0 sum (of an `n x E` matrix), and
 //!   giving it a second code path with a second summation order (cubek's depends on its
 //!   routine, vector width and plane size) was not worth it; not measured against cubek.
-//! - [`first_non_finite`] and [`max_u32`] are integer atomics, one launch each.
+//! - [`first_non_finite`], [`max_u32`] and [`max_abs_value`] are integer atomics, one launch
+//!   each ([`max_abs_value`] on the bits of `|x|`, which keeps a NaN by construction).
 
 // Comptime flags guard runtime tests: nesting keeps the comptime branch separate.
 #![allow(clippy::collapsible_if)]
@@ -26,7 +27,7 @@ use cubecl::prelude::*;
 
 use super::router_forward::{row_elem, row_layout, row_thread};
 use super::util::{
-    check_slot, fill, fill_zero, fits_u32, is_nan_bits, is_non_finite_bits, reduce_all, tree_max,
+    abs_bits, fill, fill_zero, fits_u32, is_non_finite_bits, reduce_all, tree_max, tree_max_u32,
     tree_sum, Whole,
 };
 
@@ -282,110 +283,66 @@ pub fn first_non_finite<R: Runtime>(
     Ok(())
 }
 
-/// Cubes of the partial passes of [`max_abs_partials`] and [`max_u32`].
+/// Most cubes of the grid-stride passes of [`max_abs_value`].
 const MAX_CUBES: usize = 512;
 
-/// Per cube: `partial[2c] = max |x|` over non-NaN elements, `partial[2c + 1] = 1` if a NaN was
-/// seen (else 0). Grid-stride over the buffer.
+/// Each cube's maximum of `abs_bits(x)` (a grid-stride share, then a tree), folded into
+/// `out[0]` with one atomic maximum per cube: exact and order-free, so one launch suffices.
 #[cube(launch_unchecked)]
-fn max_abs_kernel(x: &Array<f32>, partial: &mut Array<f32>, len: u32) {
-    let cube = linear_cube();
+fn max_abs_kernel(x: &Array<f32>, out: &mut Array<Atomic<u32>>, len: u32) {
     let lane = UNIT_POS as usize;
     let cubes = CUBE_COUNT;
-    let mut s = SharedMemory::<f32>::new(256usize);
-    let mut mx = 0.0f32;
-    let mut nan = 0.0f32;
-    let mut i = cube * 256 + lane;
+    let mut s = SharedMemory::<u32>::new(256usize);
+    let mut mx = 0u32;
+    let mut i = linear_cube() * 256 + lane;
     while i < len as usize {
-        let v = x[i];
-        if is_nan_bits(v) {
-            nan = 1.0;
-        } else {
-            let a = f32::abs(v);
-            if a > mx {
-                mx = a;
-            }
+        let b = abs_bits(x[i]);
+        if b > mx {
+            mx = b;
         }
         i += cubes * 256;
     }
-    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
-    let any_nan = tree_max(&mut s, 0usize, lane, nan, 256usize);
+    let top = tree_max_u32(&mut s, 0usize, lane, mx, 256usize);
     if lane == 0 {
-        partial[2 * cube] = top;
-        partial[2 * cube + 1] = any_nan;
+        out[0].fetch_max(top);
     }
 }
 
-/// `out[at]` = the largest of the per-cube maxima of [`max_abs_kernel`], or `nan` when any cube
-/// saw a NaN (one cube; the value stays on the device).
-#[cube(launch_unchecked)]
-fn max_abs_finish_kernel(
-    partial: &Array<f32>,
-    out: &mut Array<f32>,
-    cubes: u32,
-    at: u32,
-    nan: f32,
-) {
-    let lane = UNIT_POS as usize;
-    let mut s = SharedMemory::<f32>::new(256usize);
-    let mut mx = 0.0f32;
-    let mut seen = 0.0f32;
-    let mut i = lane;
-    while i < cubes as usize {
-        if partial[2 * i] > mx {
-            mx = partial[2 * i];
-        }
-        if partial[2 * i + 1] > seen {
-            seen = partial[2 * i + 1];
-        }
-        i += 256;
-    }
-    let top = tree_max(&mut s, 0usize, lane, mx, 256usize);
-    let any_nan = tree_max(&mut s, 0usize, lane, seen, 256usize);
-    if lane == 0 {
-        if any_nan > 0.0 {
-            out[at as usize] = nan;
-        } else {
-            out[at as usize] = top;
-        }
-    }
+/// A zeroed one-element cell for an atomic maximum of [`abs_bits`], uploaded (a copy, not a
+/// launch), so that the maximum itself is one launch.
+pub fn abs_max_cell<R: Runtime>(client: &ComputeClient<R>) -> DevBuf<u32> {
+    DevBuf::upload(client, &[0u32])
 }
 
-/// `out[at]` = the largest absolute value of `x`; NaN when `x` holds a NaN; 0 when empty. Two
-/// launches (per-cube partials, then their maximum); nothing waits.
-pub fn max_abs_into<R: Runtime>(
+/// The largest absolute value of `x` as a one-element buffer (the value stays on the device):
+/// NaN when `x` holds a NaN, 0 when empty. One launch (and a 4-byte upload); nothing waits.
+///
+/// # Errors
+/// [`KernelError::Unsupported`] for more than `u32::MAX` elements.
+pub fn max_abs_value<R: Runtime>(
     client: &ComputeClient<R>,
     x: &DevBuf<f32>,
-    out: &DevBuf<f32>,
-    at: usize,
-) -> Result<(), KernelError> {
-    let at = check_slot("max |x| output", out, at)?;
+) -> Result<DevBuf<f32>, KernelError> {
     let len = fits_u32("buffer", x.len)?;
-    let cubes = x.len.div_ceil(256).clamp(1, MAX_CUBES);
-    let partial = DevBuf::<f32>::empty(client, 2 * cubes);
-    if len == 0 {
-        fill_zero(client, &partial)?;
-    } else {
+    let out = abs_max_cell(client);
+    if len > 0 {
+        let cubes = x.len.div_ceil(256).clamp(1, MAX_CUBES);
         launch!(
             client,
             Launch::cubes(cubes)?,
-            max_abs_kernel(x.arg(), partial.arg(), len)
+            max_abs_kernel(x.arg(), out.arg(), len)
         );
     }
-    launch!(
-        client,
-        Launch::cubes(1)?,
-        max_abs_finish_kernel(partial.arg(), out.arg(), cubes as u32, at, f32::NAN)
-    );
-    Ok(())
+    Ok(out.bits_as_f32())
 }
 
 /// Largest absolute value of `x`; NaN when `x` holds a NaN; 0 when empty. Blocks for a 4-byte
 /// read.
+///
+/// # Errors
+/// As [`max_abs_value`], and [`KernelError::Device`] when the read fails.
 pub fn max_abs<R: Runtime>(client: &ComputeClient<R>, x: &DevBuf<f32>) -> Result<f32, KernelError> {
-    let out = DevBuf::<f32>::empty(client, 1);
-    max_abs_into(client, x, &out, 0)?;
-    Ok(out.read(client)?[0])
+    Ok(max_abs_value(client, x)?.read(client)?[0])
 }
 
 #[cube(launch_unchecked)]

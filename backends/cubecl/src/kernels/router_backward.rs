@@ -11,7 +11,7 @@ use cubecl::prelude::*;
 
 use super::reduce::row_max_exp_sum;
 use super::router_forward::{row_elem, row_launch, row_thread, Gating, RowBufs, RowShape};
-use super::util::{fits_u32, tree_sum};
+use super::util::{abs_bits, fits_u32, tree_max_u32, tree_sum};
 use super::{check_len, check_len2, DevBuf, KernelError};
 
 /// Compile-time shape and options of the backward row kernel.
@@ -32,6 +32,24 @@ pub struct BackShape {
     /// Each row's `lse(z_t)^2` (0 for a masked token) is written too: the z-loss's sum from
     /// the same pass over the logits, one reduction later.
     pub lse_rows: bool,
+    /// `max |dZ|` is folded into a cell too (see [`BackOutputs::max_abs`]).
+    pub max_abs: bool,
+}
+
+/// What a backward launch writes: `dZ`, and the per-step sums asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct BackOutputs<'a> {
+    /// The logit gradient, `n x E`.
+    pub dz: &'a DevBuf<f32>,
+    /// Each row's `lse(z_t)^2` (0 for a masked token), `n`: the z-loss's terms from the rows'
+    /// own pass over the logits (a sum in a fixed order is one launch later: a deterministic
+    /// sum across cubes needs a device-wide fence that cubecl 0.10 does not have).
+    pub lse_rows: Option<&'a DevBuf<f32>>,
+    /// A one-element cell, zero on entry ([`super::reduce::abs_max_cell`]), that ends as the
+    /// bits of `max |dZ|` (NaN when `dZ` holds one): each cube folds its rows' maximum in with
+    /// one atomic maximum on [`super::util::abs_bits`], which is exact and order-free, so it
+    /// costs no launch of its own.
+    pub max_abs: Option<&'a DevBuf<u32>>,
 }
 
 /// How the backward's token rows map to LBL coefficient rows (and which are masked).
@@ -94,6 +112,7 @@ fn router_backward_kernel(
     ids: &Array<u32>,
     dz: &mut Array<f32>,
     lse_rows: &mut Array<f32>,
+    dz_max: &mut Array<Atomic<u32>>,
     n: u32,
     group_len: u32,
     count: u32,
@@ -305,13 +324,34 @@ fn router_backward_kernel(
             c += lanes;
         }
     }
+    if comptime!(cfg.max_abs) {
+        // The cube's `max |dZ|` (every lane reads back only what it wrote), one atomic.
+        let mut mx = 0u32;
+        if valid {
+            c = lane;
+            while c < e {
+                let b = abs_bits(ds[pb + c]);
+                if b > mx {
+                    mx = b;
+                }
+                c += lanes;
+            }
+        }
+        let threads = comptime!(cfg.row.lanes * cfg.row.rows);
+        let mut ms = SharedMemory::<u32>::new(threads);
+        let tid = ty * lanes + lane;
+        let top = tree_max_u32(&mut ms, 0usize, tid, mx, threads);
+        if tid == 0 {
+            dz_max[0].fetch_max(top);
+        }
+    }
 }
 
-/// Enqueues the backward rows: `dz` (`n x E`) from the forward's `rows`, the dropped flags and
-/// the gate gradient `dw` (`n x k`), with the tokens' groups as runs or per-token ids (masked
-/// tokens: no LBL row, no z-loss term) and the LBL's `groups x E` coefficients, optionally
-/// through the per-token score normalisation; with `lse_rows` (`n`), each row's `lse(z_t)^2`
-/// (0 for a masked token) from the same launch.
+/// Enqueues the backward rows: `out.dz` (`n x E`) from the forward's `rows`, the dropped flags
+/// and the gate gradient `dw` (`n x k`), with the tokens' groups as runs or per-token ids
+/// (masked tokens: no LBL row, no z-loss term) and the LBL's `groups x E` coefficients,
+/// optionally through the per-token score normalisation; the sums `out` asks for (each row's
+/// `lse(z_t)^2`, `max |dZ|`) from the same launch.
 #[allow(clippy::too_many_arguments)]
 pub fn router_backward_rows<R: Runtime>(
     client: &ComputeClient<R>,
@@ -321,9 +361,13 @@ pub fn router_backward_rows<R: Runtime>(
     dw: &DevBuf<f32>,
     groups: TokenGroups<'_>,
     lbl: Option<BackLbl<'_>>,
-    dz: &DevBuf<f32>,
-    lse_rows: Option<&DevBuf<f32>>,
+    out: BackOutputs<'_>,
 ) -> Result<(), KernelError> {
+    let BackOutputs {
+        dz,
+        lse_rows,
+        max_abs,
+    } = out;
     let (e, k) = (o.gating.e, o.gating.k);
     let n = rows.check(&o.gating)?;
     check_len2("dropped flags", n, k, dropped.len)?;
@@ -350,6 +394,9 @@ pub fn router_backward_rows<R: Runtime>(
     if let Some(rows) = lse_rows {
         check_len("per-row lse^2", n, rows.len)?;
     }
+    if let Some(cell) = max_abs {
+        check_len("max |dZ| cell", 1, cell.len)?;
+    }
     if n == 0 {
         return Ok(());
     }
@@ -361,12 +408,14 @@ pub fn router_backward_rows<R: Runtime>(
         ids: ids.is_some(),
         normalize: lbl.is_some_and(|l| l.normalize),
         lse_rows: lse_rows.is_some(),
+        max_abs: max_abs.is_some(),
     };
     let r = &shape.row;
     let launch = row_launch(client, n, r, 4 * r.rows * (2 * e + r.lanes))?;
     let coef = lbl.map_or_else(|| DevBuf::empty(client, 1), |l| l.coef.clone());
     let ids = ids.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
     let lse_rows = lse_rows.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
+    let dz_max = max_abs.map_or_else(|| DevBuf::empty(client, 1), DevBuf::clone);
     launch!(
         client,
         launch,
@@ -381,6 +430,7 @@ pub fn router_backward_rows<R: Runtime>(
             ids.arg(),
             dz.arg(),
             lse_rows.arg(),
+            dz_max.arg(),
             n as u32,
             group_len as u32,
             count as u32,

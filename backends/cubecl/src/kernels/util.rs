@@ -238,6 +238,43 @@ pub fn tree_max(
     tree_reduce(s, base, lane, value, width, true)
 }
 
+/// `|v|` as ordered bits: with the sign cleared, the `u32` order of the bits is the order of the
+/// values, and every NaN sorts above `+inf`, so an integer maximum of them keeps a NaN (which a
+/// float `>` would drop) and does not depend on the order it runs in.
+#[cube]
+pub fn abs_bits(v: f32) -> u32 {
+    u32::reinterpret(v) & 0x7FFF_FFFFu32
+}
+
+/// Maximum of `u32`s over the `width` lanes `s[base .. base + width]` of a cube (`width` a
+/// power of two); every lane passes its `value` and gets the maximum. All threads of the cube
+/// must call it (it syncs).
+#[cube]
+pub fn tree_max_u32(
+    s: &mut SharedMemory<u32>,
+    base: usize,
+    lane: usize,
+    value: u32,
+    #[comptime] width: usize,
+) -> u32 {
+    s[base + lane] = value;
+    sync_cube();
+    let mut stride = comptime!(width / 2).runtime();
+    while stride > 0 {
+        if lane < stride {
+            let other = s[base + lane + stride];
+            if other > s[base + lane] {
+                s[base + lane] = other;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let top = s[base];
+    sync_cube();
+    top
+}
+
 /// Whether `v` is NaN, from its bits (immune to fast-math assumptions of shader compilers).
 #[cube]
 pub fn is_nan_bits(v: f32) -> bool {
