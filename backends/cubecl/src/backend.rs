@@ -34,11 +34,25 @@ use simbal_core::{Backend, Checked, Result, SimbalError};
 use crate::kernels::reduce::RowStat;
 use crate::kernels::util::Whole;
 use crate::kernels::{
-    dispatch, gemm, groups, lbl, reduce, router_backward, router_forward, simbal, util, DevBuf,
+    dispatch, gemm, groups, lbl, logits_route, reduce, router_backward, router_forward, simbal,
+    util, DevBuf,
 };
 use crate::{map_err, CubeclBackend};
 
 /// How the row kernels score and gate for a router configuration.
+/// Core's GEMM description in the kernels' f32 terms.
+fn gemm_dims(g: &simbal_core::gemm::Gemm) -> gemm::GemmDims {
+    gemm::GemmDims {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        trans_a: g.trans_a,
+        trans_b: g.trans_b,
+        alpha: g.alpha as f32,
+        beta: g.beta as f32,
+    }
+}
+
 fn gating(cfg: &RouterConfig) -> router_forward::Gating {
     router_forward::Gating {
         e: cfg.experts,
@@ -52,15 +66,7 @@ fn gating(cfg: &RouterConfig) -> router_forward::Gating {
 impl<R: Runtime> Backend for CubeclBackend<R> {
     fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
         let GemmArgs { gemm: g, a, b, c } = a.into_inner();
-        let dims = gemm::GemmDims {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            trans_a: g.trans_a,
-            trans_b: g.trans_b,
-            alpha: g.alpha as f32,
-            beta: g.beta as f32,
-        };
+        let dims = gemm_dims(&g);
         gemm::gemm(&self.client, &dims, a, b, c).map_err(map_err)
     }
 
@@ -72,17 +78,27 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             return simbal_core::backend::route_staged(self, a);
         }
         let mut a = a.into_inner();
+        let mut fused = None;
         if let Logits::Tokens { gemm, x, r } = a.logits {
-            let z = &mut *a.z;
-            self.gemm(
-                GemmArgs {
-                    gemm,
-                    a: x,
-                    b: r,
-                    c: z,
-                }
-                .check(self)?,
-            )?;
+            let args = GemmArgs {
+                gemm,
+                a: x,
+                b: r,
+                c: &mut *a.z,
+            }
+            .check(self)?;
+            let dims = gemm_dims(&gemm);
+            if a.cfg.score != ScoreFn::SqrtSoftplus && logits_route::fuses(&dims) {
+                // The logits and the rows in one launch (below).
+                fused = Some(logits_route::TokenLogits {
+                    x,
+                    r,
+                    d: gemm.k,
+                    trans_b: gemm.trans_b,
+                });
+            } else {
+                self.gemm(args)?;
+            }
         }
         if a.cfg.score == ScoreFn::SqrtSoftplus {
             // No sqrt-softplus row kernel yet: the host rows (the logits stay as computed).
@@ -101,8 +117,14 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
             };
             // The plain top-k (when asked) in the same launch, from the same rows.
             let plain = a.plain.as_deref_mut();
-            router_forward::route_rows(&self.client, &o, rows, a.bias, plain.as_deref())
-                .map_err(map_err)?;
+            let c = &self.client;
+            match fused {
+                Some(logits) => {
+                    logits_route::logits_route_rows(c, &o, logits, rows, a.bias, plain.as_deref())
+                }
+                None => router_forward::route_rows(c, &o, rows, a.bias, plain.as_deref()),
+            }
+            .map_err(map_err)?;
             if let Some(plain) = plain {
                 plain.bound = u32::try_from(a.cfg.experts).ok();
             }

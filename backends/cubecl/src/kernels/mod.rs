@@ -36,6 +36,7 @@ pub mod dispatch;
 pub mod gemm;
 pub mod groups;
 pub mod lbl;
+pub mod logits_route;
 pub mod reduce;
 pub mod router_backward;
 pub mod router_forward;

@@ -182,13 +182,45 @@ fn route_rows_kernel(
     #[comptime] cfg: RouteShape,
 ) {
     let e = comptime!(cfg.row.e);
+    let lanes = comptime!(cfg.row.lanes);
+    let (lane, ty, row) = row_thread(cfg.row.rows);
+    let valid = row < n as usize;
+    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
+    let pb = ty * e;
+    // Stage the logits.
+    let mut c = lane;
+    while c < e {
+        ps[pb + c] = row_elem(z, row * e + c, valid);
+        c += lanes;
+    }
+    route_staged_row(
+        &mut ps, bias, p_out, idx_out, gates_out, plain_out, valid, scale, ninf, cfg,
+    );
+}
+
+/// The forward of one row whose logits each lane has staged (its strided share) in
+/// `ps[ty E .. ty E + E]`: scores (`n x E`), selection, gates and, with `cfg.has_plain`, the
+/// plain top-k (`n x k` each) written out. All threads of the cube must call it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn route_staged_row(
+    ps: &mut SharedMemory<f32>,
+    bias: &Array<f32>,
+    p_out: &mut Array<f32>,
+    idx_out: &mut Array<u32>,
+    gates_out: &mut Array<f32>,
+    plain_out: &mut Array<u32>,
+    valid: bool,
+    scale: f32,
+    ninf: f32,
+    #[comptime] cfg: RouteShape,
+) {
+    let e = comptime!(cfg.row.e);
     let k = comptime!(cfg.row.k);
     let lanes = comptime!(cfg.row.lanes);
     let ng = comptime!(cfg.groups);
     let (lane, ty, row) = row_thread(cfg.row.rows);
-    let valid = row < n as usize;
 
-    let mut ps = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
     let mut ks = SharedMemory::<f32>::new(comptime!(cfg.row.e * cfg.row.rows));
     let mut rs = SharedMemory::<f32>::new(comptime!(cfg.row.lanes * cfg.row.rows));
     let mut ri = SharedMemory::<u32>::new(comptime!(cfg.row.lanes * cfg.row.rows));
@@ -196,17 +228,11 @@ fn route_rows_kernel(
     let pb = ty * e;
     let rb = ty * lanes;
 
-    // Stage the logits.
-    let mut c = lane;
-    while c < e {
-        ps[pb + c] = row_elem(z, row * e + c, valid);
-        c += lanes;
-    }
     let softmax = comptime!(cfg.row.softmax);
-    score_row_shared(&mut ps, &mut rs, pb, rb, lane, ninf, e, lanes, softmax);
+    score_row_shared(ps, &mut rs, pb, rb, lane, ninf, e, lanes, softmax);
 
     // Scores out, selection keys in.
-    c = lane;
+    let mut c = lane;
     while c < e {
         let p = ps[pb + c];
         if valid {
@@ -304,7 +330,7 @@ fn route_rows_kernel(
         // The plain top-k of the scores alone (no bias, no groups), from the same row.
         let mut pc = SharedMemory::<u32>::new(comptime!(cfg.row.k * cfg.row.rows));
         pick_top_k(
-            &ps, true, &adm, 0usize, &mut rs, &mut ri, &mut pc, ninf, row_shape,
+            ps, true, &adm, 0usize, &mut rs, &mut ri, &mut pc, ninf, row_shape,
         );
         sync_cube();
         if valid {
@@ -397,10 +423,52 @@ pub(super) fn row_launch<R: Runtime>(
 }
 
 /// Shared memory (bytes) of the forward kernel.
-fn shared_bytes(s: &RouteShape) -> usize {
+pub(super) fn shared_bytes(s: &RouteShape) -> usize {
     let r = &s.row;
     let plain = if s.has_plain { r.k } else { 0 };
     4 * r.rows * (2 * r.e + 2 * r.lanes + r.k + plain + 2 * s.groups.max(1))
+}
+
+/// The checks of a forward launch (`k` of `E`, every buffer's length, the group limit) and its
+/// compile-time shape on `row`'s layout; `None` for no rows (nothing to launch).
+pub(super) fn route_shape(
+    o: &RouteOptions,
+    row: RowShape,
+    rows: &RowBufs<'_>,
+    bias: Option<&DevBuf<f32>>,
+    plain: Option<&DevBuf<u32>>,
+) -> Result<Option<RouteShape>, KernelError> {
+    let (e, k) = (o.gating.e, o.gating.k);
+    let n = rows.check(&o.gating)?;
+    if let Some(b) = bias {
+        check_len("selection bias", e, b.len)?;
+    }
+    if let Some(pl) = plain {
+        check_len2("plain indices", n, k, pl.len)?;
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    fits_u32("logits", n * e)?;
+    let (groups, top_groups, group_pick) = match o.groups {
+        Some((g, top)) if top < g => {
+            if g == 0 || e % g != 0 || top == 0 {
+                return Err(KernelError::Unsupported(format!(
+                    "{g} groups, {top} admitted, E = {e}"
+                )));
+            }
+            (g, top, (k / top).clamp(1, e / g))
+        }
+        _ => (0, 0, 0),
+    };
+    Ok(Some(RouteShape {
+        row,
+        has_bias: bias.is_some(),
+        groups,
+        top_groups,
+        group_pick,
+        has_plain: plain.is_some(),
+    }))
 }
 
 /// Enqueues the forward rows: `p` (`n x E`), `idx` and `gates` (`n x k`) from logits `z`, with
@@ -413,37 +481,11 @@ pub fn route_rows<R: Runtime>(
     bias: Option<&DevBuf<f32>>,
     plain: Option<&DevBuf<u32>>,
 ) -> Result<(), KernelError> {
-    let (e, k) = (o.gating.e, o.gating.k);
-    let n = rows.check(&o.gating)?;
-    if let Some(b) = bias {
-        check_len("selection bias", e, b.len)?;
-    }
-    if let Some(pl) = plain {
-        check_len2("plain indices", n, k, pl.len)?;
-    }
-    if n == 0 {
+    let Some(shape) = route_shape(o, RowShape::new(&o.gating), &rows, bias, plain)? else {
         return Ok(());
-    }
-    let n32 = fits_u32("logits", n * e).map(|_| n as u32)?;
-    let (groups, top_groups, group_pick) = match o.groups {
-        Some((g, top)) if top < g => {
-            if g == 0 || e % g != 0 || top == 0 {
-                return Err(KernelError::Unsupported(format!(
-                    "{g} groups, {top} admitted, E = {e}"
-                )));
-            }
-            (g, top, (k / top).clamp(1, e / g))
-        }
-        _ => (0, 0, 0),
     };
-    let shape = RouteShape {
-        row: RowShape::new(&o.gating),
-        has_bias: bias.is_some(),
-        groups,
-        top_groups,
-        group_pick,
-        has_plain: plain.is_some(),
-    };
+    let n = rows.n;
+    let n32 = n as u32;
     let launch = row_launch(client, n, &shape.row, shared_bytes(&shape))?;
     let bias = bias.cloned().unwrap_or_else(|| DevBuf::empty(client, 1));
     let plain = plain.cloned().unwrap_or_else(|| DevBuf::empty(client, 1));

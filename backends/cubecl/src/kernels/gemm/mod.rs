@@ -26,7 +26,7 @@ use super::{check_len2, element_index, DevBuf, KernelError, Launch, MAX_GRID_DIM
 
 pub use cubek::CubekStrategy;
 pub use skinny::SKINNY_MAX_N;
-use skinny::SKINNY_MIN_DIM;
+pub(crate) use skinny::{sum_accumulators, SKINNY_MIN_DIM, SK_LANES, SK_ROWS};
 
 /// Least inner dimension for which [`gemm`] takes cubek's double-buffered routine.
 pub const CUBEK_DOUBLE_MIN_K: usize = 256;

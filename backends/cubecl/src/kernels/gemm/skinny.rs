@@ -13,17 +13,17 @@ use crate::kernels::{linear_cube, KernelError, Launch};
 /// tree), so only `E <= 8` takes them. `9..=16` is unmeasured and stays on the tiles.
 pub const SKINNY_MAX_N: usize = 8;
 /// Least rows of the output and least inner dimension for the skinny kernels.
-pub(super) const SKINNY_MIN_DIM: usize = 64;
+pub(crate) const SKINNY_MIN_DIM: usize = 64;
 /// Threads of a skinny cube along the reduction (nn) or along the output rows (tn).
-const SK_LANES: usize = 32;
+pub(crate) const SK_LANES: usize = 32;
 /// Output rows (nn) or token lanes (tn) per skinny cube.
-const SK_ROWS: usize = 8;
+pub(crate) const SK_ROWS: usize = 8;
 
 /// Fixed-order tree over `count` threads of their `n` accumulators each: thread `me` stores
 /// `acc` at `s[base..base + n]`, and its partner `stride` threads on sits `stride * step` slots
 /// further; the total ends in the slots of thread 0. All threads of the cube must call it.
 #[cube]
-fn sum_accumulators(
+pub(crate) fn sum_accumulators(
     acc: &Array<f32>,
     s: &mut SharedMemory<f32>,
     base: usize,
