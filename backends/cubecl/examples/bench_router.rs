@@ -2,11 +2,12 @@
 //!
 //! ```sh
 //! cargo run --release -p simbal-cubecl --features cuda --example bench_router -- cuda [iters]
-//! cargo run --release -p simbal-cubecl --example bench_router -- wgpu [iters]
+//! cargo run --release -p simbal-cubecl --example bench_router -- wgpu [iters] [shape index]
 //! ```
 //!
 //! For each shape (N/D/E/k) it times a whole `Router` step (forward + backward with SimBal, LBL
-//! and z-loss, f32) and each kernel of it alone (synchronising after every launch), and prints
+//! and z-loss, f32) and each kernel of it alone (synchronising after every launch; `Z+route` is
+//! the logits and the rows as the step runs them, one fused launch where `E <= 8`), and prints
 //! milliseconds (median over `iters`), the step's kernel launches and device waits
 //! (`launch/w`, from `simbal_cubecl::counters`) and the GEMMs' GFLOP/s.
 
@@ -62,13 +63,16 @@ fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
+fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize, only: Option<usize>) {
     println!("backend {}", be.name());
     println!(
-        "{:>5} {:>5} {:>4} {:>2} | {:>8} {:>8} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8}",
-        "N", "D", "E", "k", "step ms", "launch/w", "Z=XR", "route", "dispatch", "bwd", "dX", "dR", "simbal", "XR GF/s", "dX GF/s", "dR GF/s"
+        "{:>5} {:>5} {:>4} {:>2} | {:>8} {:>8} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+        "N", "D", "E", "k", "step ms", "launch/w", "Z=XR", "route", "Z+route", "dispatch", "bwd", "dX", "dR", "simbal", "XR GF/s", "dX GF/s", "dR GF/s"
     );
-    for &(n, d, e, k) in &SHAPES {
+    for (i, &(n, d, e, k)) in SHAPES.iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let x = be.upload(&lcg(1, n * d, 1.0)).unwrap();
         let r_host: Vec<f32> = orthogonal_init(WeightLayout::DxE, d, e, 7).unwrap();
         let r = be.upload(&r_host).unwrap();
@@ -116,6 +120,26 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
                 cfg: &cfg,
                 n,
                 logits: Logits::Given,
+                bias: None,
+                z: &mut z,
+                p: &mut p,
+                idx: &mut idx,
+                gates: &mut gates,
+                plain: None,
+                request: RouteRequest::default(),
+            };
+            be.route(a.check(&be).unwrap()).unwrap();
+        });
+        // The logits and the rows as the step runs them (one launch where `E <= 8`).
+        let t_fused = time(&be, iters, || {
+            let a = Route {
+                cfg: &cfg,
+                n,
+                logits: Logits::Tokens {
+                    gemm: Gemm::new(n, e, d),
+                    x: &x,
+                    r: &r,
+                },
                 bias: None,
                 z: &mut z,
                 p: &mut p,
@@ -176,8 +200,8 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize) {
         });
         let gf = |ms: f64| 2.0 * (n * d * e) as f64 / (ms * 1e-3) / 1e9;
         println!(
-            "{:>5} {:>5} {:>4} {:>2} | {:>8.3} {:>8} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.0} {:>8.0} {:>8.0}",
-            n, d, e, k, step, format!("{}/{}", per_step.launches, per_step.waits), t_z, t_route, t_disp, t_bwd, t_dx, t_dr, t_sb, gf(t_z), gf(t_dx), gf(t_dr)
+            "{:>5} {:>5} {:>4} {:>2} | {:>8.3} {:>8} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>8.0} {:>8.0} {:>8.0}",
+            n, d, e, k, step, format!("{}/{}", per_step.launches, per_step.waits), t_z, t_route, t_fused, t_disp, t_bwd, t_dx, t_dr, t_sb, gf(t_z), gf(t_dx), gf(t_dr)
         );
     }
 }
@@ -186,16 +210,19 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map(String::as_str).unwrap_or("wgpu");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let only: Option<usize> = args.get(3).and_then(|s| s.parse().ok());
     match which {
         #[cfg(feature = "cuda")]
         "cuda" => run(
             CubeclBackend::<cubecl::cuda::CudaRuntime>::new(&Default::default()),
             iters,
+            only,
         ),
         #[cfg(feature = "wgpu")]
         "wgpu" => run(
             CubeclBackend::<cubecl::wgpu::WgpuRuntime>::new(&Default::default()),
             iters,
+            only,
         ),
         other => {
             eprintln!("unknown or disabled runtime {other:?}: build with --features cuda or wgpu");

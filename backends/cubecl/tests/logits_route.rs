@@ -160,8 +160,14 @@ fn fused_forward_takes_only_the_skinny_shapes() {
     assert!(!fuses(&g(64, 9, 64)), "E past the skinny kernel");
     assert!(!fuses(&g(63, 8, 64)), "few tokens");
     assert!(!fuses(&g(64, 8, 63)), "short D");
-    assert!(!fuses(&GemmDims { alpha: 2.0, ..g(64, 8, 64) }));
-    assert!(!fuses(&GemmDims { beta: 1.0, ..g(64, 8, 64) }));
+    assert!(!fuses(&GemmDims {
+        alpha: 2.0,
+        ..g(64, 8, 64)
+    }));
+    assert!(!fuses(&GemmDims {
+        beta: 1.0,
+        ..g(64, 8, 64)
+    }));
     // The launcher refuses a wide router and wrong lengths with typed errors.
     let (n, d, e, k) = (64, 64, 16, 2);
     let o = RouteOptions {

@@ -26,19 +26,26 @@ use super::{
 /// Assignments each plan thread handles per tile.
 const CHUNK: usize = 8;
 
-/// `counts[(a / per) * e + idx[a]] += 1` for every (kept) assignment `a`.
+/// `counts[(a / per) * e + idx[a]] += 1` for every (kept) assignment `a`; with `clear`, also
+/// `clear_flags[a] = 0` (the dispatch's dropped flags, zeroed in the same pass).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn histogram_kernel(
     idx: &Array<u32>,
     dropped: &Array<u32>,
     counts: &mut Array<Atomic<u32>>,
+    clear_flags: &mut Array<u32>,
     nk: u32,
     e: u32,
     per: u32,
     #[comptime] use_dropped: bool,
+    #[comptime] clear: bool,
 ) {
     let a = element_index();
     if a < nk as usize {
+        if clear {
+            clear_flags[a] = 0u32;
+        }
         let i = idx[a];
         let mut keep = i < e;
         if use_dropped {
@@ -224,6 +231,19 @@ pub fn histogram<R: Runtime>(
     dropped: Option<&DevBuf<u32>>,
     out: &DevBuf<u32>,
 ) -> Result<(), KernelError> {
+    histogram_clearing(client, e, per, idx, dropped, out, None)
+}
+
+/// [`histogram`], zeroing `clear` (one flag per assignment) in the same launch.
+fn histogram_clearing<R: Runtime>(
+    client: &ComputeClient<R>,
+    e: usize,
+    per: usize,
+    idx: &DevBuf<u32>,
+    dropped: Option<&DevBuf<u32>>,
+    out: &DevBuf<u32>,
+    clear: Option<&DevBuf<u32>>,
+) -> Result<(), KernelError> {
     let nk = idx.len;
     if per == 0 || nk % per != 0 {
         return Err(KernelError::Unsupported(format!(
@@ -234,12 +254,16 @@ pub fn histogram<R: Runtime>(
     if let Some(d) = dropped {
         check_len("dropped flags", nk, d.len)?;
     }
+    if let Some(f) = clear {
+        check_len("flags to clear", nk, f.len)?;
+    }
     fill_zero(client, out)?;
     let Some((launch, nk32)) = Launch::per_element("indices", nk)? else {
         return Ok(());
     };
     fits_u32("counts", out.len)?;
     let d = dropped.unwrap_or(idx);
+    let flags = clear.cloned().unwrap_or_else(|| DevBuf::empty(client, 1));
     launch!(
         client,
         launch,
@@ -247,10 +271,12 @@ pub fn histogram<R: Runtime>(
             idx.arg(),
             d.arg(),
             out.arg(),
+            flags.arg(),
             nk32,
             e as u32,
             per as u32,
             dropped.is_some(),
+            clear.is_some(),
         )
     );
     Ok(())
@@ -267,16 +293,17 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// Enqueues the counts ([`histogram`], one group of `per` assignments) and [`plan_kernel`]
-    /// over the assignments kept by `dropped` (all without).
+    /// Enqueues the counts ([`histogram`], one group of `per` assignments, zeroing `clear` on
+    /// the way) and [`plan_kernel`] over the assignments kept by `dropped` (all without).
     fn build<R: Runtime>(
         &self,
         client: &ComputeClient<R>,
         per: usize,
         dropped: Option<&DevBuf<u32>>,
+        clear: Option<&DevBuf<u32>>,
     ) -> Result<(), KernelError> {
         let (e, idx) = (self.e, self.idx);
-        histogram(client, e, per, idx, dropped, self.counts)?;
+        histogram_clearing(client, e, per, idx, dropped, self.counts, clear)?;
         let d = dropped.unwrap_or(idx);
         launch!(
             client,
@@ -333,7 +360,6 @@ pub fn dispatch<R: Runtime>(
     check_len("dispatch offsets", e.saturating_add(1), offsets.len)?;
     fits_u32("indices", nk)?;
     fits_u32("offsets", e + 1)?;
-    fill_zero(client, dropped)?;
     let plan = Plan {
         e,
         idx,
@@ -341,7 +367,9 @@ pub fn dispatch<R: Runtime>(
         order,
         offsets,
     };
-    plan.build(client, nk.max(1), None)?;
+    // The dropped flags start at zero, cleared by the first count's pass (no launch of their
+    // own); with no assignment there is nothing to clear.
+    plan.build(client, nk.max(1), None, Some(dropped))?;
     let Some(cap) = capacity else {
         return Ok(());
     };
@@ -369,5 +397,5 @@ pub fn dispatch<R: Runtime>(
             apply_drops_kernel(gates.arg(), dropped.arg(), nk32)
         );
     }
-    plan.build(client, nk, Some(dropped))
+    plan.build(client, nk, Some(dropped), None)
 }
