@@ -2,7 +2,9 @@
 # GPU check of simbal-cubecl on one NVIDIA GPU (sized for an H100/H200: about 5 minutes):
 #   1. the router-step benchmark on CUDA for N/D/E/k = 4096/768/32/4, 4096/1536/32/4,
 #      4096/4096/8/2, 2048/7168/256/8 (whole step and per kernel, median ms; the step's kernel
-#      launches and device waits, `launch/w`: one wait per step since the values stay on the device);
+#      launches and device waits, `launch/w`: one wait per step since the values stay on the device;
+#      `Z+route` is the logits and rows as the step runs them, one fused launch at E = 8, beside
+#      `Z=XR` + `route` timed apart: whether the fusion pays on the card);
 #   2. the shared conformance suite on CUDA (CI=true: a missing device fails);
 #   3. where python3 has them, the PyTorch (eager, CUDA) and JAX (jit, CUDA) anchors of the same
 #      step on the same GPU (benches/anchors/);

@@ -25,7 +25,6 @@ macro_rules! launch {
     ($client:expr, $launch:expr, $kernel:ident($($arg:expr),* $(,)?)) => {{
         let $crate::kernels::Launch { cubes, dim } = $launch;
         $crate::counters::launched();
-        if std::env::var_os("TRACE_LAUNCH").is_some() { eprintln!("LAUNCH {}", stringify!($kernel)); }
         // SAFETY: every kernel guards each global index against the lengths its launcher
         // checked, and `DevBuf::arg` passes a buffer's real length (see the module docs).
         unsafe { $kernel::launch_unchecked($client, cubes, dim, $($arg),*) }
@@ -85,6 +84,7 @@ impl<T: CubeElement> DevBuf<T> {
         let handle = if host.is_empty() {
             client.empty(core::mem::size_of::<T>().max(4))
         } else {
+            crate::counters::uploaded();
             client.create_from_slice(T::as_bytes(host))
         };
         Self::from_handle(handle, host.len())

@@ -107,9 +107,6 @@ impl<R: Runtime> Product<'_, R> {
         });
         // cubek enqueues its kernel itself (not through `launch!`): count it here.
         crate::counters::launched();
-        if std::env::var_os("TRACE_LAUNCH").is_some() {
-            eprintln!("LAUNCH cubek {:?} {:?}", s, self.g);
-        }
         launch_ref(
             &s.strategy(),
             self.client,
