@@ -67,7 +67,15 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
     fn gemm(&self, a: Checked<GemmArgs<'_, Self>>) -> Result<()> {
         let GemmArgs { gemm: g, a, b, c } = a.into_inner();
         let dims = gemm_dims(&g);
-        gemm::gemm(&self.client, &dims, a, b, c).map_err(map_err)
+        let c_ = &self.client;
+        match &self.tuner {
+            Some(t) => {
+                let path = t.path(c_, &dims, a, b).map_err(map_err)?;
+                gemm::gemm_with(c_, &dims, path, a, b, c)
+            }
+            None => gemm::gemm(c_, &dims, a, b, c),
+        }
+        .map_err(map_err)
     }
 
     /// The logits GEMM (for [`Logits::Tokens`]), the forward row kernel, then `max |Z|` when

@@ -43,7 +43,11 @@ mod counters;
 pub mod kernels;
 mod memory;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use cubecl::prelude::*;
+use kernels::gemm::{GemmPath, GemmShape, GemmTuner};
 use simbal_core::SimbalError;
 
 pub use counters::{counters, Counters};
@@ -52,12 +56,15 @@ pub use kernels::{DevBuf, KernelError};
 /// The cubecl backend on runtime `R` (f32).
 pub struct CubeclBackend<R: Runtime> {
     client: ComputeClient<R>,
+    /// The GEMM paths chosen by timing, when autotune is on (shared by clones).
+    tuner: Option<Arc<GemmTuner>>,
 }
 
 impl<R: Runtime> Clone for CubeclBackend<R> {
     fn clone(&self) -> Self {
         Self {
             client: self.client.clone(),
+            tuner: self.tuner.clone(),
         }
     }
 }
@@ -72,9 +79,7 @@ impl<R: Runtime> CubeclBackend<R> {
     /// A backend on `device` (panics inside cubecl when the device cannot be opened: use
     /// [`CubeclBackend::try_new`] to get `None` instead).
     pub fn new(device: &R::Device) -> Self {
-        Self {
-            client: R::client(device),
-        }
+        Self::from_client(R::client(device))
     }
 
     /// A backend on `device`, or `None` when the runtime finds no such device (no adapter, no
@@ -83,12 +88,44 @@ impl<R: Runtime> CubeclBackend<R> {
         let device = device.clone();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || R::client(&device)))
             .ok()
-            .map(|client| Self { client })
+            .map(Self::from_client)
     }
 
     /// A backend on an existing client.
     pub fn from_client(client: ComputeClient<R>) -> Self {
-        Self { client }
+        Self {
+            client,
+            tuner: None,
+        }
+    }
+
+    /// This backend with GEMM autotune on: the first product of each shape times every path
+    /// that can take it (skinny, cubek `SimpleUnit` / `DoubleUnit`, own tiles; never tf32
+    /// tensor cores) and later products of that shape run the fastest. Off by default: the
+    /// choice depends on timing, so two processes may pick different kernels and their
+    /// products differ in the last bits; and the first step of each shape waits for the
+    /// device once per timed run. The fused logits + rows launch for `E <= 8` is kept either
+    /// way. Clones share the choices.
+    ///
+    /// ```
+    /// # #[cfg(feature = "wgpu")] {
+    /// use simbal_cubecl::CubeclBackend;
+    /// let Some(be) = CubeclBackend::<cubecl::wgpu::WgpuRuntime>::try_new(&Default::default()) else {
+    ///     return;
+    /// };
+    /// let be = be.with_gemm_autotune();
+    /// assert!(be.gemm_choices().is_empty()); // nothing multiplied yet
+    /// # }
+    /// ```
+    pub fn with_gemm_autotune(mut self) -> Self {
+        self.tuner = Some(Arc::new(GemmTuner::new()));
+        self
+    }
+
+    /// The GEMM paths autotune has chosen so far (shape, path, best time); empty when autotune
+    /// is off.
+    pub fn gemm_choices(&self) -> Vec<(GemmShape, GemmPath, Duration)> {
+        self.tuner.as_ref().map(|t| t.choices()).unwrap_or_default()
     }
 
     /// The cubecl client.

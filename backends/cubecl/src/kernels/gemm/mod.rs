@@ -10,14 +10,15 @@
 //! order, like the reference triple loop. Large-K, small-output products split K over cubes into
 //! a workspace that a second pass sums in a fixed order, so results stay deterministic.
 //!
-//! cubek's own autotune is not used: in cubek 0.2 the tuner lives in the caller (burn-cubecl
-//! 0.21's `kernel/matmul/tune`, on cubecl's `LocalTuner`), it would pick kernels by timing at
-//! run time, so the summation order (and the last bits of every product) could differ from run
-//! to run and between ranks, against this crate's run-to-run determinism. The routine is chosen
-//! by shape instead ([`gemm_path`]).
+//! cubek 0.2 has no autotune of its own (burn-cubecl 0.21 keeps its tuner in `kernel/matmul/tune`,
+//! on cubecl's `LocalTuner`). By default the routine is chosen by shape ([`gemm_path`]): a tuner
+//! picks by timing at run time, so the summation order (and the last bits of every product)
+//! could differ from run to run and between ranks, against this crate's run-to-run
+//! determinism. [`GemmTuner`] (`tune.rs`, `CubeclBackend::with_gemm_autotune`) is the opt-in.
 
 mod cubek;
 mod skinny;
+mod tune;
 
 use cubecl::prelude::*;
 
@@ -27,6 +28,7 @@ use super::{check_len2, element_index, DevBuf, KernelError, Launch, MAX_GRID_DIM
 pub use cubek::CubekStrategy;
 pub use skinny::SKINNY_MAX_N;
 pub(crate) use skinny::{sum_accumulators, SKINNY_MIN_DIM, SK_LANES, SK_ROWS};
+pub use tune::{candidates, GemmShape, GemmTuner};
 
 /// Least inner dimension for which [`gemm`] takes cubek's double-buffered routine.
 pub const CUBEK_DOUBLE_MIN_K: usize = 256;
