@@ -39,6 +39,7 @@ pub mod logits_route;
 pub mod reduce;
 pub mod router_backward;
 pub mod router_forward;
+pub mod scores;
 pub mod select;
 pub mod simbal;
 pub mod util;

@@ -13,9 +13,10 @@
 
 use cubecl::prelude::*;
 
+use super::scores::score_row_shared;
 use super::select::{keep_best, pick_top_k};
 use super::util::{after, tree_argmax};
-use super::util::{fits_u32, is_nan_bits, tree_max, tree_sum};
+use super::util::{fits_u32, is_nan_bits};
 use super::{check_len, check_len2, check_top_k, linear_cube, DevBuf, KernelError, Launch, NONE};
 
 /// How the row kernels score and gate a router's tokens: what a forward and a backward launch
@@ -108,64 +109,6 @@ pub fn row_elem(x: &Array<f32>, at: usize, valid: bool) -> f32 {
         v = x[at];
     }
     v
-}
-
-/// Logistic sigmoid without overflow for either sign (as the reference).
-#[cube]
-pub fn sigmoid(v: f32) -> f32 {
-    let en = f32::exp(-v);
-    let ep = f32::exp(v);
-    select(v >= 0.0, 1.0 / (1.0 + en), ep / (1.0 + ep))
-}
-
-/// `ninf` is `-inf`, passed at run time (WGSL has no infinite literal).
-/// Writes the scores of one row into `ps[pb..pb + E]` (which holds the logits on entry), every
-/// lane its strided share. All threads of the cube must call it.
-#[cube]
-pub fn score_row_shared(
-    ps: &mut SharedMemory<f32>,
-    rs: &mut SharedMemory<f32>,
-    pb: usize,
-    rb: usize,
-    lane: usize,
-    ninf: f32,
-    #[comptime] e: usize,
-    #[comptime] lanes: usize,
-    #[comptime] softmax: bool,
-) {
-    if softmax {
-        let mut mx = ninf;
-        let mut c = lane;
-        while c < e {
-            let v = ps[pb + c];
-            if v > mx {
-                mx = v;
-            }
-            c += lanes;
-        }
-        mx = tree_max(rs, rb, lane, mx, lanes);
-        let mut sum = 0.0f32;
-        c = lane;
-        while c < e {
-            let v = f32::exp(ps[pb + c] - mx);
-            ps[pb + c] = v;
-            sum += v;
-            c += lanes;
-        }
-        sum = tree_sum(rs, rb, lane, sum, lanes);
-        let inv = 1.0 / sum;
-        c = lane;
-        while c < e {
-            ps[pb + c] = ps[pb + c] * inv;
-            c += lanes;
-        }
-    } else {
-        let mut c = lane;
-        while c < e {
-            ps[pb + c] = sigmoid(ps[pb + c]);
-            c += lanes;
-        }
-    }
 }
 
 #[cube(launch_unchecked)]
