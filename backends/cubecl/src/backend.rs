@@ -78,8 +78,9 @@ impl<R: Runtime> Backend for CubeclBackend<R> {
         .map_err(map_err)
     }
 
-    /// The logits GEMM (for [`Logits::Tokens`]), the forward row kernel, then `max |Z|` when
-    /// asked (queued behind the rows, so one wait covers both).
+    /// The logits GEMM (for [`Logits::Tokens`]) and the forward row kernel, one fused launch
+    /// where `E <= 8` ([`logits_route::fuses`]), then `max |Z|` when asked (queued behind the
+    /// rows, so one wait covers both).
     fn route(&self, a: Checked<Route<'_, Self>>) -> Result<RouteSums<DevBuf<f32>>> {
         if a.cfg.selection != simbal_core::Selection::TopK {
             // Sinkhorn balances over the whole batch: core's host rows after the device GEMM.
