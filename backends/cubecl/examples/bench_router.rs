@@ -115,11 +115,11 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize, only: Option<usize>) {
                 .unwrap()
         };
         let t_z = time(&be, iters, || gemm(Gemm::new(n, e, d), &x, &r, &mut z));
-        let t_route = time(&be, iters, || {
+        let mut route = |logits| {
             let a = Route {
                 cfg: &cfg,
                 n,
-                logits: Logits::Given,
+                logits,
                 bias: None,
                 z: &mut z,
                 p: &mut p,
@@ -129,26 +129,15 @@ fn run<R: Runtime>(be: CubeclBackend<R>, iters: usize, only: Option<usize>) {
                 request: RouteRequest::default(),
             };
             be.route(a.check(&be).unwrap()).unwrap();
-        });
+        };
+        let t_route = time(&be, iters, || route(Logits::Given));
         // The logits and the rows as the step runs them (one launch where `E <= 8`).
         let t_fused = time(&be, iters, || {
-            let a = Route {
-                cfg: &cfg,
-                n,
-                logits: Logits::Tokens {
-                    gemm: Gemm::new(n, e, d),
-                    x: &x,
-                    r: &r,
-                },
-                bias: None,
-                z: &mut z,
-                p: &mut p,
-                idx: &mut idx,
-                gates: &mut gates,
-                plain: None,
-                request: RouteRequest::default(),
-            };
-            be.route(a.check(&be).unwrap()).unwrap();
+            route(Logits::Tokens {
+                gemm: Gemm::new(n, e, d),
+                x: &x,
+                r: &r,
+            })
         });
         let t_disp = time(&be, iters, || {
             let a = Dispatch {

@@ -96,17 +96,6 @@ impl<T: CubeElement> DevBuf<T> {
         let handle = client.empty(len.max(1) * core::mem::size_of::<T>());
         Self::from_handle(handle, len)
     }
-}
-
-impl DevBuf<u32> {
-    /// The same handle read as `f32`s: for a kernel that writes float bits through `u32`
-    /// atomics (as [`reduce::max_abs_value`]).
-    pub fn bits_as_f32(self) -> DevBuf<f32> {
-        DevBuf::from_handle(self.handle, self.len)
-    }
-}
-
-impl<T: CubeElement> DevBuf<T> {
     /// Reads the buffer back to the host (blocks until the queued work is done).
     pub fn read<R: Runtime>(&self, client: &ComputeClient<R>) -> Result<Vec<T>, KernelError> {
         if self.len == 0 {
@@ -127,6 +116,14 @@ impl<T: CubeElement> DevBuf<T> {
     pub fn arg<R: Runtime>(&self) -> ArrayArg<R> {
         // SAFETY: the handle was allocated with at least `max(len, 1)` elements of `T`.
         unsafe { ArrayArg::from_raw_parts(self.handle.clone(), self.len.max(1)) }
+    }
+}
+
+impl DevBuf<u32> {
+    /// The same handle read as `f32`s: for a kernel that writes float bits through `u32`
+    /// atomics (as [`reduce::max_abs_value`]).
+    pub fn bits_as_f32(self) -> DevBuf<f32> {
+        DevBuf::from_handle(self.handle, self.len)
     }
 }
 

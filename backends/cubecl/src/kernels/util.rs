@@ -179,16 +179,16 @@ pub fn reduce_all<R: Runtime>(
     Ok(())
 }
 
-/// [`tree_sum`], or with `max` [`tree_max`]: one fixed-order tree for both.
+/// [`tree_sum`], or with `max` [`tree_max`] / [`tree_max_u32`]: one fixed-order tree for all.
 #[cube]
-fn tree_reduce(
-    s: &mut SharedMemory<f32>,
+fn tree_reduce<N: Numeric>(
+    s: &mut SharedMemory<N>,
     base: usize,
     lane: usize,
-    value: f32,
+    value: N,
     #[comptime] width: usize,
     #[comptime] max: bool,
-) -> f32 {
+) -> N {
     s[base + lane] = value;
     sync_cube();
     let mut stride = comptime!(width / 2).runtime();
@@ -222,7 +222,7 @@ pub fn tree_sum(
     value: f32,
     #[comptime] width: usize,
 ) -> f32 {
-    tree_reduce(s, base, lane, value, width, false)
+    tree_reduce::<f32>(s, base, lane, value, width, false)
 }
 
 /// Maximum over lanes, NaN-skipping (a NaN never replaces a number, as in the reference's
@@ -235,7 +235,7 @@ pub fn tree_max(
     value: f32,
     #[comptime] width: usize,
 ) -> f32 {
-    tree_reduce(s, base, lane, value, width, true)
+    tree_reduce::<f32>(s, base, lane, value, width, true)
 }
 
 /// `|v|` as ordered bits: with the sign cleared, the `u32` order of the bits is the order of the
@@ -257,22 +257,7 @@ pub fn tree_max_u32(
     value: u32,
     #[comptime] width: usize,
 ) -> u32 {
-    s[base + lane] = value;
-    sync_cube();
-    let mut stride = comptime!(width / 2).runtime();
-    while stride > 0 {
-        if lane < stride {
-            let other = s[base + lane + stride];
-            if other > s[base + lane] {
-                s[base + lane] = other;
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let top = s[base];
-    sync_cube();
-    top
+    tree_reduce::<u32>(s, base, lane, value, width, true)
 }
 
 /// Whether `v` is NaN, from its bits (immune to fast-math assumptions of shader compilers).
