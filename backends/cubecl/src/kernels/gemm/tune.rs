@@ -5,7 +5,8 @@
 //! Off by default ([`super::gemm_path`]'s fixed choice): timing picks by run-time noise, so two
 //! processes (two runs, two MPI ranks) may choose differently and their products differ in the
 //! last bits, against this crate's run-to-run determinism; and the first step of each shape
-//! waits for the device once per candidate run. cubek's tensor-core routine is never a
+//! waits for the device once per candidate run. A candidate whose first product differs from
+//! the default path's (beyond 1e-4 of its largest element) is dropped. cubek's tensor-core routine is never a
 //! candidate (it reads f32 as tf32). Where it helps: on a card whose best routine per shape the
 //! fixed thresholds (set on lavapipe and one H200 run) do not know.
 
@@ -109,16 +110,21 @@ impl GemmTuner {
         {
             return Ok(p);
         }
-        let scratch = DevBuf::<f32>::empty(client, g.m * g.n);
-        super::super::util::fill_zero(client, &scratch)?;
+        // Every candidate must first give the default path's product (to 1e-4 of its largest
+        // element): a routine that is wrong for this shape is never chosen. (cubek 0.2's
+        // `DoubleUnit` gives wrong values for `dX = dZ R^T` at N 96, D 80, E 8 on lavapipe, a
+        // shape `gemm_path` never sends it; its other tested shapes are right, tests/gemm.rs.)
+        let Some((_, want)) = first_product(client, g, None, a, b)? else {
+            return Ok(super::gemm_path(g));
+        };
         let mut best: Option<(GemmPath, Duration)> = None;
         for path in candidates(g) {
-            // A path that refuses the product at setup enqueued nothing: not a candidate.
-            match gemm_with(client, g, path, a, b, &scratch) {
-                Err(KernelError::Unsupported(_)) => continue,
-                other => other?,
+            let Some((scratch, got)) = first_product(client, g, Some(path), a, b)? else {
+                continue; // refused at setup: nothing was enqueued
+            };
+            if !agrees(&got, &want) {
+                continue;
             }
-            sync(client)?;
             let mut t = Duration::MAX;
             for _ in 0..RUNS {
                 let start = Instant::now();
@@ -138,6 +144,48 @@ impl GemmTuner {
             .insert(shape, (path, t));
         Ok(path)
     }
+}
+
+/// `op(A) op(B)` (scaled as `g` says, onto zeros) on `path`, or on [`super::gemm`]'s default
+/// with `None`, and its values (one wait); `None` when the path refuses `g` at setup.
+#[allow(clippy::type_complexity)]
+fn first_product<R: Runtime>(
+    client: &ComputeClient<R>,
+    g: &GemmDims,
+    path: Option<GemmPath>,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
+) -> Result<Option<(DevBuf<f32>, Vec<f32>)>, KernelError> {
+    let out = DevBuf::<f32>::empty(client, g.m * g.n);
+    super::super::util::fill_zero(client, &out)?;
+    let done = match path {
+        Some(p) => gemm_with(client, g, p, a, b, &out),
+        None => super::gemm(client, g, a, b, &out),
+    };
+    match done {
+        Err(KernelError::Unsupported(_)) if path.is_some() => Ok(None),
+        Err(e) => Err(e),
+        Ok(()) => {
+            let v = out.read(client)?;
+            Ok(Some((out, v)))
+        }
+    }
+}
+
+/// Whether `got` is `want` to `1e-4` of `want`'s largest finite magnitude (non-finite exactly
+/// where `want` is).
+fn agrees(got: &[f32], want: &[f32]) -> bool {
+    let scale = want
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1e-30f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want).all(|(&x, &w)| {
+        if w.is_finite() {
+            (x - w).abs() <= 1e-4 * scale
+        } else {
+            x.is_nan() && w.is_nan() || x == w
+        }
+    })
 }
 
 fn sync<R: Runtime>(client: &ComputeClient<R>) -> Result<(), KernelError> {
